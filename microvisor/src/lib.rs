@@ -1,7 +1,21 @@
 //! The microvisor: a Xen-style microhypervisor for x86_64 (AMD SVM + NPT).
+//!
+//! Global assumptions of the bare-metal build: the microvisor runs at CPL 0 in one address
+//! space that identity-maps the low 4 GiB of machine memory; it uses no FPU/SSE state (the
+//! target is soft-float), so guest floating-point state stays in the registers across exits;
+//! code between `CLGI` and `STGI` is only the world-switch stub in `arch::x86_64::svm`.
+//!
+//! Everything outside `arch/` is portable and tested on the host with `cargo test`.
 #![cfg_attr(target_os = "none", no_std)]
 
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
 pub mod bundle;
+pub mod elf;
+pub mod exit;
+pub mod guest_walk;
+pub mod hypercall;
+pub mod mm;
+pub mod policy;
+pub mod vmcb;
