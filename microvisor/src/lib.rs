@@ -12,10 +12,14 @@
 extern crate std;
 
 pub mod bundle;
+pub mod domain;
 pub mod elf;
 pub mod exit;
 pub mod guest_walk;
 pub mod hypercall;
 pub mod mm;
 pub mod policy;
+pub mod vcpu;
 pub mod vmcb;
+
+pub mod arch;

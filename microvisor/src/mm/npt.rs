@@ -301,3 +301,50 @@ mod tests {
         }
     }
 }
+
+/// Copies between a domain's guest-physical memory and a buffer, page by page, through
+/// its NPT. Fails (copying nothing further) at the first page that is not mapped, or not
+/// writable for a write.
+pub mod copy {
+    use super::{Npt, PhysMemory};
+
+    /// The guest-physical range is not (writable) guest memory.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct NotMapped(pub u64);
+
+    fn chunks(gpa: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+        let mut done = 0usize;
+        core::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let at = gpa.wrapping_add(done as u64);
+            let n = ((0x1000 - (at & 0xFFF)) as usize).min(len - done);
+            let item = (at, done, n);
+            done += n;
+            Some(item)
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `gpa`.
+    pub fn from_gpa(npt: &Npt, mem: &impl PhysMemory, gpa: u64, buf: &mut [u8]) -> Result<(), NotMapped> {
+        gpa.checked_add(buf.len() as u64).ok_or(NotMapped(gpa))?;
+        for (at, off, n) in chunks(gpa, buf.len()) {
+            let (hpa, _) = npt.translate(mem, at).ok_or(NotMapped(at))?;
+            mem.read_bytes(hpa, &mut buf[off..off + n]);
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `gpa`.
+    pub fn to_gpa(npt: &Npt, mem: &mut impl PhysMemory, gpa: u64, buf: &[u8]) -> Result<(), NotMapped> {
+        gpa.checked_add(buf.len() as u64).ok_or(NotMapped(gpa))?;
+        for (at, off, n) in chunks(gpa, buf.len()) {
+            match npt.translate(mem, at) {
+                Some((hpa, true)) => mem.write_bytes(hpa, &buf[off..off + n]),
+                _ => return Err(NotMapped(at)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,592 @@
+//! One DomU vCPU: its initial PVH state and the handling of every #VMEXIT.
+//!
+//! Portable: the machine is reached only through [`Host`], so each exit path is tested on
+//! the host against a fake VMCB and fake memory. The world switch itself is in
+//! `arch::x86_64::svm`.
+
+use crate::exit::{IoAccess, NpfInfo, SvmExit};
+use crate::guest_walk::{self, PagingMode};
+use crate::hypercall::{self, GuestEnv, HypercallArgs, Outcome};
+use crate::mm::PhysMemory;
+use crate::mm::npt::{Npt, copy};
+use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
+use crate::vmcb::{
+    EventInj, INT_CTL_V_INTR_MASKING, Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
+};
+use shared_abi::Errno;
+use shared_abi::cpuid::XEN_HYPERCALL_MSR;
+use shared_abi::sched::ShutdownReason;
+
+/// Guest general-purpose registers the world switch saves (RAX and RSP live in the VMCB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GuestRegs {
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// R8.
+    pub r8: u64,
+    /// R9.
+    pub r9: u64,
+    /// R10.
+    pub r10: u64,
+    /// R11.
+    pub r11: u64,
+    /// R12.
+    pub r12: u64,
+    /// R13.
+    pub r13: u64,
+    /// R14.
+    pub r14: u64,
+    /// R15.
+    pub r15: u64,
+}
+// The world-switch stub addresses these by offset.
+const _: () = assert!(core::mem::offset_of!(GuestRegs, rsi) == 24);
+const _: () = assert!(core::mem::offset_of!(GuestRegs, r15) == 104);
+
+/// The machine services an exit handler needs.
+pub trait Host {
+    /// Physical memory (guest RAM is reached through the domain's NPT).
+    type Mem: PhysMemory;
+    /// The physical memory.
+    fn mem(&mut self) -> &mut Self::Mem;
+    /// Executes CPUID on the host.
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidRegs;
+    /// The host TSC.
+    fn rdtsc(&self) -> u64;
+    /// TSC frequency in kHz.
+    fn tsc_khz(&self) -> u32;
+    /// Emits console output of the domain.
+    fn console(&mut self, bytes: &[u8]);
+    /// Notes a denied or unusual guest action (rate-limited by the caller).
+    fn note(&mut self, what: Note);
+}
+
+/// Guest actions worth a (rate-limited) log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A port access was denied.
+    PortDenied {
+        /// Port.
+        port: u16,
+        /// Direction.
+        is_in: bool,
+    },
+    /// An MSR access raised #GP.
+    MsrDenied {
+        /// MSR.
+        msr: u32,
+        /// Direction.
+        write: bool,
+    },
+    /// An SVM instruction or other forbidden instruction raised #UD.
+    InstructionDenied(SvmExit),
+}
+
+/// What the scheduler does after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Re-enter the guest.
+    Resume,
+    /// Re-enter later: let other vCPUs on this pCPU run first.
+    Yield,
+    /// The vCPU halted; it stays off the run queue until an event arrives.
+    Block,
+    /// A physical interrupt is pending: take it, then re-enter.
+    HostInterrupt,
+    /// The domain asked to shut down.
+    Shutdown(ShutdownReason),
+    /// The domain broke the rules: crash it.
+    Crash(CrashReason),
+}
+
+/// Why a domain was crashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashReason {
+    /// It touched guest-physical memory it does not own.
+    NestedPageFault {
+        /// The fault.
+        info: NpfInfo,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// It triple-faulted.
+    TripleFault {
+        /// Guest RIP at the shutdown.
+        rip: u64,
+    },
+    /// VMRUN refused its state (VMEXIT_INVALID).
+    InvalidState,
+    /// An exit the microvisor never enabled.
+    UnexpectedExit(u64),
+}
+
+impl core::fmt::Display for CrashReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CrashReason::NestedPageFault { info, rip } => {
+                write!(f, "nested page fault: {info} at rip {rip:#x}")
+            }
+            CrashReason::TripleFault { rip } => write!(f, "triple fault at rip {rip:#x}"),
+            CrashReason::InvalidState => write!(f, "VMRUN refused the guest state (VMEXIT_INVALID)"),
+            CrashReason::UnexpectedExit(c) => write!(f, "unexpected exit code {c:#x}"),
+        }
+    }
+}
+
+/// A DomU vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    /// Domain id.
+    pub domid: u16,
+    /// vCPU number in the domain.
+    pub id: u32,
+    /// The domain's nested page table.
+    pub npt: Npt,
+    /// Saved general registers.
+    pub regs: GuestRegs,
+    /// Guest XCR0 (the world switch loads it; XSETBV does not exit under TCG).
+    pub xcr0: u64,
+    /// The guest's PAT (QEMU 7.2 does not load G_PAT; kept for reads).
+    pub pat: u64,
+}
+
+/// Power-on PAT value.
+pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+
+/// Fills a VMCB for a PVH entry: 32-bit protected mode, paging off, `EBX` = start info.
+pub fn init_pvh_vmcb(
+    vmcb: &mut Vmcb,
+    npt: &Npt,
+    asid: u32,
+    iopm_pa: u64,
+    msrpm_pa: u64,
+    entry: u32,
+    start_info_gpa: u64,
+) -> GuestRegs {
+    let c = &mut vmcb.control;
+    c.set_intercepts(Intercepts::DOMU);
+    // Intercept #MC so a machine check in the guest reaches the microvisor? Under TCG none
+    // arrive; no exception is intercepted.
+    c.exceptions = 0;
+    c.iopm_base = iopm_pa;
+    c.msrpm_base = msrpm_pa;
+    c.asid = asid;
+    c.tlb_control = 1;
+    c.int_ctl = INT_CTL_V_INTR_MASKING;
+    c.nested_ctl = NESTED_CTL_NP_ENABLE;
+    c.nested_cr3 = npt.root();
+    let s = &mut vmcb.save;
+    s.cs = VmcbSegment::FLAT_CODE32;
+    for seg in [&mut s.ds, &mut s.es, &mut s.ss, &mut s.fs, &mut s.gs] {
+        *seg = VmcbSegment::FLAT_DATA32;
+    }
+    s.tr = VmcbSegment::TSS32_BUSY;
+    s.ldtr = VmcbSegment::default();
+    s.gdtr = VmcbSegment::default();
+    s.idtr = VmcbSegment::default();
+    s.cpl = 0;
+    s.efer = policy::efer::SVME;
+    s.cr0 = 0x11; // PE | ET
+    s.cr4 = 0;
+    s.cr3 = 0;
+    s.dr6 = 0xFFFF_0FF0;
+    s.dr7 = 0x400;
+    s.rflags = 0x2;
+    s.rip = u64::from(entry);
+    s.rsp = 0;
+    s.rax = 0;
+    s.g_pat = DEFAULT_PAT;
+    GuestRegs { rbx: start_info_gpa, ..GuestRegs::default() }
+}
+
+fn advance(vmcb: &mut Vmcb, len: u64) {
+    vmcb.save.rip = vmcb.save.rip.wrapping_add(len);
+    vmcb.control.int_state = 0;
+}
+
+fn inject(vmcb: &mut Vmcb, event: EventInj) {
+    vmcb.control.event_inj = event.encode();
+}
+
+/// Guest memory as seen by a hypercall: linear addresses through the guest's page tables,
+/// then guest-physical through the NPT.
+struct CallEnv<'a, H: Host> {
+    host: &'a mut H,
+    npt: Npt,
+    mode: PagingMode,
+}
+
+impl<H: Host> CallEnv<'_, H> {
+    fn for_each_page(
+        &mut self,
+        la: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(&mut H::Mem, &Npt, u64, core::ops::Range<usize>) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        la.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        let mut done = 0;
+        while done < len {
+            let at = la + done as u64;
+            let n = ((0x1000 - (at & 0xFFF)) as usize).min(len - done);
+            let npt = self.npt;
+            let mem = self.host.mem();
+            let gpa = guest_walk::linear_to_gpa(&self.mode, at, write, |pte_gpa| {
+                let mut b = [0u8; 8];
+                copy::from_gpa(&npt, mem, pte_gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
+            })
+            .map_err(|_| Errno::EFAULT)?;
+            f(mem, &npt, gpa, done..done + n)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl<H: Host> GuestEnv for CallEnv<'_, H> {
+    fn copy_from_guest(&mut self, la: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.for_each_page(la, buf.len(), false, |mem, npt, gpa, r| {
+            copy::from_gpa(npt, mem, gpa, &mut buf[r]).map_err(|_| Errno::EFAULT)
+        })
+    }
+
+    fn copy_to_guest(&mut self, la: u64, buf: &[u8]) -> Result<(), Errno> {
+        // Validate every page before writing any, so a fault leaves guest memory untouched.
+        self.for_each_page(la, buf.len(), true, |mem, npt, gpa, r| {
+            let mut probe = [0u8; 1];
+            copy::from_gpa(npt, mem, gpa, &mut probe).map_err(|_| Errno::EFAULT)?;
+            match npt.translate(mem, gpa) {
+                Some((_, true)) if r.len() <= 0x1000 => Ok(()),
+                _ => Err(Errno::EFAULT),
+            }
+        })?;
+        self.for_each_page(la, buf.len(), true, |mem, npt, gpa, r| {
+            copy::to_gpa(npt, mem, gpa, &buf[r]).map_err(|_| Errno::EFAULT)
+        })
+    }
+
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.host.console(bytes);
+    }
+}
+
+impl Vcpu {
+    fn paging_mode(vmcb: &Vmcb) -> PagingMode {
+        PagingMode { cr0: vmcb.save.cr0, cr3: vmcb.save.cr3, cr4: vmcb.save.cr4, efer: vmcb.save.efer }
+    }
+
+    /// Handles the exit recorded in `vmcb`.
+    pub fn handle_exit(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
+        let code = vmcb.control.exit_code;
+        let exit = match SvmExit::try_from(code) {
+            Ok(e) => e,
+            Err(code) => return ExitAction::Crash(CrashReason::UnexpectedExit(code)),
+        };
+        match exit {
+            SvmExit::Vmmcall => self.hypercall(vmcb, host),
+            SvmExit::Cpuid => {
+                self.cpuid(vmcb, host);
+                ExitAction::Resume
+            }
+            SvmExit::Msr => self.msr(vmcb, host),
+            SvmExit::Ioio => self.port_io(vmcb, host),
+            SvmExit::Hlt => {
+                advance(vmcb, 1);
+                ExitAction::Block
+            }
+            SvmExit::Intr | SvmExit::Nmi | SvmExit::Smi | SvmExit::Init => ExitAction::HostInterrupt,
+            SvmExit::Invd => {
+                advance(vmcb, 2);
+                ExitAction::Resume
+            }
+            SvmExit::Vmrun
+            | SvmExit::Vmload
+            | SvmExit::Vmsave
+            | SvmExit::Stgi
+            | SvmExit::Clgi
+            | SvmExit::Skinit
+            | SvmExit::Invlpga
+            | SvmExit::Monitor
+            | SvmExit::Mwait
+            | SvmExit::Xsetbv
+            | SvmExit::Icebp => {
+                host.note(Note::InstructionDenied(exit));
+                inject(vmcb, EventInj::UD);
+                ExitAction::Resume
+            }
+            SvmExit::Shutdown => ExitAction::Crash(CrashReason::TripleFault { rip: vmcb.save.rip }),
+            SvmExit::Npf => ExitAction::Crash(CrashReason::NestedPageFault {
+                info: NpfInfo::decode(vmcb.control.exit_info1, vmcb.control.exit_info2),
+                rip: vmcb.save.rip,
+            }),
+            SvmExit::Invalid => ExitAction::Crash(CrashReason::InvalidState),
+            SvmExit::Exception(_) | SvmExit::Vintr | SvmExit::TaskSwitch => {
+                ExitAction::Crash(CrashReason::UnexpectedExit(code))
+            }
+        }
+    }
+
+    fn hypercall(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
+        let r = &self.regs;
+        let call = HypercallArgs {
+            nr: vmcb.save.rax,
+            args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+            cpl: vmcb.save.cpl,
+        };
+        let mut env = CallEnv { host, npt: self.npt, mode: Self::paging_mode(vmcb) };
+        let outcome = hypercall::dispatch(&mut env, call);
+        advance(vmcb, 3);
+        match outcome {
+            Outcome::Return(v) => {
+                vmcb.save.rax = v as u64;
+                ExitAction::Resume
+            }
+            Outcome::Yield => {
+                vmcb.save.rax = 0;
+                ExitAction::Yield
+            }
+            Outcome::Shutdown(reason) => ExitAction::Shutdown(reason),
+        }
+    }
+
+    fn cpuid(&mut self, vmcb: &mut Vmcb, host: &impl Host) {
+        let leaf = vmcb.save.rax as u32;
+        let subleaf = self.regs.rcx as u32;
+        let ctx = CpuidCtx {
+            domid: self.domid,
+            vcpu_id: self.id,
+            tsc_khz: host.tsc_khz(),
+            guest_osxsave: vmcb.save.cr4 & (1 << 18) != 0,
+        };
+        let r = policy::guest_cpuid(leaf, host.cpuid(leaf, subleaf), &ctx);
+        vmcb.save.rax = u64::from(r.eax);
+        self.regs.rbx = u64::from(r.ebx);
+        self.regs.rcx = u64::from(r.ecx);
+        self.regs.rdx = u64::from(r.edx);
+        advance(vmcb, 2);
+    }
+
+    fn msr(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
+        let write = vmcb.control.exit_info1 == 1;
+        let index = self.regs.rcx as u32;
+        let value = (self.regs.rdx << 32) | (vmcb.save.rax & 0xFFFF_FFFF);
+        let paging_on = vmcb.save.cr0 & guest_walk::CR0_PG != 0;
+        let result = match (index, write) {
+            (msr::EFER, false) => MsrResult::Ok(policy::efer_read(vmcb.save.efer)),
+            (msr::EFER, true) => match policy::efer_write(vmcb.save.efer, value, paging_on) {
+                Some(efer) => {
+                    vmcb.save.efer = efer;
+                    MsrResult::Ok(0)
+                }
+                None => MsrResult::Gp,
+            },
+            (msr::PAT, false) => MsrResult::Ok(self.pat),
+            (msr::PAT, true) if policy::pat_valid(value) => {
+                self.pat = value;
+                vmcb.save.g_pat = value;
+                MsrResult::Ok(0)
+            }
+            (msr::TSC, false) => MsrResult::Ok(host.rdtsc().wrapping_add(vmcb.control.tsc_offset)),
+            (XEN_HYPERCALL_MSR, true) => self.install_hypercall_page(value, host),
+            _ => MsrResult::Gp,
+        };
+        match result {
+            MsrResult::Ok(v) => {
+                if !write {
+                    vmcb.save.rax = v & 0xFFFF_FFFF;
+                    self.regs.rdx = v >> 32;
+                }
+                advance(vmcb, 2);
+            }
+            MsrResult::Gp => {
+                host.note(Note::MsrDenied { msr: index, write });
+                inject(vmcb, EventInj::GP0);
+            }
+        }
+        ExitAction::Resume
+    }
+
+    fn install_hypercall_page(&mut self, value: u64, host: &mut impl Host) -> MsrResult {
+        // The low 12 bits select the page index; only one page exists.
+        if value & 0xFFF != 0 {
+            return MsrResult::Gp;
+        }
+        match copy::to_gpa(&self.npt, host.mem(), value, &hypercall::hypercall_page()) {
+            Ok(()) => MsrResult::Ok(0),
+            Err(_) => MsrResult::Gp,
+        }
+    }
+
+    fn port_io(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
+        let io = IoAccess::decode(vmcb.control.exit_info1);
+        host.note(Note::PortDenied { port: io.port, is_in: io.is_in });
+        if io.string {
+            // INS/OUTS would need memory emulation for a port nobody owns: refuse.
+            inject(vmcb, EventInj::GP0);
+            return ExitAction::Resume;
+        }
+        if io.is_in {
+            // No device: the bus floats high.
+            let mask = match io.size {
+                1 => 0xFF,
+                2 => 0xFFFF,
+                _ => 0xFFFF_FFFF,
+            };
+            vmcb.save.rax = (vmcb.save.rax & !mask) | mask;
+        }
+        vmcb.save.rip = vmcb.control.exit_info2;
+        vmcb.control.int_state = 0;
+        ExitAction::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain;
+    use crate::elf::{PvhImage, tests::tiny_pvh};
+    use crate::mm::fake::FakeMem;
+    use zerocopy::FromZeros;
+
+    struct FakeHost {
+        mem: FakeMem,
+        console: std::vec::Vec<u8>,
+        notes: std::vec::Vec<Note>,
+    }
+
+    impl Host for FakeHost {
+        type Mem = FakeMem;
+        fn mem(&mut self) -> &mut FakeMem {
+            &mut self.mem
+        }
+        fn cpuid(&self, _: u32, _: u32) -> CpuidRegs {
+            CpuidRegs { eax: 0, ebx: 0, ecx: !0, edx: !0 }
+        }
+        fn rdtsc(&self) -> u64 {
+            1000
+        }
+        fn tsc_khz(&self) -> u32 {
+            1_000_000
+        }
+        fn console(&mut self, bytes: &[u8]) {
+            self.console.extend_from_slice(bytes);
+        }
+        fn note(&mut self, what: Note) {
+            self.notes.push(what);
+        }
+    }
+
+    fn setup() -> (Vcpu, std::boxed::Box<Vmcb>, FakeHost) {
+        let f = tiny_pvh(0x10_0000);
+        let img = PvhImage::parse(&f).unwrap();
+        let mut mem = FakeMem::new();
+        let npt = domain::build(&mut mem, &img, 2, "").unwrap();
+        let mut vmcb = std::boxed::Box::new(Vmcb::new_zeroed());
+        let regs = init_pvh_vmcb(&mut vmcb, &npt, 1, 0, 0, img.entry, domain::BOOT_INFO_GPA);
+        let vcpu = Vcpu { domid: 1, id: 0, npt, regs, xcr0: 1, pat: DEFAULT_PAT };
+        (vcpu, vmcb, FakeHost { mem, console: std::vec::Vec::new(), notes: std::vec::Vec::new() })
+    }
+
+    #[test]
+    fn pvh_entry_state() {
+        let (v, vmcb, _) = setup();
+        assert_eq!(v.regs.rbx, domain::BOOT_INFO_GPA);
+        assert_eq!(vmcb.save.rip, 0x10_0000);
+        assert_ne!(vmcb.control.asid, 0);
+        assert_ne!(vmcb.save.efer & policy::efer::SVME, 0);
+        assert_eq!(vmcb.control.intercepts_hi & 1, 1, "VMRUN intercept is mandatory");
+    }
+
+    #[test]
+    fn hypercall_console_with_paging_off() {
+        let (mut v, mut vmcb, mut host) = setup();
+        copy::to_gpa(&v.npt, &mut host.mem, 0x5000, b"hi!\n").unwrap();
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = 18;
+        (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (0, 4, 0x5000);
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(vmcb.save.rax, 0);
+        assert_eq!(vmcb.save.rip, 0x10_0003);
+        assert_eq!(host.console, b"hi!\n");
+        // Beyond RAM (2 MiB): EFAULT, nothing printed.
+        vmcb.save.rax = 18;
+        v.regs.rdx = 2 << 20;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax as i64, -14);
+        assert_eq!(host.console, b"hi!\n");
+    }
+
+    #[test]
+    fn msr_and_io_policy() {
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x7C;
+        vmcb.control.exit_info1 = 0;
+        v.regs.rcx = 0xC001_0114; // VM_CR
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.control.event_inj, EventInj::GP0.encode());
+        assert_eq!(vmcb.save.rip, 0x10_0000, "a faulting RDMSR does not advance");
+        vmcb.control.event_inj = 0;
+        v.regs.rcx = u64::from(msr::EFER);
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax & policy::efer::SVME, 0, "SVME hidden");
+        // WRMSR EFER.SVME: #GP.
+        vmcb.control.exit_info1 = 1;
+        vmcb.save.rax = policy::efer::SVME;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.control.event_inj, EventInj::GP0.encode());
+        // IN al, 0x60 reads 0xFF; RIP comes from EXITINFO2.
+        vmcb.control.exit_code = 0x7B;
+        vmcb.control.exit_info1 = 0x0060_0011;
+        vmcb.control.exit_info2 = 0x10_0042;
+        vmcb.save.rax = 0x1234_5600;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax, 0x1234_56FF);
+        assert_eq!(vmcb.save.rip, 0x10_0042);
+    }
+
+    #[test]
+    fn faults_crash_the_domain() {
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x400;
+        vmcb.control.exit_info1 = 0x1_0000_0006;
+        vmcb.control.exit_info2 = 0x30_0000;
+        assert!(matches!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::NestedPageFault { .. })));
+        vmcb.control.exit_code = 0x7F;
+        assert!(matches!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::TripleFault { .. })));
+        vmcb.control.exit_code = 0xFFFF_FFFF;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::InvalidState));
+        vmcb.control.exit_code = 0x1234;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::UnexpectedExit(0x1234)));
+        vmcb.control.exit_code = 0x80;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(vmcb.control.event_inj, EventInj::UD.encode());
+    }
+
+    #[test]
+    fn hypercall_page_msr() {
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x7C;
+        vmcb.control.exit_info1 = 1;
+        v.regs.rcx = u64::from(XEN_HYPERCALL_MSR);
+        vmcb.save.rax = 0x8000;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.control.event_inj, 0);
+        let mut stub = [0u8; 5];
+        copy::from_gpa(&v.npt, &host.mem, 0x8000 + 17 * 32, &mut stub).unwrap();
+        assert_eq!(stub, [0xB8, 17, 0, 0, 0]);
+        vmcb.save.rax = 3 << 20; // beyond RAM
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.control.event_inj, EventInj::GP0.encode());
+    }
+}
