@@ -11,6 +11,7 @@
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+pub mod acpi;
 pub mod bundle;
 pub mod domain;
 pub mod elf;

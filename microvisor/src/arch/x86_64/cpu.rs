@@ -27,8 +27,7 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 
 /// Executes CPUID.
 pub fn cpuid(leaf: u32, subleaf: u32) -> crate::policy::CpuidRegs {
-    // SAFETY: CPUID is always available in long mode and has no side effects.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     crate::policy::CpuidRegs { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 

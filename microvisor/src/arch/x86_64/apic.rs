@@ -1,0 +1,91 @@
+//! The local APIC in xAPIC mode (TCG has no x2APIC), at its MMIO page.
+
+use super::cpu;
+
+const BASE: u64 = 0xFEE0_0000;
+const ID: u64 = 0x20;
+const EOI: u64 = 0xB0;
+const SVR: u64 = 0xF0;
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+const ICR_PENDING: u32 = 1 << 12;
+
+fn read(reg: u64) -> u32 {
+    // SAFETY: the LAPIC page is identity-mapped uncached by the boot page tables; `reg`
+    // is one of the architectural register offsets above.
+    unsafe { core::ptr::read_volatile((BASE + reg) as *const u32) }
+}
+
+fn write(reg: u64, val: u32) {
+    // SAFETY: as for `read`; writes go to this CPU's own LAPIC.
+    unsafe { core::ptr::write_volatile((BASE + reg) as *mut u32, val) };
+}
+
+/// This CPU's APIC id.
+pub fn id() -> u32 {
+    read(ID) >> 24
+}
+
+/// Software-enables the LAPIC with the spurious vector.
+pub fn enable() {
+    let base = cpu::rdmsr(0x1B);
+    // SAFETY: setting the global-enable bit of IA32_APIC_BASE at its current base keeps
+    // the MMIO page where the page tables expect it.
+    unsafe { cpu::wrmsr(0x1B, base | (1 << 11)) };
+    write(SVR, 0x100 | u32::from(super::desc::SPURIOUS_VECTOR));
+}
+
+/// Signals end of interrupt.
+pub fn eoi() {
+    write(EOI, 0);
+}
+
+fn send(dest: u32, low: u32) {
+    write(ICR_HIGH, dest << 24);
+    write(ICR_LOW, low);
+    while read(ICR_LOW) & ICR_PENDING != 0 {
+        cpu::pause();
+    }
+}
+
+/// Sends a fixed interrupt.
+pub fn send_ipi(dest: u32, vector: u8) {
+    send(dest, u32::from(vector));
+}
+
+/// Sends INIT, then two STARTUPs with the trampoline page.
+pub fn start_ap(dest: u32, trampoline_pa: u64, tsc_khz: u64) {
+    let wait_us = |us: u64| {
+        let end = cpu::rdtsc() + us * tsc_khz / 1000;
+        while cpu::rdtsc() < end {
+            cpu::pause();
+        }
+    };
+    send(dest, 0x4500); // INIT, assert, level
+    wait_us(10_000);
+    for _ in 0..2 {
+        send(dest, 0x4600 | (trampoline_pa >> 12) as u32); // STARTUP
+        wait_us(200);
+    }
+}
+
+/// Measures the TSC frequency against PIT channel 2 over 10 ms.
+pub fn calibrate_tsc_khz() -> u64 {
+    const PIT_HZ: u64 = 1_193_182;
+    let ticks = PIT_HZ / 100;
+    // SAFETY: ports 0x61/0x42/0x43 are the PIT and its gate, owned by the microvisor
+    // during boot (no Dom0 exists yet); channel 2 drives only the speaker, kept off.
+    unsafe {
+        let gate = cpu::inb(0x61);
+        cpu::outb(0x61, (gate & !0x02) | 0x01);
+        cpu::outb(0x43, 0xB0); // channel 2, lo/hi, mode 0
+        cpu::outb(0x42, ticks as u8);
+        cpu::outb(0x42, (ticks >> 8) as u8);
+    }
+    let start = cpu::rdtsc();
+    // SAFETY: reading the gate port has no side effects.
+    while unsafe { cpu::inb(0x61) } & 0x20 == 0 {
+        cpu::pause();
+    }
+    (cpu::rdtsc() - start) / 10
+}

@@ -1,0 +1,633 @@
+//! The hypervisor proper: boot sequence, the domain table, per-pCPU run queues and the
+//! run loop that drives [`crate::vcpu::Vcpu::handle_exit`].
+
+use super::memory::HostMem;
+use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
+use crate::bundle::{Bundle, EntryKind};
+use crate::domain::{self, BOOT_INFO_GPA};
+use crate::elf::PvhImage;
+use crate::mm::PhysMemory;
+use crate::mvlog;
+use crate::policy::{self, PASSTHROUGH_MSRS};
+use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, Vcpu};
+use crate::vmcb::Vmcb;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
+use shared_abi::sched::ShutdownReason;
+use spin::Mutex;
+use zerocopy::FromBytes;
+
+/// Most domains at once.
+pub const MAX_DOMAINS: usize = 32;
+/// Log lines about denied guest actions per domain before they are suppressed.
+const NOTE_BUDGET: u32 = 16;
+/// Longest console line kept before it is flushed.
+const LINE_MAX: usize = 200;
+
+#[repr(C, align(64))]
+struct FpuArea([u8; 4096]);
+
+/// A running DomU.
+struct Domain {
+    id: u16,
+    name: [u8; 32],
+    name_len: usize,
+    vcpu: Vcpu,
+    vmcb_pa: u64,
+    pcpu: usize,
+    line: [u8; LINE_MAX],
+    line_len: usize,
+    notes: u32,
+    fpu: FpuArea,
+}
+
+impl Domain {
+    fn name(&self) -> &str {
+        core::str::from_utf8(&self.name[..self.name_len]).unwrap_or("?")
+    }
+}
+
+static DOMAINS: [Mutex<Option<Domain>>; MAX_DOMAINS] = [const { Mutex::new(None) }; MAX_DOMAINS];
+
+/// A pCPU's run queue of domain slots, round robin.
+struct RunQueue {
+    slots: [u8; MAX_DOMAINS],
+    len: usize,
+}
+
+static RUNQ: [Mutex<RunQueue>; MAX_CPUS] =
+    [const { Mutex::new(RunQueue { slots: [0; MAX_DOMAINS], len: 0 }) }; MAX_CPUS];
+
+/// Live domains plus one reference held by the boot sequence.
+static ALIVE: AtomicUsize = AtomicUsize::new(1);
+static ANY_FAILED: AtomicBool = AtomicBool::new(false);
+static EXIT_ON_IDLE: AtomicBool = AtomicBool::new(false);
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+static HOST_STATE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LAST_SLOT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+static IOPM_PA: AtomicU64 = AtomicU64::new(0);
+static MSRPM_PA: AtomicU64 = AtomicU64::new(0);
+static XSAVE: AtomicBool = AtomicBool::new(false);
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+/// Boot facts copied out of `hvm_start_info` before low memory is reused.
+struct BootInfo {
+    memmap: [HvmMemmapEntry; 128],
+    memmap_len: usize,
+    module: Option<(u64, u64)>,
+    cmdline: [u8; 256],
+    cmdline_len: usize,
+    rsdp: u64,
+}
+
+fn read_phys<T: FromBytes>(pa: u64) -> T {
+    let mut buf = [0u8; 64];
+    let n = core::mem::size_of::<T>();
+    HostMem.read_bytes(pa, &mut buf[..n]);
+    match T::read_from_bytes(&buf[..n]) {
+        Ok(v) => v,
+        Err(_) => super::fatal(format_args!("unreadable boot structure at {pa:#x}")),
+    }
+}
+
+fn copy_boot_info(start_info_pa: u64) -> BootInfo {
+    let si: HvmStartInfo = read_phys(start_info_pa);
+    if si.magic != HVM_START_MAGIC {
+        super::fatal(format_args!("bad hvm_start_info magic {:#x}: not booted through PVH", si.magic));
+    }
+    let mut info = BootInfo {
+        memmap: [HvmMemmapEntry::default(); 128],
+        memmap_len: (si.memmap_entries as usize).min(128),
+        module: None,
+        cmdline: [0; 256],
+        cmdline_len: 0,
+        rsdp: si.rsdp_paddr,
+    };
+    for i in 0..info.memmap_len {
+        info.memmap[i] = read_phys(si.memmap_paddr + 24 * i as u64);
+    }
+    if si.nr_modules >= 1 {
+        let m: HvmModlistEntry = read_phys(si.modlist_paddr);
+        info.module = Some((m.paddr, m.size));
+    }
+    if si.cmdline_paddr != 0 {
+        while info.cmdline_len < info.cmdline.len() {
+            let mut b = [0u8];
+            HostMem.read_bytes(si.cmdline_paddr + info.cmdline_len as u64, &mut b);
+            if b[0] == 0 {
+                break;
+            }
+            info.cmdline[info.cmdline_len] = b[0];
+            info.cmdline_len += 1;
+        }
+    }
+    info
+}
+
+/// Sets CR4 bits for FPU/SSE state handling (and XSAVE when present).
+fn enable_fpu_state_switching() {
+    let has_xsave = cpu::cpuid(1, 0).ecx & (1 << 26) != 0;
+    let mut cr4 = cpu::read_cr4() | (1 << 9) | (1 << 10); // OSFXSR | OSXMMEXCPT
+    if has_xsave {
+        cr4 |= 1 << 18; // OSXSAVE
+    }
+    // SAFETY: enabling FXSAVE/XSAVE support only; the microvisor itself is soft-float.
+    unsafe { cpu::write_cr4(cr4) };
+    XSAVE.store(has_xsave, Ordering::Relaxed);
+}
+
+/// Rust entry of the bootstrap processor (from `entry.rs`).
+#[unsafe(no_mangle)]
+extern "C" fn bsp_main(start_info_pa: u64) -> ! {
+    super::serial::LOG.lock().init();
+    mvlog!("microvisor {} booting", env!("CARGO_PKG_VERSION"));
+    let boot = copy_boot_info(start_info_pa);
+    let cmdline = core::str::from_utf8(&boot.cmdline[..boot.cmdline_len]).unwrap_or("");
+    EXIT_ON_IDLE.store(cmdline.split_whitespace().any(|w| w == "exit_on_idle"), Ordering::Relaxed);
+
+    desc::init_idt();
+    desc::load(0);
+    super::set_apic_id(0, apic::id());
+    apic::enable();
+    enable_fpu_state_switching();
+
+    memory::init();
+    {
+        let mut frames = memory::FRAMES.lock();
+        let Some(f) = frames.as_mut() else { super::fatal(format_args!("no frame allocator")) };
+        for e in &boot.memmap[..boot.memmap_len] {
+            if e.kind == E820_RAM {
+                // Below 1 MiB belongs to firmware and the AP trampoline.
+                let start = e.addr.max(1 << 20);
+                let end = e.addr.saturating_add(e.size).min(memory::MANAGED_LIMIT);
+                if start < end {
+                    f.add_free_range(start, end);
+                }
+            }
+        }
+        let image = (&raw const __image_start) as u64..(&raw const __image_end) as u64;
+        f.reserve_range(image.start, image.end);
+        if let Some((pa, size)) = boot.module {
+            f.reserve_range(pa, pa + size);
+        }
+        mvlog!(
+            "memory: {} MiB free, image {:#x}-{:#x}",
+            f.free_frames() / 256,
+            image.start,
+            image.end
+        );
+    }
+
+    let khz = apic::calibrate_tsc_khz();
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+    match svm::enable() {
+        Ok(host_state) => HOST_STATE[0].store(host_state, Ordering::Relaxed),
+        Err(e) => super::fatal(format_args!("pCPU 0 cannot run guests: {e:?}")),
+    }
+    setup_permission_maps();
+    start_application_processors(boot.rsdp, khz);
+    mvlog!("{} pCPUs online, TSC {} MHz, SVM with nested paging", ONLINE.load(Ordering::Acquire), khz / 1000);
+
+    create_boot_domains(boot.module);
+    // Drop the boot reference: from now on the last domain to finish ends the run.
+    release_alive();
+    loop {
+        // pCPU 0 is reserved for Dom0 (not yet implemented): it idles.
+        cpu::wait_for_interrupt();
+    }
+}
+
+/// IOPM (every port intercepted) and MSRPM (every MSR intercepted except the ones
+/// VMLOAD/VMSAVE switch), shared read-only by all DomUs.
+fn setup_permission_maps() {
+    let (Some(iopm), Some(msrpm)) =
+        (memory::alloc_zeroed_contiguous(3), memory::alloc_zeroed_contiguous(2))
+    else {
+        super::fatal(format_args!("no memory for the permission maps"));
+    };
+    for off in (0..3 * 4096).step_by(8) {
+        HostMem.write_u64(iopm + off, u64::MAX);
+    }
+    for off in (0..2 * 4096).step_by(8) {
+        HostMem.write_u64(msrpm + off, u64::MAX);
+    }
+    for msr in PASSTHROUGH_MSRS {
+        if let Some((byte, bit)) = policy::msrpm_position(msr) {
+            let word = msrpm + (byte as u64 & !7);
+            let shift = (byte as u64 % 8) * 8 + u64::from(bit);
+            let v = HostMem.read_u64(word) & !(0b11 << shift);
+            HostMem.write_u64(word, v);
+        }
+    }
+    IOPM_PA.store(iopm, Ordering::Relaxed);
+    MSRPM_PA.store(msrpm, Ordering::Relaxed);
+}
+
+fn start_application_processors(rsdp: u64, tsc_khz: u64) {
+    let mut ids = [0u32; MAX_CPUS];
+    let read = |pa: u64, buf: &mut [u8]| {
+        // ACPI tables live in identity-mapped low memory; read byte-wise across frames.
+        for (i, b) in buf.iter_mut().enumerate() {
+            let mut one = [0u8];
+            HostMem.read_bytes(pa + i as u64, &mut one);
+            *b = one[0];
+        }
+    };
+    let count = match crate::acpi::local_apic_ids(read, rsdp, &mut ids) {
+        Ok(n) => n,
+        Err(e) => {
+            mvlog!("no usable MADT ({e:?}): running on the bootstrap processor only");
+            return;
+        }
+    };
+    let trampoline = entry::ap_trampoline();
+    HostMem.write_bytes(entry::AP_TRAMPOLINE_PA, trampoline);
+    let me = apic::id();
+    let mut index = 1;
+    for &id in ids[..count].iter().filter(|&&id| id != me) {
+        if index >= MAX_CPUS {
+            break;
+        }
+        super::set_apic_id(index, id);
+        // SAFETY: single writer (the BSP); the AP reads it only after the SIPI below, and
+        // the BSP waits for it to come online before starting the next AP.
+        unsafe {
+            entry::AP_STACK_TOP =
+                (&raw mut entry::STACKS.0[index]).cast::<u8>().add(entry::STACK_SIZE) as u64;
+        }
+        let before = ONLINE.load(Ordering::Acquire);
+        apic::start_ap(id, entry::AP_TRAMPOLINE_PA, tsc_khz);
+        let deadline = cpu::rdtsc() + tsc_khz * 1000; // one second
+        while ONLINE.load(Ordering::Acquire) == before && cpu::rdtsc() < deadline {
+            cpu::pause();
+        }
+        if ONLINE.load(Ordering::Acquire) == before {
+            mvlog!("pCPU with APIC id {id} did not come up");
+            super::set_apic_id(index, u32::MAX);
+            continue;
+        }
+        index += 1;
+    }
+}
+
+/// Rust entry of an application processor (from `entry.rs`).
+#[unsafe(no_mangle)]
+extern "C" fn ap_main() -> ! {
+    let me = super::cpu_index();
+    desc::load(me);
+    apic::enable();
+    enable_fpu_state_switching();
+    match svm::enable() {
+        Ok(host_state) => HOST_STATE[me].store(host_state, Ordering::Relaxed),
+        Err(e) => super::fatal(format_args!("pCPU {me} cannot run guests: {e:?}")),
+    }
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    schedule(me)
+}
+
+fn create_boot_domains(module: Option<(u64, u64)>) {
+    let Some((pa, size)) = module else {
+        mvlog!("no boot bundle (-initrd): no domains to start");
+        return;
+    };
+    let Ok(len) = usize::try_from(size) else { return };
+    // SAFETY: QEMU placed the module at [pa, pa + size) in RAM that the frame allocator
+    // reserved; it is only read, and stays valid for the whole run.
+    let bytes = unsafe { core::slice::from_raw_parts(pa as *const u8, len) };
+    let bundle = match Bundle::parse(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            mvlog!("boot bundle rejected: {e}");
+            ANY_FAILED.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
+    let online = ONLINE.load(Ordering::Acquire);
+    let mut next_pcpu = 0;
+    for (i, image) in bundle.images().enumerate() {
+        if image.kind != EntryKind::DomU {
+            continue;
+        }
+        // DomUs run on pCPUs 1..N; pCPU 0 belongs to Dom0 unless it is the only one.
+        let pcpu = if online > 1 { 1 + next_pcpu % (online - 1) } else { 0 };
+        next_pcpu += 1;
+        if let Err(why) = create_domain(i, image.name, image.cmdline, image.mem_mib, image.payload, pcpu) {
+            mvlog!("domain {:?} not created: {why}", image.name);
+            ANY_FAILED.store(true, Ordering::Relaxed);
+        }
+    }
+    for pcpu in 1..online {
+        if let Some(id) = super::APIC_IDS.get(pcpu).map(|a| a.load(Ordering::Relaxed)) {
+            apic::send_ipi(id, desc::WAKEUP_VECTOR);
+        }
+    }
+}
+
+/// Why a boot domain could not be created.
+enum CreateError {
+    Slots,
+    Elf(crate::elf::ElfError),
+    Build(domain::BuildError),
+    NoMemory,
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CreateError::Slots => write!(f, "more than {} domains", MAX_DOMAINS),
+            CreateError::Elf(e) => write!(f, "kernel image: {e}"),
+            CreateError::Build(e) => write!(f, "{e}"),
+            CreateError::NoMemory => write!(f, "not enough free memory"),
+        }
+    }
+}
+
+fn create_domain(index: usize, name: &str, cmdline: &str, mem_mib: u32, elf: &[u8], pcpu: usize) -> Result<(), CreateError> {
+    let slot = index;
+    if slot >= MAX_DOMAINS {
+        return Err(CreateError::Slots);
+    }
+    let domid = (slot + 1) as u16;
+    let image = PvhImage::parse(elf).map_err(CreateError::Elf)?;
+    let npt = domain::build(&mut HostMem, &image, mem_mib, cmdline).map_err(CreateError::Build)?;
+    let Some(vmcb_pa) = HostMem.alloc_zeroed_frame() else {
+        npt.destroy(&mut HostMem);
+        return Err(CreateError::NoMemory);
+    };
+    // SAFETY: `vmcb_pa` is a fresh zeroed frame, identity-mapped, owned by this domain.
+    let vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+    // Guest TCG provides 16 ASIDs; ASID 0 is the host's. The TLB is flushed whenever a
+    // pCPU switches domains, so sharing an ASID between domains is safe.
+    let asid = 1 + (u32::from(domid) - 1) % 15;
+    let regs = vcpu::init_pvh_vmcb(
+        vmcb,
+        &npt,
+        asid,
+        IOPM_PA.load(Ordering::Relaxed),
+        MSRPM_PA.load(Ordering::Relaxed),
+        image.entry,
+        BOOT_INFO_GPA,
+    );
+    let mut d = Domain {
+        id: domid,
+        name: [0; 32],
+        name_len: name.len().min(31),
+        vcpu: Vcpu { domid, id: 0, npt, regs, xcr0: 1, pat: vcpu::DEFAULT_PAT },
+        vmcb_pa,
+        pcpu,
+        line: [0; LINE_MAX],
+        line_len: 0,
+        notes: 0,
+        fpu: FpuArea([0; 4096]),
+    };
+    d.name[..d.name_len].copy_from_slice(&name.as_bytes()[..d.name_len]);
+    // MXCSR power-on value (the XRSTOR/FXRSTOR image loads it verbatim).
+    d.fpu.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+    mvlog!("d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}");
+    ALIVE.fetch_add(1, Ordering::AcqRel);
+    *DOMAINS[slot].lock() = Some(d);
+    let mut q = RUNQ[pcpu].lock();
+    let len = q.len;
+    q.slots[len] = slot as u8;
+    q.len += 1;
+    Ok(())
+}
+
+fn release_alive() {
+    if ALIVE.fetch_sub(1, Ordering::AcqRel) == 1 {
+        finish();
+    }
+}
+
+/// Every domain has finished: report, and with `exit_on_idle` end the run through the
+/// debug-exit port (0x10 all shut down cleanly with poweroff, 0x11 otherwise).
+fn finish() {
+    let failed = ANY_FAILED.load(Ordering::Acquire);
+    mvlog!("all domains finished: {}", if failed { "fail" } else { "pass" });
+    if EXIT_ON_IDLE.load(Ordering::Relaxed) {
+        // SAFETY: the debug-exit port belongs to the microvisor.
+        unsafe { cpu::outl(super::DEBUG_EXIT_PORT, if failed { 0x11 } else { 0x10 }) };
+    }
+}
+
+fn schedule(me: usize) -> ! {
+    loop {
+        let next = {
+            let mut q = RUNQ[me].lock();
+            if q.len == 0 {
+                None
+            } else {
+                let slot = q.slots[0];
+                let len = q.len;
+                q.slots.copy_within(1..len, 0);
+                q.len -= 1;
+                Some(slot)
+            }
+        };
+        match next {
+            Some(slot) => {
+                if run_domain(me, slot as usize) {
+                    let mut q = RUNQ[me].lock();
+                    let len = q.len;
+                    q.slots[len] = slot;
+                    q.len += 1;
+                }
+            }
+            None => cpu::wait_for_interrupt(),
+        }
+    }
+}
+
+/// The machine services for one domain's exits.
+struct ExitHost<'a> {
+    mem: HostMem,
+    domid: u16,
+    line: &'a mut [u8; LINE_MAX],
+    line_len: &'a mut usize,
+    notes: &'a mut u32,
+}
+
+impl ExitHost<'_> {
+    fn flush_line(&mut self) {
+        let text = &self.line[..*self.line_len];
+        let text = core::str::from_utf8(text).unwrap_or("?");
+        let mut log = super::serial::LOG.lock();
+        log.write_bytes(b"(d");
+        let _ = core::fmt::Write::write_fmt(&mut *log, format_args!("{}) {}\n", self.domid, text));
+        *self.line_len = 0;
+    }
+}
+
+impl Host for ExitHost<'_> {
+    type Mem = HostMem;
+
+    fn mem(&mut self) -> &mut HostMem {
+        &mut self.mem
+    }
+
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> policy::CpuidRegs {
+        cpu::cpuid(leaf, subleaf)
+    }
+
+    fn rdtsc(&self) -> u64 {
+        cpu::rdtsc()
+    }
+
+    fn tsc_khz(&self) -> u32 {
+        u32::try_from(TSC_KHZ.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+    }
+
+    fn console(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match b {
+                b'\n' => self.flush_line(),
+                b'\r' => {}
+                // Keep the log one line per record: no control characters from guests.
+                0x20..=0x7E => {
+                    self.line[*self.line_len] = b;
+                    *self.line_len += 1;
+                }
+                _ => {
+                    self.line[*self.line_len] = b'?';
+                    *self.line_len += 1;
+                }
+            }
+            if *self.line_len == LINE_MAX {
+                self.flush_line();
+            }
+        }
+    }
+
+    fn note(&mut self, what: Note) {
+        *self.notes += 1;
+        if *self.notes < NOTE_BUDGET {
+            match what {
+                Note::PortDenied { port, is_in } => {
+                    mvlog!("d{}: denied port {} {port:#x}", self.domid, if is_in { "read" } else { "write" })
+                }
+                Note::MsrDenied { msr, write } => {
+                    mvlog!("d{}: #GP on {} of MSR {msr:#x}", self.domid, if write { "write" } else { "read" })
+                }
+                Note::InstructionDenied(exit) => mvlog!("d{}: #UD for {exit:?}", self.domid),
+            }
+        } else if *self.notes == NOTE_BUDGET {
+            mvlog!("d{}: further denied-access notes suppressed", self.domid);
+        }
+    }
+}
+
+/// Saves (`save = true`) or restores this vCPU's FPU/SSE/AVX state.
+fn fpu_switch(area: &mut FpuArea, save: bool) {
+    let p = area.0.as_mut_ptr();
+    let xsave = XSAVE.load(Ordering::Relaxed);
+    // SAFETY: the area is 64-byte aligned, 4 KiB (larger than any XSAVE image of this
+    // CPU), and owned by the domain whose lock we hold; OSFXSR/OSXSAVE were enabled.
+    unsafe {
+        match (xsave, save) {
+            (true, true) => core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX),
+            (true, false) => core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX),
+            (false, true) => core::arch::asm!("fxsave64 [{}]", in(reg) p),
+            (false, false) => core::arch::asm!("fxrstor64 [{}]", in(reg) p),
+        }
+    }
+}
+
+/// Runs `slot`'s vCPU until it yields, blocks or ends. Returns whether it stays runnable.
+fn run_domain(me: usize, slot: usize) -> bool {
+    let mut guard = DOMAINS[slot].lock();
+    let Some(d) = guard.as_mut() else { return false };
+    let switched = LAST_SLOT[me].swap(slot as u32, Ordering::Relaxed) != slot as u32;
+    let xsave = XSAVE.load(Ordering::Relaxed);
+    if switched {
+        if xsave {
+            // SAFETY: XCR0 value saved from this vCPU (or its x87-only initial value).
+            unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
+        }
+        fpu_switch(&mut d.fpu, false);
+    }
+    // SAFETY: the VMCB frame belongs to this domain, whose lock we hold; nothing else
+    // references it while the lock is held.
+    let vmcb = unsafe { &mut *(d.vmcb_pa as *mut Vmcb) };
+    if switched {
+        vmcb.control.tlb_control = 1;
+    }
+    let host_state = HOST_STATE[me].load(Ordering::Relaxed);
+    loop {
+        if xsave && cpu::xgetbv0() != d.vcpu.xcr0 {
+            // SAFETY: restoring the guest's own XCR0, validated by the CPU when set.
+            unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
+        }
+        // SAFETY: VMCB, NPT, IOPM and MSRPM are valid and owned by this domain / shared
+        // read-only; `regs` is this vCPU's; `host_state` is this CPU's VMSAVE page.
+        unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
+        vmcb.control.tlb_control = 0;
+        vmcb.control.event_inj = 0;
+        if xsave {
+            d.vcpu.xcr0 = cpu::xgetbv0();
+        }
+        let mut host = ExitHost {
+            mem: HostMem,
+            domid: d.id,
+            line: &mut d.line,
+            line_len: &mut d.line_len,
+            notes: &mut d.notes,
+        };
+        let action = d.vcpu.handle_exit(vmcb, &mut host);
+        match action {
+            ExitAction::Resume => {}
+            ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
+            ExitAction::Yield => {
+                fpu_switch(&mut d.fpu, true);
+                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+                return true;
+            }
+            ExitAction::Block => {
+                mvlog!("d{} ({}) halted; no event source can wake it yet", d.id, d.name());
+                fpu_switch(&mut d.fpu, true);
+                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+                return false;
+            }
+            ExitAction::Shutdown(reason) => {
+                end_domain(&mut guard, Ok(reason));
+                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+                return false;
+            }
+            ExitAction::Crash(why) => {
+                end_domain(&mut guard, Err(why));
+                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+}
+
+/// Logs the end of a domain, frees all its memory and drops it.
+fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason>) {
+    let Some(mut d) = slot.take() else { return };
+    if d.line_len > 0 {
+        let mut host = ExitHost { mem: HostMem, domid: d.id, line: &mut d.line, line_len: &mut d.line_len, notes: &mut d.notes };
+        host.flush_line();
+    }
+    match how {
+        Ok(reason) => {
+            mvlog!("d{} ({}) shut down: {}", d.id, d.name(), reason.name());
+            if reason != ShutdownReason::Poweroff {
+                ANY_FAILED.store(true, Ordering::Relaxed);
+            }
+        }
+        Err(why) => {
+            mvlog!("d{} ({}) crashed: {why}", d.id, d.name());
+            ANY_FAILED.store(true, Ordering::Relaxed);
+        }
+    }
+    let freed = d.vcpu.npt.destroy(&mut HostMem);
+    HostMem.free_frame(d.vmcb_pa);
+    mvlog!("d{} memory released: {} MiB, {} MiB free", d.id, freed / 256, memory::free_frames() / 256);
+    let _ = d.pcpu;
+    release_alive();
+}
