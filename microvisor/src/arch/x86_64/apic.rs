@@ -89,3 +89,21 @@ pub fn calibrate_tsc_khz() -> u64 {
     }
     (cpu::rdtsc() - start) / 10
 }
+
+/// Remaps the legacy 8259 PICs to vectors 0x20-0x2F and masks every line, so their
+/// interrupts can never be mistaken for exceptions (IRQ 0 defaults to vector 8, #DF).
+pub fn disable_legacy_pic() {
+    // ICW1-ICW4 then OCW1 (mask all) for master (0x20/0x21) and slave (0xA0/0xA1).
+    let program = [
+        (0x20, 0x11), (0xA0, 0x11),
+        (0x21, 0x20), (0xA1, 0x28),
+        (0x21, 0x04), (0xA1, 0x02),
+        (0x21, 0x01), (0xA1, 0x01),
+        (0x21, 0xFF), (0xA1, 0xFF),
+    ];
+    for (port, value) in program {
+        // SAFETY: the PICs belong to the microvisor until Dom0 exists; this is the
+        // standard initialisation sequence followed by masking every line.
+        unsafe { cpu::outb(port, value) };
+    }
+}

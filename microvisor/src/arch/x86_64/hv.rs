@@ -150,6 +150,7 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
     let cmdline = core::str::from_utf8(&boot.cmdline[..boot.cmdline_len]).unwrap_or("");
     EXIT_ON_IDLE.store(cmdline.split_whitespace().any(|w| w == "exit_on_idle"), Ordering::Relaxed);
 
+    apic::disable_legacy_pic();
     desc::init_idt();
     desc::load(0);
     super::set_apic_id(0, apic::id());
