@@ -1,0 +1,20 @@
+//! The machine boundary. Every `asm!`/`global_asm!` and every `unsafe` block of the
+//! runtime lives in this module tree:
+//!
+//! - [`entry`]: the PVH note and the 32-bit entry that switches to long mode;
+//! - [`paging`]: the identity page tables (0..4 GiB, 2 MiB pages) and their builder;
+//! - [`idt`]: the exception stubs and IDT;
+//! - [`port`]: port I/O;
+//! - [`cpu`]: CPUID, TSC, MSRs, control registers, halt;
+//! - [`phys`]: reads of guest-physical memory through the identity map.
+//!
+//! Assumptions, for every module here: CPL 0, one vCPU, interrupts disabled for the life
+//! of the guest (nothing ever sets RFLAGS.IF), one address space that identity-maps
+//! guest-physical 0..4 GiB.
+
+pub mod cpu;
+pub(crate) mod entry;
+pub(crate) mod idt;
+pub(crate) mod paging;
+pub(crate) mod phys;
+pub mod port;
