@@ -19,18 +19,26 @@ fn checksum_ok(bytes: &[u8]) -> bool {
 }
 
 fn u32_at(b: &[u8], i: usize) -> u32 {
-    b.get(i..i + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+    b.get(i..i + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn u64_at(b: &[u8], i: usize) -> u64 {
-    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+    b.get(i..i + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Largest table we read.
 const MAX_TABLE: usize = 4096;
 
 /// Reads the table at `pa` into `buf`, returning its length if valid.
-fn read_table(read: &impl Fn(u64, &mut [u8]), pa: u64, buf: &mut [u8; MAX_TABLE]) -> Result<usize, AcpiError> {
+fn read_table(
+    read: &impl Fn(u64, &mut [u8]),
+    pa: u64,
+    buf: &mut [u8; MAX_TABLE],
+) -> Result<usize, AcpiError> {
     read(pa, &mut buf[..36]);
     let len = u32_at(buf, 4) as usize;
     if !(36..=MAX_TABLE).contains(&len) {
@@ -45,7 +53,11 @@ fn read_table(read: &impl Fn(u64, &mut [u8]), pa: u64, buf: &mut [u8; MAX_TABLE]
 
 /// Writes the APIC ids of enabled processors into `out`, returning how many were found
 /// (at most `out.len()`).
-pub fn local_apic_ids(read: impl Fn(u64, &mut [u8]), rsdp_pa: u64, out: &mut [u32]) -> Result<usize, AcpiError> {
+pub fn local_apic_ids(
+    read: impl Fn(u64, &mut [u8]),
+    rsdp_pa: u64,
+    out: &mut [u32],
+) -> Result<usize, AcpiError> {
     let mut rsdp = [0u8; 36];
     read(rsdp_pa, &mut rsdp);
     if &rsdp[..8] != b"RSD PTR " || !checksum_ok(&rsdp[..20]) {
@@ -62,7 +74,11 @@ pub fn local_apic_ids(read: impl Fn(u64, &mut [u8]), rsdp_pa: u64, out: &mut [u3
     let mut madt_pa = None;
     for i in 0..entries {
         let at = 36 + i * entry_size;
-        let pa = if entry_size == 8 { u64_at(&buf, at) } else { u64::from(u32_at(&buf, at)) };
+        let pa = if entry_size == 8 {
+            u64_at(&buf, at)
+        } else {
+            u64::from(u32_at(&buf, at))
+        };
         let mut sig = [0u8; 4];
         read(pa, &mut sig);
         if &sig == b"APIC" {
@@ -146,7 +162,13 @@ mod tests {
         let mut m = machine(&[(0, true)]);
         m.get_mut(&0x2000).unwrap()[50] ^= 1;
         let mut ids = [0u32; 8];
-        assert_eq!(local_apic_ids(reader(&m), 0xE0000, &mut ids), Err(AcpiError::BadTable));
-        assert_eq!(local_apic_ids(reader(&m), 0x1234, &mut ids), Err(AcpiError::BadRsdp));
+        assert_eq!(
+            local_apic_ids(reader(&m), 0xE0000, &mut ids),
+            Err(AcpiError::BadTable)
+        );
+        assert_eq!(
+            local_apic_ids(reader(&m), 0x1234, &mut ids),
+            Err(AcpiError::BadRsdp)
+        );
     }
 }

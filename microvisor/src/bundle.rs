@@ -148,7 +148,8 @@ fn fixed_str(field: &[u8], allow_empty: bool) -> Option<&str> {
 impl<'a> Bundle<'a> {
     /// Validates `bytes` as a bundle: header, entry table, and every entry.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, BundleError> {
-        let (header, _) = BundleHeader::read_from_prefix(bytes).map_err(|_| BundleError::Truncated)?;
+        let (header, _) =
+            BundleHeader::read_from_prefix(bytes).map_err(|_| BundleError::Truncated)?;
         if header.magic != BUNDLE_MAGIC {
             return Err(BundleError::BadMagic);
         }
@@ -168,7 +169,10 @@ impl<'a> Bundle<'a> {
         if table_end > total {
             return Err(BundleError::Truncated);
         }
-        let bundle = Bundle { bytes: &bytes[..total], count };
+        let bundle = Bundle {
+            bytes: &bytes[..total],
+            count,
+        };
         for i in 0..count {
             bundle.entry(i)?;
         }
@@ -187,7 +191,10 @@ impl<'a> Bundle<'a> {
 
     fn entry(&self, i: usize) -> Result<Image<'a>, BundleError> {
         let off = 64 + i * 128;
-        let raw = self.bytes.get(off..off + 128).ok_or(BundleError::Truncated)?;
+        let raw = self
+            .bytes
+            .get(off..off + 128)
+            .ok_or(BundleError::Truncated)?;
         let (e, _) = BundleEntry::read_from_prefix(raw).map_err(|_| BundleError::Truncated)?;
         let kind = match e.kind {
             1 => EntryKind::DomU,
@@ -195,12 +202,23 @@ impl<'a> Bundle<'a> {
         };
         let start = usize::try_from(e.offset).map_err(|_| BundleError::PayloadOutOfBounds(i))?;
         let size = usize::try_from(e.size).map_err(|_| BundleError::PayloadOutOfBounds(i))?;
-        let end = start.checked_add(size).ok_or(BundleError::PayloadOutOfBounds(i))?;
-        let payload = self.bytes.get(start..end).ok_or(BundleError::PayloadOutOfBounds(i))?;
+        let end = start
+            .checked_add(size)
+            .ok_or(BundleError::PayloadOutOfBounds(i))?;
+        let payload = self
+            .bytes
+            .get(start..end)
+            .ok_or(BundleError::PayloadOutOfBounds(i))?;
         // Strings borrow from the bundle itself (offsets of `name` and `cmdline` in the entry).
         let name = fixed_str(&raw[24..56], false).ok_or(BundleError::BadString(i))?;
         let cmdline = fixed_str(&raw[56..120], true).ok_or(BundleError::BadString(i))?;
-        Ok(Image { kind, name, cmdline, mem_mib: e.mem_mib, payload })
+        Ok(Image {
+            kind,
+            name,
+            cmdline,
+            mem_mib: e.mem_mib,
+            payload,
+        })
     }
 
     /// Iterates over the (already validated) entries.
@@ -243,10 +261,14 @@ impl BundleBuilder {
         };
         let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
         if name.is_empty() || name.len() > 31 || !printable(name) {
-            return Err(std::format!("domain name {name:?} must be 1-31 printable ASCII bytes"));
+            return Err(std::format!(
+                "domain name {name:?} must be 1-31 printable ASCII bytes"
+            ));
         }
         if cmdline.len() > 63 || !printable(cmdline) {
-            return Err(std::format!("cmdline {cmdline:?} must be at most 63 printable ASCII bytes"));
+            return Err(std::format!(
+                "cmdline {cmdline:?} must be at most 63 printable ASCII bytes"
+            ));
         }
         entry.name[..name.len()].copy_from_slice(name.as_bytes());
         entry.cmdline[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
@@ -290,7 +312,8 @@ mod tests {
     fn sample() -> std::vec::Vec<u8> {
         let mut b = BundleBuilder::new();
         b.add_domu("hello", "", 16, std::vec![1, 2, 3]).unwrap();
-        b.add_domu("hello2", "verbose", 32, std::vec![9; 5000]).unwrap();
+        b.add_domu("hello2", "verbose", 32, std::vec![9; 5000])
+            .unwrap();
         b.build()
     }
 
@@ -310,20 +333,32 @@ mod tests {
     #[test]
     fn rejects_malformed_bundles() {
         let good = sample();
-        assert_eq!(Bundle::parse(&good[..10]).unwrap_err(), BundleError::Truncated);
+        assert_eq!(
+            Bundle::parse(&good[..10]).unwrap_err(),
+            BundleError::Truncated
+        );
         let mut bad = good.clone();
         bad[0] = b'X';
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::BadMagic);
         let mut bad = good.clone();
         bad[8] = 9;
-        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::UnsupportedVersion(9));
+        assert_eq!(
+            Bundle::parse(&bad).unwrap_err(),
+            BundleError::UnsupportedVersion(9)
+        );
         let mut bad = good.clone();
         bad[64 + 8..64 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::PayloadOutOfBounds(0));
+        assert_eq!(
+            Bundle::parse(&bad).unwrap_err(),
+            BundleError::PayloadOutOfBounds(0)
+        );
         let mut bad = good.clone();
         bad[64 + 24] = 0xff;
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::BadString(0));
-        assert_eq!(Bundle::parse(&good[..good.len() - 1]).unwrap_err(), BundleError::SizeMismatch);
+        assert_eq!(
+            Bundle::parse(&good[..good.len() - 1]).unwrap_err(),
+            BundleError::SizeMismatch
+        );
     }
 
     proptest::proptest! {

@@ -53,7 +53,10 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BuildError::BadMemorySize(m) => {
-                write!(f, "memory {m} MiB is outside {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB")
+                write!(
+                    f,
+                    "memory {m} MiB is outside {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB"
+                )
             }
             BuildError::SegmentOutsideRam { paddr, size } => write!(
                 f,
@@ -80,7 +83,10 @@ pub fn check(image: &PvhImage<'_>, mem_mib: u32, cmdline: &str) -> Result<u64, B
         let end = s.paddr + s.mem_size; // no overflow: checked by the ELF parser
         let overlaps_boot = s.paddr < BOOT_INFO_GPA + 0x1000 && end > BOOT_INFO_GPA;
         if end > mem || overlaps_boot || s.paddr < BOOT_INFO_GPA {
-            return Err(BuildError::SegmentOutsideRam { paddr: s.paddr, size: s.mem_size });
+            return Err(BuildError::SegmentOutsideRam {
+                paddr: s.paddr,
+                size: s.mem_size,
+            });
         }
         entry_ok |= (s.paddr..end).contains(&u64::from(image.entry));
     }
@@ -99,14 +105,23 @@ pub fn boot_info_page(mem: u64, cmdline: &str) -> [u8; 4096] {
         flags: 0,
         nr_modules: 0,
         modlist_paddr: 0,
-        cmdline_paddr: if cmdline.is_empty() { 0 } else { BOOT_INFO_GPA + CMDLINE_OFFSET },
+        cmdline_paddr: if cmdline.is_empty() {
+            0
+        } else {
+            BOOT_INFO_GPA + CMDLINE_OFFSET
+        },
         rsdp_paddr: 0,
         memmap_paddr: BOOT_INFO_GPA + MEMMAP_OFFSET,
         memmap_entries: 1,
         reserved: 0,
     };
     page[..56].copy_from_slice(info.as_bytes());
-    let ram = HvmMemmapEntry { addr: 0, size: mem, kind: E820_RAM, reserved: 0 };
+    let ram = HvmMemmapEntry {
+        addr: 0,
+        size: mem,
+        kind: E820_RAM,
+        reserved: 0,
+    };
     let m = MEMMAP_OFFSET as usize;
     page[m..m + 24].copy_from_slice(ram.as_bytes());
     let c = CMDLINE_OFFSET as usize;
@@ -126,7 +141,14 @@ pub fn build(
     let npt = Npt::new(mem_phys).map_err(|_| BuildError::OutOfMemory)?;
     let populated = (0..mem).step_by(0x1000).try_for_each(|gpa| {
         let frame = mem_phys.alloc_zeroed_frame().ok_or(MapError::OutOfMemory)?;
-        npt.map_4k(mem_phys, gpa, frame, Access::ReadWriteExec, Ownership::Owned).inspect_err(|_| {
+        npt.map_4k(
+            mem_phys,
+            gpa,
+            frame,
+            Access::ReadWriteExec,
+            Ownership::Owned,
+        )
+        .inspect_err(|_| {
             mem_phys.free_frame(frame);
         })
     });
@@ -139,7 +161,12 @@ pub fn build(
     for s in image.segments() {
         result = result.and(copy::to_gpa(&npt, mem_phys, s.paddr, s.data));
     }
-    result = result.and(copy::to_gpa(&npt, mem_phys, BOOT_INFO_GPA, &boot_info_page(mem, cmdline)));
+    result = result.and(copy::to_gpa(
+        &npt,
+        mem_phys,
+        BOOT_INFO_GPA,
+        &boot_info_page(mem, cmdline),
+    ));
     if result.is_err() {
         npt.destroy(mem_phys);
         return Err(BuildError::OutOfMemory);
@@ -179,12 +206,21 @@ mod tests {
         let f = tiny_pvh(0x10_0000);
         let img = PvhImage::parse(&f).unwrap();
         let mut mem = FakeMem::new();
-        assert_eq!(build(&mut mem, &img, 1, "").unwrap_err(), BuildError::BadMemorySize(1));
+        assert_eq!(
+            build(&mut mem, &img, 1, "").unwrap_err(),
+            BuildError::BadMemorySize(1)
+        );
         mem.limit = Some(100);
-        assert_eq!(build(&mut mem, &img, 2, "").unwrap_err(), BuildError::OutOfMemory);
+        assert_eq!(
+            build(&mut mem, &img, 2, "").unwrap_err(),
+            BuildError::OutOfMemory
+        );
         assert!(mem.frames.is_empty(), "leaked after a failed build");
         let f = tiny_pvh(0x90_0000);
         let img = PvhImage::parse(&f).unwrap();
-        assert_eq!(check(&img, 2, "").unwrap_err(), BuildError::EntryOutsideImage(0x90_0000));
+        assert_eq!(
+            check(&img, 2, "").unwrap_err(),
+            BuildError::EntryOutsideImage(0x90_0000)
+        );
     }
 }

@@ -168,7 +168,12 @@ impl<'a> PvhImage<'a> {
         if loads == 0 {
             return Err(ElfError::NoSegments);
         }
-        Ok(Self { bytes, phoff, phnum: h.phnum, entry })
+        Ok(Self {
+            bytes,
+            phoff,
+            phnum: h.phnum,
+            entry,
+        })
     }
 
     /// The loadable segments.
@@ -179,7 +184,11 @@ impl<'a> PvhImage<'a> {
                 return None;
             }
             let data = file_range(self.bytes, p.offset, p.filesz).ok()?;
-            Some(Segment { paddr: p.paddr, data, mem_size: p.memsz })
+            Some(Segment {
+                paddr: p.paddr,
+                data,
+                mem_size: p.memsz,
+            })
         })
     }
 }

@@ -173,8 +173,16 @@ impl core::fmt::Display for NpfInfo {
         } else {
             "read"
         };
-        let why = if self.present { "protection" } else { "not present" };
-        let walk = if self.in_walk { ", during guest page walk" } else { "" };
+        let why = if self.present {
+            "protection"
+        } else {
+            "not present"
+        };
+        let walk = if self.in_walk {
+            ", during guest page walk"
+        } else {
+            ""
+        };
         write!(f, "gpa {:#x} ({access}, {why}{walk})", self.gpa)
     }
 }

@@ -81,7 +81,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn long_mode(cr3: u64) -> PagingMode {
-        PagingMode { cr0: CR0_PG | CR0_WP | 1, cr3, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8) }
+        PagingMode {
+            cr0: CR0_PG | CR0_WP | 1,
+            cr3,
+            cr4: CR4_PAE,
+            efer: EFER_LMA | (1 << 8),
+        }
     }
 
     /// PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000: 2 MiB page at 0x40_0000 (read-only)
@@ -106,16 +111,28 @@ mod tests {
         // Read-only large page refuses writes (CR0.WP set).
         assert_eq!(linear_to_gpa(&mode, 0x1234, true, read), Err(WalkFault));
         // Unmapped and non-canonical addresses.
-        assert_eq!(linear_to_gpa(&mode, 0x4000_0000, false, read), Err(WalkFault));
-        assert_eq!(linear_to_gpa(&mode, 0x0000_8000_0000_0000, false, read), Err(WalkFault));
+        assert_eq!(
+            linear_to_gpa(&mode, 0x4000_0000, false, read),
+            Err(WalkFault)
+        );
+        assert_eq!(
+            linear_to_gpa(&mode, 0x0000_8000_0000_0000, false, read),
+            Err(WalkFault)
+        );
         // Tables outside guest memory.
-        assert_eq!(linear_to_gpa(&mode, 0x1234, false, |_| None), Err(WalkFault));
+        assert_eq!(
+            linear_to_gpa(&mode, 0x1234, false, |_| None),
+            Err(WalkFault)
+        );
     }
 
     #[test]
     fn paging_off_is_identity_within_4g() {
         let mode = PagingMode::default();
         assert_eq!(linear_to_gpa(&mode, 0x1234, true, |_| None), Ok(0x1234));
-        assert_eq!(linear_to_gpa(&mode, 1 << 32, true, |_| None), Err(WalkFault));
+        assert_eq!(
+            linear_to_gpa(&mode, 1 << 32, true, |_| None),
+            Err(WalkFault)
+        );
     }
 }

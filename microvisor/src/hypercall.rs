@@ -112,7 +112,11 @@ fn xen_version(env: &mut impl GuestEnv, cmd: u64, arg: u64) -> Result<u64, Errno
             let mut raw = [0u8; 8];
             env.copy_from_guest(arg, &mut raw)?;
             let mut info = XenFeatureInfo::read_from_bytes(&raw).map_err(|_| Errno::EFAULT)?;
-            info.submap = if info.submap_idx == 0 { FEATURES_SUBMAP0 } else { 0 };
+            info.submap = if info.submap_idx == 0 {
+                FEATURES_SUBMAP0
+            } else {
+                0
+            };
             env.copy_to_guest(arg, info.as_bytes()).map(|()| 0)
         }
         XENVER_PAGESIZE => Ok(PAGE_SIZE as u64),
@@ -128,7 +132,9 @@ fn sched_op(env: &mut impl GuestEnv, cmd: u64, arg: u64) -> Outcome {
             if let Err(e) = env.copy_from_guest(arg, &mut raw) {
                 return Outcome::Return(e.to_ret());
             }
-            let reason = SchedShutdown::read_from_bytes(&raw).map(|s| s.reason).unwrap_or(u32::MAX);
+            let reason = SchedShutdown::read_from_bytes(&raw)
+                .map(|s| s.reason)
+                .unwrap_or(u32::MAX);
             match ShutdownReason::try_from(reason) {
                 Ok(ShutdownReason::Suspend | ShutdownReason::SoftReset) => {
                     Outcome::Return(Errno::ENOSYS.to_ret())
@@ -169,7 +175,10 @@ mod tests {
 
     impl FakeGuest {
         fn new() -> Self {
-            Self { ram: std::vec![0; 0x10000], console: std::vec::Vec::new() }
+            Self {
+                ram: std::vec![0; 0x10000],
+                console: std::vec::Vec::new(),
+            }
         }
         fn range(&self, la: u64, len: usize) -> Result<core::ops::Range<usize>, Errno> {
             let start = usize::try_from(la).map_err(|_| Errno::EFAULT)?;
@@ -198,7 +207,14 @@ mod tests {
     }
 
     fn call(g: &mut FakeGuest, nr: u64, a1: u64, a2: u64, a3: u64) -> Outcome {
-        dispatch(g, HypercallArgs { nr, args: [a1, a2, a3, 0, 0], cpl: 0 })
+        dispatch(
+            g,
+            HypercallArgs {
+                nr,
+                args: [a1, a2, a3, 0, 0],
+                cpl: 0,
+            },
+        )
     }
     const E: fn(Errno) -> Outcome = |e| Outcome::Return(e.to_ret());
 
@@ -220,11 +236,23 @@ mod tests {
     fn version_and_features() {
         let mut g = FakeGuest::new();
         assert_eq!(call(&mut g, 17, 0, 0, 0), Outcome::Return(0x0004_0013));
-        assert_eq!(call(&mut g, 17, XENVER_PAGESIZE, 0, 0), Outcome::Return(4096));
-        assert_eq!(call(&mut g, 17, XENVER_GET_FEATURES, 0x200, 0), Outcome::Return(0));
+        assert_eq!(
+            call(&mut g, 17, XENVER_PAGESIZE, 0, 0),
+            Outcome::Return(4096)
+        );
+        assert_eq!(
+            call(&mut g, 17, XENVER_GET_FEATURES, 0x200, 0),
+            Outcome::Return(0)
+        );
         assert_eq!(&g.ram[0x204..0x208], &FEATURES_SUBMAP0.to_le_bytes());
-        assert_eq!(call(&mut g, 17, XENVER_GET_FEATURES, 0xFFFC, 0), E(Errno::EFAULT));
-        assert_eq!(call(&mut g, 17, XENVER_EXTRAVERSION, 0x300, 0), Outcome::Return(0));
+        assert_eq!(
+            call(&mut g, 17, XENVER_GET_FEATURES, 0xFFFC, 0),
+            E(Errno::EFAULT)
+        );
+        assert_eq!(
+            call(&mut g, 17, XENVER_EXTRAVERSION, 0x300, 0),
+            Outcome::Return(0)
+        );
         assert_eq!(&g.ram[0x300..0x30B], EXTRAVERSION);
         assert_eq!(call(&mut g, 17, 4242, 0, 0), E(Errno::ENOSYS));
     }
@@ -233,7 +261,10 @@ mod tests {
     fn sched_shutdown_validates_reason_and_pointer() {
         let mut g = FakeGuest::new();
         g.ram[0x400..0x404].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(call(&mut g, 29, 2, 0x400, 0), Outcome::Shutdown(ShutdownReason::Poweroff));
+        assert_eq!(
+            call(&mut g, 29, 2, 0x400, 0),
+            Outcome::Shutdown(ShutdownReason::Poweroff)
+        );
         g.ram[0x400..0x404].copy_from_slice(&77u32.to_le_bytes());
         assert_eq!(call(&mut g, 29, 2, 0x400, 0), E(Errno::EINVAL));
         g.ram[0x400..0x404].copy_from_slice(&2u32.to_le_bytes());
@@ -249,14 +280,21 @@ mod tests {
         for nr in [0, 1, 11, 64, 0xFFFF, u64::MAX, (1 << 32) | 17, 12, 32] {
             assert_eq!(call(&mut g, nr, 0, 0, 0), E(Errno::ENOSYS), "nr {nr:#x}");
         }
-        let user = HypercallArgs { nr: 17, args: [0; 5], cpl: 3 };
+        let user = HypercallArgs {
+            nr: 17,
+            args: [0; 5],
+            cpl: 3,
+        };
         assert_eq!(dispatch(&mut g, user), E(Errno::EPERM));
     }
 
     #[test]
     fn hypercall_page_stubs() {
         let page = hypercall_page();
-        assert_eq!(&page[32 * 18..32 * 18 + 9], &[0xB8, 18, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3]);
+        assert_eq!(
+            &page[32 * 18..32 * 18 + 9],
+            &[0xB8, 18, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3]
+        );
         assert_eq!(&page[32 * 23..32 * 23 + 2], &[0x0F, 0x0B]);
     }
 

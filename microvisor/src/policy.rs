@@ -86,8 +86,19 @@ pub fn guest_cpuid(leaf: u32, host: CpuidRegs, ctx: &CpuidCtx) -> CpuidRegs {
                 ..CpuidRegs::default()
             }
         }
-        0x4000_0002 => r = CpuidRegs { eax: 1, ebx: XEN_HYPERCALL_MSR, ..CpuidRegs::default() },
-        0x4000_0003 => r = CpuidRegs { ecx: ctx.tsc_khz, ..CpuidRegs::default() },
+        0x4000_0002 => {
+            r = CpuidRegs {
+                eax: 1,
+                ebx: XEN_HYPERCALL_MSR,
+                ..CpuidRegs::default()
+            }
+        }
+        0x4000_0003 => {
+            r = CpuidRegs {
+                ecx: ctx.tsc_khz,
+                ..CpuidRegs::default()
+            }
+        }
         0x4000_0004 => {
             r = CpuidRegs {
                 eax: LEAF4_VCPU_ID_PRESENT | LEAF4_DOMID_PRESENT,
@@ -207,18 +218,30 @@ pub fn efer_write(vmcb_efer: u64, new: u64, paging_on: bool) -> Option<u64> {
 
 /// Validates a PAT value: each byte must be a defined memory type (0, 1, 4, 5, 6, 7).
 pub fn pat_valid(pat: u64) -> bool {
-    pat.to_le_bytes().iter().all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+    pat.to_le_bytes()
+        .iter()
+        .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const CTX: CpuidCtx = CpuidCtx { domid: 3, vcpu_id: 0, tsc_khz: 2_000_000, guest_osxsave: false };
+    const CTX: CpuidCtx = CpuidCtx {
+        domid: 3,
+        vcpu_id: 0,
+        tsc_khz: 2_000_000,
+        guest_osxsave: false,
+    };
 
     #[test]
     fn hides_svm_and_announces_xen() {
-        let host = CpuidRegs { eax: 0, ebx: 0, ecx: !0, edx: !0 };
+        let host = CpuidRegs {
+            eax: 0,
+            ebx: 0,
+            ecx: !0,
+            edx: !0,
+        };
         let ext = guest_cpuid(0x8000_0001, host, &CTX);
         assert_eq!(ext.ecx & EXT1_ECX_SVM, 0);
         assert_eq!(guest_cpuid(0x8000_000A, host, &CTX), CpuidRegs::default());
@@ -245,10 +268,19 @@ mod tests {
     fn efer_policy() {
         let cur = efer::LME | efer::LMA | efer::SVME;
         assert_eq!(efer_read(cur), efer::LME | efer::LMA);
-        assert_eq!(efer_write(cur, efer::LME | efer::LMA | efer::NXE, true), Some(cur | efer::NXE));
-        assert_eq!(efer_write(cur, efer::LME | efer::LMA | efer::SVME, true), None);
+        assert_eq!(
+            efer_write(cur, efer::LME | efer::LMA | efer::NXE, true),
+            Some(cur | efer::NXE)
+        );
+        assert_eq!(
+            efer_write(cur, efer::LME | efer::LMA | efer::SVME, true),
+            None
+        );
         assert_eq!(efer_write(cur, efer::LMA, true), None);
-        assert_eq!(efer_write(efer::SVME, efer::LME, false), Some(efer::LME | efer::SVME));
+        assert_eq!(
+            efer_write(efer::SVME, efer::LME, false),
+            Some(efer::LME | efer::SVME)
+        );
         assert_eq!(efer_write(efer::SVME, 1 << 20, false), None);
     }
 

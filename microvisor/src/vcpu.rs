@@ -138,7 +138,9 @@ impl core::fmt::Display for CrashReason {
                 write!(f, "nested page fault: {info} at rip {rip:#x}")
             }
             CrashReason::TripleFault { rip } => write!(f, "triple fault at rip {rip:#x}"),
-            CrashReason::InvalidState => write!(f, "VMRUN refused the guest state (VMEXIT_INVALID)"),
+            CrashReason::InvalidState => {
+                write!(f, "VMRUN refused the guest state (VMEXIT_INVALID)")
+            }
             CrashReason::UnexpectedExit(c) => write!(f, "unexpected exit code {c:#x}"),
         }
     }
@@ -207,7 +209,10 @@ pub fn init_pvh_vmcb(
     s.rsp = 0;
     s.rax = 0;
     s.g_pat = DEFAULT_PAT;
-    GuestRegs { rbx: start_info_gpa, ..GuestRegs::default() }
+    GuestRegs {
+        rbx: start_info_gpa,
+        ..GuestRegs::default()
+    }
 }
 
 fn advance(vmcb: &mut Vmcb, len: u64) {
@@ -244,7 +249,9 @@ impl<H: Host> CallEnv<'_, H> {
             let mem = self.host.mem();
             let gpa = guest_walk::linear_to_gpa(&self.mode, at, write, |pte_gpa| {
                 let mut b = [0u8; 8];
-                copy::from_gpa(&npt, mem, pte_gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
+                copy::from_gpa(&npt, mem, pte_gpa, &mut b)
+                    .ok()
+                    .map(|()| u64::from_le_bytes(b))
             })
             .map_err(|_| Errno::EFAULT)?;
             f(mem, &npt, gpa, done..done + n)?;
@@ -283,7 +290,12 @@ impl<H: Host> GuestEnv for CallEnv<'_, H> {
 
 impl Vcpu {
     fn paging_mode(vmcb: &Vmcb) -> PagingMode {
-        PagingMode { cr0: vmcb.save.cr0, cr3: vmcb.save.cr3, cr4: vmcb.save.cr4, efer: vmcb.save.efer }
+        PagingMode {
+            cr0: vmcb.save.cr0,
+            cr3: vmcb.save.cr3,
+            cr4: vmcb.save.cr4,
+            efer: vmcb.save.efer,
+        }
     }
 
     /// Handles the exit recorded in `vmcb`.
@@ -305,7 +317,9 @@ impl Vcpu {
                 advance(vmcb, 1);
                 ExitAction::Block
             }
-            SvmExit::Intr | SvmExit::Nmi | SvmExit::Smi | SvmExit::Init => ExitAction::HostInterrupt,
+            SvmExit::Intr | SvmExit::Nmi | SvmExit::Smi | SvmExit::Init => {
+                ExitAction::HostInterrupt
+            }
             SvmExit::Invd => {
                 advance(vmcb, 2);
                 ExitAction::Resume
@@ -344,7 +358,11 @@ impl Vcpu {
             args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
             cpl: vmcb.save.cpl,
         };
-        let mut env = CallEnv { host, npt: self.npt, mode: Self::paging_mode(vmcb) };
+        let mut env = CallEnv {
+            host,
+            npt: self.npt,
+            mode: Self::paging_mode(vmcb),
+        };
         let outcome = hypercall::dispatch(&mut env, call);
         advance(vmcb, 3);
         match outcome {
@@ -430,7 +448,10 @@ impl Vcpu {
 
     fn port_io(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
         let io = IoAccess::decode(vmcb.control.exit_info1);
-        host.note(Note::PortDenied { port: io.port, is_in: io.is_in });
+        host.note(Note::PortDenied {
+            port: io.port,
+            is_in: io.is_in,
+        });
         if io.string {
             // INS/OUTS would need memory emulation for a port nobody owns: refuse.
             inject(vmcb, EventInj::GP0);
@@ -471,7 +492,12 @@ mod tests {
             &mut self.mem
         }
         fn cpuid(&self, _: u32, _: u32) -> CpuidRegs {
-            CpuidRegs { eax: 0, ebx: 0, ecx: !0, edx: !0 }
+            CpuidRegs {
+                eax: 0,
+                ebx: 0,
+                ecx: !0,
+                edx: !0,
+            }
         }
         fn rdtsc(&self) -> u64 {
             1000
@@ -494,8 +520,23 @@ mod tests {
         let npt = domain::build(&mut mem, &img, 2, "").unwrap();
         let mut vmcb = std::boxed::Box::new(Vmcb::new_zeroed());
         let regs = init_pvh_vmcb(&mut vmcb, &npt, 1, 0, 0, img.entry, domain::BOOT_INFO_GPA);
-        let vcpu = Vcpu { domid: 1, id: 0, npt, regs, xcr0: 1, pat: DEFAULT_PAT };
-        (vcpu, vmcb, FakeHost { mem, console: std::vec::Vec::new(), notes: std::vec::Vec::new() })
+        let vcpu = Vcpu {
+            domid: 1,
+            id: 0,
+            npt,
+            regs,
+            xcr0: 1,
+            pat: DEFAULT_PAT,
+        };
+        (
+            vcpu,
+            vmcb,
+            FakeHost {
+                mem,
+                console: std::vec::Vec::new(),
+                notes: std::vec::Vec::new(),
+            },
+        )
     }
 
     #[test]
@@ -505,7 +546,11 @@ mod tests {
         assert_eq!(vmcb.save.rip, 0x10_0000);
         assert_ne!(vmcb.control.asid, 0);
         assert_ne!(vmcb.save.efer & policy::efer::SVME, 0);
-        assert_eq!(vmcb.control.intercepts_hi & 1, 1, "VMRUN intercept is mandatory");
+        assert_eq!(
+            vmcb.control.intercepts_hi & 1,
+            1,
+            "VMRUN intercept is mandatory"
+        );
     }
 
     #[test]
@@ -535,7 +580,10 @@ mod tests {
         v.regs.rcx = 0xC001_0114; // VM_CR
         v.handle_exit(&mut vmcb, &mut host);
         assert_eq!(vmcb.control.event_inj, EventInj::GP0.encode());
-        assert_eq!(vmcb.save.rip, 0x10_0000, "a faulting RDMSR does not advance");
+        assert_eq!(
+            vmcb.save.rip, 0x10_0000,
+            "a faulting RDMSR does not advance"
+        );
         vmcb.control.event_inj = 0;
         v.regs.rcx = u64::from(msr::EFER);
         v.handle_exit(&mut vmcb, &mut host);
@@ -561,13 +609,25 @@ mod tests {
         vmcb.control.exit_code = 0x400;
         vmcb.control.exit_info1 = 0x1_0000_0006;
         vmcb.control.exit_info2 = 0x30_0000;
-        assert!(matches!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::NestedPageFault { .. })));
+        assert!(matches!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Crash(CrashReason::NestedPageFault { .. })
+        ));
         vmcb.control.exit_code = 0x7F;
-        assert!(matches!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::TripleFault { .. })));
+        assert!(matches!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Crash(CrashReason::TripleFault { .. })
+        ));
         vmcb.control.exit_code = 0xFFFF_FFFF;
-        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::InvalidState));
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Crash(CrashReason::InvalidState)
+        );
         vmcb.control.exit_code = 0x1234;
-        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Crash(CrashReason::UnexpectedExit(0x1234)));
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Crash(CrashReason::UnexpectedExit(0x1234))
+        );
         vmcb.control.exit_code = 0x80;
         assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
         assert_eq!(vmcb.control.event_inj, EventInj::UD.encode());

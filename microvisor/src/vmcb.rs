@@ -5,7 +5,9 @@ use bitflags::bitflags;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// A segment register in the state-save area.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VmcbSegment {
     /// Selector.
@@ -20,13 +22,33 @@ pub struct VmcbSegment {
 
 impl VmcbSegment {
     /// A flat 32-bit code segment (read/execute, accessed, present, DB, G).
-    pub const FLAT_CODE32: Self = Self { selector: 0x08, attrib: 0xC9B, limit: 0xFFFF_FFFF, base: 0 };
+    pub const FLAT_CODE32: Self = Self {
+        selector: 0x08,
+        attrib: 0xC9B,
+        limit: 0xFFFF_FFFF,
+        base: 0,
+    };
     /// A flat 32-bit data segment (read/write, accessed, present, DB, G).
-    pub const FLAT_DATA32: Self = Self { selector: 0x10, attrib: 0xC93, limit: 0xFFFF_FFFF, base: 0 };
+    pub const FLAT_DATA32: Self = Self {
+        selector: 0x10,
+        attrib: 0xC93,
+        limit: 0xFFFF_FFFF,
+        base: 0,
+    };
     /// A busy 32-bit TSS with base 0 and limit 0x67, as PVH requires.
-    pub const TSS32_BUSY: Self = Self { selector: 0x18, attrib: 0x8B, limit: 0x67, base: 0 };
+    pub const TSS32_BUSY: Self = Self {
+        selector: 0x18,
+        attrib: 0x8B,
+        limit: 0x67,
+        base: 0,
+    };
     /// An LDT/descriptor-table placeholder: present, LDT type.
-    pub const LDT_EMPTY: Self = Self { selector: 0, attrib: 0x82, limit: 0xFFFF, base: 0 };
+    pub const LDT_EMPTY: Self = Self {
+        selector: 0,
+        attrib: 0x82,
+        limit: 0xFFFF,
+        base: 0,
+    };
 }
 
 /// Control area.
@@ -360,7 +382,11 @@ pub struct EventInj {
 impl EventInj {
     /// A hardware exception, with the error code that `vector` architecturally pushes.
     pub const fn exception(vector: u8, error_code: Option<u32>) -> Self {
-        Self { vector, kind: 3, error_code }
+        Self {
+            vector,
+            kind: 3,
+            error_code,
+        }
     }
 
     /// #GP(0).

@@ -79,7 +79,10 @@ impl Errno {
             return Ok(ret as u64);
         }
         let code = ret.unsigned_abs();
-        Err(Self::ALL.into_iter().find(|e| *e as i32 as u64 == code).unwrap_or(Errno::EIO))
+        Err(Self::ALL
+            .into_iter()
+            .find(|e| *e as i32 as u64 == code)
+            .unwrap_or(Errno::EIO))
     }
 
     /// The conventional name, e.g. `"ENOSYS"`.

@@ -61,7 +61,10 @@ pub fn xen_version() -> (u16, u16) {
 
 /// Reads feature submap `idx`.
 pub fn xen_features(idx: u32) -> Result<u32, Errno> {
-    let mut info = XenFeatureInfo { submap_idx: idx, submap: 0 };
+    let mut info = XenFeatureInfo {
+        submap_idx: idx,
+        submap: 0,
+    };
     // SAFETY: `info` is a valid, writable `XenFeatureInfo` for the duration of the call.
     let ret = unsafe {
         hypercall_raw(
@@ -84,7 +87,9 @@ pub fn sched_yield() {
 
 /// Shuts the calling domain down. Returns only if the hypervisor refused the request.
 pub fn sched_shutdown(reason: ShutdownReason) -> Errno {
-    let arg = SchedShutdown { reason: reason as u32 };
+    let arg = SchedShutdown {
+        reason: reason as u32,
+    };
     // SAFETY: `arg` is a valid `SchedShutdown` for the duration of the call.
     let ret = unsafe {
         hypercall_raw(

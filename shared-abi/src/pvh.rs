@@ -28,7 +28,9 @@ pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
 
 /// `struct hvm_start_info` (version 1), placed by the domain builder.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HvmStartInfo {
     /// [`HVM_START_MAGIC`].
@@ -60,7 +62,9 @@ const _: () = assert!(core::mem::offset_of!(HvmStartInfo, memmap_paddr) == 40);
 const _: () = assert!(core::mem::offset_of!(HvmStartInfo, memmap_entries) == 48);
 
 /// `struct hvm_modlist_entry`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HvmModlistEntry {
     /// Guest-physical address of the module.
@@ -75,7 +79,9 @@ pub struct HvmModlistEntry {
 const _: () = assert!(core::mem::size_of::<HvmModlistEntry>() == 32);
 
 /// `struct hvm_memmap_table_entry` (E820 style).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HvmMemmapEntry {
     /// Start address.

@@ -29,7 +29,9 @@ pub const SCHEDOP_SHUTDOWN: u64 = 2;
 pub const SCHEDOP_POLL: u64 = 3;
 
 /// Argument of `SCHEDOP_shutdown` (`struct sched_shutdown`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct SchedShutdown {
     /// One of [`ShutdownReason`] as `u32`.

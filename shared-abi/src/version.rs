@@ -36,7 +36,9 @@ pub const XENVER_PAGESIZE: u64 = 7;
 pub type XenExtraVersion = [u8; 16];
 
 /// Argument of `XENVER_get_features` (`struct xen_feature_info`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenFeatureInfo {
     /// Which 32-bit submap to read (in).

@@ -29,7 +29,11 @@ impl<B: AsRef<[u64]> + AsMut<[u64]>> FrameAllocator<B> {
     /// An allocator with no free frames; add RAM with [`Self::add_free_range`].
     pub fn new(mut bits: B) -> Self {
         bits.as_mut().fill(0);
-        Self { bits, free: 0, hint: 0 }
+        Self {
+            bits,
+            free: 0,
+            hint: 0,
+        }
     }
 
     fn frames(&self) -> u64 {
@@ -129,7 +133,7 @@ impl<B: AsRef<[u64]> + AsMut<[u64]>> FrameAllocator<B> {
     /// Returns a frame to the pool.
     pub fn free(&mut self, pa: u64) -> Result<(), FreeError> {
         let frame = pa / FRAME_SIZE;
-        if pa % FRAME_SIZE != 0 || frame >= self.frames() {
+        if !pa.is_multiple_of(FRAME_SIZE) || frame >= self.frames() {
             return Err(FreeError::NotManaged(pa));
         }
         if self.is_free(frame) {

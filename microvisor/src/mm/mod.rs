@@ -38,13 +38,22 @@ pub(crate) mod fake {
 
     impl FakeMem {
         pub(crate) fn new() -> Self {
-            Self { next: 0x10_0000, ..Self::default() }
+            Self {
+                next: 0x10_0000,
+                ..Self::default()
+            }
         }
         fn frame(&self, pa: u64) -> &[u8] {
-            self.frames.get(&(pa & !0xFFF)).map(|v| v.as_slice()).expect("access to unallocated frame")
+            self.frames
+                .get(&(pa & !0xFFF))
+                .map(|v| v.as_slice())
+                .expect("access to unallocated frame")
         }
         fn frame_mut(&mut self, pa: u64) -> &mut [u8] {
-            self.frames.get_mut(&(pa & !0xFFF)).map(|v| v.as_mut_slice()).expect("access to unallocated frame")
+            self.frames
+                .get_mut(&(pa & !0xFFF))
+                .map(|v| v.as_mut_slice())
+                .expect("access to unallocated frame")
         }
     }
 

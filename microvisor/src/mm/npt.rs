@@ -109,7 +109,10 @@ impl Npt {
         access: Access,
         owner: Ownership,
     ) -> Result<(), MapError> {
-        if gpa % FRAME_SIZE != 0 || hpa % FRAME_SIZE != 0 || gpa >= GPA_LIMIT || hpa & !PTE_ADDR != 0
+        if !gpa.is_multiple_of(FRAME_SIZE)
+            || !hpa.is_multiple_of(FRAME_SIZE)
+            || gpa >= GPA_LIMIT
+            || hpa & !PTE_ADDR != 0
         {
             return Err(MapError::BadAddress);
         }
@@ -131,7 +134,11 @@ impl Npt {
         if mem.read_u64(slot) & PTE_P != 0 {
             return Err(MapError::AlreadyMapped);
         }
-        let owned = if owner == Ownership::Owned { PTE_OWNED } else { 0 };
+        let owned = if owner == Ownership::Owned {
+            PTE_OWNED
+        } else {
+            0
+        };
         mem.write_u64(slot, hpa | access.bits() | owned);
         Ok(())
     }
@@ -223,17 +230,43 @@ mod tests {
     fn maps_translates_unmaps() {
         let mut mem = FakeMem::new();
         let npt = Npt::new(&mut mem).unwrap();
-        npt.map_4k(&mut mem, 0x20_0000, 0x5000_0000, Access::ReadWriteExec, Ownership::Owned).unwrap();
-        npt.map_4k(&mut mem, 0x20_1000, 0x6000_0000, Access::ReadExec, Ownership::Foreign).unwrap();
+        npt.map_4k(
+            &mut mem,
+            0x20_0000,
+            0x5000_0000,
+            Access::ReadWriteExec,
+            Ownership::Owned,
+        )
+        .unwrap();
+        npt.map_4k(
+            &mut mem,
+            0x20_1000,
+            0x6000_0000,
+            Access::ReadExec,
+            Ownership::Foreign,
+        )
+        .unwrap();
         assert_eq!(npt.translate(&mem, 0x20_0123), Some((0x5000_0123, true)));
         assert_eq!(npt.translate(&mem, 0x20_1008), Some((0x6000_0008, false)));
         assert_eq!(npt.translate(&mem, 0x20_2000), None);
         assert_eq!(
-            npt.map_4k(&mut mem, 0x20_0000, 0x7000_0000, Access::ReadExec, Ownership::Owned),
+            npt.map_4k(
+                &mut mem,
+                0x20_0000,
+                0x7000_0000,
+                Access::ReadExec,
+                Ownership::Owned
+            ),
             Err(MapError::AlreadyMapped)
         );
-        assert_eq!(npt.map_4k(&mut mem, 0x20_0001, 0, Access::ReadExec, Ownership::Owned), Err(MapError::BadAddress));
-        assert_eq!(npt.map_4k(&mut mem, GPA_LIMIT, 0, Access::ReadExec, Ownership::Owned), Err(MapError::BadAddress));
+        assert_eq!(
+            npt.map_4k(&mut mem, 0x20_0001, 0, Access::ReadExec, Ownership::Owned),
+            Err(MapError::BadAddress)
+        );
+        assert_eq!(
+            npt.map_4k(&mut mem, GPA_LIMIT, 0, Access::ReadExec, Ownership::Owned),
+            Err(MapError::BadAddress)
+        );
         let (hpa, flush) = npt.unmap_4k(&mut mem, 0x20_0000).unwrap();
         flush.flushed();
         assert_eq!(hpa, 0x5000_0000);
@@ -245,7 +278,14 @@ mod tests {
     fn every_level_has_user_bit() {
         let mut mem = FakeMem::new();
         let npt = Npt::new(&mut mem).unwrap();
-        npt.map_4k(&mut mem, 0x1234_5000, 0x9000, Access::ReadExec, Ownership::Owned).unwrap();
+        npt.map_4k(
+            &mut mem,
+            0x1234_5000,
+            0x9000,
+            Access::ReadExec,
+            Ownership::Owned,
+        )
+        .unwrap();
         let mut table = npt.root();
         for level in (0..4).rev() {
             let e = mem.read_u64(table + index(0x1234_5000, level) * 8);
@@ -327,7 +367,12 @@ pub mod copy {
     }
 
     /// Reads `buf.len()` bytes at `gpa`.
-    pub fn from_gpa(npt: &Npt, mem: &impl PhysMemory, gpa: u64, buf: &mut [u8]) -> Result<(), NotMapped> {
+    pub fn from_gpa(
+        npt: &Npt,
+        mem: &impl PhysMemory,
+        gpa: u64,
+        buf: &mut [u8],
+    ) -> Result<(), NotMapped> {
         gpa.checked_add(buf.len() as u64).ok_or(NotMapped(gpa))?;
         for (at, off, n) in chunks(gpa, buf.len()) {
             let (hpa, _) = npt.translate(mem, at).ok_or(NotMapped(at))?;
@@ -337,7 +382,12 @@ pub mod copy {
     }
 
     /// Writes `buf` at `gpa`.
-    pub fn to_gpa(npt: &Npt, mem: &mut impl PhysMemory, gpa: u64, buf: &[u8]) -> Result<(), NotMapped> {
+    pub fn to_gpa(
+        npt: &Npt,
+        mem: &mut impl PhysMemory,
+        gpa: u64,
+        buf: &[u8],
+    ) -> Result<(), NotMapped> {
         gpa.checked_add(buf.len() as u64).ok_or(NotMapped(gpa))?;
         for (at, off, n) in chunks(gpa, buf.len()) {
             match npt.translate(mem, at) {

@@ -28,7 +28,12 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 /// Executes CPUID.
 pub fn cpuid(leaf: u32, subleaf: u32) -> crate::policy::CpuidRegs {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    crate::policy::CpuidRegs { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    crate::policy::CpuidRegs {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Reads the time-stamp counter.

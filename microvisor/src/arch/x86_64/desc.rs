@@ -36,7 +36,15 @@ struct IstStacks([[u8; IST_SIZE]; MAX_CPUS]);
 static mut TABLES: [PerCpuTables; MAX_CPUS] = [const {
     PerCpuTables {
         gdt: [0; 5],
-        tss: Tss { _rsvd0: 0, rsp: [0; 3], _rsvd1: 0, ist: [0; 7], _rsvd2: 0, _rsvd3: 0, iomap_base: 104 },
+        tss: Tss {
+            _rsvd0: 0,
+            rsp: [0; 3],
+            _rsvd1: 0,
+            ist: [0; 7],
+            _rsvd2: 0,
+            _rsvd3: 0,
+            iomap_base: 104,
+        },
     }
 }; MAX_CPUS];
 static mut IST_STACKS: IstStacks = IstStacks([[0; IST_SIZE]; MAX_CPUS]);
@@ -73,8 +81,14 @@ pub fn load(cpu: usize) {
         103 | ((tss_base & 0xFF_FFFF) << 16) | (0x89 << 40) | (((tss_base >> 24) & 0xFF) << 56),
         tss_base >> 32,
     ];
-    let gdtr = DescriptorPointer { limit: 5 * 8 - 1, base: (&raw const tables.gdt) as u64 };
-    let idtr = DescriptorPointer { limit: 256 * 16 - 1, base: (&raw const IDT) as u64 };
+    let gdtr = DescriptorPointer {
+        limit: 5 * 8 - 1,
+        base: (&raw const tables.gdt) as u64,
+    };
+    let idtr = DescriptorPointer {
+        limit: 256 * 16 - 1,
+        base: (&raw const IDT) as u64,
+    };
     // SAFETY: the GDT above has valid code/data descriptors at the selectors loaded here;
     // the far return reloads CS; the TSS descriptor is available (not busy); the IDT is
     // filled by `init_idt` before any CPU loads it.
@@ -246,9 +260,26 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}\n\
                  r8 {:#x} r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x} r13 {:#x} r14 {:#x} r15 {:#x}",
                 super::cpu_index(),
-                f.error, f.rip, f.rsp, f.rflags, super::cpu::read_cr2(),
-                f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp,
-                f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15,
+                f.error,
+                f.rip,
+                f.rsp,
+                f.rflags,
+                super::cpu::read_cr2(),
+                f.rax,
+                f.rbx,
+                f.rcx,
+                f.rdx,
+                f.rsi,
+                f.rdi,
+                f.rbp,
+                f.r8,
+                f.r9,
+                f.r10,
+                f.r11,
+                f.r12,
+                f.r13,
+                f.r14,
+                f.r15,
             ));
         }
     }

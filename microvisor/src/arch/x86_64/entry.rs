@@ -17,6 +17,12 @@ pub const STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(4096))]
 pub struct Stacks(pub [[u8; STACK_SIZE]; super::MAX_CPUS]);
 
+impl core::fmt::Debug for Stacks {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Stacks({} x {} KiB)", super::MAX_CPUS, STACK_SIZE / 1024)
+    }
+}
+
 /// Every CPU's stack; CPU `n` uses `STACKS.0[n]`.
 #[unsafe(no_mangle)]
 pub static mut STACKS: Stacks = Stacks([[0; STACK_SIZE]; super::MAX_CPUS]);

@@ -55,8 +55,12 @@ struct RunQueue {
     len: usize,
 }
 
-static RUNQ: [Mutex<RunQueue>; MAX_CPUS] =
-    [const { Mutex::new(RunQueue { slots: [0; MAX_DOMAINS], len: 0 }) }; MAX_CPUS];
+static RUNQ: [Mutex<RunQueue>; MAX_CPUS] = [const {
+    Mutex::new(RunQueue {
+        slots: [0; MAX_DOMAINS],
+        len: 0,
+    })
+}; MAX_CPUS];
 
 /// Live domains plus one reference held by the boot sequence.
 static ALIVE: AtomicUsize = AtomicUsize::new(1);
@@ -98,7 +102,10 @@ fn read_phys<T: FromBytes>(pa: u64) -> T {
 fn copy_boot_info(start_info_pa: u64) -> BootInfo {
     let si: HvmStartInfo = read_phys(start_info_pa);
     if si.magic != HVM_START_MAGIC {
-        super::fatal(format_args!("bad hvm_start_info magic {:#x}: not booted through PVH", si.magic));
+        super::fatal(format_args!(
+            "bad hvm_start_info magic {:#x}: not booted through PVH",
+            si.magic
+        ));
     }
     let mut info = BootInfo {
         memmap: [HvmMemmapEntry::default(); 128],
@@ -148,7 +155,10 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
     mvlog!("microvisor {} booting", env!("CARGO_PKG_VERSION"));
     let boot = copy_boot_info(start_info_pa);
     let cmdline = core::str::from_utf8(&boot.cmdline[..boot.cmdline_len]).unwrap_or("");
-    EXIT_ON_IDLE.store(cmdline.split_whitespace().any(|w| w == "exit_on_idle"), Ordering::Relaxed);
+    EXIT_ON_IDLE.store(
+        cmdline.split_whitespace().any(|w| w == "exit_on_idle"),
+        Ordering::Relaxed,
+    );
 
     apic::disable_legacy_pic();
     desc::init_idt();
@@ -160,7 +170,9 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
     memory::init();
     {
         let mut frames = memory::FRAMES.lock();
-        let Some(f) = frames.as_mut() else { super::fatal(format_args!("no frame allocator")) };
+        let Some(f) = frames.as_mut() else {
+            super::fatal(format_args!("no frame allocator"))
+        };
         for e in &boot.memmap[..boot.memmap_len] {
             if e.kind == E820_RAM {
                 // Below 1 MiB belongs to firmware and the AP trampoline.
@@ -192,7 +204,11 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
     }
     setup_permission_maps();
     start_application_processors(boot.rsdp, khz);
-    mvlog!("{} pCPUs online, TSC {} MHz, SVM with nested paging", ONLINE.load(Ordering::Acquire), khz / 1000);
+    mvlog!(
+        "{} pCPUs online, TSC {} MHz, SVM with nested paging",
+        ONLINE.load(Ordering::Acquire),
+        khz / 1000
+    );
 
     create_boot_domains(boot.module);
     // Drop the boot reference: from now on the last domain to finish ends the run.
@@ -206,9 +222,10 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
 /// IOPM (every port intercepted) and MSRPM (every MSR intercepted except the ones
 /// VMLOAD/VMSAVE switch), shared read-only by all DomUs.
 fn setup_permission_maps() {
-    let (Some(iopm), Some(msrpm)) =
-        (memory::alloc_zeroed_contiguous(3), memory::alloc_zeroed_contiguous(2))
-    else {
+    let (Some(iopm), Some(msrpm)) = (
+        memory::alloc_zeroed_contiguous(3),
+        memory::alloc_zeroed_contiguous(2),
+    ) else {
         super::fatal(format_args!("no memory for the permission maps"));
     };
     for off in (0..3 * 4096).step_by(8) {
@@ -258,8 +275,9 @@ fn start_application_processors(rsdp: u64, tsc_khz: u64) {
         // SAFETY: single writer (the BSP); the AP reads it only after the SIPI below, and
         // the BSP waits for it to come online before starting the next AP.
         unsafe {
-            entry::AP_STACK_TOP =
-                (&raw mut entry::STACKS.0[index]).cast::<u8>().add(entry::STACK_SIZE) as u64;
+            entry::AP_STACK_TOP = (&raw mut entry::STACKS.0[index])
+                .cast::<u8>()
+                .add(entry::STACK_SIZE) as u64;
         }
         let before = ONLINE.load(Ordering::Acquire);
         apic::start_ap(id, entry::AP_TRAMPOLINE_PA, tsc_khz);
@@ -296,7 +314,9 @@ fn create_boot_domains(module: Option<(u64, u64)>) {
         mvlog!("no boot bundle (-initrd): no domains to start");
         return;
     };
-    let Ok(len) = usize::try_from(size) else { return };
+    let Ok(len) = usize::try_from(size) else {
+        return;
+    };
     // SAFETY: QEMU placed the module at [pa, pa + size) in RAM that the frame allocator
     // reserved; it is only read, and stays valid for the whole run.
     let bytes = unsafe { core::slice::from_raw_parts(pa as *const u8, len) };
@@ -315,9 +335,20 @@ fn create_boot_domains(module: Option<(u64, u64)>) {
             continue;
         }
         // DomUs run on pCPUs 1..N; pCPU 0 belongs to Dom0 unless it is the only one.
-        let pcpu = if online > 1 { 1 + next_pcpu % (online - 1) } else { 0 };
+        let pcpu = if online > 1 {
+            1 + next_pcpu % (online - 1)
+        } else {
+            0
+        };
         next_pcpu += 1;
-        if let Err(why) = create_domain(i, image.name, image.cmdline, image.mem_mib, image.payload, pcpu) {
+        if let Err(why) = create_domain(
+            i,
+            image.name,
+            image.cmdline,
+            image.mem_mib,
+            image.payload,
+            pcpu,
+        ) {
             mvlog!("domain {:?} not created: {why}", image.name);
             ANY_FAILED.store(true, Ordering::Relaxed);
         }
@@ -348,7 +379,14 @@ impl core::fmt::Display for CreateError {
     }
 }
 
-fn create_domain(index: usize, name: &str, cmdline: &str, mem_mib: u32, elf: &[u8], pcpu: usize) -> Result<(), CreateError> {
+fn create_domain(
+    index: usize,
+    name: &str,
+    cmdline: &str,
+    mem_mib: u32,
+    elf: &[u8],
+    pcpu: usize,
+) -> Result<(), CreateError> {
     let slot = index;
     if slot >= MAX_DOMAINS {
         return Err(CreateError::Slots);
@@ -378,7 +416,14 @@ fn create_domain(index: usize, name: &str, cmdline: &str, mem_mib: u32, elf: &[u
         id: domid,
         name: [0; 32],
         name_len: name.len().min(31),
-        vcpu: Vcpu { domid, id: 0, npt, regs, xcr0: 1, pat: vcpu::DEFAULT_PAT },
+        vcpu: Vcpu {
+            domid,
+            id: 0,
+            npt,
+            regs,
+            xcr0: 1,
+            pat: vcpu::DEFAULT_PAT,
+        },
         vmcb_pa,
         pcpu,
         line: [0; LINE_MAX],
@@ -409,7 +454,10 @@ fn release_alive() {
 /// debug-exit port (0x10 all shut down cleanly with poweroff, 0x11 otherwise).
 fn finish() {
     let failed = ANY_FAILED.load(Ordering::Acquire);
-    mvlog!("all domains finished: {}", if failed { "fail" } else { "pass" });
+    mvlog!(
+        "all domains finished: {}",
+        if failed { "fail" } else { "pass" }
+    );
     if EXIT_ON_IDLE.load(Ordering::Relaxed) {
         // SAFETY: the debug-exit port belongs to the microvisor.
         unsafe { cpu::outl(super::DEBUG_EXIT_PORT, if failed { 0x11 } else { 0x10 }) };
@@ -509,10 +557,18 @@ impl Host for ExitHost<'_> {
         if *self.notes < NOTE_BUDGET {
             match what {
                 Note::PortDenied { port, is_in } => {
-                    mvlog!("d{}: denied port {} {port:#x}", self.domid, if is_in { "read" } else { "write" })
+                    mvlog!(
+                        "d{}: denied port {} {port:#x}",
+                        self.domid,
+                        if is_in { "read" } else { "write" }
+                    )
                 }
                 Note::MsrDenied { msr, write } => {
-                    mvlog!("d{}: #GP on {} of MSR {msr:#x}", self.domid, if write { "write" } else { "read" })
+                    mvlog!(
+                        "d{}: #GP on {} of MSR {msr:#x}",
+                        self.domid,
+                        if write { "write" } else { "read" }
+                    )
                 }
                 Note::InstructionDenied(exit) => mvlog!("d{}: #UD for {exit:?}", self.domid),
             }
@@ -530,8 +586,12 @@ fn fpu_switch(area: &mut FpuArea, save: bool) {
     // CPU), and owned by the domain whose lock we hold; OSFXSR/OSXSAVE were enabled.
     unsafe {
         match (xsave, save) {
-            (true, true) => core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX),
-            (true, false) => core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX),
+            (true, true) => {
+                core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
+            }
+            (true, false) => {
+                core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
+            }
             (false, true) => core::arch::asm!("fxsave64 [{}]", in(reg) p),
             (false, false) => core::arch::asm!("fxrstor64 [{}]", in(reg) p),
         }
@@ -541,7 +601,9 @@ fn fpu_switch(area: &mut FpuArea, save: bool) {
 /// Runs `slot`'s vCPU until it yields, blocks or ends. Returns whether it stays runnable.
 fn run_domain(me: usize, slot: usize) -> bool {
     let mut guard = DOMAINS[slot].lock();
-    let Some(d) = guard.as_mut() else { return false };
+    let Some(d) = guard.as_mut() else {
+        return false;
+    };
     let switched = LAST_SLOT[me].swap(slot as u32, Ordering::Relaxed) != slot as u32;
     let xsave = XSAVE.load(Ordering::Relaxed);
     if switched {
@@ -588,7 +650,11 @@ fn run_domain(me: usize, slot: usize) -> bool {
                 return true;
             }
             ExitAction::Block => {
-                mvlog!("d{} ({}) halted; no event source can wake it yet", d.id, d.name());
+                mvlog!(
+                    "d{} ({}) halted; no event source can wake it yet",
+                    d.id,
+                    d.name()
+                );
                 fpu_switch(&mut d.fpu, true);
                 LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
                 return false;
@@ -611,7 +677,13 @@ fn run_domain(me: usize, slot: usize) -> bool {
 fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason>) {
     let Some(mut d) = slot.take() else { return };
     if d.line_len > 0 {
-        let mut host = ExitHost { mem: HostMem, domid: d.id, line: &mut d.line, line_len: &mut d.line_len, notes: &mut d.notes };
+        let mut host = ExitHost {
+            mem: HostMem,
+            domid: d.id,
+            line: &mut d.line,
+            line_len: &mut d.line_len,
+            notes: &mut d.notes,
+        };
         host.flush_line();
     }
     match how {
@@ -628,7 +700,12 @@ fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason
     }
     let freed = d.vcpu.npt.destroy(&mut HostMem);
     HostMem.free_frame(d.vmcb_pa);
-    mvlog!("d{} memory released: {} MiB, {} MiB free", d.id, freed / 256, memory::free_frames() / 256);
+    mvlog!(
+        "d{} memory released: {} MiB, {} MiB free",
+        d.id,
+        freed / 256,
+        memory::free_frames() / 256
+    );
     let _ = d.pcpu;
     release_alive();
 }

@@ -20,7 +20,10 @@ static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MA
 /// This CPU's index (0 = bootstrap processor).
 pub fn cpu_index() -> usize {
     let id = apic::id();
-    APIC_IDS.iter().position(|a| a.load(Ordering::Relaxed) == id).unwrap_or(0)
+    APIC_IDS
+        .iter()
+        .position(|a| a.load(Ordering::Relaxed) == id)
+        .unwrap_or(0)
 }
 
 pub(crate) fn set_apic_id(index: usize, id: u32) {

@@ -16,7 +16,15 @@ pub static LOG: Mutex<Serial> = Mutex::new(Serial(()));
 impl Serial {
     /// Programs the UART: 115200 8N1, FIFOs on, interrupts off.
     pub fn init(&mut self) {
-        for (off, val) in [(1, 0x00), (3, 0x80), (0, 0x01), (1, 0x00), (3, 0x03), (2, 0xC7), (4, 0x03)] {
+        for (off, val) in [
+            (1, 0x00),
+            (3, 0x80),
+            (0, 0x01),
+            (1, 0x00),
+            (3, 0x03),
+            (2, 0xC7),
+            (4, 0x03),
+        ] {
             // SAFETY: COM2 is the microvisor's own log UART; these are its init registers.
             unsafe { outb(COM2 + off, val) };
         }
