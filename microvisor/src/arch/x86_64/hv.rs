@@ -34,7 +34,6 @@ struct Domain {
     name_len: usize,
     vcpu: Vcpu,
     vmcb_pa: u64,
-    pcpu: usize,
     line: [u8; LINE_MAX],
     line_len: usize,
     notes: u32,
@@ -425,7 +424,6 @@ fn create_domain(
             pat: vcpu::DEFAULT_PAT,
         },
         vmcb_pa,
-        pcpu,
         line: [0; LINE_MAX],
         line_len: 0,
         notes: 0,
@@ -706,6 +704,5 @@ fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason
         freed / 256,
         memory::free_frames() / 256
     );
-    let _ = d.pcpu;
     release_alive();
 }
