@@ -270,11 +270,9 @@ impl<H: Host> GuestEnv for CallEnv<'_, H> {
 
     fn copy_to_guest(&mut self, la: u64, buf: &[u8]) -> Result<(), Errno> {
         // Validate every page before writing any, so a fault leaves guest memory untouched.
-        self.for_each_page(la, buf.len(), true, |mem, npt, gpa, r| {
-            let mut probe = [0u8; 1];
-            copy::from_gpa(npt, mem, gpa, &mut probe).map_err(|_| Errno::EFAULT)?;
+        self.for_each_page(la, buf.len(), true, |mem, npt, gpa, _| {
             match npt.translate(mem, gpa) {
-                Some((_, true)) if r.len() <= 0x1000 => Ok(()),
+                Some((_, true)) => Ok(()),
                 _ => Err(Errno::EFAULT),
             }
         })?;

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::bench::Benchmark;
 use crate::build::{Artifact, Profile, artifact_path, display_path, xtask_dir};
@@ -33,6 +33,23 @@ use crate::qemu::{QemuConfig, RunOptions, Verdict};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What to boot: shared by `run` and `image`.
+#[derive(Debug, Args)]
+struct BootArgs {
+    /// Guests to start, comma-separated: GUEST or GUEST:CMDLINE, where GUEST is hello,
+    /// hostile or bench. A guest listed more than once is named GUEST-1, GUEST-2, ...
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "hello,hello"
+    )]
+    guests: Vec<GuestArg>,
+    /// Use the dev profile instead of release.
+    #[arg(long)]
+    debug: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,35 +73,16 @@ enum Command {
         /// Kill QEMU after this many seconds (default: no limit; 300 with --headless).
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
-        /// Guests to start, comma-separated: GUEST or GUEST:CMDLINE, where GUEST is hello,
-        /// hostile or bench. A guest listed more than once is named GUEST-1, GUEST-2, ...
-        #[arg(
-            long,
-            value_name = "LIST",
-            value_delimiter = ',',
-            default_value = "hello,hello"
-        )]
-        guests: Vec<GuestArg>,
-        /// Use the dev profile instead of release.
-        #[arg(long)]
-        debug: bool,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Build and write a boot bundle, then print the QEMU command line that boots it.
     ///
     /// For manual runs and debugging: append `-s -S` to the printed command to wait for
     /// gdb on port 1234. The bundle is target/xtask/image/bundle.img.
     Image {
-        /// Guests, as for `run`.
-        #[arg(
-            long,
-            value_name = "LIST",
-            value_delimiter = ',',
-            default_value = "hello,hello"
-        )]
-        guests: Vec<GuestArg>,
-        /// Use the dev profile instead of release.
-        #[arg(long)]
-        debug: bool,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Run the host tests (`cargo test`), then the QEMU scenarios.
     ///
@@ -154,18 +152,17 @@ fn dispatch(command: Command) -> Result<bool> {
         Command::Run {
             headless,
             timeout,
-            guests,
-            debug,
+            boot,
         } => {
             let timeout = match (timeout, headless) {
                 (Some(secs), _) => Some(Duration::from_secs(secs)),
                 (None, true) => Some(HEADLESS_TIMEOUT),
                 (None, false) => None,
             };
-            run(&guests, Profile::from_debug_flag(debug), timeout)
+            run(&boot.guests, Profile::from_debug_flag(boot.debug), timeout)
         }
-        Command::Image { guests, debug } => {
-            image_cmd(&guests, Profile::from_debug_flag(debug))?;
+        Command::Image { boot } => {
+            image_cmd(&boot.guests, Profile::from_debug_flag(boot.debug))?;
             Ok(true)
         }
         Command::Test {

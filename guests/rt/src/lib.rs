@@ -17,7 +17,8 @@
 //! }
 //! ```
 //!
-//! Its `build.rs` passes the shared linker script (see `guests/hello/build.rs`), and it is
+//! Its `build.rs` calls [`build::link_guest`] (guest-rt as a build-dependency) to link with
+//! the shared linker script, and it is
 //! built with `-C relocation-model=static -C code-model=small`.
 //!
 //! ## What the runtime does
@@ -48,7 +49,7 @@
 //! memory map, boot-info validation, formatting, statistics, fault-probe bookkeeping.
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, not(target_os = "none")))]
 extern crate std;
 
 pub mod boot;
@@ -59,6 +60,9 @@ pub mod hv;
 pub mod memmap;
 pub mod probe;
 pub mod stats;
+
+#[cfg(not(target_os = "none"))]
+pub mod build;
 
 #[cfg(target_os = "none")]
 pub mod arch;

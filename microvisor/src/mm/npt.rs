@@ -319,12 +319,15 @@ mod tests {
                 if map {
                     let frame = mem.alloc_zeroed_frame().unwrap();
                     let r = npt.map_4k(&mut mem, gpa, frame, Access::ReadWriteExec, Ownership::Owned);
-                    if model.contains_key(&gpa) {
-                        prop_assert_eq!(r, Err(MapError::AlreadyMapped));
-                        mem.free_frame(frame);
-                    } else {
-                        prop_assert_eq!(r, Ok(()));
-                        model.insert(gpa, frame);
+                    match model.entry(gpa) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            prop_assert_eq!(r, Err(MapError::AlreadyMapped));
+                            mem.free_frame(frame);
+                        }
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            prop_assert_eq!(r, Ok(()));
+                            slot.insert(frame);
+                        }
                     }
                 } else {
                     let got = npt.unmap_4k(&mut mem, gpa).map(|(hpa, f)| { f.flushed(); hpa });

@@ -27,6 +27,51 @@ const LINE_MAX: usize = 200;
 #[repr(C, align(64))]
 struct FpuArea([u8; 4096]);
 
+/// A domain's console output being assembled into one log line.
+struct ConsoleLine {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl ConsoleLine {
+    const EMPTY: Self = Self {
+        buf: [0; LINE_MAX],
+        len: 0,
+    };
+
+    /// Appends guest bytes, logging each complete line as `(dN) text`. Control characters
+    /// are dropped or replaced so a guest cannot break the one-line-per-record log.
+    fn push(&mut self, domid: u16, bytes: &[u8]) {
+        for &b in bytes {
+            match b {
+                b'\n' => self.flush(domid),
+                b'\r' => {}
+                0x20..=0x7E => self.put(domid, b),
+                _ => self.put(domid, b'?'),
+            }
+        }
+    }
+
+    fn put(&mut self, domid: u16, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+        if self.len == LINE_MAX {
+            self.flush(domid);
+        }
+    }
+
+    /// Logs whatever is buffered (nothing if empty).
+    fn flush(&mut self, domid: u16) {
+        if self.len == 0 {
+            return;
+        }
+        let text = core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?");
+        let mut log = super::serial::LOG.lock();
+        let _ = core::fmt::Write::write_fmt(&mut *log, format_args!("(d{domid}) {text}\n"));
+        self.len = 0;
+    }
+}
+
 /// A running DomU.
 struct Domain {
     id: u16,
@@ -34,8 +79,7 @@ struct Domain {
     name_len: usize,
     vcpu: Vcpu,
     vmcb_pa: u64,
-    line: [u8; LINE_MAX],
-    line_len: usize,
+    console: ConsoleLine,
     notes: u32,
     fpu: FpuArea,
 }
@@ -379,14 +423,13 @@ impl core::fmt::Display for CreateError {
 }
 
 fn create_domain(
-    index: usize,
+    slot: usize,
     name: &str,
     cmdline: &str,
     mem_mib: u32,
     elf: &[u8],
     pcpu: usize,
 ) -> Result<(), CreateError> {
-    let slot = index;
     if slot >= MAX_DOMAINS {
         return Err(CreateError::Slots);
     }
@@ -424,8 +467,7 @@ fn create_domain(
             pat: vcpu::DEFAULT_PAT,
         },
         vmcb_pa,
-        line: [0; LINE_MAX],
-        line_len: 0,
+        console: ConsoleLine::EMPTY,
         notes: 0,
         fpu: FpuArea([0; 4096]),
     };
@@ -494,20 +536,8 @@ fn schedule(me: usize) -> ! {
 struct ExitHost<'a> {
     mem: HostMem,
     domid: u16,
-    line: &'a mut [u8; LINE_MAX],
-    line_len: &'a mut usize,
+    console: &'a mut ConsoleLine,
     notes: &'a mut u32,
-}
-
-impl ExitHost<'_> {
-    fn flush_line(&mut self) {
-        let text = &self.line[..*self.line_len];
-        let text = core::str::from_utf8(text).unwrap_or("?");
-        let mut log = super::serial::LOG.lock();
-        log.write_bytes(b"(d");
-        let _ = core::fmt::Write::write_fmt(&mut *log, format_args!("{}) {}\n", self.domid, text));
-        *self.line_len = 0;
-    }
 }
 
 impl Host for ExitHost<'_> {
@@ -530,24 +560,7 @@ impl Host for ExitHost<'_> {
     }
 
     fn console(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match b {
-                b'\n' => self.flush_line(),
-                b'\r' => {}
-                // Keep the log one line per record: no control characters from guests.
-                0x20..=0x7E => {
-                    self.line[*self.line_len] = b;
-                    *self.line_len += 1;
-                }
-                _ => {
-                    self.line[*self.line_len] = b'?';
-                    *self.line_len += 1;
-                }
-            }
-            if *self.line_len == LINE_MAX {
-                self.flush_line();
-            }
-        }
+        self.console.push(self.domid, bytes);
     }
 
     fn note(&mut self, what: Note) {
@@ -618,7 +631,7 @@ fn run_domain(me: usize, slot: usize) -> bool {
         vmcb.control.tlb_control = 1;
     }
     let host_state = HOST_STATE[me].load(Ordering::Relaxed);
-    loop {
+    let leave = loop {
         if xsave && cpu::xgetbv0() != d.vcpu.xcr0 {
             // SAFETY: restoring the guest's own XCR0, validated by the CPU when set.
             unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
@@ -634,56 +647,47 @@ fn run_domain(me: usize, slot: usize) -> bool {
         let mut host = ExitHost {
             mem: HostMem,
             domid: d.id,
-            line: &mut d.line,
-            line_len: &mut d.line_len,
+            console: &mut d.console,
             notes: &mut d.notes,
         };
-        let action = d.vcpu.handle_exit(vmcb, &mut host);
-        match action {
+        match d.vcpu.handle_exit(vmcb, &mut host) {
             ExitAction::Resume => {}
             ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
-            ExitAction::Yield => {
-                fpu_switch(&mut d.fpu, true);
-                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
-                return true;
-            }
-            ExitAction::Block => {
-                mvlog!(
-                    "d{} ({}) halted; no event source can wake it yet",
-                    d.id,
-                    d.name()
-                );
-                fpu_switch(&mut d.fpu, true);
-                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
-                return false;
-            }
-            ExitAction::Shutdown(reason) => {
-                end_domain(&mut guard, Ok(reason));
-                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
-                return false;
-            }
-            ExitAction::Crash(why) => {
-                end_domain(&mut guard, Err(why));
-                LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
-                return false;
-            }
+            other => break other,
         }
+    };
+    // The vCPU leaves this pCPU: the next one to run here reloads its own state.
+    LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+    match leave {
+        ExitAction::Yield => {
+            fpu_switch(&mut d.fpu, true);
+            true
+        }
+        ExitAction::Block => {
+            mvlog!(
+                "d{} ({}) halted; no event source can wake it yet",
+                d.id,
+                d.name()
+            );
+            fpu_switch(&mut d.fpu, true);
+            false
+        }
+        ExitAction::Shutdown(reason) => {
+            end_domain(&mut guard, Ok(reason));
+            false
+        }
+        ExitAction::Crash(why) => {
+            end_domain(&mut guard, Err(why));
+            false
+        }
+        ExitAction::Resume | ExitAction::HostInterrupt => true,
     }
 }
 
 /// Logs the end of a domain, frees all its memory and drops it.
 fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason>) {
     let Some(mut d) = slot.take() else { return };
-    if d.line_len > 0 {
-        let mut host = ExitHost {
-            mem: HostMem,
-            domid: d.id,
-            line: &mut d.line,
-            line_len: &mut d.line_len,
-            notes: &mut d.notes,
-        };
-        host.flush_line();
-    }
+    d.console.flush(d.id);
     match how {
         Ok(reason) => {
             mvlog!("d{} ({}) shut down: {}", d.id, d.name(), reason.name());
