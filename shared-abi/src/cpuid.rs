@@ -26,3 +26,12 @@ pub const LEAF4_VCPU_ID_PRESENT: u32 = 1 << 3;
 pub const LEAF4_DOMID_PRESENT: u32 = 1 << 4;
 /// Standard leaf 1 ECX: running under a hypervisor.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// Signature domain 0 sees in the base leaf instead of Xen's: `"MicrovisorMV"`. Domain 0 is
+/// native Linux and must not take its Xen guest paths, so it sees only this leaf (EAX =
+/// base, no further leaves) plus the hypervisor bit.
+pub const MICROVISOR_CPUID_SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"Micr"),
+    u32::from_le_bytes(*b"ovis"),
+    u32::from_le_bytes(*b"orMV"),
+];

@@ -43,6 +43,8 @@
 //! | 18 | `console_io`   | [`console`] | write |
 //! | 29 | `sched_op`     | [`sched`]   | yield, shutdown |
 //!
+//! | `0x4d56_0000` | microvisor control | [`control`] | host info, domain list, domain info (domain 0 only) |
+//!
 //! Numbers of the rest of the planned subset are listed in [`Hypercall`]; until a call is
 //! implemented it returns `-ENOSYS` so that guests can probe for it.
 //!
@@ -55,6 +57,7 @@
 #![deny(missing_docs)]
 
 pub mod console;
+pub mod control;
 pub mod cpuid;
 pub mod errno;
 pub mod hypercall;

@@ -1,0 +1,254 @@
+//! Privileged control operations: the microvisor's own hypercall, for domain 0 only.
+//!
+//! These are not part of the Xen ABI. They live in their own hypercall number,
+//! [`CONTROL_HYPERCALL`], far above Xen's range, and every structure here is versioned by
+//! [`CONTROL_VERSION`]. Dom0 reaches them through the `/dev/microvisor` kernel module
+//! ([`ioctl`]), which issues the `VMMCALL` from ring 0 on behalf of `dom0d`.
+//!
+//! ## Calling convention
+//!
+//! | register | meaning |
+//! |----------|---------|
+//! | `RAX` | [`CONTROL_HYPERCALL`] |
+//! | `RDI` | operation, a [`ControlOp`] |
+//! | `RSI` | guest-physical address of the caller's buffer (Dom0 is identity-mapped, so this is the buffer's machine address) |
+//! | `RDX` | buffer length in bytes, at most [`MAX_BUFFER`] |
+//! | `R10` | operation argument (see each operation) |
+//! | `R8`  | [`CONTROL_VERSION`] the caller was built against |
+//!
+//! Result in `RAX`: a non-negative count (see each operation) or a negated
+//! [`Errno`](crate::errno::Errno).
+//!
+//! ## Errors common to every operation
+//!
+//! | errno | when |
+//! |-------|------|
+//! | `EPERM` | the caller is not domain 0, or not at CPL 0 |
+//! | `EACCES` | `R8` is not [`CONTROL_VERSION`] (rebuild the caller against this crate) |
+//! | `ENOSYS` | unknown operation |
+//! | `EINVAL` | buffer length above [`MAX_BUFFER`], or a reserved argument is not zero |
+//! | `EFAULT` | the buffer is not RAM that domain 0 owns |
+//! | `ENOSPC` | the buffer is too small for even one result record |
+//!
+//! ## Operations
+//!
+//! | op | `R10` | buffer out | returns |
+//! |----|-------|------------|---------|
+//! | [`ControlOp::HostInfo`] | 0 | one [`HostInfo`] | size of [`HostInfo`] |
+//! | [`ControlOp::DomainList`] | first domid to report | as many [`DomainInfo`] as fit, ascending domid, starting at the first existing domid `>= R10` | number of records written (0: no more domains) |
+//! | [`ControlOp::DomainInfo`] | domid | one [`DomainInfo`] | size of [`DomainInfo`]; `ESRCH` if no such domain |
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Hypercall number of the control call (outside Xen's numbering).
+pub const CONTROL_HYPERCALL: u64 = 0x4d56_0000;
+/// Version of the control structures. Bumped on any layout or meaning change.
+pub const CONTROL_VERSION: u64 = 1;
+/// Largest buffer one control call accepts.
+pub const MAX_BUFFER: usize = 4096;
+
+/// Control operations (`RDI`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ControlOp {
+    /// Facts about the machine and the microvisor.
+    HostInfo = 1,
+    /// A page of domains.
+    DomainList = 2,
+    /// One domain.
+    DomainInfo = 3,
+}
+
+impl TryFrom<u64> for ControlOp {
+    type Error = crate::errno::Errno;
+    fn try_from(v: u64) -> Result<Self, Self::Error> {
+        Ok(match v {
+            1 => ControlOp::HostInfo,
+            2 => ControlOp::DomainList,
+            3 => ControlOp::DomainInfo,
+            _ => return Err(crate::errno::Errno::ENOSYS),
+        })
+    }
+}
+
+/// Facts about the host ([`ControlOp::HostInfo`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct HostInfo {
+    /// [`CONTROL_VERSION`] of the microvisor.
+    pub control_version: u32,
+    /// Physical CPUs the microvisor runs on.
+    pub pcpus: u32,
+    /// The pCPU dedicated to domain 0.
+    pub dom0_pcpu: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// Usable RAM of the machine, in KiB.
+    pub mem_total_kib: u64,
+    /// RAM not given to any domain nor used by the microvisor, in KiB.
+    pub mem_free_kib: u64,
+    /// TSC frequency in kHz, as calibrated at boot.
+    pub tsc_khz: u64,
+    /// Time since the microvisor started, in nanoseconds.
+    pub uptime_ns: u64,
+    /// Microvisor version, NUL-padded ASCII (e.g. `"0.1.0"`).
+    pub version: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<HostInfo>() == 80);
+
+/// Domain states in [`DomainInfo::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DomainState {
+    /// Runnable or running.
+    Running = 1,
+    /// Waiting for an event (halted or blocked).
+    Blocked = 2,
+    /// Paused by the toolstack.
+    Paused = 3,
+    /// Shut down by itself; [`DomainInfo::shutdown_reason`] says why.
+    Shutdown = 4,
+    /// Crashed; the microvisor's log says why.
+    Crashed = 5,
+}
+
+impl DomainState {
+    /// Decodes a state; `None` for values this version does not know.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => DomainState::Running,
+            2 => DomainState::Blocked,
+            3 => DomainState::Paused,
+            4 => DomainState::Shutdown,
+            5 => DomainState::Crashed,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name, as the toolstack prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DomainState::Running => "running",
+            DomainState::Blocked => "blocked",
+            DomainState::Paused => "paused",
+            DomainState::Shutdown => "shutdown",
+            DomainState::Crashed => "crashed",
+        }
+    }
+}
+
+/// [`DomainInfo::flags`]: the domain is privileged (domain 0).
+pub const DOMAIN_FLAG_PRIVILEGED: u32 = 1 << 0;
+
+/// One domain ([`ControlOp::DomainInfo`], [`ControlOp::DomainList`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DomainInfo {
+    /// Domain id.
+    pub domid: u32,
+    /// A [`DomainState`] as `u32`.
+    pub state: u32,
+    /// [`DOMAIN_FLAG_PRIVILEGED`] and future flags.
+    pub flags: u32,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// The pCPU the domain's vCPU runs on.
+    pub pcpu: u32,
+    /// For [`DomainState::Shutdown`]: the `SHUTDOWN_*` reason of
+    /// [`sched`](crate::sched); otherwise 0.
+    pub shutdown_reason: u32,
+    /// Memory given to the domain, in KiB.
+    pub mem_kib: u64,
+    /// Time the domain's vCPUs spent in guest mode, in nanoseconds. Domain 0 owns its pCPU
+    /// and halts in guest mode, so its figure includes its idle time.
+    pub cpu_time_ns: u64,
+    /// Domain name, NUL-padded ASCII.
+    pub name: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<DomainInfo>() == 72);
+
+/// Returns the text of a NUL-padded ASCII field, or `None` if it is malformed.
+pub fn fixed_str(field: &[u8]) -> Option<&str> {
+    let len = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let (text, pad) = field.split_at(len);
+    if pad.iter().any(|&b| b != 0) || !text.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return None;
+    }
+    core::str::from_utf8(text).ok()
+}
+
+/// Copies `s` into a NUL-padded field, truncating it to leave at least one NUL.
+pub fn fill_fixed_str(field: &mut [u8], s: &str) {
+    field.fill(0);
+    let n = s.len().min(field.len().saturating_sub(1));
+    field[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+/// The `/dev/microvisor` ioctl interface (Linux, `dom0/kmod`).
+///
+/// `ioctl(fd, IOCTL_CONTROL, &mut IoctlControl)` copies `buf_len` bytes from `buf` into a
+/// kernel page, issues the control hypercall with that page, copies the page back into `buf`,
+/// and returns the hypercall's non-negative result. A negative hypercall result becomes `-1`
+/// with `errno` set to the same number (Xen's errno values equal Linux's for every code
+/// listed above). The module itself fails with `ENOTTY` (unknown ioctl), `EINVAL`
+/// (`buf_len` above [`MAX_BUFFER`] or a reserved field not zero), `EFAULT` (bad user
+/// pointer) and `EACCES`/`EPERM` (opened without `CAP_SYS_ADMIN`).
+pub mod ioctl {
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+    /// The ioctl type byte (`'M'`).
+    pub const IOCTL_TYPE: u8 = b'M';
+    /// The ioctl number within [`IOCTL_TYPE`].
+    pub const IOCTL_CONTROL_NR: u8 = 1;
+    /// `_IOWR('M', 1, struct mv_control)`: Linux's encoding of direction (3 = read|write),
+    /// size, type and number.
+    pub const IOCTL_CONTROL: u32 = (3 << 30)
+        | ((core::mem::size_of::<IoctlControl>() as u32) << 16)
+        | ((IOCTL_TYPE as u32) << 8)
+        | IOCTL_CONTROL_NR as u32;
+
+    /// Argument of [`IOCTL_CONTROL`] (`struct mv_control` in `dom0/kmod/microvisor.h`).
+    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    #[repr(C)]
+    pub struct IoctlControl {
+        /// [`ControlOp`](super::ControlOp) (`RDI`).
+        pub op: u64,
+        /// Operation argument (`R10`).
+        pub arg: u64,
+        /// [`CONTROL_VERSION`](super::CONTROL_VERSION) (`R8`).
+        pub version: u64,
+        /// User pointer to the buffer.
+        pub buf: u64,
+        /// Buffer length in bytes, at most [`MAX_BUFFER`](super::MAX_BUFFER).
+        pub buf_len: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<IoctlControl>() == 40);
+    const _: () = assert!(IOCTL_CONTROL == 0xc028_4d01);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_round_trip_and_unknown_is_enosys() {
+        for op in [ControlOp::HostInfo, ControlOp::DomainList, ControlOp::DomainInfo] {
+            assert_eq!(ControlOp::try_from(op as u64), Ok(op));
+        }
+        assert_eq!(ControlOp::try_from(0), Err(crate::errno::Errno::ENOSYS));
+        assert_eq!(ControlOp::try_from(u64::MAX), Err(crate::errno::Errno::ENOSYS));
+    }
+
+    #[test]
+    fn fixed_strings() {
+        let mut f = [0u8; 8];
+        fill_fixed_str(&mut f, "dom0-long-name");
+        assert_eq!(fixed_str(&f), Some("dom0-lo"));
+        assert_eq!(fixed_str(b"ab\0c"), None);
+        assert_eq!(fixed_str(b"a\x01\0\0"), None);
+        assert_eq!(DomainState::from_u32(9), None);
+        assert_eq!(DomainState::from_u32(4).map(DomainState::name), Some("shutdown"));
+    }
+}
