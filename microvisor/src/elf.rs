@@ -200,6 +200,11 @@ pub(crate) mod tests {
 
     /// A minimal PVH ELF: one PT_LOAD at 1 MiB and a note segment.
     pub(crate) fn tiny_pvh(entry: u32) -> std::vec::Vec<u8> {
+        tiny_pvh_at(0x10_0000, entry)
+    }
+
+    /// [`tiny_pvh`] with its PT_LOAD at `paddr`.
+    pub(crate) fn tiny_pvh_at(paddr: u64, entry: u32) -> std::vec::Vec<u8> {
         let mut f = std::vec![0u8; 0x200];
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2;
@@ -218,7 +223,7 @@ pub(crate) mod tests {
             f[b + 32..b + 40].copy_from_slice(&filesz.to_le_bytes());
             f[b + 40..b + 48].copy_from_slice(&memsz.to_le_bytes());
         };
-        ph(0, PT_LOAD, 0x180, 0x10_0000, 0x10, 0x2000);
+        ph(0, PT_LOAD, 0x180, paddr, 0x10, 0x2000);
         ph(1, PT_NOTE, 0x100, 0, 24, 24);
         let note = [4u32, 8, XEN_ELFNOTE_PHYS32_ENTRY];
         for (i, w) in note.iter().enumerate() {

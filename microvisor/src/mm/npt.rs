@@ -143,6 +143,50 @@ impl Npt {
         Ok(())
     }
 
+    /// Maps one large page `gpa -> hpa` of `2 MiB << (9 * (level - 1))` bytes (level 1:
+    /// 2 MiB, level 2: 1 GiB) with [`Ownership::Foreign`]: large leaves describe memory
+    /// the table never frees (domain 0's identity map).
+    pub fn map_large(
+        &self,
+        mem: &mut impl PhysMemory,
+        gpa: u64,
+        hpa: u64,
+        level: u32,
+        access: Access,
+    ) -> Result<(), MapError> {
+        if !(1..=2).contains(&level) {
+            return Err(MapError::BadAddress);
+        }
+        let size = 1u64 << (12 + 9 * level);
+        if !gpa.is_multiple_of(size)
+            || !hpa.is_multiple_of(size)
+            || gpa >= GPA_LIMIT
+            || hpa & !PTE_ADDR != 0
+        {
+            return Err(MapError::BadAddress);
+        }
+        let mut table = self.root;
+        for l in (level + 1..4).rev() {
+            let slot = table + index(gpa, l) * 8;
+            let entry = mem.read_u64(slot);
+            table = if entry & PTE_P == 0 {
+                let next = mem.alloc_zeroed_frame().ok_or(MapError::OutOfMemory)?;
+                mem.write_u64(slot, next | TABLE_FLAGS);
+                next
+            } else if entry & PTE_PS != 0 {
+                return Err(MapError::AlreadyMapped);
+            } else {
+                entry & PTE_ADDR
+            };
+        }
+        let slot = table + index(gpa, level) * 8;
+        if mem.read_u64(slot) & PTE_P != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        mem.write_u64(slot, hpa | access.bits() | PTE_PS);
+        Ok(())
+    }
+
     /// Removes the 4 KiB mapping of `gpa`, returning the frame it mapped.
     pub fn unmap_4k(&self, mem: &mut impl PhysMemory, gpa: u64) -> Option<(u64, NptFlush)> {
         let slot = self.leaf_slot(mem, gpa)?;
@@ -202,7 +246,8 @@ impl Npt {
                     continue;
                 }
                 if level == 0 || entry & PTE_PS != 0 {
-                    if entry & PTE_OWNED != 0 {
+                    // Large leaves are never owned (see `map_large`).
+                    if level == 0 && entry & PTE_OWNED != 0 {
                         mem.free_frame(entry & PTE_ADDR);
                         freed += 1;
                     }
@@ -225,6 +270,43 @@ mod tests {
     use crate::mm::fake::FakeMem;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn large_pages_translate_and_are_never_freed() {
+        let mut mem = FakeMem::new();
+        let npt = Npt::new(&mut mem).unwrap();
+        npt.map_large(&mut mem, 0x4000_0000, 0x4000_0000, 2, Access::ReadWriteExec)
+            .unwrap();
+        npt.map_large(&mut mem, 0x20_0000, 0x20_0000, 1, Access::ReadExec)
+            .unwrap();
+        assert_eq!(
+            npt.translate(&mem, 0x4012_3456),
+            Some((0x4012_3456, true))
+        );
+        assert_eq!(npt.translate(&mem, 0x2F_F000), Some((0x2F_F000, false)));
+        assert_eq!(npt.translate(&mem, 0x40_0000), None);
+        // Overlaps, misalignment and bad levels are refused.
+        assert_eq!(
+            npt.map_4k(&mut mem, 0x20_1000, 0, Access::ReadExec, Ownership::Owned),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            npt.map_large(&mut mem, 0x4020_0000, 0, 1, Access::ReadExec),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            npt.map_large(&mut mem, 0x1000, 0x1000, 1, Access::ReadExec),
+            Err(MapError::BadAddress)
+        );
+        assert_eq!(
+            npt.map_large(&mut mem, 0, 0, 3, Access::ReadExec),
+            Err(MapError::BadAddress)
+        );
+        let tables = mem.frames.len() as u64;
+        assert_eq!(npt.destroy(&mut mem), 0);
+        assert_eq!(mem.freed.len() as u64, tables);
+        assert!(mem.frames.is_empty());
+    }
 
     #[test]
     fn maps_translates_unmaps() {
