@@ -13,6 +13,7 @@ extern crate std;
 
 pub mod acpi;
 pub mod bundle;
+pub mod control;
 pub mod dom0;
 pub mod domain;
 pub mod elf;

@@ -3,7 +3,7 @@
 //! Both are pure functions of the host's answer and the domain's state, tested on the host.
 
 use shared_abi::cpuid::{
-    LEAF1_ECX_HYPERVISOR, LEAF4_DOMID_PRESENT, LEAF4_VCPU_ID_PRESENT, XEN_CPUID_BASE,
+    LEAF1_ECX_HYPERVISOR, MICROVISOR_CPUID_SIGNATURE, LEAF4_DOMID_PRESENT, LEAF4_VCPU_ID_PRESENT, XEN_CPUID_BASE,
     XEN_CPUID_LAST_LEAF, XEN_CPUID_SIGNATURE, XEN_HYPERCALL_MSR,
 };
 use shared_abi::{XEN_VERSION_MAJOR, XEN_VERSION_MINOR};
@@ -113,6 +113,36 @@ pub fn guest_cpuid(leaf: u32, host: CpuidRegs, ctx: &CpuidCtx) -> CpuidRegs {
     r
 }
 
+/// Computes domain 0's view of CPUID `leaf`. Dom0 is native Linux on a real local APIC, so
+/// it sees the host's CPU minus virtualization (SVM, VMX, MONITOR/MWAIT) plus the hypervisor
+/// bit and the microvisor's own signature leaf, and never the Xen leaves (which would send
+/// Linux down its Xen guest paths).
+pub fn dom0_cpuid(leaf: u32, host: CpuidRegs, guest_osxsave: bool) -> CpuidRegs {
+    let mut r = host;
+    match leaf {
+        1 => {
+            r.ecx &= !(LEAF1_ECX_MONITOR | LEAF1_ECX_VMX | LEAF1_ECX_OSXSAVE);
+            if guest_osxsave {
+                r.ecx |= LEAF1_ECX_OSXSAVE;
+            }
+            r.ecx |= LEAF1_ECX_HYPERVISOR;
+        }
+        0x8000_0001 => r.ecx &= !(EXT1_ECX_SVM | EXT1_ECX_MONITORX),
+        0x8000_000A => r = CpuidRegs::default(),
+        XEN_CPUID_BASE => {
+            r = CpuidRegs {
+                eax: XEN_CPUID_BASE,
+                ebx: MICROVISOR_CPUID_SIGNATURE[0],
+                ecx: MICROVISOR_CPUID_SIGNATURE[1],
+                edx: MICROVISOR_CPUID_SIGNATURE[2],
+            }
+        }
+        0x4000_0001..=0x4FFF_FFFF => r = CpuidRegs::default(),
+        _ => {}
+    }
+    r
+}
+
 /// MSR numbers the policy names.
 pub mod msr {
     /// Time-stamp counter.
@@ -141,6 +171,20 @@ pub mod msr {
     pub const GS_BASE: u32 = 0xC000_0101;
     /// Kernel GS base.
     pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
+    /// Local APIC base and enable.
+    pub const APIC_BASE: u32 = 0x1B;
+    /// AMD system configuration (memory typing, SEV/SME enables).
+    pub const SYSCFG: u32 = 0xC001_0010;
+    /// AMD microcode patch loader.
+    pub const PATCH_LOADER: u32 = 0xC001_0020;
+    /// SVM control (SVMDIS, LOCK).
+    pub const VM_CR: u32 = 0xC001_0114;
+    /// IGNNE.
+    pub const IGNNE: u32 = 0xC001_0115;
+    /// SMM control.
+    pub const SMM_CTL: u32 = 0xC001_0116;
+    /// Host save area of VMRUN.
+    pub const VM_HSAVE_PA: u32 = 0xC001_0117;
 }
 
 /// MSRs the guest reads and writes directly: state that VMLOAD/VMSAVE switch.
@@ -155,6 +199,25 @@ pub const PASSTHROUGH_MSRS: [u32; 10] = [
     msr::FS_BASE,
     msr::GS_BASE,
     msr::KERNEL_GS_BASE,
+];
+
+/// MSRs domain 0 may not touch directly, with the directions that exit (`(msr, read,
+/// write)`). Everything else in the MSRPM ranges is Dom0's to read and write natively: it
+/// owns its pCPU, and these are the ones whose native access would expose or break the
+/// microvisor (SVM control, the host save area, EFER.SVME, the TSC and APIC base other
+/// pCPUs rely on, the PAT that QEMU does not switch, microcode loading).
+pub const DOM0_TRAPPED_MSRS: [(u32, bool, bool); 11] = [
+    (msr::EFER, true, true),
+    (msr::PAT, true, true),
+    (msr::TSC, false, true),
+    (msr::APIC_BASE, false, true),
+    (msr::SYSCFG, false, true),
+    (msr::PATCH_LOADER, false, true),
+    (msr::VM_CR, true, true),
+    (msr::IGNNE, true, true),
+    (msr::SMM_CTL, true, true),
+    (msr::VM_HSAVE_PA, true, true),
+    (shared_abi::cpuid::XEN_HYPERCALL_MSR, true, true),
 ];
 
 /// Where an MSR's two permission bits (read, then write) live in the 8 KiB MSRPM:
@@ -254,6 +317,32 @@ mod tests {
         assert_eq!(guest_cpuid(0x4000_0001, host, &CTX).eax, 0x0004_0013);
         assert_eq!(guest_cpuid(0x4000_0004, host, &CTX).ecx, 3);
         assert_eq!(guest_cpuid(0x4000_0100, host, &CTX), CpuidRegs::default());
+    }
+
+    #[test]
+    fn dom0_sees_no_xen_and_no_svm() {
+        let host = CpuidRegs {
+            eax: 0,
+            ebx: 0x0000_0800,
+            ecx: !0,
+            edx: !0,
+        };
+        let l1 = dom0_cpuid(1, host, false);
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_eq!(l1.ecx & (LEAF1_ECX_VMX | LEAF1_ECX_OSXSAVE | LEAF1_ECX_MONITOR), 0);
+        assert_ne!(l1.edx & LEAF1_EDX_APIC, 0, "Dom0 keeps its real local APIC");
+        assert_eq!(l1.ebx, host.ebx, "Dom0 sees its real APIC id");
+        assert_ne!(dom0_cpuid(1, host, true).ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_eq!(dom0_cpuid(0x8000_0001, host, false).ecx & EXT1_ECX_SVM, 0);
+        assert_eq!(dom0_cpuid(0x8000_000A, host, false), CpuidRegs::default());
+        let base = dom0_cpuid(XEN_CPUID_BASE, host, false);
+        assert_eq!([base.ebx, base.ecx, base.edx], MICROVISOR_CPUID_SIGNATURE);
+        assert_eq!(base.eax, XEN_CPUID_BASE);
+        // No Xen signature anywhere Linux scans for it.
+        for leaf in (XEN_CPUID_BASE + 0x100..0x4001_0000).step_by(0x100) {
+            assert_eq!(dom0_cpuid(leaf, host, false), CpuidRegs::default());
+        }
+        assert_eq!(dom0_cpuid(7, host, false), host);
     }
 
     #[test]

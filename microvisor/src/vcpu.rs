@@ -13,7 +13,9 @@ use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
 use crate::vmcb::{
     EventInj, INT_CTL_V_INTR_MASKING, Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
 };
+use crate::control::ControlCall;
 use shared_abi::Errno;
+use shared_abi::control::{CONTROL_HYPERCALL, MAX_BUFFER};
 use shared_abi::cpuid::XEN_HYPERCALL_MSR;
 use shared_abi::sched::ShutdownReason;
 
@@ -55,7 +57,7 @@ const _: () = assert!(core::mem::offset_of!(GuestRegs, rsi) == 24);
 const _: () = assert!(core::mem::offset_of!(GuestRegs, r15) == 104);
 
 /// The machine services an exit handler needs.
-pub trait Host {
+pub trait Host: crate::control::ControlSource {
     /// Physical memory (guest RAM is reached through the domain's NPT).
     type Mem: PhysMemory;
     /// The physical memory.
@@ -91,6 +93,14 @@ pub enum Note {
     },
     /// An SVM instruction or other forbidden instruction raised #UD.
     InstructionDenied(SvmExit),
+    /// Domain 0 touched guest-physical memory that is not mapped for it (the microvisor's
+    /// or a DomU's RAM) and got #GP.
+    Dom0Fault {
+        /// The fault.
+        info: NpfInfo,
+        /// Guest RIP.
+        rip: u64,
+    },
 }
 
 /// What the scheduler does after an exit.
@@ -146,11 +156,14 @@ impl core::fmt::Display for CrashReason {
     }
 }
 
-/// A DomU vCPU.
+/// A vCPU of a DomU or of domain 0.
 #[derive(Debug)]
 pub struct Vcpu {
     /// Domain id.
     pub domid: u16,
+    /// Domain 0: may use the control hypercall, sees the Dom0 CPUID, and an access to
+    /// unmapped memory is a #GP in the guest rather than a crash of the domain.
+    pub privileged: bool,
     /// vCPU number in the domain.
     pub id: u32,
     /// The domain's nested page table.
@@ -166,26 +179,42 @@ pub struct Vcpu {
 /// Power-on PAT value.
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
+/// The permission maps a VMCB points at.
+#[derive(Clone, Copy, Debug)]
+pub struct PermissionMaps {
+    /// I/O permission map (12 KiB).
+    pub iopm: u64,
+    /// MSR permission map (8 KiB).
+    pub msrpm: u64,
+}
+
 /// Fills a VMCB for a PVH entry: 32-bit protected mode, paging off, `EBX` = start info.
+/// `privileged` selects domain 0's intercepts and direct physical interrupts.
 pub fn init_pvh_vmcb(
     vmcb: &mut Vmcb,
     npt: &Npt,
     asid: u32,
-    iopm_pa: u64,
-    msrpm_pa: u64,
+    maps: PermissionMaps,
     entry: u32,
     start_info_gpa: u64,
+    privileged: bool,
 ) -> GuestRegs {
     let c = &mut vmcb.control;
-    c.set_intercepts(Intercepts::DOMU);
+    c.set_intercepts(if privileged {
+        Intercepts::DOM0
+    } else {
+        Intercepts::DOMU
+    });
     // Intercept #MC so a machine check in the guest reaches the microvisor? Under TCG none
     // arrive; no exception is intercepted.
     c.exceptions = 0;
-    c.iopm_base = iopm_pa;
-    c.msrpm_base = msrpm_pa;
+    c.iopm_base = maps.iopm;
+    c.msrpm_base = maps.msrpm;
     c.asid = asid;
     c.tlb_control = 1;
-    c.int_ctl = INT_CTL_V_INTR_MASKING;
+    // DomUs: physical interrupts exit to the microvisor whatever the guest's IF. Dom0:
+    // they are delivered to it directly, masked by its own IF.
+    c.int_ctl = if privileged { 0 } else { INT_CTL_V_INTR_MASKING };
     c.nested_ctl = NESTED_CTL_NP_ENABLE;
     c.nested_cr3 = npt.root();
     let s = &mut vmcb.save;
@@ -338,10 +367,19 @@ impl Vcpu {
                 ExitAction::Resume
             }
             SvmExit::Shutdown => ExitAction::Crash(CrashReason::TripleFault { rip: vmcb.save.rip }),
-            SvmExit::Npf => ExitAction::Crash(CrashReason::NestedPageFault {
-                info: NpfInfo::decode(vmcb.control.exit_info1, vmcb.control.exit_info2),
-                rip: vmcb.save.rip,
-            }),
+            SvmExit::Npf => {
+                let info = NpfInfo::decode(vmcb.control.exit_info1, vmcb.control.exit_info2);
+                let rip = vmcb.save.rip;
+                if self.privileged {
+                    // Dom0 is the machine's OS: a stray access (say, root reading
+                    // /dev/mem) is its own fault, delivered as #GP without touching RIP.
+                    host.note(Note::Dom0Fault { info, rip });
+                    inject(vmcb, EventInj::GP0);
+                    ExitAction::Resume
+                } else {
+                    ExitAction::Crash(CrashReason::NestedPageFault { info, rip })
+                }
+            }
             SvmExit::Invalid => ExitAction::Crash(CrashReason::InvalidState),
             SvmExit::Exception(_) | SvmExit::Vintr | SvmExit::TaskSwitch => {
                 ExitAction::Crash(CrashReason::UnexpectedExit(code))
@@ -350,6 +388,14 @@ impl Vcpu {
     }
 
     fn hypercall(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
+        if vmcb.save.rax == CONTROL_HYPERCALL {
+            vmcb.save.rax = match self.control(vmcb, host) {
+                Ok(v) => v as u64,
+                Err(e) => e.to_ret() as u64,
+            };
+            advance(vmcb, 3);
+            return ExitAction::Resume;
+        }
         let r = &self.regs;
         let call = HypercallArgs {
             nr: vmcb.save.rax,
@@ -376,16 +422,48 @@ impl Vcpu {
         }
     }
 
+    /// The control hypercall: `RDI` op, `RSI` buffer GPA, `RDX` length, `R10` argument,
+    /// `R8` version. The buffer is checked writable as a whole before anything is written.
+    fn control(&mut self, vmcb: &Vmcb, host: &mut impl Host) -> Result<i64, Errno> {
+        let call = ControlCall {
+            op: self.regs.rdi,
+            buf_len: self.regs.rdx,
+            arg: self.regs.r10,
+            version: self.regs.r8,
+            privileged: self.privileged,
+            cpl: vmcb.save.cpl,
+        };
+        let gpa = self.regs.rsi;
+        let mut out = [0u8; MAX_BUFFER];
+        let (ret, len) = crate::control::dispatch(&call, &*host, &mut out)?;
+        let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
+        let mut page = gpa & !0xFFF;
+        while page < end {
+            match self.npt.translate(host.mem(), page) {
+                Some((_, true)) => page += 0x1000,
+                _ => return Err(Errno::EFAULT),
+            }
+        }
+        copy::to_gpa(&self.npt, host.mem(), gpa, &out[..len]).map_err(|_| Errno::EFAULT)?;
+        Ok(ret)
+    }
+
     fn cpuid(&mut self, vmcb: &mut Vmcb, host: &impl Host) {
         let leaf = vmcb.save.rax as u32;
         let subleaf = self.regs.rcx as u32;
+        let guest_osxsave = vmcb.save.cr4 & (1 << 18) != 0;
         let ctx = CpuidCtx {
             domid: self.domid,
             vcpu_id: self.id,
             tsc_khz: host.tsc_khz(),
-            guest_osxsave: vmcb.save.cr4 & (1 << 18) != 0,
+            guest_osxsave,
         };
-        let r = policy::guest_cpuid(leaf, host.cpuid(leaf, subleaf), &ctx);
+        let native = host.cpuid(leaf, subleaf);
+        let r = if self.privileged {
+            policy::dom0_cpuid(leaf, native, guest_osxsave)
+        } else {
+            policy::guest_cpuid(leaf, native, &ctx)
+        };
         vmcb.save.rax = u64::from(r.eax);
         self.regs.rbx = u64::from(r.ebx);
         self.regs.rcx = u64::from(r.ecx);
@@ -414,7 +492,10 @@ impl Vcpu {
                 MsrResult::Ok(0)
             }
             (msr::TSC, false) => MsrResult::Ok(host.rdtsc().wrapping_add(vmcb.control.tsc_offset)),
-            (XEN_HYPERCALL_MSR, true) => self.install_hypercall_page(value, host),
+            // Dom0 is not a Xen guest: it has no hypercall page.
+            (XEN_HYPERCALL_MSR, true) if !self.privileged => {
+                self.install_hypercall_page(value, host)
+            }
             _ => MsrResult::Gp,
         };
         match result {
@@ -484,6 +565,18 @@ mod tests {
         notes: std::vec::Vec<Note>,
     }
 
+    impl crate::control::ControlSource for FakeHost {
+        fn host_info(&self) -> shared_abi::control::HostInfo {
+            shared_abi::control::HostInfo {
+                pcpus: 3,
+                ..Default::default()
+            }
+        }
+        fn domain_from(&self, from: u32) -> Option<shared_abi::control::DomainInfo> {
+            (from == 0).then(shared_abi::control::DomainInfo::default)
+        }
+    }
+
     impl Host for FakeHost {
         type Mem = FakeMem;
         fn mem(&mut self) -> &mut FakeMem {
@@ -512,14 +605,28 @@ mod tests {
     }
 
     fn setup() -> (Vcpu, std::boxed::Box<Vmcb>, FakeHost) {
+        setup_as(false)
+    }
+
+    fn setup_as(privileged: bool) -> (Vcpu, std::boxed::Box<Vmcb>, FakeHost) {
         let f = tiny_pvh(0x10_0000);
         let img = PvhImage::parse(&f).unwrap();
         let mut mem = FakeMem::new();
         let npt = domain::build(&mut mem, &img, 2, "").unwrap();
         let mut vmcb = std::boxed::Box::new(Vmcb::new_zeroed());
-        let regs = init_pvh_vmcb(&mut vmcb, &npt, 1, 0, 0, img.entry, domain::BOOT_INFO_GPA);
+        let maps = PermissionMaps { iopm: 0, msrpm: 0 };
+        let regs = init_pvh_vmcb(
+            &mut vmcb,
+            &npt,
+            1,
+            maps,
+            img.entry,
+            domain::BOOT_INFO_GPA,
+            privileged,
+        );
         let vcpu = Vcpu {
-            domid: 1,
+            domid: if privileged { 0 } else { 1 },
+            privileged,
             id: 0,
             npt,
             regs,
@@ -535,6 +642,84 @@ mod tests {
                 notes: std::vec::Vec::new(),
             },
         )
+    }
+
+    #[test]
+    fn dom0_faults_are_its_own_and_domu_faults_crash() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        assert_eq!(vmcb.control.int_ctl & INT_CTL_V_INTR_MASKING, 0);
+        assert!(!Intercepts::DOM0.contains(Intercepts::HLT));
+        vmcb.control.exit_code = 0x400;
+        vmcb.control.exit_info1 = 0x1_0000_0004;
+        vmcb.control.exit_info2 = 0x20_0000;
+        vmcb.save.rip = 0x1234;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(vmcb.control.event_inj, EventInj::GP0.encode());
+        assert_eq!(vmcb.save.rip, 0x1234, "a fault does not advance RIP");
+        assert!(matches!(host.notes[0], Note::Dom0Fault { rip: 0x1234, .. }));
+
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x400;
+        vmcb.control.exit_info1 = 0x1_0000_0004;
+        assert!(matches!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Crash(CrashReason::NestedPageFault { .. })
+        ));
+    }
+
+    #[test]
+    fn dom0_cpuid_has_no_xen_leaves() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        vmcb.control.exit_code = 0x72;
+        vmcb.save.rax = 0x4000_0000;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(
+            v.regs.rbx as u32,
+            shared_abi::cpuid::MICROVISOR_CPUID_SIGNATURE[0]
+        );
+    }
+
+    fn control(v: &mut Vcpu, vmcb: &mut Vmcb, host: &mut FakeHost, op: u64, gpa: u64, len: u64) -> i64 {
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = CONTROL_HYPERCALL;
+        v.regs.rdi = op;
+        v.regs.rsi = gpa;
+        v.regs.rdx = len;
+        v.regs.r10 = 0;
+        v.regs.r8 = shared_abi::control::CONTROL_VERSION;
+        assert_eq!(v.handle_exit(vmcb, host), ExitAction::Resume);
+        vmcb.save.rax as i64
+    }
+
+    #[test]
+    fn control_hypercall() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        assert_eq!(control(&mut v, &mut vmcb, &mut host, 1, 0x5000, 4096), 80);
+        let mut buf = [0u8; 8];
+        copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut buf).unwrap();
+        assert_eq!(buf[4], 3, "pcpus");
+        // The buffer must be the caller's RAM, all of it, before anything is written.
+        let edge = (2 << 20) - 40;
+        assert_eq!(
+            control(&mut v, &mut vmcb, &mut host, 1, edge, 80),
+            Errno::EFAULT.to_ret()
+        );
+        assert_eq!(
+            control(&mut v, &mut vmcb, &mut host, 1, u64::MAX - 10, 80),
+            Errno::EFAULT.to_ret()
+        );
+        copy::from_gpa(&v.npt, &host.mem, edge, &mut buf).unwrap();
+        assert_eq!(buf, [0; 8]);
+        assert_eq!(
+            control(&mut v, &mut vmcb, &mut host, 42, 0x5000, 80),
+            Errno::ENOSYS.to_ret()
+        );
+
+        let (mut v, mut vmcb, mut host) = setup();
+        assert_eq!(
+            control(&mut v, &mut vmcb, &mut host, 1, 0x5000, 4096),
+            Errno::EPERM.to_ret()
+        );
     }
 
     #[test]

@@ -353,6 +353,17 @@ impl Intercepts {
         .union(Self::XSETBV);
 }
 
+impl Intercepts {
+    /// What domain 0 runs with: the DomU set without INTR, NMI and HLT. Dom0 owns pCPU 0,
+    /// so physical interrupts go straight through its own IDT (with `V_INTR_MASKING`
+    /// clear, its RFLAGS.IF masks them) and HLT really halts the pCPU until its next
+    /// interrupt.
+    pub const DOM0: Self = Self::DOMU
+        .difference(Self::INTR)
+        .difference(Self::NMI)
+        .difference(Self::HLT);
+}
+
 impl VmcbControl {
     /// Sets the instruction intercepts (words 3 and 4).
     pub fn set_intercepts(&mut self, i: Intercepts) {

@@ -3,15 +3,19 @@
 
 use super::memory::HostMem;
 use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
-use crate::bundle::{Bundle, EntryKind};
+use crate::bundle::{Bundle, Dom0Images};
+use crate::dom0::{self, Dom0Memory, Range};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
 use crate::mm::PhysMemory;
 use crate::mvlog;
-use crate::policy::{self, PASSTHROUGH_MSRS};
-use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, Vcpu};
+use crate::policy::{self, DOM0_TRAPPED_MSRS, PASSTHROUGH_MSRS};
+use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, PermissionMaps, Vcpu};
 use crate::vmcb::Vmcb;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use shared_abi::control::{
+    CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo, fill_fixed_str,
+};
 use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use shared_abi::sched::ShutdownReason;
 use spin::Mutex;
@@ -115,6 +119,53 @@ static HOST_STATE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPU
 static LAST_SLOT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
 static IOPM_PA: AtomicU64 = AtomicU64::new(0);
 static MSRPM_PA: AtomicU64 = AtomicU64::new(0);
+static DOM0_IOPM_PA: AtomicU64 = AtomicU64::new(0);
+static DOM0_MSRPM_PA: AtomicU64 = AtomicU64::new(0);
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static MEM_TOTAL_KIB: AtomicU64 = AtomicU64::new(0);
+
+/// What the control operations report about each domain, indexed by domid (0 is Dom0).
+/// Locked only briefly, never while a guest runs, so Dom0 can read it at any time.
+static RECORDS: [Mutex<Option<DomainInfo>>; MAX_DOMAINS + 1] =
+    [const { Mutex::new(None) }; MAX_DOMAINS + 1];
+/// TSC cycles each domain's vCPU spent in guest mode, indexed by domid.
+static CPU_CYCLES: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
+
+/// Ports domain 0 may not reach: the microvisor's log (COM2) and QEMU's debug-exit port,
+/// which carries the microvisor's verdicts.
+const DOM0_DENIED_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0xF4..=0xF7];
+
+fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
+    let mut info = DomainInfo {
+        domid: u32::from(domid),
+        state: DomainState::Running as u32,
+        flags: if domid == 0 { DOMAIN_FLAG_PRIVILEGED } else { 0 },
+        vcpus: 1,
+        pcpu: pcpu as u32,
+        mem_kib: u64::from(mem_mib) * 1024,
+        ..DomainInfo::default()
+    };
+    fill_fixed_str(&mut info.name, name);
+    if let Some(slot) = RECORDS.get(usize::from(domid)) {
+        *slot.lock() = Some(info);
+    }
+}
+
+/// Records a domain's new state; an ended domain no longer holds memory.
+fn set_state(domid: u16, state: DomainState, shutdown_reason: u32) {
+    if let Some(Some(info)) = RECORDS.get(usize::from(domid)).map(|r| r.lock()).as_deref_mut() {
+        info.state = state as u32;
+        info.shutdown_reason = shutdown_reason;
+        if matches!(state, DomainState::Shutdown | DomainState::Crashed) {
+            info.mem_kib = 0;
+        }
+    }
+}
+
+fn cycles_to_ns(cycles: u64) -> u64 {
+    let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
+    u64::try_from(u128::from(cycles) * 1_000_000 / u128::from(khz)).unwrap_or(u64::MAX)
+}
 static XSAVE: AtomicBool = AtomicBool::new(false);
 
 unsafe extern "C" {
@@ -226,6 +277,7 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
                 }
             }
         }
+        MEM_TOTAL_KIB.store(f.free_frames() * 4, Ordering::Relaxed);
         let image = (&raw const __image_start) as u64..(&raw const __image_end) as u64;
         f.reserve_range(image.start, image.end);
         if let Some((pa, size)) = boot.module {
@@ -238,6 +290,14 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
             image.end
         );
     }
+    BOOT_TSC.store(cpu::rdtsc(), Ordering::Relaxed);
+    let bundle = boot_bundle(boot.module);
+    // Dom0's RAM is chosen before the allocator hands out a single frame, so the kernel's
+    // fixed load address (16 MiB) is still free.
+    let dom0_mem = bundle
+        .as_ref()
+        .and_then(Bundle::dom0)
+        .and_then(|d| plan_dom0_memory(&boot, d.kernel.mem_mib));
 
     let khz = apic::calibrate_tsc_khz();
     TSC_KHZ.store(khz, Ordering::Relaxed);
@@ -253,13 +313,205 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
         khz / 1000
     );
 
-    create_boot_domains(boot.module);
+    let dom0 = match (bundle.as_ref().and_then(Bundle::dom0), dom0_mem) {
+        (Some(images), Some(ram)) => match create_dom0(&boot, images, &ram) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                mvlog!("d0 (dom0) not created: {why}");
+                end_run(false);
+            }
+        },
+        (Some(_), None) => end_run(false),
+        (None, _) => None,
+    };
+    if let Some(bundle) = &bundle {
+        create_boot_domains(bundle, dom0.is_some());
+    }
+    if let Some((pa, size)) = boot.module {
+        // Every image has been copied out: the bundle's memory joins the free pool.
+        if let Some(f) = memory::FRAMES.lock().as_mut() {
+            f.add_free_range(pa, pa + size);
+        }
+    }
     // Drop the boot reference: from now on the last domain to finish ends the run.
     release_alive();
-    loop {
-        // pCPU 0 is reserved for Dom0 (not yet implemented): it idles.
-        cpu::wait_for_interrupt();
+    match dom0 {
+        Some(d) => run_dom0(d),
+        None => loop {
+            // Without a Dom0, pCPU 0 idles.
+            cpu::wait_for_interrupt();
+        },
     }
+}
+
+/// Parses the boot bundle QEMU loaded as the PVH module.
+fn boot_bundle(module: Option<(u64, u64)>) -> Option<Bundle<'static>> {
+    let Some((pa, size)) = module else {
+        mvlog!("no boot bundle (-initrd): no domains to start");
+        return None;
+    };
+    let len = usize::try_from(size).ok()?;
+    // SAFETY: QEMU placed the module at [pa, pa + size) in RAM that the frame allocator
+    // reserved; it is only read, and stays untouched until the domains have been built
+    // (its frames are freed only after the last `Bundle` use in `bsp_main`).
+    let bytes = unsafe { core::slice::from_raw_parts(pa as *const u8, len) };
+    match Bundle::parse(bytes) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            mvlog!("boot bundle rejected: {e}");
+            ANY_FAILED.store(true, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Chooses Dom0's RAM and takes it out of the frame allocator.
+fn plan_dom0_memory(boot: &BootInfo, mem_mib: u32) -> Option<Dom0Memory> {
+    let image = Range::new(
+        (&raw const __image_start) as u64,
+        (&raw const __image_end) as u64,
+    );
+    let module = boot.module.map_or(Range::default(), |(pa, size)| {
+        Range::new(pa, pa.saturating_add(size))
+    });
+    let memmap = &boot.memmap[..boot.memmap_len];
+    match dom0::plan_memory(memmap, &[image, module], mem_mib) {
+        Ok(ram) => {
+            let mut frames = memory::FRAMES.lock();
+            if let Some(f) = frames.as_mut() {
+                for r in ram.ranges() {
+                    f.reserve_range(r.start, r.end);
+                }
+            }
+            Some(ram)
+        }
+        Err(why) => {
+            mvlog!("d0 (dom0) not created: {why}");
+            None
+        }
+    }
+}
+
+/// Domain 0 and its exit-handling state; lives on pCPU 0's stack for the whole run.
+struct Dom0 {
+    vcpu: Vcpu,
+    vmcb_pa: u64,
+    console: ConsoleLine,
+    notes: u32,
+}
+
+/// Builds domain 0: identity NPT, kernel, initramfs and boot pages in its RAM, VMCB.
+fn create_dom0(boot: &BootInfo, images: Dom0Images<'_>, ram: &Dom0Memory) -> Result<Dom0, CreateError> {
+    let kernel = PvhImage::parse(images.kernel.payload).map_err(CreateError::Elf)?;
+    let cmdline = images.kernel.cmdline;
+    let initrd = images.initrd.map(|i| i.payload);
+    let placement = dom0::place(ram, &kernel, initrd.map(|i| i.len() as u64), cmdline)
+        .map_err(CreateError::Dom0)?;
+    let machine_map = &boot.memmap[..boot.memmap_len];
+    let mut memmap = [HvmMemmapEntry::default(); dom0::MAX_MEMMAP];
+    let entries = dom0::memory_map(machine_map, ram, &mut memmap).map_err(CreateError::Dom0)?;
+    let phys_bits = cpu::cpuid(0x8000_0008, 0).eax & 0xFF;
+    let phys_limit = 1u64 << phys_bits.clamp(32, 48);
+    let classes = dom0::Classifier::new(machine_map, ram);
+    let npt = dom0::build_npt(&mut HostMem, &classes, phys_limit).map_err(CreateError::Dom0)?;
+    dom0::load(
+        &mut HostMem,
+        &kernel,
+        initrd.zip(placement.initrd),
+        cmdline,
+        &memmap[..entries],
+        boot.rsdp,
+    );
+    let Some(vmcb_pa) = HostMem.alloc_zeroed_frame() else {
+        npt.destroy(&mut HostMem);
+        return Err(CreateError::NoMemory);
+    };
+    // SAFETY: `vmcb_pa` is a fresh zeroed frame, identity-mapped, owned by Dom0.
+    let vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+    let maps = PermissionMaps {
+        iopm: DOM0_IOPM_PA.load(Ordering::Relaxed),
+        msrpm: DOM0_MSRPM_PA.load(Ordering::Relaxed),
+    };
+    let regs = vcpu::init_pvh_vmcb(
+        vmcb,
+        &npt,
+        1,
+        maps,
+        kernel.entry,
+        dom0::START_INFO_GPA,
+        true,
+    );
+    let mem_mib = u32::try_from(ram.total() >> 20).unwrap_or(u32::MAX);
+    mvlog!(
+        "d0 (dom0) created: {mem_mib} MiB in {} ranges, pCPU 0, initramfs {} KiB, cmdline {:?}",
+        ram.ranges().len(),
+        initrd.map_or(0, |i| i.len() / 1024),
+        cmdline
+    );
+    record(0, "dom0", mem_mib, 0);
+    ALIVE.fetch_add(1, Ordering::AcqRel);
+    Ok(Dom0 {
+        vcpu: Vcpu {
+            domid: 0,
+            privileged: true,
+            id: 0,
+            npt,
+            regs,
+            xcr0: 1,
+            pat: vcpu::DEFAULT_PAT,
+        },
+        vmcb_pa,
+        console: ConsoleLine::EMPTY,
+        notes: 0,
+    })
+}
+
+/// Runs domain 0 on pCPU 0 for the rest of the machine's life. Its end ends the run.
+fn run_dom0(mut d: Dom0) -> ! {
+    let host_state = HOST_STATE[0].load(Ordering::Relaxed);
+    // SAFETY: the VMCB frame belongs to Dom0, which only this pCPU runs.
+    let vmcb = unsafe { &mut *(d.vmcb_pa as *mut Vmcb) };
+    loop {
+        let start = cpu::rdtsc();
+        // SAFETY: VMCB, NPT and permission maps are Dom0's and valid; `regs` is its vCPU's;
+        // `host_state` is this CPU's VMSAVE page.
+        unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
+        CPU_CYCLES[0].fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+        vmcb.control.tlb_control = 0;
+        vmcb.control.event_inj = 0;
+        let mut host = ExitHost {
+            mem: HostMem,
+            domid: 0,
+            console: &mut d.console,
+            notes: &mut d.notes,
+        };
+        match d.vcpu.handle_exit(vmcb, &mut host) {
+            // Dom0 has its pCPU to itself: yielding or blocking just resumes it.
+            ExitAction::Resume | ExitAction::Yield | ExitAction::Block => {}
+            ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
+            ExitAction::Shutdown(reason) => {
+                d.console.flush(0);
+                mvlog!("d0 (dom0) shut down: {}", reason.name());
+                set_state(0, DomainState::Shutdown, reason as u32);
+                end_run(reason == ShutdownReason::Poweroff);
+            }
+            ExitAction::Crash(why) => {
+                d.console.flush(0);
+                mvlog!("d0 (dom0) crashed: {why}");
+                set_state(0, DomainState::Crashed, 0);
+                end_run(false);
+            }
+        }
+    }
+}
+
+/// Ends the machine's run with a verdict (Dom0 is gone, or could not start). Under QEMU
+/// this leaves through the debug-exit port; the equivalent of a host reset.
+fn end_run(pass: bool) -> ! {
+    mvlog!("machine stops: {}", if pass { "pass" } else { "fail" });
+    // SAFETY: the debug-exit port belongs to the microvisor.
+    unsafe { cpu::outl(super::DEBUG_EXIT_PORT, if pass { 0x10 } else { 0x11 }) };
+    cpu::halt_forever()
 }
 
 /// IOPM (every port intercepted) and MSRPM (every MSR intercepted except the ones
@@ -287,6 +539,31 @@ fn setup_permission_maps() {
     }
     IOPM_PA.store(iopm, Ordering::Relaxed);
     MSRPM_PA.store(msrpm, Ordering::Relaxed);
+
+    // Dom0: every port and MSR is its own except the few listed.
+    let (Some(iopm), Some(msrpm)) = (
+        memory::alloc_zeroed_contiguous(3),
+        memory::alloc_zeroed_contiguous(2),
+    ) else {
+        super::fatal(format_args!("no memory for Dom0's permission maps"));
+    };
+    for port in DOM0_DENIED_PORTS.into_iter().flatten() {
+        let byte = iopm + u64::from(port / 8);
+        let mut b = [0u8];
+        HostMem.read_bytes(byte, &mut b);
+        b[0] |= 1 << (port % 8);
+        HostMem.write_bytes(byte, &b);
+    }
+    for (msr, read, write) in DOM0_TRAPPED_MSRS {
+        if let Some((byte, bit)) = policy::msrpm_position(msr) {
+            let mut b = [0u8];
+            HostMem.read_bytes(msrpm + byte as u64, &mut b);
+            b[0] |= (u8::from(read) << bit) | (u8::from(write) << (bit + 1));
+            HostMem.write_bytes(msrpm + byte as u64, &b);
+        }
+    }
+    DOM0_IOPM_PA.store(iopm, Ordering::Relaxed);
+    DOM0_MSRPM_PA.store(msrpm, Ordering::Relaxed);
 }
 
 fn start_application_processors(rsdp: u64, tsc_khz: u64) {
@@ -352,34 +629,17 @@ extern "C" fn ap_main() -> ! {
     schedule(me)
 }
 
-fn create_boot_domains(module: Option<(u64, u64)>) {
-    let Some((pa, size)) = module else {
-        mvlog!("no boot bundle (-initrd): no domains to start");
-        return;
-    };
-    let Ok(len) = usize::try_from(size) else {
-        return;
-    };
-    // SAFETY: QEMU placed the module at [pa, pa + size) in RAM that the frame allocator
-    // reserved; it is only read, and stays valid for the whole run.
-    let bytes = unsafe { core::slice::from_raw_parts(pa as *const u8, len) };
-    let bundle = match Bundle::parse(bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            mvlog!("boot bundle rejected: {e}");
-            ANY_FAILED.store(true, Ordering::Relaxed);
-            return;
-        }
-    };
+fn create_boot_domains(bundle: &Bundle<'_>, have_dom0: bool) {
     let online = ONLINE.load(Ordering::Acquire);
     let mut next_pcpu = 0;
-    for (i, image) in bundle.images().enumerate() {
-        if image.kind != EntryKind::DomU {
-            continue;
-        }
+    for (i, image) in bundle.domus().enumerate() {
         // DomUs run on pCPUs 1..N; pCPU 0 belongs to Dom0 unless it is the only one.
         let pcpu = if online > 1 {
             1 + next_pcpu % (online - 1)
+        } else if have_dom0 {
+            mvlog!("domain {:?} not created: the only pCPU belongs to Dom0", image.name);
+            ANY_FAILED.store(true, Ordering::Relaxed);
+            continue;
         } else {
             0
         };
@@ -408,6 +668,7 @@ enum CreateError {
     Slots,
     Elf(crate::elf::ElfError),
     Build(domain::BuildError),
+    Dom0(dom0::Dom0Error),
     NoMemory,
 }
 
@@ -417,6 +678,7 @@ impl core::fmt::Display for CreateError {
             CreateError::Slots => write!(f, "more than {} domains", MAX_DOMAINS),
             CreateError::Elf(e) => write!(f, "kernel image: {e}"),
             CreateError::Build(e) => write!(f, "{e}"),
+            CreateError::Dom0(e) => write!(f, "{e}"),
             CreateError::NoMemory => write!(f, "not enough free memory"),
         }
     }
@@ -445,21 +707,18 @@ fn create_domain(
     // Guest TCG provides 16 ASIDs; ASID 0 is the host's. The TLB is flushed whenever a
     // pCPU switches domains, so sharing an ASID between domains is safe.
     let asid = 1 + (u32::from(domid) - 1) % 15;
-    let regs = vcpu::init_pvh_vmcb(
-        vmcb,
-        &npt,
-        asid,
-        IOPM_PA.load(Ordering::Relaxed),
-        MSRPM_PA.load(Ordering::Relaxed),
-        image.entry,
-        BOOT_INFO_GPA,
-    );
+    let maps = PermissionMaps {
+        iopm: IOPM_PA.load(Ordering::Relaxed),
+        msrpm: MSRPM_PA.load(Ordering::Relaxed),
+    };
+    let regs = vcpu::init_pvh_vmcb(vmcb, &npt, asid, maps, image.entry, BOOT_INFO_GPA, false);
     let mut d = Domain {
         id: domid,
         name: [0; 32],
         name_len: name.len().min(31),
         vcpu: Vcpu {
             domid,
+            privileged: false,
             id: 0,
             npt,
             regs,
@@ -475,6 +734,7 @@ fn create_domain(
     // MXCSR power-on value (the XRSTOR/FXRSTOR image loads it verbatim).
     d.fpu.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
     mvlog!("d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}");
+    record(domid, name, mem_mib, pcpu);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     *DOMAINS[slot].lock() = Some(d);
     let mut q = RUNQ[pcpu].lock();
@@ -540,6 +800,33 @@ struct ExitHost<'a> {
     notes: &'a mut u32,
 }
 
+impl crate::control::ControlSource for ExitHost<'_> {
+    fn host_info(&self) -> HostInfo {
+        let mut info = HostInfo {
+            control_version: CONTROL_VERSION as u32,
+            pcpus: ONLINE.load(Ordering::Acquire) as u32,
+            dom0_pcpu: 0,
+            reserved0: 0,
+            mem_total_kib: MEM_TOTAL_KIB.load(Ordering::Relaxed),
+            mem_free_kib: memory::free_frames() * 4,
+            tsc_khz: TSC_KHZ.load(Ordering::Relaxed),
+            uptime_ns: cycles_to_ns(cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed))),
+            version: [0; 32],
+        };
+        fill_fixed_str(&mut info.version, env!("CARGO_PKG_VERSION"));
+        info
+    }
+
+    fn domain_from(&self, from: u32) -> Option<DomainInfo> {
+        let start = usize::try_from(from).ok()?;
+        RECORDS.iter().enumerate().skip(start).find_map(|(domid, r)| {
+            let mut info = (*r.lock())?;
+            info.cpu_time_ns = cycles_to_ns(CPU_CYCLES[domid].load(Ordering::Relaxed));
+            Some(info)
+        })
+    }
+}
+
 impl Host for ExitHost<'_> {
     type Mem = HostMem;
 
@@ -582,6 +869,9 @@ impl Host for ExitHost<'_> {
                     )
                 }
                 Note::InstructionDenied(exit) => mvlog!("d{}: #UD for {exit:?}", self.domid),
+                Note::Dom0Fault { info, rip } => {
+                    mvlog!("d{}: #GP for {info} at rip {rip:#x}", self.domid)
+                }
             }
         } else if *self.notes == NOTE_BUDGET {
             mvlog!("d{}: further denied-access notes suppressed", self.domid);
@@ -636,9 +926,11 @@ fn run_domain(me: usize, slot: usize) -> bool {
             // SAFETY: restoring the guest's own XCR0, validated by the CPU when set.
             unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
         }
+        let start = cpu::rdtsc();
         // SAFETY: VMCB, NPT, IOPM and MSRPM are valid and owned by this domain / shared
         // read-only; `regs` is this vCPU's; `host_state` is this CPU's VMSAVE page.
         unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
+        CPU_CYCLES[usize::from(d.id)].fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
         vmcb.control.tlb_control = 0;
         vmcb.control.event_inj = 0;
         if xsave {
@@ -664,6 +956,7 @@ fn run_domain(me: usize, slot: usize) -> bool {
             true
         }
         ExitAction::Block => {
+            set_state(d.id, DomainState::Blocked, 0);
             mvlog!(
                 "d{} ({}) halted; no event source can wake it yet",
                 d.id,
@@ -691,12 +984,14 @@ fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason
     match how {
         Ok(reason) => {
             mvlog!("d{} ({}) shut down: {}", d.id, d.name(), reason.name());
+            set_state(d.id, DomainState::Shutdown, reason as u32);
             if reason != ShutdownReason::Poweroff {
                 ANY_FAILED.store(true, Ordering::Relaxed);
             }
         }
         Err(why) => {
             mvlog!("d{} ({}) crashed: {why}", d.id, d.name());
+            set_state(d.id, DomainState::Crashed, 0);
             ANY_FAILED.store(true, Ordering::Relaxed);
         }
     }

@@ -1,0 +1,200 @@
+//! The control hypercall ([`shared_abi::control`]): privileged operations for domain 0.
+//!
+//! Portable: the domain table is reached through [`ControlSource`], the caller's buffer by
+//! the vCPU code, so every check is tested on the host. Checks run in the order the ABI
+//! documents: privilege, version, operation, buffer length, then the operation's own.
+
+use shared_abi::Errno;
+use shared_abi::control::{ControlOp, DomainInfo, HostInfo, CONTROL_VERSION, MAX_BUFFER};
+use zerocopy::IntoBytes;
+
+/// What the control operations read.
+pub trait ControlSource {
+    /// Facts about the machine.
+    fn host_info(&self) -> HostInfo;
+    /// The existing domain with the smallest id `>= from`, if any.
+    fn domain_from(&self, from: u32) -> Option<DomainInfo>;
+}
+
+/// A decoded control call.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlCall {
+    /// `RDI`.
+    pub op: u64,
+    /// `RDX`: buffer length.
+    pub buf_len: u64,
+    /// `R10`.
+    pub arg: u64,
+    /// `R8`.
+    pub version: u64,
+    /// The caller is domain 0.
+    pub privileged: bool,
+    /// The caller's CPL.
+    pub cpl: u8,
+}
+
+/// Runs `call`, filling `out` with the bytes to copy to the caller's buffer. Returns the
+/// call's result and how many bytes of `out` to copy (never more than the buffer length).
+pub fn dispatch(
+    call: &ControlCall,
+    src: &impl ControlSource,
+    out: &mut [u8; MAX_BUFFER],
+) -> Result<(i64, usize), Errno> {
+    if !call.privileged || call.cpl != 0 {
+        return Err(Errno::EPERM);
+    }
+    if call.version != CONTROL_VERSION {
+        return Err(Errno::EACCES);
+    }
+    let op = ControlOp::try_from(call.op)?;
+    let len = usize::try_from(call.buf_len)
+        .ok()
+        .filter(|&l| l <= MAX_BUFFER)
+        .ok_or(Errno::EINVAL)?;
+    let buf = &mut out[..len];
+    match op {
+        ControlOp::HostInfo => {
+            if call.arg != 0 {
+                return Err(Errno::EINVAL);
+            }
+            put(buf, 0, &src.host_info())?;
+            Ok((size_of::<HostInfo>() as i64, size_of::<HostInfo>()))
+        }
+        ControlOp::DomainInfo => {
+            let domid = u32::try_from(call.arg).map_err(|_| Errno::ESRCH)?;
+            let d = src
+                .domain_from(domid)
+                .filter(|d| d.domid == domid)
+                .ok_or(Errno::ESRCH)?;
+            put(buf, 0, &d)?;
+            Ok((size_of::<DomainInfo>() as i64, size_of::<DomainInfo>()))
+        }
+        ControlOp::DomainList => {
+            const REC: usize = size_of::<DomainInfo>();
+            if len < REC {
+                return Err(Errno::ENOSPC);
+            }
+            let mut next = u32::try_from(call.arg).ok();
+            let mut count = 0;
+            while let Some(from) = next
+                && (count + 1) * REC <= len
+                && let Some(d) = src.domain_from(from)
+            {
+                put(buf, count * REC, &d)?;
+                count += 1;
+                next = d.domid.checked_add(1);
+            }
+            Ok((count as i64, count * REC))
+        }
+    }
+}
+
+fn put<T: IntoBytes + zerocopy::Immutable>(buf: &mut [u8], at: usize, v: &T) -> Result<(), Errno> {
+    let bytes = v.as_bytes();
+    buf.get_mut(at..at + bytes.len())
+        .ok_or(Errno::ENOSPC)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromBytes;
+
+    struct Table(std::vec::Vec<u32>);
+
+    impl ControlSource for Table {
+        fn host_info(&self) -> HostInfo {
+            HostInfo {
+                pcpus: 3,
+                ..HostInfo::default()
+            }
+        }
+        fn domain_from(&self, from: u32) -> Option<DomainInfo> {
+            let domid = *self.0.iter().filter(|&&d| d >= from).min()?;
+            Some(DomainInfo {
+                domid,
+                vcpus: 1,
+                ..DomainInfo::default()
+            })
+        }
+    }
+
+    fn call(op: u64, len: u64, arg: u64) -> ControlCall {
+        ControlCall {
+            op,
+            buf_len: len,
+            arg,
+            version: CONTROL_VERSION,
+            privileged: true,
+            cpl: 0,
+        }
+    }
+
+    #[test]
+    fn refuses_in_documented_order() {
+        let t = Table(std::vec![0]);
+        let mut out = [0u8; MAX_BUFFER];
+        let denied = ControlCall {
+            privileged: false,
+            ..call(99, 1 << 40, 0)
+        };
+        assert_eq!(dispatch(&denied, &t, &mut out), Err(Errno::EPERM));
+        let user = ControlCall {
+            cpl: 3,
+            ..call(1, 80, 0)
+        };
+        assert_eq!(dispatch(&user, &t, &mut out), Err(Errno::EPERM));
+        let old = ControlCall {
+            version: 0,
+            ..call(99, 80, 0)
+        };
+        assert_eq!(dispatch(&old, &t, &mut out), Err(Errno::EACCES));
+        assert_eq!(dispatch(&call(99, 1 << 40, 0), &t, &mut out), Err(Errno::ENOSYS));
+        assert_eq!(dispatch(&call(1, 4097, 0), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(dispatch(&call(1, 79, 0), &t, &mut out), Err(Errno::ENOSPC));
+        assert_eq!(dispatch(&call(1, 80, 5), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(dispatch(&call(3, 72, 7), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(dispatch(&call(3, 72, u64::MAX), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(dispatch(&call(2, 71, 0), &t, &mut out), Err(Errno::ENOSPC));
+    }
+
+    #[test]
+    fn host_and_domain_info() {
+        let t = Table(std::vec![0, 2]);
+        let mut out = [0u8; MAX_BUFFER];
+        assert_eq!(dispatch(&call(1, 4096, 0), &t, &mut out), Ok((80, 80)));
+        assert_eq!(HostInfo::read_from_prefix(&out).unwrap().0.pcpus, 3);
+        assert_eq!(dispatch(&call(3, 72, 2), &t, &mut out), Ok((72, 72)));
+        assert_eq!(DomainInfo::read_from_prefix(&out).unwrap().0.domid, 2);
+        // domid 1 does not exist even though domid 2 follows it.
+        assert_eq!(dispatch(&call(3, 72, 1), &t, &mut out), Err(Errno::ESRCH));
+    }
+
+    #[test]
+    fn list_pages_through_domains() {
+        let t = Table(std::vec![0, 1, 5, 7, u32::MAX]);
+        let mut out = [0u8; MAX_BUFFER];
+        let mut seen = std::vec::Vec::new();
+        let mut from = 0u64;
+        loop {
+            // Room for two records (plus a partial third that must stay unused).
+            let (n, bytes) = dispatch(&call(2, 72 * 2 + 50, from), &t, &mut out).unwrap();
+            assert_eq!(bytes, n as usize * 72);
+            if n == 0 {
+                break;
+            }
+            for i in 0..n as usize {
+                seen.push(DomainInfo::read_from_prefix(&out[i * 72..]).unwrap().0.domid);
+            }
+            let last = *seen.last().unwrap();
+            if last == u32::MAX {
+                break;
+            }
+            from = u64::from(last) + 1;
+        }
+        assert_eq!(seen, [0, 1, 5, 7, u32::MAX]);
+        assert_eq!(dispatch(&call(2, 4096, 1 << 33), &t, &mut out), Ok((0, 0)));
+    }
+}
