@@ -14,6 +14,8 @@ pub trait ControlSource {
     fn host_info(&self) -> HostInfo;
     /// The existing domain with the smallest id `>= from`, if any.
     fn domain_from(&self, from: u32) -> Option<DomainInfo>;
+    /// Takes and clears domain 0's pending event bits.
+    fn take_events(&self) -> u64;
 }
 
 /// A decoded control call.
@@ -69,6 +71,13 @@ pub fn dispatch(
             put(buf, 0, &d)?;
             Ok((size_of::<DomainInfo>() as i64, size_of::<DomainInfo>()))
         }
+        ControlOp::EventsTake => {
+            if call.arg != 0 {
+                return Err(Errno::EINVAL);
+            }
+            // Bit 63 is never an event, so the mask is a non-negative result.
+            Ok(((src.take_events() & !(1 << 63)) as i64, 0))
+        }
         ControlOp::DomainList => {
             const REC: usize = size_of::<DomainInfo>();
             if len < REC {
@@ -119,6 +128,9 @@ mod tests {
                 ..DomainInfo::default()
             })
         }
+        fn take_events(&self) -> u64 {
+            u64::MAX
+        }
     }
 
     fn call(op: u64, len: u64, arg: u64) -> ControlCall {
@@ -158,6 +170,8 @@ mod tests {
         assert_eq!(dispatch(&call(3, 72, 7), &t, &mut out), Err(Errno::ESRCH));
         assert_eq!(dispatch(&call(3, 72, u64::MAX), &t, &mut out), Err(Errno::ESRCH));
         assert_eq!(dispatch(&call(2, 71, 0), &t, &mut out), Err(Errno::ENOSPC));
+        assert_eq!(dispatch(&call(4, 0, 1), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(dispatch(&call(4, 0, 0), &t, &mut out), Ok((i64::MAX, 0)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod acpi;
 pub mod bundle;
 pub mod control;
 pub mod dom0;
+pub mod dom0_pci;
 pub mod domain;
 pub mod elf;
 pub mod exit;

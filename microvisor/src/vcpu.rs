@@ -72,6 +72,9 @@ pub trait Host: crate::control::ControlSource {
     fn console(&mut self, bytes: &[u8]);
     /// Notes a denied or unusual guest action (rate-limited by the caller).
     fn note(&mut self, what: Note);
+    /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
+    /// `Some(value read)` if handled, `None` to deny it like any intercepted port.
+    fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32>;
 }
 
 /// Guest actions worth a (rate-limited) log line.
@@ -527,6 +530,22 @@ impl Vcpu {
 
     fn port_io(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
         let io = IoAccess::decode(vmcb.control.exit_info1);
+        let mask = match io.size {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            _ => 0xFFFF_FFFF,
+        };
+        if self.privileged
+            && !io.string
+            && let Some(v) = host.dom0_port(io.port, io.size, io.is_in, (vmcb.save.rax & mask) as u32)
+        {
+            if io.is_in {
+                vmcb.save.rax = (vmcb.save.rax & !mask) | (u64::from(v) & mask);
+            }
+            vmcb.save.rip = vmcb.control.exit_info2;
+            vmcb.control.int_state = 0;
+            return ExitAction::Resume;
+        }
         host.note(Note::PortDenied {
             port: io.port,
             is_in: io.is_in,
@@ -538,11 +557,6 @@ impl Vcpu {
         }
         if io.is_in {
             // No device: the bus floats high.
-            let mask = match io.size {
-                1 => 0xFF,
-                2 => 0xFFFF,
-                _ => 0xFFFF_FFFF,
-            };
             vmcb.save.rax = (vmcb.save.rax & !mask) | mask;
         }
         vmcb.save.rip = vmcb.control.exit_info2;
@@ -575,6 +589,9 @@ mod tests {
         fn domain_from(&self, from: u32) -> Option<shared_abi::control::DomainInfo> {
             (from == 0).then(shared_abi::control::DomainInfo::default)
         }
+        fn take_events(&self) -> u64 {
+            0
+        }
     }
 
     impl Host for FakeHost {
@@ -601,6 +618,10 @@ mod tests {
         }
         fn note(&mut self, what: Note) {
             self.notes.push(what);
+        }
+        fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {
+            // A proxied port that echoes writes back as 0x5A5A_0000 | value.
+            (port == 0xCFC).then_some(if is_in { 0x1234_5678 } else { 0x5A5A_0000 | value })
         }
     }
 
@@ -665,6 +686,26 @@ mod tests {
             v.handle_exit(&mut vmcb, &mut host),
             ExitAction::Crash(CrashReason::NestedPageFault { .. })
         ));
+    }
+
+    #[test]
+    fn dom0_proxied_ports() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        vmcb.control.exit_code = 0x7B;
+        vmcb.control.exit_info1 = (0xCFC << 16) | (1 << 5) | 1; // in ax, dx
+        vmcb.control.exit_info2 = 0x2000;
+        vmcb.save.rax = 0xFFFF_FFFF_0000_0000;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(vmcb.save.rax, 0xFFFF_FFFF_0000_5678);
+        assert_eq!(vmcb.save.rip, 0x2000);
+        assert!(host.notes.is_empty());
+        // A DomU touching the same port is denied.
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x7B;
+        vmcb.control.exit_info1 = (0xCFC << 16) | (1 << 5) | 1;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax & 0xFFFF, 0xFFFF);
+        assert_eq!(host.notes.len(), 1);
     }
 
     #[test]

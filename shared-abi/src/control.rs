@@ -37,6 +37,15 @@
 //! | [`ControlOp::HostInfo`] | 0 | one [`HostInfo`] | size of [`HostInfo`] |
 //! | [`ControlOp::DomainList`] | first domid to report | as many [`DomainInfo`] as fit, ascending domid, starting at the first existing domid `>= R10` | number of records written (0: no more domains) |
 //! | [`ControlOp::DomainInfo`] | domid | one [`DomainInfo`] | size of [`DomainInfo`]; `ESRCH` if no such domain |
+//! | [`ControlOp::EventsTake`] | 0 | nothing (length may be 0) | the `EVENT_*` bits raised since the last call, clearing them |
+//!
+//! ## Events
+//!
+//! The microvisor interrupts domain 0 through a PCI function that only Dom0 sees (vendor
+//! [`EVENT_VENDOR_ID`], device [`EVENT_DEVICE_ID`], one MSI vector, no BARs). Whenever it
+//! raises an event bit it sends the MSI that Dom0 programmed into the function, as a fixed
+//! interrupt to Dom0's pCPU; Dom0 then collects the bits with [`ControlOp::EventsTake`].
+//! Events raised before Dom0 enabled MSI stay pending until taken.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -57,7 +66,16 @@ pub enum ControlOp {
     DomainList = 2,
     /// One domain.
     DomainInfo = 3,
+    /// Take (and clear) Dom0's pending event bits.
+    EventsTake = 4,
 }
+
+/// Event bit: a domain was created, changed state (blocked, shut down, crashed) or went.
+pub const EVENT_DOMAIN_STATE: u64 = 1 << 0;
+/// PCI vendor id of the event function ("MV").
+pub const EVENT_VENDOR_ID: u16 = 0x4D56;
+/// PCI device id of the event function.
+pub const EVENT_DEVICE_ID: u16 = 0x0001;
 
 impl TryFrom<u64> for ControlOp {
     type Error = crate::errno::Errno;
@@ -66,6 +84,7 @@ impl TryFrom<u64> for ControlOp {
             1 => ControlOp::HostInfo,
             2 => ControlOp::DomainList,
             3 => ControlOp::DomainInfo,
+            4 => ControlOp::EventsTake,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -234,7 +253,12 @@ mod tests {
 
     #[test]
     fn ops_round_trip_and_unknown_is_enosys() {
-        for op in [ControlOp::HostInfo, ControlOp::DomainList, ControlOp::DomainInfo] {
+        for op in [
+            ControlOp::HostInfo,
+            ControlOp::DomainList,
+            ControlOp::DomainInfo,
+            ControlOp::EventsTake,
+        ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }
         assert_eq!(ControlOp::try_from(0), Err(crate::errno::Errno::ENOSYS));

@@ -41,11 +41,15 @@ pub fn eoi() {
 }
 
 fn send(dest: u32, low: u32) {
+    // On pCPU 0 the local APIC is also Dom0's, which may be between writing ICR_HIGH and
+    // ICR_LOW when it exits: put its ICR_HIGH back.
+    let saved = read(ICR_HIGH);
     write(ICR_HIGH, dest << 24);
     write(ICR_LOW, low);
     while read(ICR_LOW) & ICR_PENDING != 0 {
         cpu::pause();
     }
+    write(ICR_HIGH, saved);
 }
 
 /// Sends a fixed interrupt.

@@ -62,6 +62,44 @@ pub unsafe fn outl(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
 }
 
+/// Reads `size` (1, 2 or 4) bytes from an I/O port.
+///
+/// # Safety
+///
+/// As for [`inb`].
+pub unsafe fn port_in(port: u16, size: u8) -> u32 {
+    let v: u32;
+    // SAFETY: the caller upholds the contract of `inb`.
+    unsafe {
+        match size {
+            1 => asm!("in al, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
+            2 => asm!("in ax, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
+            _ => asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
+        }
+    }
+    match size {
+        1 => v & 0xFF,
+        2 => v & 0xFFFF,
+        _ => v,
+    }
+}
+
+/// Writes `size` (1, 2 or 4) bytes to an I/O port.
+///
+/// # Safety
+///
+/// As for [`outb`].
+pub unsafe fn port_out(port: u16, size: u8, value: u32) {
+    // SAFETY: the caller upholds the contract of `outb`.
+    unsafe {
+        match size {
+            1 => asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack)),
+            2 => asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack)),
+            _ => asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)),
+        }
+    }
+}
+
 /// Reads a byte from an I/O port.
 ///
 /// # Safety

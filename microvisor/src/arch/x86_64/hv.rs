@@ -13,8 +13,9 @@ use crate::policy::{self, DOM0_TRAPPED_MSRS, PASSTHROUGH_MSRS};
 use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, PermissionMaps, Vcpu};
 use crate::vmcb::Vmcb;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::dom0_pci::{ConfigPorts, PortIo};
 use shared_abi::control::{
-    CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo, fill_fixed_str,
+    CONTROL_VERSION, EVENT_DOMAIN_STATE, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo, fill_fixed_str,
 };
 use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use shared_abi::sched::ShutdownReason;
@@ -134,6 +135,43 @@ static CPU_CYCLES: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; 
 /// Ports domain 0 may not reach: the microvisor's log (COM2) and QEMU's debug-exit port,
 /// which carries the microvisor's verdicts.
 const DOM0_DENIED_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0xF4..=0xF7];
+/// Ports of Dom0 that the microvisor proxies: PCI configuration (for the event function).
+const DOM0_PROXIED_PORTS: core::ops::RangeInclusive<u16> = 0xCF8..=0xCFF;
+
+/// Dom0's view of the PCI configuration ports, with the event function.
+static DOM0_PCI: Mutex<Option<ConfigPorts>> = Mutex::new(None);
+/// Where the event function's MSI goes: `MSI_VALID | vector`, or 0 before Dom0 enables it.
+static DOM0_MSI: AtomicU32 = AtomicU32::new(0);
+const MSI_VALID: u32 = 1 << 31;
+/// Dom0's pending `EVENT_*` bits.
+static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The machine's real I/O ports.
+struct RealPorts;
+
+impl PortIo for RealPorts {
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        // SAFETY: only the PCI configuration ports reach here, on behalf of Dom0, which
+        // owns the PCI bus; the access is the one Dom0 itself made.
+        unsafe { cpu::port_in(port, size) }
+    }
+
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        // SAFETY: as for `port_in`.
+        unsafe { cpu::port_out(port, size, value) }
+    }
+}
+
+/// Raises Dom0 event bits and interrupts Dom0 if it has enabled the event function's MSI.
+/// The interrupt always goes to Dom0's pCPU, whatever APIC id Dom0 put in the message.
+fn raise_dom0_event(bits: u64) {
+    DOM0_EVENTS.fetch_or(bits, Ordering::AcqRel);
+    let msi = DOM0_MSI.load(Ordering::Acquire);
+    if msi & MSI_VALID != 0 {
+        let dom0_apic = super::APIC_IDS[0].load(Ordering::Relaxed);
+        apic::send_ipi(dom0_apic, msi as u8);
+    }
+}
 
 fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
     let mut info = DomainInfo {
@@ -149,6 +187,9 @@ fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
     if let Some(slot) = RECORDS.get(usize::from(domid)) {
         *slot.lock() = Some(info);
     }
+    if domid != 0 {
+        raise_dom0_event(EVENT_DOMAIN_STATE);
+    }
 }
 
 /// Records a domain's new state; an ended domain no longer holds memory.
@@ -159,6 +200,9 @@ fn set_state(domid: u16, state: DomainState, shutdown_reason: u32) {
         if matches!(state, DomainState::Shutdown | DomainState::Crashed) {
             info.mem_kib = 0;
         }
+    }
+    if domid != 0 {
+        raise_dom0_event(EVENT_DOMAIN_STATE);
     }
 }
 
@@ -441,6 +485,13 @@ fn create_dom0(boot: &BootInfo, images: Dom0Images<'_>, ram: &Dom0Memory) -> Res
         dom0::START_INFO_GPA,
         true,
     );
+    match crate::dom0_pci::free_slot(&mut RealPorts) {
+        Some(device) => {
+            *DOM0_PCI.lock() = Some(ConfigPorts::new(device));
+            mvlog!("d0: event function at PCI 00:{device:02x}.0");
+        }
+        None => mvlog!("d0: no free PCI slot on bus 0: Dom0 gets no event interrupts"),
+    }
     let mem_mib = u32::try_from(ram.total() >> 20).unwrap_or(u32::MAX);
     mvlog!(
         "d0 (dom0) created: {mem_mib} MiB in {} ranges, pCPU 0, initramfs {} KiB, cmdline {:?}",
@@ -547,7 +598,7 @@ fn setup_permission_maps() {
     ) else {
         super::fatal(format_args!("no memory for Dom0's permission maps"));
     };
-    for port in DOM0_DENIED_PORTS.into_iter().flatten() {
+    for port in DOM0_DENIED_PORTS.into_iter().flatten().chain(DOM0_PROXIED_PORTS) {
         let byte = iopm + u64::from(port / 8);
         let mut b = [0u8];
         HostMem.read_bytes(byte, &mut b);
@@ -817,6 +868,10 @@ impl crate::control::ControlSource for ExitHost<'_> {
         info
     }
 
+    fn take_events(&self) -> u64 {
+        DOM0_EVENTS.swap(0, Ordering::AcqRel)
+    }
+
     fn domain_from(&self, from: u32) -> Option<DomainInfo> {
         let start = usize::try_from(from).ok()?;
         RECORDS.iter().enumerate().skip(start).find_map(|(domid, r)| {
@@ -848,6 +903,21 @@ impl Host for ExitHost<'_> {
 
     fn console(&mut self, bytes: &[u8]) {
         self.console.push(self.domid, bytes);
+    }
+
+    fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
+        if self.domid != 0 || !DOM0_PROXIED_PORTS.contains(&port) {
+            return None;
+        }
+        let mut pci = DOM0_PCI.lock();
+        let ports = pci.as_mut()?;
+        let v = ports.access(&mut RealPorts, port, size, is_in, value);
+        let msi = ports
+            .function
+            .msi_target()
+            .map_or(0, |t| MSI_VALID | u32::from(t.vector));
+        DOM0_MSI.store(msi, Ordering::Release);
+        Some(v)
     }
 
     fn note(&mut self, what: Note) {
