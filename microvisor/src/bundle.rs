@@ -355,7 +355,11 @@ impl BundleBuilder {
         elf: std::vec::Vec<u8>,
         initrd: Option<std::vec::Vec<u8>>,
     ) -> Result<&mut Self, std::string::String> {
-        if self.entries.iter().any(|(e, ..)| e.kind == EntryKind::Dom0 as u32) {
+        if self
+            .entries
+            .iter()
+            .any(|(e, ..)| e.kind == EntryKind::Dom0 as u32)
+        {
             return Err("a bundle holds one Dom0".into());
         }
         self.push(EntryKind::Dom0, "dom0", cmdline, mem_mib, elf)?;
@@ -463,7 +467,13 @@ mod tests {
         let long = "console=ttyS0 ".repeat(100);
         let mut b = BundleBuilder::new();
         b.add_domu("hello", "", 16, std::vec![1]).unwrap();
-        b.add_dom0(long.trim_end(), 512, std::vec![7; 9000], Some(std::vec![8; 10])).unwrap();
+        b.add_dom0(
+            long.trim_end(),
+            512,
+            std::vec![7; 9000],
+            Some(std::vec![8; 10]),
+        )
+        .unwrap();
         assert!(b.add_dom0("", 1, std::vec![], None).is_err());
         let bytes = b.build();
         let bundle = Bundle::parse(&bytes).unwrap();
@@ -479,7 +489,10 @@ mod tests {
         assert_eq!(Bundle::parse(&dup).unwrap_err(), BundleError::BadDom0(2));
         let mut orphan = bytes.clone();
         orphan[64 + 128..64 + 132].copy_from_slice(&1u32.to_le_bytes());
-        assert!(matches!(Bundle::parse(&orphan), Err(BundleError::BadDom0(_))));
+        assert!(matches!(
+            Bundle::parse(&orphan),
+            Err(BundleError::BadDom0(_))
+        ));
         assert!(
             BundleBuilder::new()
                 .add_dom0(&"x".repeat(MAX_CMDLINE + 1), 1, std::vec![], None)

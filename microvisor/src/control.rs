@@ -5,7 +5,7 @@
 //! documents: privilege, version, operation, buffer length, then the operation's own.
 
 use shared_abi::Errno;
-use shared_abi::control::{ControlOp, DomainInfo, HostInfo, CONTROL_VERSION, MAX_BUFFER};
+use shared_abi::control::{CONTROL_VERSION, ControlOp, DomainInfo, HostInfo, MAX_BUFFER};
 use zerocopy::IntoBytes;
 
 /// What the control operations read.
@@ -163,12 +163,21 @@ mod tests {
             ..call(99, 80, 0)
         };
         assert_eq!(dispatch(&old, &t, &mut out), Err(Errno::EACCES));
-        assert_eq!(dispatch(&call(99, 1 << 40, 0), &t, &mut out), Err(Errno::ENOSYS));
-        assert_eq!(dispatch(&call(1, 4097, 0), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(
+            dispatch(&call(99, 1 << 40, 0), &t, &mut out),
+            Err(Errno::ENOSYS)
+        );
+        assert_eq!(
+            dispatch(&call(1, 4097, 0), &t, &mut out),
+            Err(Errno::EINVAL)
+        );
         assert_eq!(dispatch(&call(1, 79, 0), &t, &mut out), Err(Errno::ENOSPC));
         assert_eq!(dispatch(&call(1, 80, 5), &t, &mut out), Err(Errno::EINVAL));
         assert_eq!(dispatch(&call(3, 72, 7), &t, &mut out), Err(Errno::ESRCH));
-        assert_eq!(dispatch(&call(3, 72, u64::MAX), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(
+            dispatch(&call(3, 72, u64::MAX), &t, &mut out),
+            Err(Errno::ESRCH)
+        );
         assert_eq!(dispatch(&call(2, 71, 0), &t, &mut out), Err(Errno::ENOSPC));
         assert_eq!(dispatch(&call(4, 0, 1), &t, &mut out), Err(Errno::EINVAL));
         assert_eq!(dispatch(&call(4, 0, 0), &t, &mut out), Ok((i64::MAX, 0)));
@@ -200,7 +209,12 @@ mod tests {
                 break;
             }
             for i in 0..n as usize {
-                seen.push(DomainInfo::read_from_prefix(&out[i * 72..]).unwrap().0.domid);
+                seen.push(
+                    DomainInfo::read_from_prefix(&out[i * 72..])
+                        .unwrap()
+                        .0
+                        .domid,
+                );
             }
             let last = *seen.last().unwrap();
             if last == u32::MAX {

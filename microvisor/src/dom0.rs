@@ -114,7 +114,10 @@ impl core::fmt::Display for Dom0Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Dom0Error::MemoryTooSmall(m) => {
-                write!(f, "{m} MiB is too little for Dom0 (at least {MIN_MEM_MIB} MiB)")
+                write!(
+                    f,
+                    "{m} MiB is too little for Dom0 (at least {MIN_MEM_MIB} MiB)"
+                )
             }
             Dom0Error::NotEnoughRam { wanted, available } => write!(
                 f,
@@ -176,7 +179,10 @@ impl Dom0Memory {
             last.end = r.end;
             return Ok(());
         }
-        let slot = self.ranges.get_mut(self.len).ok_or(Dom0Error::TooFragmented)?;
+        let slot = self
+            .ranges
+            .get_mut(self.len)
+            .ok_or(Dom0Error::TooFragmented)?;
         *slot = r;
         self.len += 1;
         Ok(())
@@ -225,7 +231,10 @@ pub fn plan_memory(
             let blocker = keep_out
                 .iter()
                 .map(|k| {
-                    let end = k.end.checked_next_multiple_of(FRAME_SIZE).unwrap_or(u64::MAX);
+                    let end = k
+                        .end
+                        .checked_next_multiple_of(FRAME_SIZE)
+                        .unwrap_or(u64::MAX);
                     Range::new(k.start / FRAME_SIZE * FRAME_SIZE, end)
                 })
                 .filter(|k| k.overlaps(Range::new(cursor, ram.end)))
@@ -461,7 +470,12 @@ pub fn load(
         write_zero_padded(mem, s.paddr, s.data, s.mem_size);
     }
     if let Some((bytes, at)) = initrd {
-        write_zero_padded(mem, at.start, bytes, (bytes.len() as u64).next_multiple_of(FRAME_SIZE));
+        write_zero_padded(
+            mem,
+            at.start,
+            bytes,
+            (bytes.len() as u64).next_multiple_of(FRAME_SIZE),
+        );
     }
     let info = HvmStartInfo {
         magic: HVM_START_MAGIC,
@@ -469,7 +483,11 @@ pub fn load(
         // Not SIF_INITDOMAIN: Dom0 is native Linux, not a Xen initial domain.
         flags: 0,
         nr_modules: u32::from(initrd.is_some()),
-        modlist_paddr: if initrd.is_some() { START_INFO_GPA + 0x40 } else { 0 },
+        modlist_paddr: if initrd.is_some() {
+            START_INFO_GPA + 0x40
+        } else {
+            0
+        },
         cmdline_paddr: CMDLINE_GPA,
         rsdp_paddr: rsdp,
         memmap_paddr: MEMMAP_GPA,
@@ -595,7 +613,10 @@ mod tests {
             .map(|m| m.size)
             .sum();
         assert_eq!(ram, 256 << 20);
-        assert_eq!(out[..n].iter().filter(|m| m.kind == E820_RESERVED).count(), 5);
+        assert_eq!(
+            out[..n].iter().filter(|m| m.kind == E820_RESERVED).count(),
+            5
+        );
         assert!(out[..n].windows(2).all(|w| w[0].addr < w[1].addr));
     }
 
@@ -611,7 +632,13 @@ mod tests {
             assert_eq!(mapped(gpa), Some((true, true)), "{gpa:#x} should be mapped");
         }
         // The partial RAM page under the EBDA, the APIC, PCI windows and high MMIO: I/O.
-        for gpa in [0x9_F000, 0xFEE0_0000, 0xC000_0000, 0x80_0000_0000, 0xFF_FFFF_F000] {
+        for gpa in [
+            0x9_F000,
+            0xFEE0_0000,
+            0xC000_0000,
+            0x80_0000_0000,
+            0xFF_FFFF_F000,
+        ] {
             assert_eq!(mapped(gpa), Some((true, true)), "{gpa:#x} should be mapped");
         }
         // The microvisor, the bundle and the DomU pool: not mapped.
@@ -646,18 +673,36 @@ mod tests {
         let low = crate::elf::tests::tiny_pvh_at(0x20_0000, 0x20_0000);
         assert!(matches!(
             place(&plan, &PvhImage::parse(&low).unwrap(), None, ""),
-            Err(Dom0Error::SegmentOutsideRam { paddr: 0x20_0000, .. })
+            Err(Dom0Error::SegmentOutsideRam {
+                paddr: 0x20_0000,
+                ..
+            })
         ));
 
         // Load into fake frames at the identity addresses the loader writes.
         let mut mem = FakeMem::new();
-        for pa in [START_INFO_GPA, CMDLINE_GPA, MEMMAP_GPA, 0x100_0000, 0x100_1000, initrd.start, initrd.start + 4096] {
+        for pa in [
+            START_INFO_GPA,
+            CMDLINE_GPA,
+            MEMMAP_GPA,
+            0x100_0000,
+            0x100_1000,
+            initrd.start,
+            initrd.start + 4096,
+        ] {
             mem.frames.insert(pa, std::vec![0xEE; 4096]);
         }
         let mut mm = [HvmMemmapEntry::default(); MAX_MEMMAP];
         let n = memory_map(&map, &plan, &mut mm).unwrap();
         let data = std::vec![7u8; 5000];
-        load(&mut mem, &img, Some((&data, initrd)), "console=ttyS0", &mm[..n], 0xF_5A40);
+        load(
+            &mut mem,
+            &img,
+            Some((&data, initrd)),
+            "console=ttyS0",
+            &mm[..n],
+            0xF_5A40,
+        );
         let mut info = [0u8; 56];
         mem.read_bytes(START_INFO_GPA, &mut info);
         let info = <HvmStartInfo as zerocopy::FromBytes>::read_from_bytes(&info).unwrap();

@@ -102,12 +102,8 @@ impl EventFunction {
             0x3C => self.interrupt_line = merged as u8,
             // Only MSI enable is writable: one vector, multiple-message enable stays 0.
             0x40 => self.msi_control = (merged >> 16) as u16 & MSI_CTL_ENABLE,
-            0x44 => {
-                self.msi_address = (self.msi_address & !0xFFFF_FFFF) | u64::from(merged & !3)
-            }
-            0x48 => {
-                self.msi_address = (self.msi_address & 0xFFFF_FFFF) | (u64::from(merged) << 32)
-            }
+            0x44 => self.msi_address = (self.msi_address & !0xFFFF_FFFF) | u64::from(merged & !3),
+            0x48 => self.msi_address = (self.msi_address & 0xFFFF_FFFF) | (u64::from(merged) << 32),
             0x4C => self.msi_data = merged as u16,
             _ => {}
         }
@@ -120,8 +116,8 @@ impl EventFunction {
         let in_apic_window = self.msi_address >> 20 == 0xFEE;
         let delivery = (self.msi_data >> 8) & 7;
         let vector = self.msi_data as u8;
-        (enabled && in_apic_window && delivery <= 1 && (0x20..0xFF).contains(&vector)).then(
-            || MsiTarget {
+        (enabled && in_apic_window && delivery <= 1 && (0x20..0xFF).contains(&vector)).then_some(
+            MsiTarget {
                 apic_id: (self.msi_address >> 12) as u8,
                 vector,
             },
@@ -171,8 +167,7 @@ impl ConfigPorts {
         let bus = (a >> 16) & 0xFF;
         let device = ((a >> 11) & 0x1F) as u8;
         let function = (a >> 8) & 7;
-        (enabled && bus == 0 && device == self.device && function == 0)
-            .then_some((a & 0xFC) as u8)
+        (enabled && bus == 0 && device == self.device && function == 0).then_some((a & 0xFC) as u8)
     }
 
     /// Handles Dom0's `IN`/`OUT` of `size` bytes at `port` (one of 0xCF8-0xCFF); returns
@@ -242,7 +237,11 @@ mod tests {
                 return self.address;
             }
             let dev = (self.address >> 11) & 0x1F;
-            if dev <= 0x1D { 0x1234_8086 & size_mask(size) } else { size_mask(size) }
+            if dev <= 0x1D {
+                0x1234_8086 & size_mask(size)
+            } else {
+                size_mask(size)
+            }
         }
         fn port_out(&mut self, port: u16, size: u8, value: u32) {
             self.log.push((port, size, false, value));
@@ -323,7 +322,11 @@ mod tests {
         assert_eq!(p.access(&mut bus, CONFIG_DATA + 2, 2, true, 0), 0x81);
         // Hostile messages are not sent: a vector below 0x20, SMI/NMI/INIT delivery, or
         // an address outside the APIC window.
-        for (addr, data) in [(0xFEE0_0000, 0x0010), (0xFEE0_0000, 0x0541), (0xFED0_0000, 0x41)] {
+        for (addr, data) in [
+            (0xFEE0_0000, 0x0010),
+            (0xFEE0_0000, 0x0541),
+            (0xFED0_0000, 0x41),
+        ] {
             p.function.write(0x44, 4, addr);
             p.function.write(0x4C, 2, data);
             assert_eq!(p.function.msi_target(), None, "{addr:#x} {data:#x}");

@@ -3,8 +3,8 @@
 //! Both are pure functions of the host's answer and the domain's state, tested on the host.
 
 use shared_abi::cpuid::{
-    LEAF1_ECX_HYPERVISOR, MICROVISOR_CPUID_SIGNATURE, LEAF4_DOMID_PRESENT, LEAF4_VCPU_ID_PRESENT, XEN_CPUID_BASE,
-    XEN_CPUID_LAST_LEAF, XEN_CPUID_SIGNATURE, XEN_HYPERCALL_MSR,
+    LEAF1_ECX_HYPERVISOR, LEAF4_DOMID_PRESENT, LEAF4_VCPU_ID_PRESENT, MICROVISOR_CPUID_SIGNATURE,
+    XEN_CPUID_BASE, XEN_CPUID_LAST_LEAF, XEN_CPUID_SIGNATURE, XEN_HYPERCALL_MSR,
 };
 use shared_abi::{XEN_VERSION_MAJOR, XEN_VERSION_MINOR};
 
@@ -329,7 +329,10 @@ mod tests {
         };
         let l1 = dom0_cpuid(1, host, false);
         assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
-        assert_eq!(l1.ecx & (LEAF1_ECX_VMX | LEAF1_ECX_OSXSAVE | LEAF1_ECX_MONITOR), 0);
+        assert_eq!(
+            l1.ecx & (LEAF1_ECX_VMX | LEAF1_ECX_OSXSAVE | LEAF1_ECX_MONITOR),
+            0
+        );
         assert_ne!(l1.edx & LEAF1_EDX_APIC, 0, "Dom0 keeps its real local APIC");
         assert_eq!(l1.ebx, host.ebx, "Dom0 sees its real APIC id");
         assert_ne!(dom0_cpuid(1, host, true).ecx & LEAF1_ECX_OSXSAVE, 0);

@@ -4,6 +4,7 @@
 //! the host against a fake VMCB and fake memory. The world switch itself is in
 //! `arch::x86_64::svm`.
 
+use crate::control::ControlCall;
 use crate::exit::{IoAccess, NpfInfo, SvmExit};
 use crate::guest_walk::{self, PagingMode};
 use crate::hypercall::{self, GuestEnv, HypercallArgs, Outcome};
@@ -13,7 +14,6 @@ use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
 use crate::vmcb::{
     EventInj, INT_CTL_V_INTR_MASKING, Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
 };
-use crate::control::ControlCall;
 use shared_abi::Errno;
 use shared_abi::control::{CONTROL_HYPERCALL, MAX_BUFFER};
 use shared_abi::cpuid::XEN_HYPERCALL_MSR;
@@ -217,7 +217,11 @@ pub fn init_pvh_vmcb(
     c.tlb_control = 1;
     // DomUs: physical interrupts exit to the microvisor whatever the guest's IF. Dom0:
     // they are delivered to it directly, masked by its own IF.
-    c.int_ctl = if privileged { 0 } else { INT_CTL_V_INTR_MASKING };
+    c.int_ctl = if privileged {
+        0
+    } else {
+        INT_CTL_V_INTR_MASKING
+    };
     c.nested_ctl = NESTED_CTL_NP_ENABLE;
     c.nested_cr3 = npt.root();
     let s = &mut vmcb.save;
@@ -537,7 +541,8 @@ impl Vcpu {
         };
         if self.privileged
             && !io.string
-            && let Some(v) = host.dom0_port(io.port, io.size, io.is_in, (vmcb.save.rax & mask) as u32)
+            && let Some(v) =
+                host.dom0_port(io.port, io.size, io.is_in, (vmcb.save.rax & mask) as u32)
         {
             if io.is_in {
                 vmcb.save.rax = (vmcb.save.rax & !mask) | (u64::from(v) & mask);
@@ -621,7 +626,11 @@ mod tests {
         }
         fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {
             // A proxied port that echoes writes back as 0x5A5A_0000 | value.
-            (port == 0xCFC).then_some(if is_in { 0x1234_5678 } else { 0x5A5A_0000 | value })
+            (port == 0xCFC).then_some(if is_in {
+                0x1234_5678
+            } else {
+                0x5A5A_0000 | value
+            })
         }
     }
 
@@ -720,7 +729,14 @@ mod tests {
         );
     }
 
-    fn control(v: &mut Vcpu, vmcb: &mut Vmcb, host: &mut FakeHost, op: u64, gpa: u64, len: u64) -> i64 {
+    fn control(
+        v: &mut Vcpu,
+        vmcb: &mut Vmcb,
+        host: &mut FakeHost,
+        op: u64,
+        gpa: u64,
+        len: u64,
+    ) -> i64 {
         vmcb.control.exit_code = 0x81;
         vmcb.save.rax = CONTROL_HYPERCALL;
         v.regs.rdi = op;

@@ -91,7 +91,9 @@ impl TryFrom<u64> for ControlOp {
 }
 
 /// Facts about the host ([`ControlOp::HostInfo`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HostInfo {
     /// [`CONTROL_VERSION`] of the microvisor.
@@ -160,7 +162,9 @@ impl DomainState {
 pub const DOMAIN_FLAG_PRIVILEGED: u32 = 1 << 0;
 
 /// One domain ([`ControlOp::DomainInfo`], [`ControlOp::DomainList`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DomainInfo {
     /// Domain id.
@@ -262,7 +266,10 @@ mod tests {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }
         assert_eq!(ControlOp::try_from(0), Err(crate::errno::Errno::ENOSYS));
-        assert_eq!(ControlOp::try_from(u64::MAX), Err(crate::errno::Errno::ENOSYS));
+        assert_eq!(
+            ControlOp::try_from(u64::MAX),
+            Err(crate::errno::Errno::ENOSYS)
+        );
     }
 
     #[test]
@@ -273,6 +280,9 @@ mod tests {
         assert_eq!(fixed_str(b"ab\0c"), None);
         assert_eq!(fixed_str(b"a\x01\0\0"), None);
         assert_eq!(DomainState::from_u32(9), None);
-        assert_eq!(DomainState::from_u32(4).map(DomainState::name), Some("shutdown"));
+        assert_eq!(
+            DomainState::from_u32(4).map(DomainState::name),
+            Some("shutdown")
+        );
     }
 }

@@ -279,10 +279,7 @@ mod tests {
             .unwrap();
         npt.map_large(&mut mem, 0x20_0000, 0x20_0000, 1, Access::ReadExec)
             .unwrap();
-        assert_eq!(
-            npt.translate(&mem, 0x4012_3456),
-            Some((0x4012_3456, true))
-        );
+        assert_eq!(npt.translate(&mem, 0x4012_3456), Some((0x4012_3456, true)));
         assert_eq!(npt.translate(&mem, 0x2F_F000), Some((0x2F_F000, false)));
         assert_eq!(npt.translate(&mem, 0x40_0000), None);
         // Overlaps, misalignment and bad levels are refused.

@@ -5,6 +5,7 @@ use super::memory::HostMem;
 use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
 use crate::bundle::{Bundle, Dom0Images};
 use crate::dom0::{self, Dom0Memory, Range};
+use crate::dom0_pci::{ConfigPorts, PortIo};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
 use crate::mm::PhysMemory;
@@ -13,9 +14,9 @@ use crate::policy::{self, DOM0_TRAPPED_MSRS, PASSTHROUGH_MSRS};
 use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, PermissionMaps, Vcpu};
 use crate::vmcb::Vmcb;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::dom0_pci::{ConfigPorts, PortIo};
 use shared_abi::control::{
-    CONTROL_VERSION, EVENT_DOMAIN_STATE, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo, fill_fixed_str,
+    CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, EVENT_DOMAIN_STATE, HostInfo,
+    fill_fixed_str,
 };
 use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use shared_abi::sched::ShutdownReason;
@@ -177,7 +178,11 @@ fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
     let mut info = DomainInfo {
         domid: u32::from(domid),
         state: DomainState::Running as u32,
-        flags: if domid == 0 { DOMAIN_FLAG_PRIVILEGED } else { 0 },
+        flags: if domid == 0 {
+            DOMAIN_FLAG_PRIVILEGED
+        } else {
+            0
+        },
         vcpus: 1,
         pcpu: pcpu as u32,
         mem_kib: u64::from(mem_mib) * 1024,
@@ -194,7 +199,11 @@ fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
 
 /// Records a domain's new state; an ended domain no longer holds memory.
 fn set_state(domid: u16, state: DomainState, shutdown_reason: u32) {
-    if let Some(Some(info)) = RECORDS.get(usize::from(domid)).map(|r| r.lock()).as_deref_mut() {
+    if let Some(Some(info)) = RECORDS
+        .get(usize::from(domid))
+        .map(|r| r.lock())
+        .as_deref_mut()
+    {
         info.state = state as u32;
         info.shutdown_reason = shutdown_reason;
         if matches!(state, DomainState::Shutdown | DomainState::Crashed) {
@@ -445,7 +454,11 @@ struct Dom0 {
 }
 
 /// Builds domain 0: identity NPT, kernel, initramfs and boot pages in its RAM, VMCB.
-fn create_dom0(boot: &BootInfo, images: Dom0Images<'_>, ram: &Dom0Memory) -> Result<Dom0, CreateError> {
+fn create_dom0(
+    boot: &BootInfo,
+    images: Dom0Images<'_>,
+    ram: &Dom0Memory,
+) -> Result<Dom0, CreateError> {
     let kernel = PvhImage::parse(images.kernel.payload).map_err(CreateError::Elf)?;
     let cmdline = images.kernel.cmdline;
     let initrd = images.initrd.map(|i| i.payload);
@@ -598,7 +611,11 @@ fn setup_permission_maps() {
     ) else {
         super::fatal(format_args!("no memory for Dom0's permission maps"));
     };
-    for port in DOM0_DENIED_PORTS.into_iter().flatten().chain(DOM0_PROXIED_PORTS) {
+    for port in DOM0_DENIED_PORTS
+        .into_iter()
+        .flatten()
+        .chain(DOM0_PROXIED_PORTS)
+    {
         let byte = iopm + u64::from(port / 8);
         let mut b = [0u8];
         HostMem.read_bytes(byte, &mut b);
@@ -688,7 +705,10 @@ fn create_boot_domains(bundle: &Bundle<'_>, have_dom0: bool) {
         let pcpu = if online > 1 {
             1 + next_pcpu % (online - 1)
         } else if have_dom0 {
-            mvlog!("domain {:?} not created: the only pCPU belongs to Dom0", image.name);
+            mvlog!(
+                "domain {:?} not created: the only pCPU belongs to Dom0",
+                image.name
+            );
             ANY_FAILED.store(true, Ordering::Relaxed);
             continue;
         } else {
@@ -874,11 +894,15 @@ impl crate::control::ControlSource for ExitHost<'_> {
 
     fn domain_from(&self, from: u32) -> Option<DomainInfo> {
         let start = usize::try_from(from).ok()?;
-        RECORDS.iter().enumerate().skip(start).find_map(|(domid, r)| {
-            let mut info = (*r.lock())?;
-            info.cpu_time_ns = cycles_to_ns(CPU_CYCLES[domid].load(Ordering::Relaxed));
-            Some(info)
-        })
+        RECORDS
+            .iter()
+            .enumerate()
+            .skip(start)
+            .find_map(|(domid, r)| {
+                let mut info = (*r.lock())?;
+                info.cpu_time_ns = cycles_to_ns(CPU_CYCLES[domid].load(Ordering::Relaxed));
+                Some(info)
+            })
     }
 }
 
@@ -1000,7 +1024,8 @@ fn run_domain(me: usize, slot: usize) -> bool {
         // SAFETY: VMCB, NPT, IOPM and MSRPM are valid and owned by this domain / shared
         // read-only; `regs` is this vCPU's; `host_state` is this CPU's VMSAVE page.
         unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
-        CPU_CYCLES[usize::from(d.id)].fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+        CPU_CYCLES[usize::from(d.id)]
+            .fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
         vmcb.control.tlb_control = 0;
         vmcb.control.event_inj = 0;
         if xsave {
