@@ -1,6 +1,9 @@
 //! The command line, as clap derive types. Doc comments are the help text.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -8,8 +11,10 @@ use crate::output::OutputFormat;
 
 /// Control the microvisor and its domains from dom0.
 ///
-/// Data goes to stdout, diagnostics and errors to stderr. Exit codes: 0 success, 1 failure,
-/// 2 usage error.
+/// The CLI talks to the dom0d service over its control socket. Data goes to stdout,
+/// diagnostics and errors to stderr. Exit codes: 0 success, 1 failure, 2 usage error,
+/// 3 no such domain, 5 timed out, 6 not supported, 8 permission denied, 69 dom0d
+/// unreachable or speaking another protocol version.
 #[derive(Debug, Parser)]
 #[command(name = crate::BIN_NAME, version, arg_required_else_help = true)]
 pub struct Cli {
@@ -38,6 +43,26 @@ pub struct GlobalArgs {
     /// Short for `-o json`
     #[arg(long, global = true, conflicts_with = "output")]
     pub json: bool,
+
+    /// dom0d's control socket
+    #[arg(
+        long,
+        global = true,
+        env = "DOM0D_SOCKET",
+        value_name = "PATH",
+        default_value = crate::server::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    /// Limit on each reply from dom0d, e.g. `30s`, `500ms`, `2m`
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub timeout: Duration,
 }
 
 impl GlobalArgs {
@@ -52,13 +77,61 @@ impl GlobalArgs {
     }
 }
 
+/// Parses `30s`, `500ms`, `2m`, or a bare number of seconds. Zero is refused: every wait
+/// has a limit.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |at| s.split_at(at));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 500ms or 2m"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err("the timeout must be above zero".to_owned());
+    }
+    Ok(d)
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the CLI version and the interface versions it was built against
+    /// List the domains, one line each
     ///
-    /// Prints the CLI version, the guest ABI interface version (shared-abi) and the
-    /// dom0/dom0d control protocol version. Needs neither dom0d nor the hypervisor.
+    /// Columns: ID, NAME, STATE (r running, b blocked, p paused, s shut down, then the
+    /// shutdown reason: o poweroff, r reboot, s suspend, c crash, w watchdog), MEM(MiB),
+    /// VCPUS, PCPU and TIME(s), the CPU seconds used. `-o json` prints an array of objects.
+    List,
+
+    /// Show one domain
+    ///
+    /// DOM is a domain id (all digits) or an exact name.
+    Info {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
+    /// Inspect the host
+    Host {
+        /// What to show.
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+
+    /// Print the versions of the CLI, dom0d and the microvisor
+    ///
+    /// Prints the CLI version and the interface versions it was built against and, when
+    /// dom0d answers, dom0d's version and protocol and the microvisor's version and
+    /// control ABI version. Succeeds while dom0d is down.
     Version,
 
     /// Print a shell completion script to stdout
@@ -70,4 +143,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+/// `dom0 host` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Show the host: CPUs, memory, TSC frequency, uptime and the microvisor's version
+    Info,
 }

@@ -6,7 +6,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::client::ClientError;
 use crate::output::OutputFormat;
+use crate::proto::ApiError;
 
 /// Process exit codes. Stable: scripts depend on them (CLI.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,7 @@ impl From<ExitStatus> for std::process::ExitCode {
     }
 }
 
-/// Everything that can make a CLI command fail today.
+/// Everything that can make a CLI command fail.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Writing the result to stdout failed.
@@ -59,6 +61,130 @@ pub enum CliError {
     /// Encoding the result as JSON failed.
     #[error("cannot encode output as JSON")]
     Json(#[source] serde_json::Error),
+    /// Connecting to dom0d or the handshake failed.
+    #[error(transparent)]
+    Connection(ClientError),
+    /// A request to dom0d failed; `what` says what the command was doing.
+    #[error("{what}")]
+    Request {
+        /// What failed, e.g. `cannot list domains`.
+        what: String,
+        /// Why.
+        #[source]
+        source: ClientError,
+    },
+    /// The domain reference matched nothing.
+    #[error("{what}")]
+    NoSuchDomain {
+        /// e.g. `no domain with id 7`, `no domain named "web"`.
+        what: String,
+        /// Existing names close to the one asked for.
+        suggestions: Vec<String>,
+    },
+}
+
+const EPERM: i32 = 1;
+const EACCES: i32 = 13;
+const ENOTTY: i32 = 25;
+const ENOSYS: i32 = 38;
+
+/// Exit status for a failure in talking to dom0d.
+fn client_status(e: &ClientError) -> ExitStatus {
+    match e {
+        ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            ExitStatus::PermissionDenied
+        }
+        ClientError::Timeout { .. } => ExitStatus::Timeout,
+        ClientError::Api(api) => match api {
+            ApiError::NoSuchDomain { .. } => ExitStatus::NotFound,
+            ApiError::Hypercall { errno: EPERM, .. } => ExitStatus::PermissionDenied,
+            ApiError::Hypercall { errno: ENOSYS, .. } => ExitStatus::NotSupported,
+            ApiError::Hypercall { .. } | ApiError::BadRecord { .. } => ExitStatus::Failure,
+            ApiError::HandshakeRequired
+            | ApiError::FrameTooLarge { .. }
+            | ApiError::Malformed { .. }
+            | ApiError::Busy => ExitStatus::ServiceUnavailable,
+        },
+        ClientError::Connect { .. }
+        | ClientError::VersionMismatch { .. }
+        | ClientError::Frame(_)
+        | ClientError::Closed
+        | ClientError::Unexpected { .. } => ExitStatus::ServiceUnavailable,
+    }
+}
+
+fn client_code(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            "permission_denied"
+        }
+        ClientError::Connect { .. } => "dom0d_unreachable",
+        ClientError::VersionMismatch { .. } => "protocol_mismatch",
+        ClientError::Timeout { .. } => "timeout",
+        ClientError::Frame(_) | ClientError::Closed | ClientError::Unexpected { .. } => {
+            "protocol_error"
+        }
+        ClientError::Api(api) => match api {
+            ApiError::NoSuchDomain { .. } => "not_found",
+            ApiError::Hypercall { .. } => "hypercall_failed",
+            ApiError::BadRecord { .. } => "bad_record",
+            ApiError::Busy => "dom0d_busy",
+            ApiError::HandshakeRequired
+            | ApiError::FrameTooLarge { .. }
+            | ApiError::Malformed { .. } => "protocol_error",
+        },
+    }
+}
+
+/// The hint for starting dom0d, used whenever it cannot be reached.
+pub const START_DOM0D_HINT: &str =
+    "is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)";
+
+fn client_hint(e: &ClientError) -> Option<String> {
+    Some(match e {
+        ClientError::Connect { source, .. } => match source.kind() {
+            io::ErrorKind::PermissionDenied => {
+                "the control socket is root-only (mode 0600): run dom0 as root".to_owned()
+            }
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                START_DOM0D_HINT.to_owned()
+            }
+            _ => format!("check --socket or DOM0D_SOCKET; {START_DOM0D_HINT}"),
+        },
+        ClientError::VersionMismatch { .. } => {
+            "install dom0 and dom0d from the same build".to_owned()
+        }
+        ClientError::Timeout { .. } => {
+            "dom0d may be stuck: check its log, or raise --timeout".to_owned()
+        }
+        ClientError::Closed | ClientError::Frame(_) => {
+            format!("dom0d may have stopped: check its log; {START_DOM0D_HINT}")
+        }
+        ClientError::Unexpected { .. } => "install dom0 and dom0d from the same build".to_owned(),
+        ClientError::Api(api) => match api {
+            ApiError::NoSuchDomain { .. } => "`dom0 list` shows the domains".to_owned(),
+            ApiError::Hypercall { errno: EPERM, .. } => {
+                "the microvisor accepts control calls only from domain 0 at CPL 0".to_owned()
+            }
+            ApiError::Hypercall { errno: EACCES, .. } => "dom0d and the microvisor were built \
+                 against different control ABI versions: rebuild them together"
+                .to_owned(),
+            ApiError::Hypercall { errno: ENOSYS, .. } => {
+                "this microvisor does not implement the operation".to_owned()
+            }
+            ApiError::Hypercall { errno: ENOTTY, .. } => {
+                "dom0d's --device is not the microvisor module's /dev/microvisor".to_owned()
+            }
+            ApiError::BadRecord { .. } => {
+                "this is a microvisor bug; dom0d's log has the details".to_owned()
+            }
+            ApiError::Busy => "try again in a moment".to_owned(),
+            ApiError::HandshakeRequired
+            | ApiError::FrameTooLarge { .. }
+            | ApiError::Malformed { .. } => "install dom0 and dom0d from the same build".to_owned(),
+            ApiError::Hypercall { .. } => return None,
+        },
+    })
 }
 
 impl CliError {
@@ -67,6 +193,8 @@ impl CliError {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Self::Output(_) | Self::Json(_) => ExitStatus::Failure,
+            Self::Connection(e) | Self::Request { source: e, .. } => client_status(e),
+            Self::NoSuchDomain { .. } => ExitStatus::NotFound,
         }
     }
 
@@ -76,17 +204,25 @@ impl CliError {
         match self {
             Self::Output(_) => "output_failed",
             Self::Json(_) => "encoding_failed",
+            Self::Connection(e) | Self::Request { source: e, .. } => client_code(e),
+            Self::NoSuchDomain { .. } => "not_found",
         }
     }
 
     /// A concrete next step, when there is one.
     #[must_use]
-    pub fn hint(&self) -> Option<&'static str> {
+    pub fn hint(&self) -> Option<String> {
         match self {
             Self::Output(e) if e.kind() == io::ErrorKind::StorageFull => {
-                Some("free some space where stdout is redirected")
+                Some("free some space where stdout is redirected".to_owned())
             }
             Self::Output(_) | Self::Json(_) => None,
+            Self::Connection(e) | Self::Request { source: e, .. } => client_hint(e),
+            Self::NoSuchDomain { suggestions, .. } => Some(if suggestions.is_empty() {
+                "`dom0 list` shows the domains".to_owned()
+            } else {
+                format!("did you mean {}?", suggestions.join(", "))
+            }),
         }
     }
 
@@ -97,15 +233,24 @@ impl CliError {
     }
 
     /// The messages of the source chain, outermost first, excluding this error's own.
+    /// OS errors appear without std's `(os error N)` suffix.
     #[must_use]
     pub fn causes(&self) -> Vec<String> {
         let mut causes = Vec::new();
         let mut next = self.source();
         while let Some(e) = next {
-            causes.push(e.to_string());
+            causes.push(strip_os_error(&e.to_string()).to_owned());
             next = e.source();
         }
         causes
+    }
+}
+
+/// `"No such file or directory (os error 2)"` → `"No such file or directory"`.
+fn strip_os_error(text: &str) -> &str {
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => text,
     }
 }
 
@@ -115,7 +260,7 @@ struct JsonError<'a> {
     code: &'a str,
     message: String,
     causes: Vec<String>,
-    hint: Option<&'a str>,
+    hint: Option<String>,
     exit_code: u8,
 }
 

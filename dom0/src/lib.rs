@@ -28,11 +28,21 @@
 //! `error: <what failed>`, one `caused by:` line per source, a `hint:` line when there is a
 //! next step. Under `-o json`/`jsonl` the same content is one JSON object on stderr with
 //! `code`, `message`, `causes`, `hint` and `exit_code`, and stdout stays empty.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod device;
 pub mod error;
+pub mod fake;
+#[macro_use]
+pub mod log;
+pub mod microvisor;
 pub mod output;
+pub mod probe;
+pub mod proto;
+pub mod server;
 pub mod version;
 
 use std::ffi::OsString;
@@ -40,19 +50,18 @@ use std::io::Write;
 
 use clap::{CommandFactory, Parser};
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, HostCommand};
+pub use client::{Client, ClientError};
 pub use error::{CliError, ExitStatus};
 pub use output::OutputFormat;
 
 /// Version of this CLI (the crate version).
 pub const CLI_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Version of the control protocol between `dom0` and `dom0d` (postcard frames on the
-/// control socket). Both sides exchange it in their first frame and refuse to talk on a
-/// mismatch (exit 69). Bumped by every incompatible change to the control messages.
-pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+/// Version of the control protocol between `dom0` and `dom0d`, [`proto::PROTOCOL_VERSION`].
+pub const CONTROL_PROTOCOL_VERSION: u32 = proto::PROTOCOL_VERSION;
 
-/// Top-level `api_version` of every JSON document the CLI prints (CLI.md §5).
+/// Top-level `api_version` of every JSON object the CLI prints (CLI.md §5).
 pub const JSON_API_VERSION: &str = "dom0/v1";
 
 /// The name the CLI is installed and completed under.
@@ -87,19 +96,112 @@ where
     }
 }
 
+fn connect(cli: &Cli) -> Result<Client, CliError> {
+    Client::connect(&cli.global.socket, cli.global.timeout).map_err(CliError::Connection)
+}
+
+fn request(what: impl Into<String>) -> impl FnOnce(ClientError) -> CliError {
+    let what = what.into();
+    move |source| CliError::Request { what, source }
+}
+
+fn write_out(stdout: &mut dyn Write, text: &str) -> Result<(), CliError> {
+    stdout.write_all(text.as_bytes()).map_err(CliError::Output)
+}
+
+/// Finds the domain `reference` names: all digits is a domain id, anything else an exact
+/// name (CLI.md §4).
+///
+/// # Errors
+/// [`CliError::NoSuchDomain`] (with close names as suggestions), or a request error.
+pub fn resolve_domain(client: &mut Client, reference: &str) -> Result<proto::Domain, CliError> {
+    if !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_digit()) {
+        let missing = || CliError::NoSuchDomain {
+            what: format!("no domain with id {reference}"),
+            suggestions: Vec::new(),
+        };
+        let Ok(domid) = reference.parse::<u32>() else {
+            return Err(missing());
+        };
+        return match client.domain_info(domid) {
+            Ok(d) => Ok(d),
+            Err(ClientError::Api(proto::ApiError::NoSuchDomain { .. })) => Err(missing()),
+            Err(e) => Err(request(format!("cannot get domain {domid}"))(e)),
+        };
+    }
+    let domains = client
+        .list_domains()
+        .map_err(request(format!("cannot look up domain {reference:?}")))?;
+    if let Some(d) = domains.iter().find(|d| d.name == reference) {
+        return Ok(d.clone());
+    }
+    let mut close: Vec<(usize, &str)> = domains
+        .iter()
+        .filter(|d| !d.name.is_empty())
+        .map(|d| (edit_distance(&d.name, reference), d.name.as_str()))
+        .filter(|&(dist, name)| {
+            dist <= 2.max(reference.len() / 3)
+                || name.to_lowercase().contains(&reference.to_lowercase())
+        })
+        .collect();
+    close.sort_unstable();
+    Err(CliError::NoSuchDomain {
+        what: format!("no domain named {reference:?}"),
+        suggestions: close.iter().take(3).map(|(_, n)| (*n).to_owned()).collect(),
+    })
+}
+
+/// Levenshtein distance between two strings, by characters.
+#[must_use]
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Runs a parsed command.
 ///
 /// # Errors
-/// [`CliError`] if the output cannot be produced or written.
+/// [`CliError`] if dom0d cannot be reached or refuses, or the output cannot be produced
+/// or written.
 pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
-        Command::Version => version::VersionInfo::current().print(format, stdout)?,
+        Command::Version => {
+            version::VersionInfo::gather(&cli.global.socket, cli.global.timeout)
+                .print(format, stdout)?;
+        }
         Command::Completions { shell } => {
             // Generate into memory first: clap_complete panics on a failed write, and a
             // closed stdout must be an error, not a panic.
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), BIN_NAME, &mut script);
             stdout.write_all(&script).map_err(CliError::Output)?;
+        }
+        Command::List => {
+            let domains = connect(cli)?
+                .list_domains()
+                .map_err(request("cannot list domains"))?;
+            write_out(stdout, &output::render_list(&domains, format)?)?;
+        }
+        Command::Info { domain } => {
+            let d = resolve_domain(&mut connect(cli)?, domain)?;
+            write_out(stdout, &output::render_domain(&d, format)?)?;
+        }
+        Command::Host {
+            command: HostCommand::Info,
+        } => {
+            let host = connect(cli)?
+                .host_info()
+                .map_err(request("cannot get host information"))?;
+            write_out(stdout, &output::render_host(&host, format)?)?;
         }
     }
     stdout.flush().map_err(CliError::Output)

@@ -1,18 +1,35 @@
 //! Tests of parsing, output and error rendering through [`run`](crate::run).
 
 use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
 
 use clap::CommandFactory;
 use clap_complete::Shell;
 use serde_json::Value;
 
+use crate::fake::{FakeMicrovisor, Fault, domain_record};
+use crate::microvisor::Microvisor;
+use crate::server::{BackgroundServer, Limits, spawn_background};
 use crate::{Cli, CliError, Command, ExitStatus, OutputFormat, run};
 
-/// Runs the CLI on `args` (without the program name) and captures everything.
+/// A socket path where nothing listens.
+const NO_SOCKET: &str = "/nonexistent/dom0d.sock";
+
+/// Runs the CLI on `args` (without the program name) against a socket where nothing
+/// listens, and captures everything.
 fn dom0(args: &[&str]) -> (ExitStatus, String, String) {
+    dom0_at(Path::new(NO_SOCKET), args)
+}
+
+/// Runs the CLI on `args` against the socket at `socket`.
+fn dom0_at(socket: &Path, args: &[&str]) -> (ExitStatus, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let argv = std::iter::once("dom0").chain(args.iter().copied());
+    let socket = socket.to_str().unwrap();
+    let argv = ["dom0", "--socket", socket]
+        .into_iter()
+        .chain(args.iter().copied());
     let status = run(argv, &mut out, &mut err);
     (
         status,
@@ -47,7 +64,7 @@ fn clap_definition_is_consistent() {
 fn only_real_commands_exist() {
     let cmd = Cli::command();
     let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
-    assert_eq!(names, ["version", "completions"]);
+    assert_eq!(names, ["list", "info", "host", "version", "completions"]);
 }
 
 #[test]
@@ -62,7 +79,10 @@ fn help_lists_exactly_the_existing_commands() {
         .take_while(|l| !l.is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["version", "completions", "help"]);
+    assert_eq!(
+        commands,
+        ["list", "info", "host", "version", "completions", "help"]
+    );
 }
 
 #[test]
@@ -107,18 +127,24 @@ fn completions_parses_every_shell() {
     ] {
         match parse(&["completions", name]).unwrap().command {
             Command::Completions { shell: got } => assert_eq!(got, shell),
-            Command::Version => panic!("parsed as version"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 }
 
 #[test]
-fn version_table_output() {
+fn version_table_output_without_dom0d() {
     let (status, out, err) = dom0(&["version"]);
-    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(
+        status,
+        ExitStatus::Success,
+        "version works while dom0d is down"
+    );
     assert!(err.is_empty());
     let expected = format!(
-        "cli:              {}\nabi_interface:    {}\ncontrol_protocol: {}\n",
+        "cli:              {}\nabi_interface:    {}\ncontrol_protocol: {}\n\
+         dom0d:            unavailable: cannot reach dom0d at {NO_SOCKET}: No such file or directory\n\
+         microvisor:       unavailable: dom0d was not asked\n",
         env!("CARGO_PKG_VERSION"),
         shared_abi::INTERFACE_VERSION,
         crate::CONTROL_PROTOCOL_VERSION
@@ -140,6 +166,10 @@ fn version_json_output_has_the_documented_fields() {
                 "cli": env!("CARGO_PKG_VERSION"),
                 "abi_interface": shared_abi::INTERFACE_VERSION,
                 "control_protocol": crate::CONTROL_PROTOCOL_VERSION,
+                "dom0d": null,
+                "dom0d_error": format!("cannot reach dom0d at {NO_SOCKET}: No such file or directory"),
+                "microvisor": null,
+                "microvisor_error": "dom0d was not asked",
             })
         );
         assert_eq!(doc["abi_interface"], 1);
@@ -180,6 +210,14 @@ fn usage_errors_exit_2_on_stderr() {
         &["version", "extra"],
         &["-o", "table", "--json", "version"],
         &["verison"],
+        &["info"],
+        &["info", "a", "b"],
+        &["host"],
+        &["host", "bogus"],
+        &["list", "extra"],
+        &["list", "--timeout", "0s"],
+        &["list", "--timeout", "5h"],
+        &["list", "--timeout", "soon"],
     ] {
         let (status, out, err) = dom0(args);
         assert_eq!(status, ExitStatus::Usage, "{args:?}");
@@ -309,4 +347,499 @@ fn error_messages_are_lowercase_fragments_without_their_source() {
     assert_eq!(e.to_string(), "cannot encode output as JSON");
     assert_eq!(e.exit_status(), ExitStatus::Failure);
     assert_eq!(e.code(), "encoding_failed");
+}
+
+// ---- Against an in-process dom0d backed by the fake microvisor. ----
+
+struct Dom0d {
+    server: BackgroundServer,
+    fake: Arc<FakeMicrovisor>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dom0d {
+    fn start(fake: FakeMicrovisor) -> Self {
+        Self::with_limits(fake, Limits::default())
+    }
+
+    fn with_limits(fake: FakeMicrovisor, limits: Limits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(fake);
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let server = spawn_background(&dir.path().join("dom0d.sock"), mv, limits).unwrap();
+        Self {
+            server,
+            fake,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        dom0_at(self.server.path(), args)
+    }
+}
+
+#[test]
+fn list_prints_an_xl_style_table() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let mut shut = domain_record(
+        7,
+        "build01",
+        shared_abi::control::DomainState::Shutdown,
+        768 * 1024,
+    );
+    shut.shutdown_reason = 0;
+    shut.vcpus = 2;
+    d.fake.insert(shut);
+    d.fake.insert(domain_record(
+        9,
+        "crashy",
+        shared_abi::control::DomainState::Crashed,
+        256 * 1024,
+    ));
+    let (status, out, err) = d.run(&["list"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty());
+    assert_eq!(
+        out,
+        "\
+ID  NAME      STATE   MEM(MiB)  VCPUS  PCPU  TIME(s)
+0   Domain-0  r-----      1024      1     0      0.0
+1   hello1    -b----        16      1     1      1.5
+2   hello2    r-----        32      1     1      3.0
+7   build01   ---so-       768      2     1     10.5
+9   crashy    ----c-       256      1     1     13.5
+"
+    );
+}
+
+#[test]
+fn list_json_is_an_array_of_domains() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    for args in [&["list", "-o", "json"][..], &["--json", "list"]] {
+        let (status, out, err) = d.run(args);
+        assert_eq!(status, ExitStatus::Success, "{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        let list = doc.as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(
+            list[0],
+            serde_json::json!({
+                "domid": 0,
+                "name": "Domain-0",
+                "state": "running",
+                "reason": null,
+                "mem_kib": 1_048_576,
+                "mem_mib": 1024,
+                "vcpus": 1,
+                "pcpu": 0,
+                "cpu_time_ns": 0,
+                "privileged": true,
+            })
+        );
+        assert_eq!(list[1]["state"], "blocked");
+        assert_eq!(list[1]["privileged"], false);
+        assert_eq!(list[2]["cpu_time_ns"], 3_000_000_000u64);
+    }
+}
+
+#[test]
+fn list_jsonl_is_one_domain_per_line() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, out, _) = d.run(&["list", "-o", "jsonl"]);
+    assert_eq!(status, ExitStatus::Success);
+    let names: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["Domain-0", "hello1", "hello2"]);
+}
+
+#[test]
+fn list_pages_through_many_domains() {
+    let fake = FakeMicrovisor::empty();
+    for i in 0..600u32 {
+        fake.insert(domain_record(
+            i * 2,
+            &format!("g{i}"),
+            shared_abi::control::DomainState::Blocked,
+            4096,
+        ));
+    }
+    let d = Dom0d::start(fake);
+    let (status, out, err) = d.run(&["list", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<u64> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domid"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..600).map(|i| i * 2).collect();
+    assert_eq!(ids, expected);
+    let (_, table, _) = d.run(&["list"]);
+    assert_eq!(table.lines().count(), 601);
+}
+
+#[test]
+fn info_by_id_and_by_name() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, by_id, err) = d.run(&["info", "1"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let (status, by_name, _) = d.run(&["info", "hello1"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(by_id, by_name);
+    assert_eq!(
+        by_id,
+        "\
+domid:      1
+name:       hello1
+state:      blocked
+reason:     -
+privileged: no
+memory:     16 MiB
+vcpus:      1
+pcpu:       1
+cpu_time:   1.5 s
+"
+    );
+}
+
+#[test]
+fn info_json_is_one_object() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, out, _) = d.run(&["info", "Domain-0", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["api_version"], "dom0/v1");
+    assert_eq!(doc["domid"], 0);
+    assert_eq!(doc["mem_mib"], 1024);
+    assert_eq!(doc["privileged"], true);
+    for key in [
+        "name",
+        "state",
+        "reason",
+        "mem_kib",
+        "vcpus",
+        "pcpu",
+        "cpu_time_ns",
+    ] {
+        assert!(doc.get(key).is_some(), "{key}");
+    }
+}
+
+#[test]
+fn unknown_domains_exit_3_with_suggestions() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, out, err) = d.run(&["info", "4000"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        "error: no domain with id 4000\n  hint: `dom0 list` shows the domains\n"
+    );
+    let (status, _, err) = d.run(&["info", "hello3"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert_eq!(
+        err,
+        "error: no domain named \"hello3\"\n  hint: did you mean hello1, hello2?\n"
+    );
+    let (status, _, err) = d.run(&["info", "99999999999999999999"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(err.starts_with("error: no domain with id 99999999999999999999\n"));
+    let (status, _, err) = d.run(&["info", "4000", "-o", "json"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "not_found");
+    assert_eq!(doc["exit_code"], 3);
+}
+
+#[test]
+fn host_info_table_and_json() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, out, err) = d.run(&["host", "info"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(
+        out,
+        "\
+microvisor_version: 0.1.0-fake
+control_version:    1
+pcpus:              2
+dom0_pcpu:          0
+memory_total:       4096 MiB
+memory_free:        3072 MiB
+tsc:                2000.000 MHz
+uptime:             00:00:12
+"
+    );
+    let (status, out, _) = d.run(&["host", "info", "--json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "api_version": "dom0/v1",
+            "pcpus": 2,
+            "dom0_pcpu": 0,
+            "mem_total_kib": 4_194_304,
+            "mem_free_kib": 3_145_728,
+            "mem_total_mib": 4096,
+            "mem_free_mib": 3072,
+            "tsc_khz": 2_000_000,
+            "uptime_ns": 12_345_000_000u64,
+            "microvisor_version": "0.1.0-fake",
+            "control_version": 1,
+        })
+    );
+}
+
+#[test]
+fn version_reports_dom0d_and_the_microvisor() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let (status, out, _) = d.run(&["version", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["dom0d"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["dom0d"]["control_protocol"], 1);
+    assert_eq!(doc["dom0d"]["control_version"], 1);
+    assert_eq!(doc["dom0d_error"], Value::Null);
+    assert_eq!(doc["microvisor"]["version"], "0.1.0-fake");
+    assert_eq!(doc["microvisor"]["control_version"], 1);
+    assert_eq!(doc["microvisor_error"], Value::Null);
+    let (_, table, _) = d.run(&["version"]);
+    assert!(table.contains(&format!(
+        "\ndom0d:            {} (control protocol 1)\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(table.ends_with("\nmicrovisor:       0.1.0-fake (control version 1)\n"));
+
+    d.fake.set_fault(Fault::Errno(13));
+    let (status, table, _) = d.run(&["version"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(
+        table.ends_with(
+            "\nmicrovisor:       unavailable: the microvisor's HostInfo call failed with EACCES (Permission denied)\n"
+        ),
+        "{table}"
+    );
+}
+
+#[test]
+fn an_unreachable_dom0d_exits_69_with_a_hint() {
+    for args in [&["list"][..], &["info", "0"], &["host", "info"]] {
+        let (status, out, err) = dom0(args);
+        assert_eq!(status, ExitStatus::ServiceUnavailable, "{args:?}");
+        assert_eq!(status.code(), 69);
+        assert!(out.is_empty());
+        assert_eq!(
+            err,
+            format!(
+                "error: cannot reach dom0d at {NO_SOCKET}\n  caused by: No such file or directory\n  \
+                 hint: is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)\n"
+            ),
+            "{args:?}"
+        );
+    }
+    let (status, out, err) = dom0(&["list", "-o", "json"]);
+    assert_eq!(status.code(), 69);
+    assert!(out.is_empty());
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "dom0d_unreachable");
+    assert_eq!(doc["exit_code"], 69);
+    assert_eq!(
+        doc["causes"],
+        serde_json::json!(["No such file or directory"])
+    );
+}
+
+#[test]
+fn a_stale_socket_is_unreachable_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let (status, _, err) = dom0_at(&path, &["list"]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(err.contains("caused by: Connection refused\n"), "{err}");
+    assert!(err.contains("is dom0d running?"), "{err}");
+}
+
+#[test]
+fn a_silent_dom0d_times_out_with_exit_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let started = std::time::Instant::now();
+    let (status, _, err) = dom0_at(&path, &["list", "--timeout", "200ms"]);
+    assert_eq!(status, ExitStatus::Timeout, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(err.contains("did not answer within 0.2s"), "{err}");
+    drop(listener);
+}
+
+/// A one-shot server that answers the hello with `reply` and then waits to be dropped.
+fn fake_server(path: &Path, reply: crate::proto::Response) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME);
+        s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+        let _ = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME);
+    })
+}
+
+#[test]
+fn a_protocol_mismatch_exits_69_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.sock");
+    let t = fake_server(
+        &path,
+        crate::proto::Response::Hello {
+            protocol: 99,
+            software: "dom0d 9.0.0".into(),
+        },
+    );
+    let (status, _, err) = dom0_at(&path, &["list"]);
+    t.join().unwrap();
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert_eq!(
+        err.lines().next().unwrap(),
+        format!(
+            "error: dom0d at {} speaks control protocol 99 (dom0d 9.0.0), this dom0 speaks 1",
+            path.display()
+        )
+    );
+    assert!(err.contains("hint: install dom0 and dom0d from the same build"));
+
+    // `version` still says what it learnt.
+    let path = dir.path().join("future2.sock");
+    let t = fake_server(
+        &path,
+        crate::proto::Response::Hello {
+            protocol: 99,
+            software: "dom0d 9.0.0".into(),
+        },
+    );
+    let (status, out, _) = dom0_at(&path, &["version", "-o", "json"]);
+    t.join().unwrap();
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["dom0d"]["version"], "9.0.0");
+    assert_eq!(doc["dom0d"]["control_protocol"], 99);
+    assert_eq!(doc["dom0d"]["control_version"], Value::Null);
+}
+
+#[test]
+fn a_busy_dom0d_exits_69() {
+    let d = Dom0d::with_limits(
+        FakeMicrovisor::new(),
+        Limits {
+            max_connections: 1,
+            ..Limits::default()
+        },
+    );
+    let mut hog = std::os::unix::net::UnixStream::connect(d.server.path()).unwrap();
+    let hello = crate::proto::Request::Hello {
+        protocol: 1,
+        software: "hog".into(),
+    };
+    hog.write_all(&crate::proto::encode(&hello).unwrap())
+        .unwrap();
+    assert!(crate::proto::read_frame(&mut hog, 1024).unwrap().is_some());
+    let (status, _, err) = d.run(&["list"]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable, "{err}");
+    assert!(
+        err.starts_with("error: dom0d is busy: too many connections\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn microvisor_errors_map_to_exit_codes_and_hints() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let cases = [
+        (1, ExitStatus::PermissionDenied, "only from domain 0"),
+        (13, ExitStatus::Failure, "different control ABI versions"),
+        (38, ExitStatus::NotSupported, "does not implement"),
+        (25, ExitStatus::Failure, "--device"),
+    ];
+    for (errno, status, hint) in cases {
+        d.fake.set_fault(Fault::Errno(errno));
+        let (got, out, err) = d.run(&["host", "info"]);
+        assert_eq!(got, status, "errno {errno}: {err}");
+        assert!(out.is_empty());
+        let mut lines = err.lines();
+        assert_eq!(lines.next(), Some("error: cannot get host information"));
+        let cause = lines.next().unwrap();
+        assert!(
+            cause.starts_with("  caused by: the microvisor's HostInfo call failed with E"),
+            "{cause}"
+        );
+        assert!(lines.next().unwrap().contains(hint), "{err}");
+    }
+    d.fake.set_fault(Fault::ListOverflow);
+    let (status, _, err) = d.run(&["list"]);
+    assert_eq!(status, ExitStatus::Failure);
+    assert!(err.starts_with(
+        "error: cannot list domains\n  caused by: the microvisor returned a bad record: "
+    ));
+}
+
+#[test]
+fn socket_comes_from_the_flag_or_the_environment() {
+    let cli = parse(&["list"]).unwrap();
+    let expected = std::env::var_os("DOM0D_SOCKET").map_or_else(
+        || std::path::PathBuf::from("/run/dom0d.sock"),
+        std::path::PathBuf::from,
+    );
+    assert_eq!(cli.global.socket, expected);
+    let cli = parse(&["list", "--socket", "/tmp/x.sock"]).unwrap();
+    assert_eq!(cli.global.socket, Path::new("/tmp/x.sock"));
+    let cli = parse(&["--socket=/a", "host", "info"]).unwrap();
+    assert_eq!(cli.global.socket, Path::new("/a"));
+    assert!(matches!(
+        cli.command,
+        Command::Host {
+            command: crate::HostCommand::Info
+        }
+    ));
+}
+
+#[test]
+fn durations_parse() {
+    use std::time::Duration;
+
+    use crate::cli::parse_duration;
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("0").is_err());
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("1h").is_err());
+    assert!(parse_duration("-1s").is_err());
+    let cli = parse(&["list", "--timeout", "250ms"]).unwrap();
+    assert_eq!(cli.global.timeout, Duration::from_millis(250));
+    assert_eq!(
+        parse(&["list"]).unwrap().global.timeout,
+        Duration::from_secs(30)
+    );
+}
+
+#[test]
+fn state_flags_and_number_formats() {
+    use crate::output::{hms, seconds_1dp};
+    assert_eq!(seconds_1dp(0), "0.0");
+    assert_eq!(seconds_1dp(310_449_999_999), "310.4");
+    assert_eq!(hms(0), "00:00:00");
+    assert_eq!(hms(8_091_000_000_000), "02:14:51");
+    assert_eq!(hms(90_061_000_000_000), "1d 01:01:01");
+    assert_eq!(crate::edit_distance("hello3", "hello1"), 1);
+    assert_eq!(crate::edit_distance("", "abc"), 3);
+    assert_eq!(crate::edit_distance("kitten", "sitting"), 3);
 }

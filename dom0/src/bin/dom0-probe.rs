@@ -1,1 +1,65 @@
-fn main() {}
+//! `dom0-probe`: hostile checks of `/dev/microvisor` for the Dom0 scenario tests.
+//!
+//! ```text
+//! dom0-probe open-as-nobody [--device PATH]   # must be refused (EACCES/EPERM)
+//! dom0-probe bad-ioctl [--device PATH]        # malformed ioctls get the right errno
+//! ```
+//!
+//! One line per check (`ok: ...` / `FAIL: ...`); exit 0 only if every check passed,
+//! 1 if one failed, 2 on a usage error.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dom0::device::DEVICE_PATH;
+use dom0::probe;
+
+/// Hostile checks of /dev/microvisor, for the Dom0 scenario tests.
+#[derive(Debug, Parser)]
+#[command(name = "dom0-probe", version)]
+struct Args {
+    /// The device node to probe
+    #[arg(long, global = true, value_name = "PATH", default_value = DEVICE_PATH)]
+    device: PathBuf,
+
+    #[command(subcommand)]
+    check: Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum Check {
+    /// As uid 65534, try to open the device; passes if refused with EACCES or EPERM
+    OpenAsNobody,
+    /// As root, issue malformed ioctls; passes if each fails with the documented errno
+    BadIoctl,
+    /// (internal) the open-as-nobody child
+    #[command(name = probe::CHILD_SUBCOMMAND, hide = true)]
+    OpenAsSelf {
+        /// The device node
+        device: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut out = io::stdout().lock();
+    let result = match &args.check {
+        Check::OpenAsSelf { device } => {
+            return ExitCode::from(u8::try_from(probe::child_open(device)).unwrap_or(1));
+        }
+        Check::OpenAsNobody => probe::open_as_nobody(&args.device, &mut out),
+        Check::BadIoctl => probe::bad_ioctl(&args.device, &mut out),
+    };
+    let _ = out.flush();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dom0-probe: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

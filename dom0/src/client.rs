@@ -1,0 +1,229 @@
+//! The CLI's side of the control protocol: a blocking client over the Unix socket.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::proto::{
+    self, ApiError, Domain, FrameError, Host, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
+    ServiceVersion,
+};
+
+/// Why talking to dom0d failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to the socket failed.
+    #[error("cannot reach dom0d at {}", socket.display())]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The `connect` error.
+        #[source]
+        source: io::Error,
+    },
+    /// dom0d speaks another protocol version.
+    #[error(
+        "dom0d at {} speaks control protocol {theirs} ({software}), this dom0 speaks {ours}",
+        socket.display()
+    )]
+    VersionMismatch {
+        /// The socket path.
+        socket: PathBuf,
+        /// Our [`PROTOCOL_VERSION`].
+        ours: u32,
+        /// dom0d's.
+        theirs: u32,
+        /// dom0d's software string.
+        software: String,
+    },
+    /// No reply within the timeout.
+    #[error("dom0d did not answer within {}s", timeout.as_secs_f64())]
+    Timeout {
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Sending or receiving a frame failed.
+    #[error("lost the connection to dom0d")]
+    Frame(#[source] FrameError),
+    /// dom0d closed the connection instead of answering.
+    #[error("dom0d closed the connection without answering")]
+    Closed,
+    /// dom0d answered with something other than what was asked for.
+    #[error("dom0d sent a {got} reply to a {expected} request")]
+    Unexpected {
+        /// What was asked for.
+        expected: &'static str,
+        /// The reply's kind.
+        got: &'static str,
+    },
+    /// dom0d reported an error.
+    #[error(transparent)]
+    Api(ApiError),
+}
+
+/// A connection to dom0d, after a successful handshake.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    socket: PathBuf,
+    timeout: Duration,
+    server: String,
+}
+
+impl Client {
+    /// Connects to `socket` and exchanges hellos. `timeout` bounds each reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if nothing answers, [`ClientError::VersionMismatch`] if
+    /// dom0d speaks another protocol, and the errors of [`Client::call`].
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+        // A zero timeout means "none" to std; the CLI never asks for one.
+        let t = Some(timeout).filter(|t| !t.is_zero());
+        let frame_error = |e| ClientError::Frame(FrameError::Io(e));
+        stream.set_read_timeout(t).map_err(frame_error)?;
+        stream.set_write_timeout(t).map_err(frame_error)?;
+        let mut client = Self {
+            stream,
+            socket: socket.to_path_buf(),
+            timeout,
+            server: String::new(),
+        };
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            software: format!("dom0 {}", crate::CLI_VERSION),
+        };
+        match client.call(&hello)? {
+            Response::Hello { protocol, software } if protocol == PROTOCOL_VERSION => {
+                client.server = software;
+                Ok(client)
+            }
+            Response::Hello { protocol, software } => Err(ClientError::VersionMismatch {
+                socket: socket.to_path_buf(),
+                ours: PROTOCOL_VERSION,
+                theirs: protocol,
+                software,
+            }),
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Err(ClientError::Unexpected {
+                expected: "hello",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// dom0d's software string from its hello (e.g. `"dom0d 0.1.0"`).
+    #[must_use]
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The socket this client is connected to.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request and reads its reply. An error reply is returned as a reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], [`ClientError::Closed`] or [`ClientError::Frame`].
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let frame = proto::encode(req).map_err(ClientError::Frame)?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| self.io_error(e))?;
+        match proto::read_frame(&mut self.stream, MAX_FRAME) {
+            Ok(Some(payload)) => proto::decode(&payload).map_err(ClientError::Frame),
+            Ok(None) => Err(ClientError::Closed),
+            Err(FrameError::Io(e)) => Err(self.io_error(e)),
+            Err(e) => Err(ClientError::Frame(e)),
+        }
+    }
+
+    fn io_error(&self, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                timeout: self.timeout,
+            },
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ClientError::Closed,
+            _ => ClientError::Frame(FrameError::Io(e)),
+        }
+    }
+
+    /// dom0d's and the microvisor's versions.
+    ///
+    /// # Errors
+    /// See [`Client::call`]; an error reply becomes [`ClientError::Api`].
+    pub fn version(&mut self) -> Result<ServiceVersion, ClientError> {
+        match self.call(&Request::Version)? {
+            Response::Version(v) => Ok(v),
+            other => Err(unexpected("version", other)),
+        }
+    }
+
+    /// The host's facts.
+    ///
+    /// # Errors
+    /// See [`Client::version`].
+    pub fn host_info(&mut self) -> Result<Host, ClientError> {
+        match self.call(&Request::HostInfo)? {
+            Response::HostInfo(h) => Ok(h),
+            other => Err(unexpected("host info", other)),
+        }
+    }
+
+    /// One domain by id.
+    ///
+    /// # Errors
+    /// See [`Client::version`]; an unknown domain is [`ApiError::NoSuchDomain`].
+    pub fn domain_info(&mut self, domid: u32) -> Result<Domain, ClientError> {
+        match self.call(&Request::DomainInfo { domid })? {
+            Response::Domain(d) => Ok(d),
+            other => Err(unexpected("domain info", other)),
+        }
+    }
+
+    /// Every domain, ascending by id, gathered page by page.
+    ///
+    /// # Errors
+    /// See [`Client::version`]; also [`ClientError::Unexpected`] if dom0d's pages do not
+    /// advance.
+    pub fn list_domains(&mut self) -> Result<Vec<Domain>, ClientError> {
+        let mut all: Vec<Domain> = Vec::new();
+        let mut from = 0;
+        loop {
+            match self.call(&Request::ListDomains { from })? {
+                Response::Domains { domains, next } => {
+                    all.extend(domains);
+                    match next {
+                        Some(n) if n > from => from = n,
+                        Some(_) => {
+                            return Err(ClientError::Unexpected {
+                                expected: "advancing domain list",
+                                got: "repeated domain list page",
+                            });
+                        }
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("domain list", other)),
+            }
+        }
+    }
+}
+
+fn unexpected(expected: &'static str, got: Response) -> ClientError {
+    match got {
+        Response::Error(e) => ClientError::Api(e),
+        other => ClientError::Unexpected {
+            expected,
+            got: other.kind(),
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! dom0d's startup and lifetime: open the device, bind the socket, serve until SIGTERM or
+//! SIGINT, remove the socket.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::device::{DEVICE_PATH, Device};
+use crate::log::{self, Level};
+use crate::microvisor::{self, Microvisor};
+use crate::proto::{PROTOCOL_VERSION, os_error_text};
+use crate::server::{self, DEFAULT_SOCKET, DOM0D_VERSION, Limits, Service};
+
+/// The dom0 control service: serves the control API on a Unix socket for the `dom0` CLI.
+///
+/// The socket (mode 0600) appears only once dom0d is ready to serve. dom0d logs to stderr
+/// and runs until SIGTERM or SIGINT, then removes its socket and exits 0. It exits 1 if
+/// the device cannot be opened or the socket cannot be created.
+#[derive(Debug, Parser)]
+#[command(name = "dom0d", version)]
+pub struct Args {
+    /// Where to serve the control API
+    #[arg(long, env = "DOM0D_SOCKET", value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// The microvisor kernel module's device node
+    #[arg(long, value_name = "PATH", default_value = DEVICE_PATH)]
+    pub device: PathBuf,
+
+    /// Also log every connection and request
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Why dom0d could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The device node could not be opened.
+    #[error("cannot open {}", path.display())]
+    OpenDevice {
+        /// The device path.
+        path: PathBuf,
+        /// The `open` error.
+        #[source]
+        source: io::Error,
+    },
+    /// The control socket could not be created.
+    #[error("cannot serve on {}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The runtime or the signal handlers could not be set up.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] io::Error),
+}
+
+impl DaemonError {
+    /// The message for the log: what failed, why, and what to do.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let (why, hint) = match self {
+            Self::OpenDevice { source, .. } => (
+                source,
+                match source.kind() {
+                    io::ErrorKind::PermissionDenied => {
+                        "dom0d must run as root (it needs CAP_SYS_ADMIN)"
+                    }
+                    _ => "is the microvisor module loaded? (insmod microvisor.ko)",
+                },
+            ),
+            Self::Socket { source, .. } => (
+                source,
+                "check --socket / DOM0D_SOCKET and that its directory is writable",
+            ),
+            Self::Runtime(source) => (source, "this is a bug or a resource limit"),
+        };
+        format!("{self}: {} — {hint}", os_error_text(why))
+    }
+}
+
+/// Runs dom0d with `args` until a termination signal.
+///
+/// # Errors
+/// [`DaemonError`] if startup fails.
+pub fn run(args: &Args) -> Result<(), DaemonError> {
+    if args.verbose {
+        log::set_max_level(Level::Debug);
+    }
+    let device = Device::open(&args.device).map_err(|source| DaemonError::OpenDevice {
+        path: args.device.clone(),
+        source,
+    })?;
+    let mv: Arc<dyn Microvisor> = Arc::new(device);
+    match microvisor::host_info(&*mv) {
+        Ok(h) => log::write(
+            Level::Info,
+            format_args!(
+                "microvisor {} (control version {}), {} pCPUs, {} MiB free of {} MiB",
+                h.microvisor_version,
+                h.control_version,
+                h.pcpus,
+                h.mem_free_kib / 1024,
+                h.mem_total_kib / 1024
+            ),
+        ),
+        // Keep serving: the CLI reports the same error per request, with a hint.
+        Err(e) => log::write(
+            Level::Error,
+            format_args!("the microvisor does not answer control calls: {e}"),
+        ),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+        let socket_error = |source| DaemonError::Socket {
+            path: args.socket.clone(),
+            source,
+        };
+        let bound = server::bind_socket(&args.socket).map_err(socket_error)?;
+        let (listener, guard) = bound.into_tokio().map_err(socket_error)?;
+        log::write(
+            Level::Info,
+            format_args!(
+                "dom0d {DOM0D_VERSION} ready on {} (protocol {PROTOCOL_VERSION})",
+                args.socket.display()
+            ),
+        );
+        let service = Arc::new(Service::new(mv));
+        server::serve(listener, service, Limits::default(), async {
+            tokio::select! {
+                _ = term.recv() => log::write(Level::Info, format_args!("SIGTERM: stopping")),
+                _ = int.recv() => log::write(Level::Info, format_args!("SIGINT: stopping")),
+            }
+        })
+        .await;
+        drop(guard);
+        Ok(())
+    })
+}

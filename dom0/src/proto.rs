@@ -1,0 +1,762 @@
+//! The dom0d control protocol: messages and framing (shared by `dom0d` and the `dom0` CLI).
+//!
+//! ## Framing
+//!
+//! A frame is a `u32` little-endian payload length followed by that many bytes of
+//! [postcard](https://docs.rs/postcard)-encoded payload. Payloads longer than [`MAX_FRAME`]
+//! are refused by both sides: dom0d answers with [`ApiError::FrameTooLarge`] and closes the
+//! connection (it cannot skip the payload without reading it). A payload that does not
+//! decode as exactly one message (including trailing bytes after it) is answered with
+//! [`ApiError::Malformed`]; the connection stays usable, since the framing is intact.
+//!
+//! ## Conversation
+//!
+//! The client sends [`Request`]s, dom0d answers each with exactly one [`Response`], in order.
+//! The first request must be [`Request::Hello`] carrying [`PROTOCOL_VERSION`]; dom0d answers
+//! with its own [`Response::Hello`] and, if the versions differ, closes the connection.
+//! Any other request before the hello is answered with [`ApiError::HandshakeRequired`].
+//!
+//! Variant 0 of both enums (`Hello`) is frozen: its index and fields never change, so every
+//! version of the client and the service can read the other's hello and name both versions
+//! in its error. Other variants may be added at the end within a version; incompatible
+//! changes bump [`PROTOCOL_VERSION`].
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Version of the control protocol. Both sides send it in their hello and refuse to talk
+/// on a mismatch. Bumped by every incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest payload either side accepts, in bytes.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Size of the length prefix.
+pub const FRAME_HEADER: usize = 4;
+
+/// Most domains dom0d puts in one [`Response::Domains`]; clients page with
+/// [`Request::ListDomains::from`]. Keeps every reply far below [`MAX_FRAME`].
+pub const MAX_DOMAINS_PER_REPLY: usize = 256;
+
+/// A client's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The handshake; must be the first request. Frozen (see the module docs).
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The client's name and version, for dom0d's log (e.g. `"dom0 0.1.0"`).
+        software: String,
+    },
+    /// Versions of dom0d and the microvisor: [`Response::Version`].
+    Version,
+    /// Facts about the host: [`Response::HostInfo`].
+    HostInfo,
+    /// Domains with `domid >= from`, ascending: [`Response::Domains`].
+    ListDomains {
+        /// First domain id to report; 0 for the first page.
+        from: u32,
+    },
+    /// One domain: [`Response::Domain`], or [`ApiError::NoSuchDomain`].
+    DomainInfo {
+        /// The domain id.
+        domid: u32,
+    },
+}
+
+/// dom0d's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Hello`]. Frozen (see the module docs).
+    Hello {
+        /// dom0d's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// dom0d's name and version (e.g. `"dom0d 0.1.0"`).
+        software: String,
+    },
+    /// The request failed.
+    Error(ApiError),
+    /// Answer to [`Request::Version`].
+    Version(ServiceVersion),
+    /// Answer to [`Request::HostInfo`].
+    HostInfo(Host),
+    /// Answer to [`Request::ListDomains`].
+    Domains {
+        /// Up to [`MAX_DOMAINS_PER_REPLY`] domains, ascending by domid.
+        domains: Vec<Domain>,
+        /// `Some(from)` for the next [`Request::ListDomains`] when more domains may
+        /// follow; `None` when this page ends the list.
+        next: Option<u32>,
+    },
+    /// Answer to [`Request::DomainInfo`].
+    Domain(Domain),
+}
+
+impl Response {
+    /// A short name of the variant, for "expected X, got Y" errors.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Error(_) => "error",
+            Self::Version(_) => "version",
+            Self::HostInfo(_) => "host info",
+            Self::Domains { .. } => "domain list",
+            Self::Domain(_) => "domain",
+        }
+    }
+}
+
+/// An error dom0d reports instead of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApiError {
+    /// The first request was not [`Request::Hello`].
+    #[error("the client did not start with a hello")]
+    HandshakeRequired,
+    /// A frame's length exceeded [`MAX_FRAME`]; dom0d closes the connection.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Length the client announced.
+        len: u32,
+        /// The limit, [`MAX_FRAME`].
+        max: u32,
+    },
+    /// A frame did not decode as one [`Request`].
+    #[error("malformed request: {reason}")]
+    Malformed {
+        /// What the decoder said.
+        reason: String,
+    },
+    /// No domain has this id.
+    #[error("no domain with id {domid}")]
+    NoSuchDomain {
+        /// The id asked for.
+        domid: u32,
+    },
+    /// The microvisor (or the kernel module in front of it) refused a control call.
+    #[error("the microvisor's {op} call failed with {}", errno_text(*.errno))]
+    Hypercall {
+        /// The control operation (`HostInfo`, `DomainList`, `DomainInfo`).
+        op: String,
+        /// The positive errno (Linux numbering, which equals Xen's for these codes).
+        errno: i32,
+    },
+    /// The microvisor returned a record that does not validate.
+    #[error("the microvisor returned a bad record: {reason}")]
+    BadRecord {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// dom0d is serving as many connections as it allows; try again later.
+    #[error("dom0d is busy: too many connections")]
+    Busy,
+}
+
+/// Symbolic name of the errno values the control path produces.
+#[must_use]
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        3 => "ESRCH",
+        5 => "EIO",
+        6 => "ENXIO",
+        7 => "E2BIG",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        19 => "ENODEV",
+        22 => "EINVAL",
+        25 => "ENOTTY",
+        28 => "ENOSPC",
+        34 => "ERANGE",
+        38 => "ENOSYS",
+        62 => "ETIME",
+        95 => "EOPNOTSUPP",
+        _ => return None,
+    })
+}
+
+/// `EPERM (Operation not permitted)`, or `errno 4242` for numbers we do not know.
+#[must_use]
+pub fn errno_text(errno: i32) -> String {
+    let text = os_error_text(&io::Error::from_raw_os_error(errno));
+    match errno_name(errno) {
+        Some(name) => format!("{name} ({text})"),
+        None => format!("errno {errno}"),
+    }
+}
+
+/// An I/O error's message without std's `" (os error N)"` suffix (CLI.md §7: no bare
+/// numeric codes).
+#[must_use]
+pub fn os_error_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// Versions dom0d reports ([`Request::Version`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceVersion {
+    /// dom0d's crate version.
+    pub dom0d: String,
+    /// dom0d's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The `shared_abi::control::CONTROL_VERSION` dom0d was built against.
+    pub control_version_built: u64,
+    /// What the microvisor reported, or why it could not be asked.
+    pub microvisor: Result<MicrovisorVersion, ApiError>,
+}
+
+/// The microvisor's versions, from its host information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MicrovisorVersion {
+    /// The microvisor's version string (e.g. `"0.1.0"`).
+    pub version: String,
+    /// The microvisor's `CONTROL_VERSION`.
+    pub control_version: u32,
+}
+
+/// Facts about the host ([`Request::HostInfo`]), validated from the microvisor's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Physical CPUs the microvisor runs on.
+    pub pcpus: u32,
+    /// The pCPU dedicated to domain 0.
+    pub dom0_pcpu: u32,
+    /// Usable RAM of the machine, in KiB.
+    pub mem_total_kib: u64,
+    /// RAM not given to any domain nor used by the microvisor, in KiB.
+    pub mem_free_kib: u64,
+    /// TSC frequency in kHz.
+    pub tsc_khz: u64,
+    /// Time since the microvisor started, in nanoseconds.
+    pub uptime_ns: u64,
+    /// The microvisor's version string.
+    pub microvisor_version: String,
+    /// The microvisor's control ABI version.
+    pub control_version: u32,
+}
+
+/// Run state of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Runnable or running.
+    Running,
+    /// Waiting for an event.
+    Blocked,
+    /// Paused by the toolstack.
+    Paused,
+    /// Shut down by itself; see [`Domain::reason`].
+    Shutdown,
+    /// Crashed.
+    Crashed,
+}
+
+impl State {
+    /// The lowercase word used in JSON and by `--state`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Blocked => "blocked",
+            Self::Paused => "paused",
+            Self::Shutdown => "shutdown",
+            Self::Crashed => "crashed",
+        }
+    }
+}
+
+/// Why a domain shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Clean power-off.
+    Poweroff,
+    /// Reboot request.
+    Reboot,
+    /// Suspend for save/restore.
+    Suspend,
+    /// The guest reported a crash.
+    Crash,
+    /// A watchdog expired.
+    Watchdog,
+    /// Soft reset.
+    SoftReset,
+}
+
+impl Reason {
+    /// The lowercase word used in JSON.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Poweroff => "poweroff",
+            Self::Reboot => "reboot",
+            Self::Suspend => "suspend",
+            Self::Crash => "crash",
+            Self::Watchdog => "watchdog",
+            Self::SoftReset => "soft_reset",
+        }
+    }
+
+    /// The letter in the fifth column of the `list` state flags (CLI.md §5).
+    #[must_use]
+    pub fn letter(self) -> char {
+        match self {
+            Self::Poweroff => 'o',
+            Self::Reboot => 'r',
+            Self::Suspend => 's',
+            Self::Crash => 'c',
+            Self::Watchdog => 'w',
+            Self::SoftReset => 'x',
+        }
+    }
+}
+
+/// One domain, validated from the microvisor's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Domain id.
+    pub domid: u32,
+    /// Name: printable ASCII, at most 31 bytes, possibly empty.
+    pub name: String,
+    /// Run state.
+    pub state: State,
+    /// For [`State::Shutdown`], why; otherwise `None`.
+    pub reason: Option<Reason>,
+    /// Whether this is the privileged control domain.
+    pub privileged: bool,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// The pCPU its vCPU runs on.
+    pub pcpu: u32,
+    /// Memory given to the domain, in KiB.
+    pub mem_kib: u64,
+    /// Time its vCPUs spent in guest mode, in nanoseconds.
+    pub cpu_time_ns: u64,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The underlying stream failed (including timeouts).
+    #[error("connection error")]
+    Io(#[source] io::Error),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// The announced payload length exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced (or, when encoding, actual) payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not one valid message.
+    #[error("cannot decode message")]
+    Decode(#[source] postcard::Error),
+    /// The payload holds a valid message followed by extra bytes.
+    #[error("{extra} unexpected bytes after the message")]
+    Trailing {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode message")]
+    Encode(#[source] postcard::Error),
+}
+
+/// Encodes `msg` as one frame (length prefix plus payload).
+///
+/// # Errors
+/// [`FrameError::Encode`] if serialisation fails, [`FrameError::TooLarge`] if the payload
+/// exceeds [`MAX_FRAME`].
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0u8; FRAME_HEADER];
+    frame = postcard::to_extend(msg, frame).map_err(FrameError::Encode)?;
+    let len = frame.len() - FRAME_HEADER;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: MAX_FRAME,
+    })?;
+    frame[..FRAME_HEADER].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Decodes one payload as exactly one `T`.
+///
+/// # Errors
+/// [`FrameError::Decode`] if it is not a `T`, [`FrameError::Trailing`] if bytes are left.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let (msg, rest) = postcard::take_from_bytes(payload).map_err(FrameError::Decode)?;
+    if rest.is_empty() {
+        Ok(msg)
+    } else {
+        Err(FrameError::Trailing { extra: rest.len() })
+    }
+}
+
+/// Checks a length prefix against `max` and returns the payload length.
+///
+/// # Errors
+/// [`FrameError::TooLarge`].
+pub fn payload_len(header: [u8; FRAME_HEADER], max: usize) -> Result<usize, FrameError> {
+    let len = usize::try_from(u32::from_le_bytes(header)).unwrap_or(usize::MAX);
+    if len > max {
+        Err(FrameError::TooLarge { len, max })
+    } else {
+        Ok(len)
+    }
+}
+
+/// Reads one frame's payload from a blocking reader. `Ok(None)` means the peer closed the
+/// connection cleanly between frames.
+///
+/// # Errors
+/// See [`FrameError`]; the payload is not read if its length exceeds `max`.
+pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER];
+    let mut got = 0;
+    while got < FRAME_HEADER {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let mut payload = vec![0u8; payload_len(header, max)?];
+    r.read_exact(&mut payload).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(payload))
+}
+
+/// Reads one frame's payload from an async reader; see [`read_frame`].
+///
+/// # Errors
+/// See [`FrameError`].
+pub async fn read_frame_async<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER];
+    let mut got = 0;
+    while got < FRAME_HEADER {
+        match r.read(&mut header[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let mut payload = vec![0u8; payload_len(header, max)?];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
+    Ok(Some(payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_domain(domid: u32) -> Domain {
+        Domain {
+            domid,
+            name: format!("guest{domid}"),
+            state: State::Shutdown,
+            reason: Some(Reason::Watchdog),
+            privileged: false,
+            vcpus: 2,
+            pcpu: 1,
+            mem_kib: 65_536,
+            cpu_time_ns: u64::MAX,
+        }
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                software: "dom0 0.1.0".into(),
+            },
+            Request::Version,
+            Request::HostInfo,
+            Request::ListDomains { from: 0 },
+            Request::ListDomains { from: u32::MAX },
+            Request::DomainInfo { domid: 4000 },
+        ]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        let host = Host {
+            pcpus: 2,
+            dom0_pcpu: 0,
+            mem_total_kib: 1 << 22,
+            mem_free_kib: 1 << 20,
+            tsc_khz: 2_500_000,
+            uptime_ns: 1,
+            microvisor_version: "0.1.0".into(),
+            control_version: 1,
+        };
+        vec![
+            Response::Hello {
+                protocol: 7,
+                software: "dom0d 9.9.9".into(),
+            },
+            Response::Error(ApiError::NoSuchDomain { domid: 4000 }),
+            Response::Error(ApiError::Hypercall {
+                op: "DomainList".into(),
+                errno: 1,
+            }),
+            Response::Error(ApiError::FrameTooLarge { len: 1, max: 2 }),
+            Response::Error(ApiError::Malformed { reason: "x".into() }),
+            Response::Error(ApiError::BadRecord { reason: "y".into() }),
+            Response::Error(ApiError::HandshakeRequired),
+            Response::Error(ApiError::Busy),
+            Response::Version(ServiceVersion {
+                dom0d: "0.1.0".into(),
+                protocol: 1,
+                control_version_built: 1,
+                microvisor: Ok(MicrovisorVersion {
+                    version: "0.1.0".into(),
+                    control_version: 1,
+                }),
+            }),
+            Response::Version(ServiceVersion {
+                dom0d: "0.1.0".into(),
+                protocol: 1,
+                control_version_built: 1,
+                microvisor: Err(ApiError::Hypercall {
+                    op: "HostInfo".into(),
+                    errno: 13,
+                }),
+            }),
+            Response::HostInfo(host),
+            Response::Domains {
+                domains: (0..3).map(sample_domain).collect(),
+                next: Some(3),
+            },
+            Response::Domains {
+                domains: Vec::new(),
+                next: None,
+            },
+            Response::Domain(sample_domain(0)),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_frame() {
+        for req in all_requests() {
+            let frame = encode(&req).unwrap();
+            let payload = read_frame(&mut frame.as_slice(), MAX_FRAME)
+                .unwrap()
+                .unwrap();
+            assert_eq!(payload.len() + FRAME_HEADER, frame.len());
+            assert_eq!(decode::<Request>(&payload).unwrap(), req);
+        }
+        for resp in all_responses() {
+            let frame = encode(&resp).unwrap();
+            let payload = read_frame(&mut frame.as_slice(), MAX_FRAME)
+                .unwrap()
+                .unwrap();
+            assert_eq!(decode::<Response>(&payload).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn hello_is_variant_zero_with_fixed_fields() {
+        // The frozen layout: variant 0, varint protocol, length-prefixed string.
+        let frame = encode(&Request::Hello {
+            protocol: 1,
+            software: "ab".into(),
+        })
+        .unwrap();
+        assert_eq!(frame, [5, 0, 0, 0, 0, 1, 2, b'a', b'b']);
+        let frame = encode(&Response::Hello {
+            protocol: 300,
+            software: String::new(),
+        })
+        .unwrap();
+        assert_eq!(frame, [4, 0, 0, 0, 0, 0xac, 0x02, 0]);
+    }
+
+    #[test]
+    fn a_full_page_of_domains_fits_a_frame() {
+        let mut d = sample_domain(u32::MAX);
+        d.name = "x".repeat(31);
+        let resp = Response::Domains {
+            domains: vec![d; MAX_DOMAINS_PER_REPLY],
+            next: Some(u32::MAX),
+        };
+        let frame = encode(&resp).unwrap();
+        assert!(frame.len() < MAX_FRAME / 2, "{}", frame.len());
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading_the_payload() {
+        let mut wire = u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes().to_vec();
+        wire.extend_from_slice(&[0; 16]);
+        match read_frame(&mut wire.as_slice(), MAX_FRAME) {
+            Err(FrameError::TooLarge { len, max }) => {
+                assert_eq!((len, max), (MAX_FRAME + 1, MAX_FRAME));
+            }
+            other => panic!("{other:?}"),
+        }
+        let huge = u32::MAX.to_le_bytes();
+        assert!(matches!(
+            read_frame(&mut huge.as_slice(), MAX_FRAME),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // Exactly the limit is fine.
+        let mut wire = u32::try_from(MAX_FRAME).unwrap().to_le_bytes().to_vec();
+        wire.resize(FRAME_HEADER + MAX_FRAME, 0);
+        assert_eq!(
+            read_frame(&mut wire.as_slice(), MAX_FRAME)
+                .unwrap()
+                .map(|p| p.len()),
+            Some(MAX_FRAME)
+        );
+    }
+
+    #[test]
+    fn encoding_refuses_oversized_messages() {
+        let big = Request::Hello {
+            protocol: 1,
+            software: "x".repeat(MAX_FRAME),
+        };
+        assert!(matches!(encode(&big), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_payloads_are_decode_errors_not_panics() {
+        for payload in [
+            &[][..],
+            &[0xff],
+            &[5],
+            &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[0, 1, 200, b'a'],
+            &[4],
+            &[4, 0x80],
+        ] {
+            assert!(
+                matches!(decode::<Request>(payload), Err(FrameError::Decode(_))),
+                "{payload:?}"
+            );
+        }
+        // Invalid UTF-8 in the hello's string.
+        assert!(decode::<Request>(&[0, 1, 1, 0xff]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut payload = postcard::to_stdvec(&Request::Version).unwrap();
+        payload.push(0);
+        assert!(matches!(
+            decode::<Request>(&payload),
+            Err(FrameError::Trailing { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn truncated_frames_and_clean_ends_are_told_apart() {
+        assert!(read_frame(&mut [].as_slice(), MAX_FRAME).unwrap().is_none());
+        assert!(matches!(
+            read_frame(&mut [1, 0].as_slice(), MAX_FRAME),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame(&mut [3, 0, 0, 0, 1].as_slice(), MAX_FRAME),
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder() {
+        // A small deterministic fuzz: every 1- and 2-byte payload, and pseudo-random longer
+        // ones.
+        for a in 0..=255u8 {
+            let _ = decode::<Request>(&[a]);
+            for b in 0..=255u8 {
+                let _ = decode::<Request>(&[a, b]);
+                let _ = decode::<Response>(&[a, b]);
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..2000 {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+    }
+
+    #[test]
+    fn errno_texts() {
+        assert_eq!(errno_name(3), Some("ESRCH"));
+        assert!(errno_text(1).starts_with("EPERM ("), "{}", errno_text(1));
+        assert!(!errno_text(1).contains("os error"));
+        assert_eq!(errno_text(4242), "errno 4242");
+        let e = io::Error::from_raw_os_error(2);
+        assert_eq!(os_error_text(&e), "No such file or directory");
+        assert_eq!(os_error_text(&io::Error::other("plain")), "plain");
+    }
+
+    #[tokio::test]
+    async fn async_reader_agrees_with_the_blocking_one() {
+        let frame = encode(&Request::DomainInfo { domid: 7 }).unwrap();
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        let mut r = two.as_slice();
+        for _ in 0..2 {
+            let p = read_frame_async(&mut r, MAX_FRAME).await.unwrap().unwrap();
+            assert_eq!(
+                decode::<Request>(&p).unwrap(),
+                Request::DomainInfo { domid: 7 }
+            );
+        }
+        assert!(read_frame_async(&mut r, MAX_FRAME).await.unwrap().is_none());
+        let mut big = &u32::MAX.to_le_bytes()[..];
+        assert!(matches!(
+            read_frame_async(&mut big, MAX_FRAME).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut cut = &[9u8, 0, 0, 0, 1, 2][..];
+        assert!(matches!(
+            read_frame_async(&mut cut, MAX_FRAME).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,782 @@
+//! dom0d's control API server: request handling ([`Service`]), the per-connection protocol
+//! loop, the accept loop ([`serve`]) and the control socket ([`bind_socket`]).
+//!
+//! A connection is one task on a current-thread runtime. Whatever a client does (oversized
+//! or garbage frames, requests before the hello, stalling mid-frame, never reading the
+//! replies) costs only its own connection: it gets an error reply where one can be sent and
+//! is disconnected after [`Limits::max_bad_frames`] bad frames, after
+//! [`Limits::idle_timeout`] without a complete request, or after
+//! [`Limits::write_timeout`] without reading a reply. At most [`Limits::max_connections`]
+//! connections are served at once; the next ones get [`ApiError::Busy`].
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::log::{self, Level};
+use crate::microvisor::{self, Microvisor};
+use crate::proto::{
+    self, ApiError, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, ServiceVersion,
+};
+
+/// dom0d's version (the crate version).
+pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Default path of the control socket.
+pub const DEFAULT_SOCKET: &str = "/run/dom0d.sock";
+
+/// Answers requests from the microvisor. Stateless apart from the device handle.
+pub struct Service {
+    mv: Arc<dyn Microvisor>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service backed by `mv`.
+    #[must_use]
+    pub fn new(mv: Arc<dyn Microvisor>) -> Self {
+        Self { mv }
+    }
+
+    /// The hello dom0d sends.
+    #[must_use]
+    pub fn hello() -> Response {
+        Response::Hello {
+            protocol: PROTOCOL_VERSION,
+            software: format!("dom0d {DOM0D_VERSION}"),
+        }
+    }
+
+    /// Answers one request (after the handshake).
+    #[must_use]
+    pub fn handle(&self, req: &Request) -> Response {
+        let mv = &*self.mv;
+        let result = match *req {
+            Request::Hello { .. } => return Self::hello(),
+            Request::Version => Ok(Response::Version(ServiceVersion {
+                dom0d: DOM0D_VERSION.to_owned(),
+                protocol: PROTOCOL_VERSION,
+                control_version_built: shared_abi::control::CONTROL_VERSION,
+                microvisor: microvisor::host_info(mv).map(|h| proto::MicrovisorVersion {
+                    version: h.microvisor_version,
+                    control_version: h.control_version,
+                }),
+            })),
+            Request::HostInfo => microvisor::host_info(mv).map(Response::HostInfo),
+            Request::ListDomains { from } => microvisor::list_domains(mv, from)
+                .map(|(domains, next)| Response::Domains { domains, next }),
+            Request::DomainInfo { domid } => {
+                microvisor::domain_info(mv, domid).map(Response::Domain)
+            }
+        };
+        result.unwrap_or_else(|e| {
+            if !matches!(e, ApiError::NoSuchDomain { .. }) {
+                log::limited(Level::Warn, format_args!("request {req:?} failed: {e}"));
+            }
+            Response::Error(e)
+        })
+    }
+}
+
+/// Bounds on what one client can cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Longest wait for a complete request.
+    pub idle_timeout: Duration,
+    /// Longest wait for a client to accept a reply.
+    pub write_timeout: Duration,
+    /// Malformed frames or early requests tolerated before disconnecting.
+    pub max_bad_frames: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            max_bad_frames: 8,
+        }
+    }
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Serves connections from `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: UnixListener,
+    service: Arc<Service>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::limited(Level::Error, format_args!("accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let permit = Arc::clone(&slots).try_acquire_owned().ok();
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            match permit {
+                Some(_permit) => connection(stream, &service, &limits, id).await,
+                None => {
+                    log::limited(
+                        Level::Warn,
+                        format_args!(
+                            "conn {id}: refused, {} connections open",
+                            limits.max_connections
+                        ),
+                    );
+                    let mut stream = stream;
+                    let _ = send(&mut stream, &Response::Error(ApiError::Busy), &limits).await;
+                }
+            }
+        });
+    }
+}
+
+async fn send(stream: &mut UnixStream, resp: &Response, limits: &Limits) -> io::Result<()> {
+    let frame = proto::encode(resp).map_err(io::Error::other)?;
+    tokio::time::timeout(limits.write_timeout, stream.write_all(&frame))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// One client, from its first byte to its last.
+async fn connection(mut stream: UnixStream, service: &Service, limits: &Limits, id: u64) {
+    log::write(Level::Debug, format_args!("conn {id}: open"));
+    let why = converse(&mut stream, service, limits, id).await;
+    log::write(Level::Debug, format_args!("conn {id}: closed ({why})"));
+}
+
+/// The protocol loop; returns why the connection ended.
+async fn converse(stream: &mut UnixStream, service: &Service, limits: &Limits, id: u64) -> String {
+    let mut greeted = false;
+    let mut bad_frames = 0u32;
+    loop {
+        let read = tokio::time::timeout(
+            limits.idle_timeout,
+            proto::read_frame_async(stream, MAX_FRAME),
+        )
+        .await;
+        let payload = match read {
+            Err(_) => return "idle timeout".to_owned(),
+            Ok(Ok(None)) => return "client closed".to_owned(),
+            Ok(Ok(Some(payload))) => payload,
+            Ok(Err(FrameError::TooLarge { len, max })) => {
+                log::limited(
+                    Level::Warn,
+                    format_args!("conn {id}: frame of {len} bytes exceeds {max}; disconnecting"),
+                );
+                let err = ApiError::FrameTooLarge {
+                    len: u32::try_from(len).unwrap_or(u32::MAX),
+                    max: u32::try_from(max).unwrap_or(u32::MAX),
+                };
+                let _ = send(stream, &Response::Error(err), limits).await;
+                return "oversized frame".to_owned();
+            }
+            Ok(Err(e)) => return format!("read failed: {e}"),
+        };
+        let (reply, close) = match proto::decode::<Request>(&payload) {
+            Err(e) => {
+                bad_frames += 1;
+                let reason = match &e {
+                    FrameError::Decode(inner) => format!("{e}: {inner}"),
+                    other => other.to_string(),
+                };
+                log::limited(
+                    Level::Warn,
+                    format_args!("conn {id}: malformed request ({reason})"),
+                );
+                (Response::Error(ApiError::Malformed { reason }), false)
+            }
+            Ok(Request::Hello { protocol, software }) => {
+                greeted = protocol == PROTOCOL_VERSION;
+                if !greeted {
+                    log::limited(
+                        Level::Warn,
+                        format_args!(
+                            "conn {id}: {software:?} speaks protocol {protocol}, dom0d speaks {PROTOCOL_VERSION}; disconnecting"
+                        ),
+                    );
+                } else {
+                    log::write(
+                        Level::Debug,
+                        format_args!("conn {id}: hello from {software:?}"),
+                    );
+                }
+                (Service::hello(), !greeted)
+            }
+            Ok(_) if !greeted => {
+                bad_frames += 1;
+                (Response::Error(ApiError::HandshakeRequired), false)
+            }
+            Ok(req) => {
+                log::write(Level::Debug, format_args!("conn {id}: {req:?}"));
+                (service.handle(&req), false)
+            }
+        };
+        if let Err(e) = send(stream, &reply, limits).await {
+            return format!("write failed: {e}");
+        }
+        if close {
+            return "protocol version mismatch".to_owned();
+        }
+        if bad_frames >= limits.max_bad_frames {
+            log::limited(
+                Level::Warn,
+                format_args!("conn {id}: {bad_frames} bad frames; disconnecting"),
+            );
+            return "too many bad frames".to_owned();
+        }
+    }
+}
+
+/// The control socket, bound and listening, with the identity of its file so that only
+/// dom0d's own socket is removed at exit.
+#[derive(Debug)]
+pub struct BoundSocket {
+    /// The listener (blocking mode; [`BoundSocket::into_tokio`] converts it).
+    pub listener: std::os::unix::net::UnixListener,
+    /// Where it is.
+    pub path: PathBuf,
+    dev_ino: (u64, u64),
+}
+
+impl BoundSocket {
+    /// The listener for tokio; must run inside a runtime.
+    ///
+    /// # Errors
+    /// Switching to non-blocking mode or registering with the runtime failed.
+    pub fn into_tokio(self) -> io::Result<(UnixListener, SocketGuard)> {
+        self.listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(self.listener)?;
+        Ok((
+            listener,
+            SocketGuard {
+                path: self.path,
+                dev_ino: self.dev_ino,
+            },
+        ))
+    }
+}
+
+/// Removes the socket file on drop, if it is still the one dom0d created.
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+    dev_ino: (u64, u64),
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Ok(m) = fs::symlink_metadata(&self.path)
+            && (m.dev(), m.ino()) == self.dev_ino
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates the control socket at `path`, mode 0600, such that the path appears only once
+/// the socket is listening (readiness: a client that finds the path can connect).
+///
+/// Missing parent directories are created. A stale socket left by a dead dom0d is replaced;
+/// a live one (something accepts connections on it) or a file that is not a socket is an
+/// error. The socket is bound inside a fresh 0700 directory next to `path`, set to 0600,
+/// and renamed into place, so nobody else can connect to it before its mode is set.
+///
+/// # Errors
+/// `AddrInUse` if another service answers on `path`, `AlreadyExists` if `path` is not a
+/// socket, or the failing file system call.
+pub fn bind_socket(path: &Path) -> io::Result<BoundSocket> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)?;
+    if let Ok(m) = fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to replace it",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another service is answering on it (is dom0d already running?)",
+            ));
+        }
+        fs::remove_file(path)?;
+    }
+    let private = parent.join(format!(".dom0d-{}.tmp", std::process::id()));
+    if fs::symlink_metadata(&private).is_ok() {
+        fs::remove_dir_all(&private)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        let tmp = private.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+        fs::rename(&tmp, path)?;
+        let m = fs::symlink_metadata(path)?;
+        Ok(BoundSocket {
+            listener,
+            path: path.to_path_buf(),
+            dev_ino: (m.dev(), m.ino()),
+        })
+    })();
+    let _ = fs::remove_dir_all(&private);
+    result
+}
+
+/// A dom0d serving on a thread of its own, for tests: the socket exists when
+/// [`spawn_background`] returns, and dropping the handle stops the server and removes it.
+#[derive(Debug)]
+pub struct BackgroundServer {
+    path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundServer {
+    /// The socket path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a server for `mv` on `path` in a new thread; see [`BackgroundServer`].
+///
+/// # Errors
+/// Building the runtime or binding the socket failed.
+pub fn spawn_background(
+    path: &Path,
+    mv: Arc<dyn Microvisor>,
+    limits: Limits,
+) -> io::Result<BackgroundServer> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let socket = path.to_path_buf();
+    let thread = std::thread::spawn(move || {
+        let setup = (|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let bound = bind_socket(&socket)?;
+            let (listener, guard) = rt.block_on(async { bound.into_tokio() })?;
+            Ok::<_, io::Error>((rt, listener, guard))
+        })();
+        match setup {
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+            Ok((rt, listener, guard)) => {
+                let _ = ready_tx.send(Ok(()));
+                let service = Arc::new(Service::new(mv));
+                rt.block_on(serve(listener, service, limits, async {
+                    let _ = stop_rx.await;
+                }));
+                drop(guard);
+            }
+        }
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(BackgroundServer {
+            path: path.to_path_buf(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other("the server thread died during setup"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream as StdStream;
+
+    use super::*;
+    use crate::fake::FakeMicrovisor;
+    use crate::proto::{Domain, PROTOCOL_VERSION};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        server: BackgroundServer,
+        fake: Arc<FakeMicrovisor>,
+    }
+
+    fn start(limits: Limits) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMicrovisor::new());
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let server = spawn_background(&dir.path().join("run/dom0d.sock"), mv, limits).unwrap();
+        Fixture {
+            _dir: dir,
+            server,
+            fake,
+        }
+    }
+
+    fn conn(f: &Fixture) -> StdStream {
+        let s = StdStream::connect(f.server.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    fn send(s: &mut StdStream, req: &Request) {
+        s.write_all(&proto::encode(req).unwrap()).unwrap();
+    }
+
+    fn recv(s: &mut StdStream) -> Option<Response> {
+        proto::read_frame(s, MAX_FRAME)
+            .unwrap()
+            .map(|p| proto::decode(&p).unwrap())
+    }
+
+    fn hello() -> Request {
+        Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            software: "test".into(),
+        }
+    }
+
+    fn greeted(f: &Fixture) -> StdStream {
+        let mut s = conn(f);
+        send(&mut s, &hello());
+        assert!(matches!(
+            recv(&mut s),
+            Some(Response::Hello {
+                protocol: PROTOCOL_VERSION,
+                ..
+            })
+        ));
+        s
+    }
+
+    fn ask(s: &mut StdStream, req: &Request) -> Response {
+        send(s, req);
+        recv(s).expect("a reply")
+    }
+
+    /// Asserts that the server closed the connection (EOF, or a reset if unread input
+    /// was pending).
+    fn assert_closed(s: &mut StdStream) {
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection still open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serves_every_request() {
+        let f = start(Limits::default());
+        let mut s = greeted(&f);
+        match ask(&mut s, &Request::Version) {
+            Response::Version(v) => {
+                assert_eq!(v.dom0d, DOM0D_VERSION);
+                assert_eq!(v.protocol, PROTOCOL_VERSION);
+                assert_eq!(v.microvisor.unwrap().version, "0.1.0-fake");
+            }
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut s, &Request::HostInfo) {
+            Response::HostInfo(h) => assert_eq!(h.pcpus, 2),
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut s, &Request::ListDomains { from: 0 }) {
+            Response::Domains { domains, next } => {
+                let names: Vec<&str> = domains.iter().map(|d| d.name.as_str()).collect();
+                assert_eq!(names, ["Domain-0", "hello1", "hello2"]);
+                assert_eq!(next, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut s, &Request::DomainInfo { domid: 2 }) {
+            Response::Domain(Domain { name, .. }) => assert_eq!(name, "hello2"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ask(&mut s, &Request::DomainInfo { domid: 4000 }),
+            Response::Error(ApiError::NoSuchDomain { domid: 4000 })
+        );
+        // A second hello is answered again, harmlessly.
+        assert!(matches!(ask(&mut s, &hello()), Response::Hello { .. }));
+    }
+
+    #[test]
+    fn requests_before_the_hello_are_refused_but_the_connection_survives() {
+        let f = start(Limits::default());
+        let mut s = conn(&f);
+        assert_eq!(
+            ask(&mut s, &Request::HostInfo),
+            Response::Error(ApiError::HandshakeRequired)
+        );
+        assert_eq!(f.fake.calls(), 0, "nothing reached the microvisor");
+        assert!(matches!(ask(&mut s, &hello()), Response::Hello { .. }));
+        assert!(matches!(
+            ask(&mut s, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+    }
+
+    #[test]
+    fn a_version_mismatch_gets_our_hello_then_the_door() {
+        let f = start(Limits::default());
+        let mut s = conn(&f);
+        let reply = ask(
+            &mut s,
+            &Request::Hello {
+                protocol: PROTOCOL_VERSION + 1,
+                software: "dom0 9".into(),
+            },
+        );
+        assert_eq!(reply, Service::hello());
+        assert_closed(&mut s);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_answered_and_disconnected() {
+        let f = start(Limits::default());
+        let mut s = greeted(&f);
+        let len = u32::try_from(MAX_FRAME + 1).unwrap();
+        s.write_all(&len.to_le_bytes()).unwrap();
+        assert_eq!(
+            recv(&mut s),
+            Some(Response::Error(ApiError::FrameTooLarge {
+                len,
+                max: u32::try_from(MAX_FRAME).unwrap()
+            }))
+        );
+        assert_closed(&mut s);
+        // Others are still served.
+        let mut other = greeted(&f);
+        assert!(matches!(
+            ask(&mut other, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+    }
+
+    #[test]
+    fn garbage_frames_get_errors_and_eventually_the_door() {
+        let limits = Limits::default();
+        let f = start(limits);
+        let mut s = greeted(&f);
+        s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+        match recv(&mut s) {
+            Some(Response::Error(ApiError::Malformed { reason })) => {
+                assert!(reason.contains("decode"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still usable: the framing was intact.
+        assert!(matches!(
+            ask(&mut s, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+        // Trailing bytes after a valid request are garbage too.
+        let mut payload = postcard::to_stdvec(&Request::HostInfo).unwrap();
+        payload.push(7);
+        let mut frame = u32::try_from(payload.len()).unwrap().to_le_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        s.write_all(&frame).unwrap();
+        assert!(matches!(
+            recv(&mut s),
+            Some(Response::Error(ApiError::Malformed { .. }))
+        ));
+        for _ in 2..limits.max_bad_frames {
+            s.write_all(&[1, 0, 0, 0, 99]).unwrap();
+            assert!(matches!(
+                recv(&mut s),
+                Some(Response::Error(ApiError::Malformed { .. }))
+            ));
+        }
+        assert_closed(&mut s);
+    }
+
+    #[test]
+    fn a_stalled_client_costs_only_its_own_connection() {
+        let f = start(Limits {
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut stalled = conn(&f);
+        stalled.write_all(&[10, 0, 0, 0, 1]).unwrap(); // half a frame, then nothing
+        let mut other = greeted(&f);
+        assert!(matches!(
+            ask(&mut other, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+        assert_closed(&mut stalled);
+    }
+
+    #[test]
+    fn many_clients_at_once() {
+        let f = start(Limits::default());
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..32)
+                .map(|i| {
+                    let f = &f;
+                    scope.spawn(move || {
+                        let mut s = greeted(f);
+                        for _ in 0..20 {
+                            match ask(&mut s, &Request::DomainInfo { domid: i % 3 }) {
+                                Response::Domain(d) => assert_eq!(d.domid, i % 3),
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_told_busy() {
+        let f = start(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        });
+        let a = greeted(&f);
+        let b = greeted(&f);
+        let mut c = conn(&f);
+        assert_eq!(recv(&mut c), Some(Response::Error(ApiError::Busy)));
+        assert_closed(&mut c);
+        drop((a, b));
+        // Slots free up once the first clients leave.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut d = conn(&f);
+            send(&mut d, &hello());
+            match recv(&mut d) {
+                Some(Response::Hello { .. }) => break,
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_socket_is_private_and_removed_on_stop() {
+        let f = start(Limits::default());
+        let path = f.server.path().to_path_buf();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // No private bind directory is left behind.
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("dom0d.sock")]);
+        drop(f.server);
+        assert!(fs::symlink_metadata(&path).is_err());
+    }
+
+    #[test]
+    fn binding_replaces_stale_sockets_and_refuses_live_ones_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // A stale socket: bound, then its listener closed.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let bound = bind_socket(&path).unwrap();
+        // Now live: a second dom0d must not steal it.
+        let e = bind_socket(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        drop(bound);
+        // A regular file is never removed.
+        let file = dir.path().join("file");
+        fs::write(&file, b"keep").unwrap();
+        let e = bind_socket(&file).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&file).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn the_guard_leaves_a_replaced_socket_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = bind_socket(&path).unwrap();
+        let guard = SocketGuard {
+            path: bound.path.clone(),
+            dev_ino: bound.dev_ino,
+        };
+        fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(guard);
+        assert!(fs::symlink_metadata(&path).is_ok());
+    }
+
+    #[test]
+    fn microvisor_errors_become_error_replies() {
+        let f = start(Limits::default());
+        f.fake.set_fault(crate::fake::Fault::Errno(1));
+        let mut s = greeted(&f);
+        assert_eq!(
+            ask(&mut s, &Request::HostInfo),
+            Response::Error(ApiError::Hypercall {
+                op: "HostInfo".into(),
+                errno: 1
+            })
+        );
+        match ask(&mut s, &Request::Version) {
+            Response::Version(v) => assert!(v.microvisor.is_err()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
