@@ -5,8 +5,10 @@
 //! documents: privilege, version, operation, buffer length, then the operation's own.
 
 use shared_abi::Errno;
-use shared_abi::control::{CONTROL_VERSION, ControlOp, DomainInfo, HostInfo, MAX_BUFFER};
-use zerocopy::IntoBytes;
+use shared_abi::control::{
+    CONTROL_VERSION, ControlOp, DomainInfo, ForeignMapRequest, HostInfo, MAX_BUFFER,
+};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// What the control operations read.
 pub trait ControlSource {
@@ -35,13 +37,41 @@ pub struct ControlCall {
     pub cpl: u8,
 }
 
-/// Runs `call`, filling `out` with the bytes to copy to the caller's buffer. Returns the
-/// call's result and how many bytes of `out` to copy (never more than the buffer length).
+/// What the caller of [`dispatch`] must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Copy `out[..len]` to the caller's buffer, then return `ret`.
+    Reply {
+        /// The call's result.
+        ret: i64,
+        /// Bytes of `out` to copy (never more than the buffer length).
+        len: usize,
+    },
+    /// Map frame `gfn` of `domid` into foreign-window `slot`, then return 0.
+    Map {
+        /// Window slot (checked against the window size).
+        slot: u64,
+        /// Domain (not 0).
+        domid: u32,
+        /// Its guest frame number.
+        gfn: u64,
+    },
+    /// Unmap foreign-window `slot`, then return 0.
+    Unmap {
+        /// Window slot (checked against the window size).
+        slot: u64,
+    },
+}
+
+/// Validates and runs `call`, filling `out` with the bytes to copy to the caller's
+/// buffer. `read_input` fills a slice from the start of the caller's buffer; it is called
+/// only by operations that take input, after the common checks.
 pub fn dispatch(
     call: &ControlCall,
     src: &impl ControlSource,
+    read_input: impl FnOnce(&mut [u8]) -> Result<(), Errno>,
     out: &mut [u8; MAX_BUFFER],
-) -> Result<(i64, usize), Errno> {
+) -> Result<Action, Errno> {
     if !call.privileged || call.cpl != 0 {
         return Err(Errno::EPERM);
     }
@@ -60,7 +90,7 @@ pub fn dispatch(
                 return Err(Errno::EINVAL);
             }
             put(buf, 0, &src.host_info())?;
-            Ok((size_of::<HostInfo>() as i64, size_of::<HostInfo>()))
+            Ok(reply(size_of::<HostInfo>() as i64, size_of::<HostInfo>()))
         }
         ControlOp::DomainInfo => {
             let domid = u32::try_from(call.arg).map_err(|_| Errno::ESRCH)?;
@@ -69,15 +99,41 @@ pub fn dispatch(
                 .filter(|d| d.domid == domid)
                 .ok_or(Errno::ESRCH)?;
             put(buf, 0, &d)?;
-            Ok((size_of::<DomainInfo>() as i64, size_of::<DomainInfo>()))
+            Ok(reply(
+                size_of::<DomainInfo>() as i64,
+                size_of::<DomainInfo>(),
+            ))
         }
         ControlOp::EventsTake => {
             if call.arg != 0 {
                 return Err(Errno::EINVAL);
             }
             // Bit 63 is never an event, so the mask is a non-negative result.
-            Ok(((src.take_events() & !(1 << 63)) as i64, 0))
+            Ok(reply((src.take_events() & !(1 << 63)) as i64, 0))
         }
+        ControlOp::ForeignMap => {
+            let slot = window_slot(src, call.arg)?;
+            let mut raw = [0u8; size_of::<ForeignMapRequest>()];
+            if len < raw.len() {
+                return Err(Errno::EINVAL);
+            }
+            read_input(&mut raw)?;
+            let req = ForeignMapRequest::read_from_bytes(&raw).map_err(|_| Errno::EINVAL)?;
+            if req.reserved != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if req.domid == 0 {
+                return Err(Errno::ESRCH);
+            }
+            Ok(Action::Map {
+                slot,
+                domid: req.domid,
+                gfn: req.gfn,
+            })
+        }
+        ControlOp::ForeignUnmap => Ok(Action::Unmap {
+            slot: window_slot(src, call.arg)?,
+        }),
         ControlOp::DomainList => {
             const REC: usize = size_of::<DomainInfo>();
             if len < REC {
@@ -93,8 +149,20 @@ pub fn dispatch(
                 count += 1;
                 next = d.domid.checked_add(1);
             }
-            Ok((count as i64, count * REC))
+            Ok(reply(count as i64, count * REC))
         }
+    }
+}
+
+fn reply(ret: i64, len: usize) -> Action {
+    Action::Reply { ret, len }
+}
+
+fn window_slot(src: &impl ControlSource, slot: u64) -> Result<u64, Errno> {
+    if slot < src.host_info().foreign_window_pages {
+        Ok(slot)
+    } else {
+        Err(Errno::EINVAL)
     }
 }
 
@@ -117,6 +185,7 @@ mod tests {
         fn host_info(&self) -> HostInfo {
             HostInfo {
                 pcpus: 3,
+                foreign_window_pages: 16,
                 ..HostInfo::default()
             }
         }
@@ -144,6 +213,72 @@ mod tests {
         }
     }
 
+    fn run(c: &ControlCall, t: &Table, out: &mut [u8; MAX_BUFFER]) -> Result<(i64, usize), Errno> {
+        match dispatch(c, t, |_| panic!("no input expected"), out)? {
+            Action::Reply { ret, len } => Ok((ret, len)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_map_checks() {
+        let t = Table(std::vec![0, 1]);
+        let mut out = [0u8; MAX_BUFFER];
+        let input = |req: ForeignMapRequest| {
+            move |buf: &mut [u8]| {
+                buf.copy_from_slice(req.as_bytes());
+                Ok(())
+            }
+        };
+        let good = ForeignMapRequest {
+            domid: 1,
+            reserved: 0,
+            gfn: 7,
+        };
+        assert_eq!(
+            dispatch(&call(5, 16, 3), &t, input(good), &mut out),
+            Ok(Action::Map {
+                slot: 3,
+                domid: 1,
+                gfn: 7
+            })
+        );
+        assert_eq!(
+            dispatch(&call(5, 16, 16), &t, input(good), &mut out),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            dispatch(&call(5, 15, 0), &t, input(good), &mut out),
+            Err(Errno::EINVAL)
+        );
+        let dom0 = ForeignMapRequest { domid: 0, ..good };
+        assert_eq!(
+            dispatch(&call(5, 16, 0), &t, input(dom0), &mut out),
+            Err(Errno::ESRCH)
+        );
+        let reserved = ForeignMapRequest {
+            reserved: 1,
+            ..good
+        };
+        assert_eq!(
+            dispatch(&call(5, 16, 0), &t, input(reserved), &mut out),
+            Err(Errno::EINVAL)
+        );
+        let fault = |_: &mut [u8]| Err(Errno::EFAULT);
+        assert_eq!(
+            dispatch(&call(5, 16, 0), &t, fault, &mut out),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(
+            dispatch(&call(6, 0, 15), &t, fault, &mut out),
+            Ok(Action::Unmap { slot: 15 })
+        );
+        assert_eq!(
+            dispatch(&call(6, 0, u64::MAX), &t, fault, &mut out),
+            Err(Errno::EINVAL)
+        );
+    }
+
     #[test]
     fn refuses_in_documented_order() {
         let t = Table(std::vec![0]);
@@ -152,47 +287,38 @@ mod tests {
             privileged: false,
             ..call(99, 1 << 40, 0)
         };
-        assert_eq!(dispatch(&denied, &t, &mut out), Err(Errno::EPERM));
+        assert_eq!(run(&denied, &t, &mut out), Err(Errno::EPERM));
         let user = ControlCall {
             cpl: 3,
             ..call(1, 80, 0)
         };
-        assert_eq!(dispatch(&user, &t, &mut out), Err(Errno::EPERM));
+        assert_eq!(run(&user, &t, &mut out), Err(Errno::EPERM));
         let old = ControlCall {
             version: 0,
             ..call(99, 80, 0)
         };
-        assert_eq!(dispatch(&old, &t, &mut out), Err(Errno::EACCES));
-        assert_eq!(
-            dispatch(&call(99, 1 << 40, 0), &t, &mut out),
-            Err(Errno::ENOSYS)
-        );
-        assert_eq!(
-            dispatch(&call(1, 4097, 0), &t, &mut out),
-            Err(Errno::EINVAL)
-        );
-        assert_eq!(dispatch(&call(1, 79, 0), &t, &mut out), Err(Errno::ENOSPC));
-        assert_eq!(dispatch(&call(1, 80, 5), &t, &mut out), Err(Errno::EINVAL));
-        assert_eq!(dispatch(&call(3, 72, 7), &t, &mut out), Err(Errno::ESRCH));
-        assert_eq!(
-            dispatch(&call(3, 72, u64::MAX), &t, &mut out),
-            Err(Errno::ESRCH)
-        );
-        assert_eq!(dispatch(&call(2, 71, 0), &t, &mut out), Err(Errno::ENOSPC));
-        assert_eq!(dispatch(&call(4, 0, 1), &t, &mut out), Err(Errno::EINVAL));
-        assert_eq!(dispatch(&call(4, 0, 0), &t, &mut out), Ok((i64::MAX, 0)));
+        assert_eq!(run(&old, &t, &mut out), Err(Errno::EACCES));
+        assert_eq!(run(&call(99, 1 << 40, 0), &t, &mut out), Err(Errno::ENOSYS));
+        assert_eq!(run(&call(1, 4097, 0), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(run(&call(1, 95, 0), &t, &mut out), Err(Errno::ENOSPC));
+        assert_eq!(run(&call(1, 96, 5), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(run(&call(3, 72, 7), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(run(&call(3, 72, u64::MAX), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(run(&call(2, 71, 0), &t, &mut out), Err(Errno::ENOSPC));
+        assert_eq!(run(&call(4, 0, 1), &t, &mut out), Err(Errno::EINVAL));
+        assert_eq!(run(&call(4, 0, 0), &t, &mut out), Ok((i64::MAX, 0)));
     }
 
     #[test]
     fn host_and_domain_info() {
         let t = Table(std::vec![0, 2]);
         let mut out = [0u8; MAX_BUFFER];
-        assert_eq!(dispatch(&call(1, 4096, 0), &t, &mut out), Ok((80, 80)));
+        assert_eq!(run(&call(1, 4096, 0), &t, &mut out), Ok((96, 96)));
         assert_eq!(HostInfo::read_from_prefix(&out).unwrap().0.pcpus, 3);
-        assert_eq!(dispatch(&call(3, 72, 2), &t, &mut out), Ok((72, 72)));
+        assert_eq!(run(&call(3, 72, 2), &t, &mut out), Ok((72, 72)));
         assert_eq!(DomainInfo::read_from_prefix(&out).unwrap().0.domid, 2);
         // domid 1 does not exist even though domid 2 follows it.
-        assert_eq!(dispatch(&call(3, 72, 1), &t, &mut out), Err(Errno::ESRCH));
+        assert_eq!(run(&call(3, 72, 1), &t, &mut out), Err(Errno::ESRCH));
     }
 
     #[test]
@@ -203,7 +329,7 @@ mod tests {
         let mut from = 0u64;
         loop {
             // Room for two records (plus a partial third that must stay unused).
-            let (n, bytes) = dispatch(&call(2, 72 * 2 + 50, from), &t, &mut out).unwrap();
+            let (n, bytes) = run(&call(2, 72 * 2 + 50, from), &t, &mut out).unwrap();
             assert_eq!(bytes, n as usize * 72);
             if n == 0 {
                 break;
@@ -223,6 +349,6 @@ mod tests {
             from = u64::from(last) + 1;
         }
         assert_eq!(seen, [0, 1, 5, 7, u32::MAX]);
-        assert_eq!(dispatch(&call(2, 4096, 1 << 33), &t, &mut out), Ok((0, 0)));
+        assert_eq!(run(&call(2, 4096, 1 << 33), &t, &mut out), Ok((0, 0)));
     }
 }

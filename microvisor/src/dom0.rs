@@ -40,6 +40,16 @@ pub const MAX_MEMMAP: usize = 128;
 pub const MAX_RANGES: usize = 16;
 /// Smallest Dom0 (Debian's kernel and an initramfs need more than this).
 pub const MIN_MEM_MIB: u32 = 64;
+/// Pages in the foreign window.
+pub const FOREIGN_WINDOW_PAGES: u64 = 4096;
+/// The foreign window: guest-physical pages where other domains' frames are mapped for
+/// Dom0 on request ([`shared_abi::control::ControlOp::ForeignMap`]). It lies at 64 GiB,
+/// above QEMU's 64-bit PCI window, is reserved in Dom0's memory map so Linux places
+/// nothing there, and is unmapped until a slot is filled.
+pub const FOREIGN_WINDOW: Range = Range::new(
+    0x10_0000_0000,
+    0x10_0000_0000 + FOREIGN_WINDOW_PAGES * FRAME_SIZE,
+);
 
 /// A half-open machine address range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,8 +269,9 @@ pub fn plan_memory(
     Ok(plan)
 }
 
-/// Dom0's memory map: the machine's, with RAM cut down to Dom0's ranges. RAM that is not
-/// Dom0's becomes a hole; reserved, ACPI and other entries pass unchanged.
+/// Dom0's memory map: the machine's, with RAM cut down to Dom0's ranges, plus the foreign
+/// window as reserved. RAM that is not Dom0's becomes a hole; reserved, ACPI and other
+/// entries pass unchanged.
 pub fn memory_map(
     e820: &[HvmMemmapEntry],
     dom0: &Dom0Memory,
@@ -290,6 +301,12 @@ pub fn memory_map(
             })?;
         }
     }
+    put(HvmMemmapEntry {
+        addr: FOREIGN_WINDOW.start,
+        size: FOREIGN_WINDOW.len(),
+        kind: shared_abi::pvh::E820_RESERVED,
+        reserved: 0,
+    })?;
     out[..n].sort_unstable_by_key(|e| e.addr);
     Ok(n)
 }
@@ -299,7 +316,7 @@ pub fn memory_map(
 pub enum PageKind {
     /// Dom0's RAM: mapped 1:1.
     Dom0Ram,
-    /// RAM that is not Dom0's: unmapped.
+    /// RAM that is not Dom0's, and the foreign window: unmapped.
     OtherRam,
     /// Not RAM (MMIO, firmware, ACPI): mapped 1:1.
     Io,
@@ -333,7 +350,9 @@ impl Classifier {
         let page = Range::new(pa, pa + 1);
         if self.dom0.ranges().iter().any(|r| r.overlaps(page)) {
             PageKind::Dom0Ram
-        } else if self.ram[..self.ram_len].iter().any(|r| r.overlaps(page)) {
+        } else if FOREIGN_WINDOW.overlaps(page)
+            || self.ram[..self.ram_len].iter().any(|r| r.overlaps(page))
+        {
             PageKind::OtherRam
         } else {
             PageKind::Io
@@ -347,6 +366,7 @@ impl Classifier {
             .ranges()
             .iter()
             .chain(&self.ram[..self.ram_len])
+            .chain(core::iter::once(&FOREIGN_WINDOW))
             .all(|x| !inside(x.start) && !inside(x.end))
     }
 }
@@ -615,8 +635,9 @@ mod tests {
         assert_eq!(ram, 256 << 20);
         assert_eq!(
             out[..n].iter().filter(|m| m.kind == E820_RESERVED).count(),
-            5
+            6
         );
+        assert!(out[..n].iter().any(|m| m.addr == FOREIGN_WINDOW.start));
         assert!(out[..n].windows(2).all(|w| w[0].addr < w[1].addr));
     }
 
@@ -642,10 +663,19 @@ mod tests {
             assert_eq!(mapped(gpa), Some((true, true)), "{gpa:#x} should be mapped");
         }
         // The microvisor, the bundle and the DomU pool: not mapped.
-        for gpa in [0x20_0000, 0x2F_2000, 0x900_0000, 0x7A00_0000, 0x7FFD_E000] {
+        for gpa in [
+            0x20_0000,
+            0x2F_2000,
+            0x900_0000,
+            0x7A00_0000,
+            0x7FFD_E000,
+            FOREIGN_WINDOW.start,
+            FOREIGN_WINDOW.end - 1,
+        ] {
             assert_eq!(mapped(gpa), None, "{gpa:#x} must not be mapped");
         }
         assert_eq!(mapped(1 << 40), None);
+        assert_eq!(mapped(FOREIGN_WINDOW.end), Some((true, true)));
         // Large pages keep the table small.
         assert!(mem.frames.len() < 32, "{} table frames", mem.frames.len());
         assert_eq!(npt.destroy(&mut mem), 0);

@@ -4,11 +4,12 @@
 //! the host against a fake VMCB and fake memory. The world switch itself is in
 //! `arch::x86_64::svm`.
 
-use crate::control::ControlCall;
+use crate::control::{Action, ControlCall};
 use crate::exit::{IoAccess, NpfInfo, SvmExit};
 use crate::guest_walk::{self, PagingMode};
 use crate::hypercall::{self, GuestEnv, HypercallArgs, Outcome};
 use crate::mm::PhysMemory;
+use crate::mm::npt::{Access, Ownership};
 use crate::mm::npt::{Npt, copy};
 use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
 use crate::vmcb::{
@@ -62,6 +63,8 @@ pub trait Host: crate::control::ControlSource {
     type Mem: PhysMemory;
     /// The physical memory.
     fn mem(&mut self) -> &mut Self::Mem;
+    /// The physical memory, for reading.
+    fn phys(&self) -> &Self::Mem;
     /// Executes CPUID on the host.
     fn cpuid(&self, leaf: u32, subleaf: u32) -> CpuidRegs;
     /// The host TSC.
@@ -72,6 +75,11 @@ pub trait Host: crate::control::ControlSource {
     fn console(&mut self, bytes: &[u8]);
     /// Notes a denied or unusual guest action (rate-limited by the caller).
     fn note(&mut self, what: Note);
+    /// Pins frame `gfn` of `domid` for foreign-window `slot` and returns its machine
+    /// address (`EBUSY` if the slot is taken, `ESRCH` no such domain, `EINVAL` not its RAM).
+    fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno>;
+    /// Releases foreign-window `slot` (freeing the frame if its domain has ended).
+    fn foreign_release(&mut self, slot: u64);
     /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
     /// `Some(value read)` if handled, `None` to deny it like any intercepted port.
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32>;
@@ -396,11 +404,11 @@ impl Vcpu {
 
     fn hypercall(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> ExitAction {
         if vmcb.save.rax == CONTROL_HYPERCALL {
+            advance(vmcb, 3);
             vmcb.save.rax = match self.control(vmcb, host) {
                 Ok(v) => v as u64,
                 Err(e) => e.to_ret() as u64,
             };
-            advance(vmcb, 3);
             return ExitAction::Resume;
         }
         let r = &self.regs;
@@ -431,7 +439,7 @@ impl Vcpu {
 
     /// The control hypercall: `RDI` op, `RSI` buffer GPA, `RDX` length, `R10` argument,
     /// `R8` version. The buffer is checked writable as a whole before anything is written.
-    fn control(&mut self, vmcb: &Vmcb, host: &mut impl Host) -> Result<i64, Errno> {
+    fn control(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> Result<i64, Errno> {
         let call = ControlCall {
             op: self.regs.rdi,
             buf_len: self.regs.rdx,
@@ -441,18 +449,55 @@ impl Vcpu {
             cpl: vmcb.save.cpl,
         };
         let gpa = self.regs.rsi;
+        let npt = self.npt;
         let mut out = [0u8; MAX_BUFFER];
-        let (ret, len) = crate::control::dispatch(&call, &*host, &mut out)?;
-        let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
-        let mut page = gpa & !0xFFF;
-        while page < end {
-            match self.npt.translate(host.mem(), page) {
-                Some((_, true)) => page += 0x1000,
-                _ => return Err(Errno::EFAULT),
+        let phys = host.phys();
+        let read_input =
+            |buf: &mut [u8]| copy::from_gpa(&npt, phys, gpa, buf).map_err(|_| Errno::EFAULT);
+        match crate::control::dispatch(&call, &*host, read_input, &mut out)? {
+            Action::Reply { ret, len } => {
+                let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
+                let mut page = gpa & !0xFFF;
+                while page < end {
+                    match self.npt.translate(host.mem(), page) {
+                        Some((_, true)) => page += 0x1000,
+                        _ => return Err(Errno::EFAULT),
+                    }
+                }
+                copy::to_gpa(&self.npt, host.mem(), gpa, &out[..len]).map_err(|_| Errno::EFAULT)?;
+                Ok(ret)
+            }
+            Action::Map { slot, domid, gfn } => {
+                let window = host.host_info().foreign_window_gpa;
+                let hpa = host.foreign_acquire(slot, domid, gfn)?;
+                let at = window + slot * 0x1000;
+                match self.npt.map_4k(
+                    host.mem(),
+                    at,
+                    hpa,
+                    Access::ReadWriteExec,
+                    Ownership::Foreign,
+                ) {
+                    Ok(()) => Ok(0),
+                    Err(_) => {
+                        host.foreign_release(slot);
+                        Err(Errno::ENOMEM)
+                    }
+                }
+            }
+            Action::Unmap { slot } => {
+                let window = host.host_info().foreign_window_gpa;
+                let (_, flush) = self
+                    .npt
+                    .unmap_4k(host.mem(), window + slot * 0x1000)
+                    .ok_or(Errno::ENOENT)?;
+                // This vCPU is the only one using the table and it is stopped here.
+                vmcb.control.tlb_control = 1;
+                flush.flushed();
+                host.foreign_release(slot);
+                Ok(0)
             }
         }
-        copy::to_gpa(&self.npt, host.mem(), gpa, &out[..len]).map_err(|_| Errno::EFAULT)?;
-        Ok(ret)
     }
 
     fn cpuid(&mut self, vmcb: &mut Vmcb, host: &impl Host) {
@@ -580,6 +625,7 @@ mod tests {
 
     struct FakeHost {
         mem: FakeMem,
+        pinned: std::collections::BTreeMap<u64, u64>,
         console: std::vec::Vec<u8>,
         notes: std::vec::Vec<Note>,
     }
@@ -588,6 +634,8 @@ mod tests {
         fn host_info(&self) -> shared_abi::control::HostInfo {
             shared_abi::control::HostInfo {
                 pcpus: 3,
+                foreign_window_gpa: 0x10_0000_0000,
+                foreign_window_pages: 4,
                 ..Default::default()
             }
         }
@@ -603,6 +651,9 @@ mod tests {
         type Mem = FakeMem;
         fn mem(&mut self) -> &mut FakeMem {
             &mut self.mem
+        }
+        fn phys(&self) -> &FakeMem {
+            &self.mem
         }
         fn cpuid(&self, _: u32, _: u32) -> CpuidRegs {
             CpuidRegs {
@@ -623,6 +674,22 @@ mod tests {
         }
         fn note(&mut self, what: Note) {
             self.notes.push(what);
+        }
+        fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
+            if self.pinned.contains_key(&slot) {
+                return Err(Errno::EBUSY);
+            }
+            if domid != 1 || gfn > 0x1FF {
+                return Err(Errno::EINVAL);
+            }
+            let hpa = self.mem.alloc_zeroed_frame().ok_or(Errno::ENOMEM)?;
+            self.mem.write_bytes(hpa, &gfn.to_le_bytes());
+            self.pinned.insert(slot, hpa);
+            Ok(hpa)
+        }
+        fn foreign_release(&mut self, slot: u64) {
+            let hpa = self.pinned.remove(&slot).unwrap();
+            self.mem.free_frame(hpa);
         }
         fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {
             // A proxied port that echoes writes back as 0x5A5A_0000 | value.
@@ -668,6 +735,7 @@ mod tests {
             vmcb,
             FakeHost {
                 mem,
+                pinned: Default::default(),
                 console: std::vec::Vec::new(),
                 notes: std::vec::Vec::new(),
             },
@@ -737,32 +805,91 @@ mod tests {
         gpa: u64,
         len: u64,
     ) -> i64 {
+        control_with(v, vmcb, host, op, gpa, len, 0)
+    }
+
+    fn control_with(
+        v: &mut Vcpu,
+        vmcb: &mut Vmcb,
+        host: &mut FakeHost,
+        op: u64,
+        gpa: u64,
+        len: u64,
+        arg: u64,
+    ) -> i64 {
         vmcb.control.exit_code = 0x81;
         vmcb.save.rax = CONTROL_HYPERCALL;
         v.regs.rdi = op;
         v.regs.rsi = gpa;
         v.regs.rdx = len;
-        v.regs.r10 = 0;
+        v.regs.r10 = arg;
         v.regs.r8 = shared_abi::control::CONTROL_VERSION;
         assert_eq!(v.handle_exit(vmcb, host), ExitAction::Resume);
         vmcb.save.rax as i64
     }
 
     #[test]
+    fn foreign_map_and_unmap() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        let req = shared_abi::control::ForeignMapRequest {
+            domid: 1,
+            reserved: 0,
+            gfn: 0x42,
+        };
+        copy::to_gpa(
+            &v.npt,
+            &mut host.mem,
+            0x5000,
+            zerocopy::IntoBytes::as_bytes(&req),
+        )
+        .unwrap();
+        let window = 0x10_0000_0000;
+        v.regs.r10 = 2;
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 5, 0x5000, 16, 2),
+            0
+        );
+        let mut got = [0u8; 8];
+        copy::from_gpa(&v.npt, &host.mem, window + 0x2000, &mut got).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(got),
+            0x42,
+            "slot 2 shows the foreign frame"
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 5, 0x5000, 16, 2),
+            Errno::EBUSY.to_ret()
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 5, 0x5000, 16, 4),
+            Errno::EINVAL.to_ret()
+        );
+        vmcb.control.tlb_control = 0;
+        assert_eq!(control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, 2), 0);
+        assert_eq!(vmcb.control.tlb_control, 1, "an unmap flushes");
+        assert!(copy::from_gpa(&v.npt, &host.mem, window + 0x2000, &mut got).is_err());
+        assert!(host.pinned.is_empty());
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, 2),
+            Errno::ENOENT.to_ret()
+        );
+    }
+
+    #[test]
     fn control_hypercall() {
         let (mut v, mut vmcb, mut host) = setup_as(true);
-        assert_eq!(control(&mut v, &mut vmcb, &mut host, 1, 0x5000, 4096), 80);
+        assert_eq!(control(&mut v, &mut vmcb, &mut host, 1, 0x5000, 4096), 96);
         let mut buf = [0u8; 8];
         copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut buf).unwrap();
         assert_eq!(buf[4], 3, "pcpus");
         // The buffer must be the caller's RAM, all of it, before anything is written.
-        let edge = (2 << 20) - 40;
+        let edge = (2 << 20) - 48;
         assert_eq!(
-            control(&mut v, &mut vmcb, &mut host, 1, edge, 80),
+            control(&mut v, &mut vmcb, &mut host, 1, edge, 96),
             Errno::EFAULT.to_ret()
         );
         assert_eq!(
-            control(&mut v, &mut vmcb, &mut host, 1, u64::MAX - 10, 80),
+            control(&mut v, &mut vmcb, &mut host, 1, u64::MAX - 10, 96),
             Errno::EFAULT.to_ret()
         );
         copy::from_gpa(&v.npt, &host.mem, edge, &mut buf).unwrap();

@@ -38,6 +38,25 @@
 //! | [`ControlOp::DomainList`] | first domid to report | as many [`DomainInfo`] as fit, ascending domid, starting at the first existing domid `>= R10` | number of records written (0: no more domains) |
 //! | [`ControlOp::DomainInfo`] | domid | one [`DomainInfo`] | size of [`DomainInfo`]; `ESRCH` if no such domain |
 //! | [`ControlOp::EventsTake`] | 0 | nothing (length may be 0) | the `EVENT_*` bits raised since the last call, clearing them |
+//! | [`ControlOp::ForeignMap`] | window slot | in: one [`ForeignMapRequest`] | 0 |
+//! | [`ControlOp::ForeignUnmap`] | window slot | nothing | 0 |
+//!
+//! ## Foreign mappings
+//!
+//! Domain 0 reaches another domain's memory through the *foreign window*: guest-physical
+//! pages [`HostInfo::foreign_window_gpa`] + slot × 4096, for slot below
+//! [`HostInfo::foreign_window_pages`], which Dom0's memory map reports as reserved.
+//! [`ControlOp::ForeignMap`] maps frame `gfn` of domain `domid` into a slot;
+//! `/dev/microvisor`'s `mmap` (offset = slot × 4096) then maps the slot into a process.
+//! A frame stays allocated while it is mapped, even if its domain ends, until
+//! [`ControlOp::ForeignUnmap`] releases the slot.
+//!
+//! | errno | when |
+//! |-------|------|
+//! | `EINVAL` | slot outside the window, a reserved field not zero, or `gfn` is not RAM of the domain |
+//! | `ESRCH` | no such running domain, or `domid` is 0 |
+//! | `EBUSY` | the slot is already mapped (map) |
+//! | `ENOENT` | the slot is not mapped (unmap) |
 //!
 //! ## Events
 //!
@@ -68,7 +87,26 @@ pub enum ControlOp {
     DomainInfo = 3,
     /// Take (and clear) Dom0's pending event bits.
     EventsTake = 4,
+    /// Map another domain's frame into a foreign-window slot.
+    ForeignMap = 5,
+    /// Unmap a foreign-window slot.
+    ForeignUnmap = 6,
 }
+
+/// Input of [`ControlOp::ForeignMap`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct ForeignMapRequest {
+    /// The domain whose frame is mapped (not 0).
+    pub domid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Guest frame number in that domain.
+    pub gfn: u64,
+}
+const _: () = assert!(core::mem::size_of::<ForeignMapRequest>() == 16);
 
 /// Event bit: a domain was created, changed state (blocked, shut down, crashed) or went.
 pub const EVENT_DOMAIN_STATE: u64 = 1 << 0;
@@ -85,6 +123,8 @@ impl TryFrom<u64> for ControlOp {
             2 => ControlOp::DomainList,
             3 => ControlOp::DomainInfo,
             4 => ControlOp::EventsTake,
+            5 => ControlOp::ForeignMap,
+            6 => ControlOp::ForeignUnmap,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -114,8 +154,12 @@ pub struct HostInfo {
     pub uptime_ns: u64,
     /// Microvisor version, NUL-padded ASCII (e.g. `"0.1.0"`).
     pub version: [u8; 32],
+    /// Guest-physical address of Dom0's foreign window (0: none).
+    pub foreign_window_gpa: u64,
+    /// Pages in the foreign window.
+    pub foreign_window_pages: u64,
 }
-const _: () = assert!(core::mem::size_of::<HostInfo>() == 80);
+const _: () = assert!(core::mem::size_of::<HostInfo>() == 96);
 
 /// Domain states in [`DomainInfo::state`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +306,8 @@ mod tests {
             ControlOp::DomainList,
             ControlOp::DomainInfo,
             ControlOp::EventsTake,
+            ControlOp::ForeignMap,
+            ControlOp::ForeignUnmap,
         ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }

@@ -95,6 +95,11 @@ impl Npt {
         Ok(Self { root })
     }
 
+    /// The table whose root frame is `root` (a value [`Npt::root`] returned).
+    pub fn from_root(root: u64) -> Self {
+        Self { root }
+    }
+
     /// The root's physical address (for `nested_cr3`).
     pub fn root(&self) -> u64 {
         self.root

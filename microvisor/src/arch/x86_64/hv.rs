@@ -9,11 +9,13 @@ use crate::dom0_pci::{ConfigPorts, PortIo};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
 use crate::mm::PhysMemory;
+use crate::mm::npt::Npt;
 use crate::mvlog;
 use crate::policy::{self, DOM0_TRAPPED_MSRS, PASSTHROUGH_MSRS};
 use crate::vcpu::{self, CrashReason, ExitAction, Host, Note, PermissionMaps, Vcpu};
 use crate::vmcb::Vmcb;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use shared_abi::Errno;
 use shared_abi::control::{
     CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, EVENT_DOMAIN_STATE, HostInfo,
     fill_fixed_str,
@@ -146,6 +148,24 @@ static DOM0_MSI: AtomicU32 = AtomicU32::new(0);
 const MSI_VALID: u32 = 1 << 31;
 /// Dom0's pending `EVENT_*` bits.
 static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// NPT root of each live DomU, by domid (0: none). Read under [`FOREIGN`].
+static DOMAIN_NPT: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
+
+/// A filled slot of Dom0's foreign window.
+#[derive(Clone, Copy)]
+struct ForeignSlot {
+    domid: u16,
+    gfn: u64,
+    hpa: u64,
+    /// Its domain has ended: the frame is Dom0's to release, and is freed when it does.
+    orphan: bool,
+}
+
+/// Dom0's foreign-window slots. A domain's end and a new mapping both hold this lock, so a
+/// frame is never handed to Dom0 as its domain is torn down.
+static FOREIGN: Mutex<[Option<ForeignSlot>; dom0::FOREIGN_WINDOW_PAGES as usize]> =
+    Mutex::new([None; dom0::FOREIGN_WINDOW_PAGES as usize]);
 
 /// The machine's real I/O ports.
 struct RealPorts;
@@ -806,6 +826,7 @@ fn create_domain(
     d.fpu.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
     mvlog!("d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}");
     record(domid, name, mem_mib, pcpu);
+    DOMAIN_NPT[usize::from(domid)].store(d.vcpu.npt.root(), Ordering::Release);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     *DOMAINS[slot].lock() = Some(d);
     let mut q = RUNQ[pcpu].lock();
@@ -883,6 +904,8 @@ impl crate::control::ControlSource for ExitHost<'_> {
             tsc_khz: TSC_KHZ.load(Ordering::Relaxed),
             uptime_ns: cycles_to_ns(cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed))),
             version: [0; 32],
+            foreign_window_gpa: dom0::FOREIGN_WINDOW.start,
+            foreign_window_pages: dom0::FOREIGN_WINDOW_PAGES,
         };
         fill_fixed_str(&mut info.version, env!("CARGO_PKG_VERSION"));
         info
@@ -913,6 +936,10 @@ impl Host for ExitHost<'_> {
         &mut self.mem
     }
 
+    fn phys(&self) -> &HostMem {
+        &self.mem
+    }
+
     fn cpuid(&self, leaf: u32, subleaf: u32) -> policy::CpuidRegs {
         cpu::cpuid(leaf, subleaf)
     }
@@ -927,6 +954,50 @@ impl Host for ExitHost<'_> {
 
     fn console(&mut self, bytes: &[u8]) {
         self.console.push(self.domid, bytes);
+    }
+
+    fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
+        let mut slots = FOREIGN.lock();
+        let entry = usize::try_from(slot)
+            .ok()
+            .and_then(|i| slots.get_mut(i))
+            .ok_or(Errno::EINVAL)?;
+        if entry.is_some() {
+            return Err(Errno::EBUSY);
+        }
+        let root = usize::try_from(domid)
+            .ok()
+            .filter(|&d| d != 0)
+            .and_then(|d| DOMAIN_NPT.get(d))
+            .map(|r| r.load(Ordering::Acquire))
+            .filter(|&r| r != 0)
+            .ok_or(Errno::ESRCH)?;
+        let gpa = gfn.checked_mul(4096).ok_or(Errno::EINVAL)?;
+        let (hpa, _) = Npt::from_root(root)
+            .translate(&HostMem, gpa)
+            .ok_or(Errno::EINVAL)?;
+        *entry = Some(ForeignSlot {
+            domid: domid as u16,
+            gfn,
+            hpa: hpa & !0xFFF,
+            orphan: false,
+        });
+        Ok(hpa & !0xFFF)
+    }
+
+    fn foreign_release(&mut self, slot: u64) {
+        let mut slots = FOREIGN.lock();
+        let taken = usize::try_from(slot)
+            .ok()
+            .and_then(|i| slots.get_mut(i).and_then(Option::take));
+        // An ended domain's frame goes back to the pool with its last mapping (Dom0 may
+        // have mapped the same frame into several slots).
+        if let Some(s) = taken
+            && s.orphan
+            && !slots.iter().flatten().any(|other| other.hpa == s.hpa)
+        {
+            HostMem.free_frame(s.hpa);
+        }
     }
 
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
@@ -1072,6 +1143,28 @@ fn run_domain(me: usize, slot: usize) -> bool {
     }
 }
 
+/// Hands the frames of `domid` that Dom0 has mapped to Dom0 (they are freed when it unmaps
+/// them) by taking them out of the domain's NPT, and forgets the domain for new mappings.
+/// Returns how many frames were handed over.
+fn release_foreign_frames(domid: u16, npt: Npt) -> u64 {
+    let mut slots = FOREIGN.lock();
+    DOMAIN_NPT[usize::from(domid)].store(0, Ordering::Release);
+    let mut pinned = 0;
+    for s in slots
+        .iter_mut()
+        .flatten()
+        .filter(|s| s.domid == domid && !s.orphan)
+    {
+        s.orphan = true;
+        // The domain never runs again: no flush is needed.
+        if let Some((_, flush)) = npt.unmap_4k(&mut HostMem, s.gfn * 4096) {
+            flush.flushed();
+        }
+        pinned += 1;
+    }
+    pinned
+}
+
 /// Logs the end of a domain, frees all its memory and drops it.
 fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason>) {
     let Some(mut d) = slot.take() else { return };
@@ -1089,6 +1182,13 @@ fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason
             set_state(d.id, DomainState::Crashed, 0);
             ANY_FAILED.store(true, Ordering::Relaxed);
         }
+    }
+    let pinned = release_foreign_frames(d.id, d.vcpu.npt);
+    if pinned > 0 {
+        mvlog!(
+            "d{}: {pinned} frames stay mapped in Dom0 until it unmaps them",
+            d.id
+        );
     }
     let freed = d.vcpu.npt.destroy(&mut HostMem);
     HostMem.free_frame(d.vmcb_pa);
