@@ -3,6 +3,11 @@
 //! Greets, reports the hypervisor's Xen version and feature submap 0, checks that an
 //! unknown hypercall returns `-ENOSYS`, reports RAM from the memory map, and powers off.
 //! Without a hypervisor (bare QEMU) it says so, reports RAM, and powers off.
+//!
+//! With `wait-for-dom0` on its command line it then waits, before powering off, until
+//! domain 0 writes [`RELEASE_MAGIC`] into its memory at guest-physical
+//! [`RELEASE_GPA`] through a foreign mapping (the Dom0 scenario tests use this to exercise
+//! foreign mappings and the event interrupt its shutdown raises).
 #![no_std]
 #![no_main]
 
@@ -16,6 +21,10 @@ guest_rt::entry!(main);
 
 /// A hypercall number that no Xen version defines.
 const INVALID_HYPERCALL: u64 = 9999;
+/// Where `wait-for-dom0` looks for Dom0's release (free low RAM, identity-mapped).
+const RELEASE_GPA: u64 = 0x2000;
+/// The value Dom0 writes to release the guest ("MVGO").
+const RELEASE_MAGIC: u64 = 0x4F47_564D;
 
 fn main(boot: &BootInfo) -> ShutdownReason {
     println!("Hello, world! from a PVH guest on the microvisor");
@@ -30,6 +39,9 @@ fn main(boot: &BootInfo) -> ShutdownReason {
         }
     };
     report_memory(boot);
+    if guest_rt::cmdline::words(boot.cmdline()).any(|w| w == "wait-for-dom0") {
+        wait_for_dom0();
+    }
     if ok {
         ShutdownReason::Poweroff
     } else {
@@ -68,6 +80,23 @@ fn hypervisor_checks() -> bool {
             HypercallRet(ret)
         );
         false
+    }
+}
+
+/// Spins until Dom0 writes the release magic at [`RELEASE_GPA`].
+fn wait_for_dom0() {
+    println!("hello: waiting for dom0 to write {RELEASE_MAGIC:#x} at gpa {RELEASE_GPA:#x}");
+    let flag = RELEASE_GPA as *const u64;
+    loop {
+        // SAFETY: RELEASE_GPA is RAM of this guest below its image, identity-mapped by
+        // guest-rt, aligned, and used by nothing else; Dom0 writes it concurrently, hence
+        // the volatile read.
+        let v = unsafe { core::ptr::read_volatile(flag) };
+        if v == RELEASE_MAGIC {
+            println!("hello: released by dom0");
+            return;
+        }
+        core::hint::spin_loop();
     }
 }
 
