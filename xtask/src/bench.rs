@@ -12,8 +12,9 @@ use clap::ValueEnum;
 use serde_json::json;
 
 use crate::build::{Artifact, Guest, Profile, artifact_path, display_path, xtask_dir};
+use crate::dom0::{self, Dom0Options, Host};
 use crate::image::{self, DomainSpec};
-use crate::qemu::{self, QemuConfig, RunOptions, Verdict};
+use crate::qemu::{self, Layout, QemuConfig, RunOptions, Verdict};
 use crate::serial::{self, Event};
 
 /// The caveat printed with, and stored in, every result.
@@ -26,6 +27,9 @@ pub(crate) const TCG_CAVEAT: &str = "Measured under QEMU TCG (binary translation
 pub(crate) enum Benchmark {
     /// Null hypercall round trip against a CPUID exit, measured side by side.
     Hypercall,
+    /// Dom0 boot time (QEMU start to Dom0's ready line), directly under QEMU and under the
+    /// microvisor, alternating.
+    Dom0Boot,
 }
 
 impl Benchmark {
@@ -33,6 +37,7 @@ impl Benchmark {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Benchmark::Hypercall => "hypercall",
+            Benchmark::Dom0Boot => "dom0-boot",
         }
     }
 
@@ -40,6 +45,7 @@ impl Benchmark {
     fn required(self) -> &'static [&'static str] {
         match self {
             Benchmark::Hypercall => &["hypercall_null", "cpuid_exit"],
+            Benchmark::Dom0Boot => &[],
         }
     }
 
@@ -47,6 +53,7 @@ impl Benchmark {
     fn ratios(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Benchmark::Hypercall => &[("hypercall_null", "cpuid_exit")],
+            Benchmark::Dom0Boot => &[],
         }
     }
 
@@ -243,6 +250,7 @@ pub(crate) fn run(bench: Benchmark, qemu_bin: &Path, timeout: Duration) -> Resul
         initrd: bundle,
         append: qemu::MICROVISOR_CMDLINE.to_owned(),
         out_dir: out_dir.clone(),
+        layout: Layout::DomUOnly,
     };
     eprintln!(
         "xtask: booting bench {} (timeout {} s, logs in {}/)",
@@ -278,6 +286,218 @@ pub(crate) fn run(bench: Benchmark, qemu_bin: &Path, timeout: Duration) -> Resul
     print_table(bench, &results, &ratios);
     let json_path = xtask_dir("bench").join(format!("{}.json", bench.name()));
     let text = serde_json::to_string_pretty(&to_json(bench, &results, &ratios, outcome.elapsed))
+        .context("could not serialize the bench results")?;
+    std::fs::write(&json_path, text + "\n")
+        .with_context(|| format!("could not write {}", json_path.display()))?;
+    println!("wrote {}", display_path(&json_path));
+    Ok(())
+}
+
+/// One Dom0 boot of `bench dom0-boot`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct BootSample {
+    /// How Dom0 was started.
+    pub(crate) host: Host,
+    /// Repetition number.
+    pub(crate) rep: u32,
+    /// QEMU start to the ready line on COM1.
+    pub(crate) wall: Duration,
+    /// Linux's uptime in the ready line, seconds.
+    pub(crate) uptime_s: f64,
+}
+
+/// Summary of one variant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct BootStats {
+    /// Median wall time to ready, seconds.
+    pub(crate) wall_median_s: f64,
+    /// Fastest and slowest.
+    pub(crate) wall_min_s: f64,
+    /// Slowest.
+    pub(crate) wall_max_s: f64,
+    /// Median uptime at ready, seconds.
+    pub(crate) uptime_median_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Statistics of the samples of `host`.
+pub(crate) fn boot_stats(samples: &[BootSample], host: Host) -> Option<BootStats> {
+    let mine: Vec<&BootSample> = samples.iter().filter(|s| s.host == host).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let walls: Vec<f64> = mine.iter().map(|s| s.wall.as_secs_f64()).collect();
+    Some(BootStats {
+        wall_median_s: median(walls.clone()),
+        wall_min_s: walls.iter().copied().fold(f64::INFINITY, f64::min),
+        wall_max_s: walls.iter().copied().fold(0.0, f64::max),
+        uptime_median_s: median(mine.iter().map(|s| s.uptime_s).collect()),
+    })
+}
+
+/// The order of the two variants in repetition `rep`: alternating, so drift over the run
+/// (a busy host, a warming page cache) does not favour one side.
+pub(crate) fn boot_order(rep: u32) -> [Host; 2] {
+    if rep.is_multiple_of(2) {
+        [Host::Direct, Host::Microvisor]
+    } else {
+        [Host::Microvisor, Host::Direct]
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// The JSON document of `bench dom0-boot`.
+pub(crate) fn dom0_boot_json(samples: &[BootSample], opts: &Dom0Options) -> serde_json::Value {
+    let stats = |host| {
+        boot_stats(samples, host).map(|s| {
+            json!({
+                "wall_to_ready_median_s": round3(s.wall_median_s),
+                "wall_to_ready_min_s": round3(s.wall_min_s),
+                "wall_to_ready_max_s": round3(s.wall_max_s),
+                "linux_uptime_at_ready_median_s": round3(s.uptime_median_s),
+            })
+        })
+    };
+    let ratio = |f: fn(&BootStats) -> f64| match (
+        boot_stats(samples, Host::Microvisor),
+        boot_stats(samples, Host::Direct),
+    ) {
+        (Some(m), Some(d)) if f(&d) > 0.0 => Some(round3(f(&m) / f(&d))),
+        _ => None,
+    };
+    let list: Vec<_> = samples
+        .iter()
+        .map(|s| {
+            json!({
+                "host": s.host.name(),
+                "rep": s.rep,
+                "wall_to_ready_s": round3(s.wall.as_secs_f64()),
+                "linux_uptime_at_ready_s": s.uptime_s,
+            })
+        })
+        .collect();
+    json!({
+        "benchmark": "dom0-boot",
+        "environment": {
+            "qemu_accel": qemu::ACCEL, "qemu_cpu": qemu::CPU, "qemu_smp": qemu::SMP,
+            "dom0_mem_mib": opts.mem_mib,
+            "dom0_cmdline": dom0::cmdline(opts, dom0::Mode::Exec, Host::Microvisor),
+        },
+        "direct": stats(Host::Direct),
+        "microvisor": stats(Host::Microvisor),
+        "ratio_microvisor_over_direct": {
+            "wall_to_ready": ratio(|s| s.wall_median_s),
+            "linux_uptime_at_ready": ratio(|s| s.uptime_median_s),
+        },
+        "samples": list,
+        "note": TCG_CAVEAT,
+    })
+}
+
+/// `cargo xtask bench dom0-boot`: boots the same kernel and initramfs directly under QEMU
+/// and under the microvisor, `reps` times each, alternating, with the same QEMU flags, and
+/// times QEMU start to Dom0's ready line.
+pub(crate) fn run_dom0_boot(
+    qemu_bin: &Path,
+    timeout: Duration,
+    reps: u32,
+    opts: &Dom0Options,
+) -> Result<()> {
+    let profile = Profile::Release;
+    dom0::build_host(Host::Microvisor, profile, &[])?;
+    let artifacts = dom0::prepare()?;
+    let base = xtask_dir("bench").join("dom0-boot");
+    let mut samples = Vec::new();
+    for rep in 0..reps.max(1) {
+        for host in boot_order(rep) {
+            let out_dir = base.join(format!("{}-{rep}", host.name()));
+            let data_disk = out_dir.join("dom0-data.img");
+            dom0::create_data_disk(&data_disk)?;
+            let plan = dom0::BootPlan {
+                artifacts: &artifacts,
+                host,
+                profile,
+                guests: Vec::new(),
+                options: opts.clone(),
+                qemu: qemu_bin.to_owned(),
+                out_dir: out_dir.clone(),
+                data_disk,
+            };
+            eprintln!(
+                "xtask: dom0-boot: {} boot {} of {}",
+                host.name(),
+                rep + 1,
+                reps.max(1)
+            );
+            let out = dom0::exec(&plan, "true", timeout, false)?;
+            let ready = match (&out.ready, out.problems.is_empty()) {
+                (Some(ready), true) => *ready,
+                _ => {
+                    out.run.print_tail();
+                    bail!(
+                        "the {} boot failed: {}; logs in {}/",
+                        host.name(),
+                        out.problems.join("; "),
+                        display_path(&out_dir)
+                    );
+                }
+            };
+            samples.push(BootSample {
+                host,
+                rep,
+                wall: ready.0,
+                uptime_s: ready.1,
+            });
+        }
+    }
+    println!(
+        "bench dom0-boot (QEMU {}, -cpu {}, -smp {}, Dom0 {} MiB, {} boots each):",
+        qemu::ACCEL,
+        qemu::CPU,
+        qemu::SMP,
+        opts.mem_mib,
+        reps.max(1)
+    );
+    println!(
+        "  {:<11} {:>16} {:>18} {:>22}",
+        "variant", "wall to ready", "(min .. max)", "Linux uptime at ready"
+    );
+    for host in [Host::Direct, Host::Microvisor] {
+        if let Some(s) = boot_stats(&samples, host) {
+            println!(
+                "  {:<11} {:>14.2} s {:>8.2} .. {:<7.2} {:>20.2} s",
+                host.name(),
+                s.wall_median_s,
+                s.wall_min_s,
+                s.wall_max_s,
+                s.uptime_median_s
+            );
+        }
+    }
+    if let (Some(m), Some(d)) = (
+        boot_stats(&samples, Host::Microvisor),
+        boot_stats(&samples, Host::Direct),
+    ) {
+        println!(
+            "  ratio microvisor / direct: wall {:.2}, Linux uptime {:.2} (medians)",
+            m.wall_median_s / d.wall_median_s,
+            m.uptime_median_s / d.uptime_median_s
+        );
+    }
+    println!("note: {TCG_CAVEAT}");
+    let json_path = xtask_dir("bench").join("dom0-boot.json");
+    let text = serde_json::to_string_pretty(&dom0_boot_json(&samples, opts))
         .context("could not serialize the bench results")?;
     std::fs::write(&json_path, text + "\n")
         .with_context(|| format!("could not write {}", json_path.display()))?;
@@ -347,6 +567,37 @@ mv: d1 (bench) shut down: poweroff";
         let err =
             parse_results(&lines("(d1) bench a 1 cycles\n(d1) bench a 2 cycles")).unwrap_err();
         assert!(err.to_string().contains("reported twice"), "{err}");
+    }
+
+    #[test]
+    fn dom0_boot_statistics() {
+        let sample = |host, rep, wall: f64, up| BootSample {
+            host,
+            rep,
+            wall: Duration::from_secs_f64(wall),
+            uptime_s: up,
+        };
+        let samples = [
+            sample(Host::Direct, 0, 10.0, 2.0),
+            sample(Host::Microvisor, 0, 14.0, 3.0),
+            sample(Host::Microvisor, 1, 12.0, 2.6),
+            sample(Host::Direct, 1, 11.0, 2.2),
+            sample(Host::Direct, 2, 30.0, 2.1),
+            sample(Host::Microvisor, 2, 13.0, 2.8),
+        ];
+        let d = boot_stats(&samples, Host::Direct).unwrap();
+        assert_eq!(d.wall_median_s, 11.0);
+        assert_eq!((d.wall_min_s, d.wall_max_s), (10.0, 30.0));
+        assert!((d.uptime_median_s - 2.1).abs() < 1e-9);
+        let doc = dom0_boot_json(&samples, &Dom0Options::default());
+        assert_eq!(doc["microvisor"]["wall_to_ready_median_s"], 13.0);
+        assert_eq!(doc["ratio_microvisor_over_direct"]["wall_to_ready"], 1.182);
+        assert_eq!(doc["samples"].as_array().unwrap().len(), 6);
+        assert_eq!(doc["environment"]["dom0_mem_mib"], 512);
+        assert!(boot_stats(&[], Host::Direct).is_none());
+        assert_eq!(median(vec![3.0, 1.0]), 2.0);
+        assert_eq!(boot_order(0), [Host::Direct, Host::Microvisor]);
+        assert_eq!(boot_order(1), [Host::Microvisor, Host::Direct]);
     }
 
     #[test]

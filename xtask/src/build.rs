@@ -271,6 +271,101 @@ pub(crate) fn build(profile: Profile, artifacts: &[Artifact]) -> Result<()> {
     Ok(())
 }
 
+/// The target of the static Dom0 userspace.
+pub(crate) const MUSL_TARGET: &str = crate::provision::MUSL_TARGET;
+
+/// Flags for the musl build: keep symbols (panic messages name functions) but drop the
+/// debug info the release profile asks for, which would triple the initramfs.
+const MUSL_RUSTFLAGS: &str = "-Cstrip=debuginfo";
+
+/// The package and binaries of the Dom0 userspace that go into the initramfs.
+pub(crate) const DOM0_PACKAGE: &str = "dom0";
+/// The Dom0 binaries, each installed as `/usr/bin/<name>`.
+pub(crate) const DOM0_BINARIES: [&str; 3] = ["dom0", "dom0d", "dom0-probe"];
+
+/// The arguments of the musl `cargo build`.
+pub(crate) fn dom0_build_args() -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "build",
+        "--release",
+        "--package",
+        DOM0_PACKAGE,
+        "--bins",
+        "--target",
+        MUSL_TARGET,
+        "--target-dir",
+    ]
+    .map(OsString::from)
+    .into();
+    args.push(target_dir().into_os_string());
+    args
+}
+
+/// Where a Dom0 binary is built.
+pub(crate) fn dom0_binary_path(name: &str) -> PathBuf {
+    target_dir().join(MUSL_TARGET).join("release").join(name)
+}
+
+/// Whether an ELF file has no program interpreter (is statically linked).
+pub(crate) fn is_static_elf(bytes: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let field = |off: usize, len: usize| -> Option<u64> {
+        let b = bytes.get(off..off + len)?;
+        let mut v = [0u8; 8];
+        v[..len].copy_from_slice(b);
+        Some(u64::from_le_bytes(v))
+    };
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (field(0x20, 8), field(0x36, 2), field(0x38, 2))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| {
+        usize::try_from(phoff + i * phentsize)
+            .ok()
+            .and_then(|off| field(off, 4))
+            .is_some_and(|kind| kind != u64::from(PT_INTERP))
+    })
+}
+
+/// Builds the static Dom0 binaries for [`MUSL_TARGET`] and returns `(name, path)` for each
+/// of [`DOM0_BINARIES`].
+pub(crate) fn build_dom0_userspace() -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut cmd = cargo_command();
+    cmd.args(dom0_build_args());
+    cmd.env(
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS",
+        MUSL_RUSTFLAGS,
+    );
+    eprintln!(
+        "xtask: building the Dom0 userspace ({}, release, {MUSL_TARGET})",
+        DOM0_BINARIES.join(", ")
+    );
+    run_checked(&mut cmd, "the Dom0 userspace build")?;
+    let mut out = Vec::new();
+    for name in DOM0_BINARIES {
+        let path = dom0_binary_path(name);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "package `{DOM0_PACKAGE}` built, but {} is missing: Dom0 needs a bin target \
+                 named `{name}`",
+                display_path(&path)
+            )
+        })?;
+        if !is_static_elf(&bytes) {
+            bail!(
+                "{} is dynamically linked; the initramfs has no C library",
+                display_path(&path)
+            );
+        }
+        out.push((name, path));
+    }
+    Ok(out)
+}
+
 /// Runs the host test suite: `cargo test` at the workspace root (the default members are
 /// the host crates; the bare-metal guests are deliberately not included).
 pub(crate) fn host_tests() -> Result<()> {
@@ -370,6 +465,33 @@ mod tests {
             "{}",
             p.display()
         );
+    }
+
+    #[test]
+    fn dom0_userspace_is_built_static_for_musl() {
+        let args: Vec<String> = dom0_build_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with(
+                "build --release --package dom0 --bins --target x86_64-unknown-linux-musl"
+            ),
+            "{joined}"
+        );
+        assert!(
+            dom0_binary_path("dom0d").ends_with("target/x86_64-unknown-linux-musl/release/dom0d")
+        );
+        // The running test binary is dynamically linked (glibc host target).
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(b"#!/bin/sh"));
+        // An ELF header with no program headers has no interpreter.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        assert!(is_static_elf(&elf));
     }
 
     #[test]

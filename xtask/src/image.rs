@@ -101,23 +101,44 @@ pub(crate) fn bundle_bytes(domains: &[(&DomainSpec, Vec<u8>)]) -> Result<Vec<u8>
     Ok(builder.build())
 }
 
+/// Reads the guest ELF of each domain, built with `profile`.
+fn read_guest_images(profile: Profile, domains: &[DomainSpec]) -> Result<Vec<Vec<u8>>> {
+    domains
+        .iter()
+        .map(|domain| {
+            let elf_path = artifact_path(profile, Artifact::Guest(domain.guest));
+            std::fs::read(&elf_path).with_context(|| {
+                format!(
+                    "could not read guest `{}` for domain `{}` from {}; build it with `cargo \
+                     xtask build`",
+                    domain.guest.name(),
+                    domain.name,
+                    elf_path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Adds `domains` as boot-time DomUs to a bundle (after Dom0, if it has one).
+pub(crate) fn add_domus(
+    builder: &mut BundleBuilder,
+    profile: Profile,
+    domains: &[DomainSpec],
+) -> Result<()> {
+    for (domain, elf) in domains.iter().zip(read_guest_images(profile, domains)?) {
+        builder
+            .add_domu(&domain.name, &domain.cmdline, domain.mem_mib, elf)
+            .map_err(|e| anyhow!("cannot add domain `{}` to the bundle: {e}", domain.name))?;
+    }
+    Ok(())
+}
+
 /// Reads the guest ELFs built with `profile` and writes the bundle to `path`.
 pub(crate) fn write_bundle(profile: Profile, domains: &[DomainSpec], path: &Path) -> Result<()> {
-    let mut images = Vec::with_capacity(domains.len());
-    for domain in domains {
-        let elf_path = artifact_path(profile, Artifact::Guest(domain.guest));
-        let elf = std::fs::read(&elf_path).with_context(|| {
-            format!(
-                "could not read guest `{}` for domain `{}` from {}; build it with `cargo \
-                 xtask build`",
-                domain.guest.name(),
-                domain.name,
-                elf_path.display()
-            )
-        })?;
-        images.push((domain, elf));
-    }
-    let bytes = bundle_bytes(&images)?;
+    let images = read_guest_images(profile, domains)?;
+    let pairs: Vec<(&DomainSpec, Vec<u8>)> = domains.iter().zip(images).collect();
+    let bytes = bundle_bytes(&pairs)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;

@@ -40,11 +40,147 @@ pub(crate) fn qemu_install_hint() -> String {
     format!("sudo apt-get update && sudo apt-get install -y {QEMU_PACKAGE}")
 }
 
+/// A host program (or file) xtask needs, with the Debian package that provides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HostTool {
+    /// `qemu-system-x86_64`, every run.
+    Qemu,
+    /// `gcc-12`: Debian 6.1's kernel headers build modules with exactly this compiler
+    /// (`CC = gcc-12` in the headers' `.kernelvariables`).
+    Gcc,
+    /// `make`, for the kernel module build.
+    Make,
+    /// The C library headers (`libc6-dev`); `gcc` links host programs against them.
+    LibcDev,
+    /// `xz`, to decompress the kernel inside the bzImage.
+    Xz,
+    /// `mkfs.ext4`, to format Dom0's data disk.
+    Mkfs,
+    /// `dpkg-deb`, to unpack the Debian packages (part of dpkg, always on Debian).
+    DpkgDeb,
+}
+
+impl HostTool {
+    /// What Dom0 images need, on top of QEMU.
+    pub(crate) const DOM0: [HostTool; 6] = [
+        HostTool::Gcc,
+        HostTool::Make,
+        HostTool::LibcDev,
+        HostTool::Xz,
+        HostTool::Mkfs,
+        HostTool::DpkgDeb,
+    ];
+
+    /// The program looked up on `PATH` (and in the sbin directories), or a file.
+    fn probe(self) -> &'static str {
+        match self {
+            HostTool::Qemu => QEMU_BINARY,
+            HostTool::Gcc => "gcc-12",
+            HostTool::Make => "make",
+            HostTool::LibcDev => "/usr/include/stdio.h",
+            HostTool::Xz => "xz",
+            HostTool::Mkfs => "mkfs.ext4",
+            HostTool::DpkgDeb => "dpkg-deb",
+        }
+    }
+
+    /// The Debian package to install.
+    pub(crate) fn package(self) -> &'static str {
+        match self {
+            HostTool::Qemu => QEMU_PACKAGE,
+            HostTool::Gcc => "gcc-12",
+            HostTool::Make => "make",
+            HostTool::LibcDev => "libc6-dev",
+            HostTool::Xz => "xz-utils",
+            HostTool::Mkfs => "e2fsprogs",
+            HostTool::DpkgDeb => "dpkg",
+        }
+    }
+
+    /// Where the tool is, if it is installed.
+    pub(crate) fn find(self) -> Option<PathBuf> {
+        let probe = self.probe();
+        if probe.starts_with('/') {
+            return Path::new(probe).is_file().then(|| PathBuf::from(probe));
+        }
+        find_in_path(probe).or_else(|| {
+            // mkfs.ext4 lives in /sbin, which a non-root PATH may lack.
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(probe))
+                .find(|p| is_executable(p))
+        })
+    }
+}
+
+/// Whether `apt-get update` already ran in this xtask invocation.
+static APT_UPDATED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+/// Runs `apt-get update` the first time it is called in this process.
+pub(crate) fn apt_update_once() -> Result<()> {
+    let mut done = APT_UPDATED
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the apt-get lock flag is poisoned"))?;
+    if !*done {
+        eprintln!("xtask: apt-get update");
+        apt_get(&["update", "-q"], "update the package lists")?;
+        *done = true;
+    }
+    Ok(())
+}
+
+/// Installs the packages of every tool in `tools` that is missing, with one `apt-get
+/// install` (after `apt-get update`). Without root, the error names the command to run.
+pub(crate) fn ensure_tools(tools: &[HostTool]) -> Result<()> {
+    let mut missing: Vec<HostTool> = tools
+        .iter()
+        .copied()
+        .filter(|t| t.find().is_none())
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|t| t.package()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let names: Vec<&str> = missing.iter().map(|t| t.probe()).collect();
+    if !running_as_root() {
+        bail!(
+            "missing {} and xtask is not running as root, so it cannot install them; run: \
+             sudo apt-get update && sudo apt-get install -y {}",
+            names.join(", "),
+            packages.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: missing {}; installing {} with apt-get",
+        names.join(", "),
+        packages.join(" ")
+    );
+    apt_update_once()?;
+    // Hard dependencies are all a headless run needs; recommends pull in GUIs and more.
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&packages);
+    apt_get(&args, "install the missing tools")?;
+    for tool in missing {
+        if tool.find().is_none() {
+            bail!(
+                "apt-get installed {} but {} is still missing (PATH={:?})",
+                tool.package(),
+                tool.probe(),
+                std::env::var_os("PATH").unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Returns the path of `qemu-system-x86_64`, installing it with apt-get first when it is
 /// missing and xtask runs as root (as on a fresh CI machine). A non-root user gets an error
 /// naming the command to run.
 pub(crate) fn ensure_qemu() -> Result<PathBuf> {
-    if let Some(path) = find_in_path(QEMU_BINARY) {
+    if let Some(path) = HostTool::Qemu.find() {
         return Ok(path);
     }
     if !running_as_root() {
@@ -54,46 +190,68 @@ pub(crate) fn ensure_qemu() -> Result<PathBuf> {
             qemu_install_hint()
         );
     }
-    eprintln!("xtask: {QEMU_BINARY} not found; installing {QEMU_PACKAGE} with apt-get");
-    apt_get(&["update"])?;
-    // The package's hard dependencies (seabios, qemu-system-data with pvh.bin) are all a
-    // headless run needs; its recommends pull in the GTK front end and friends.
-    apt_get(&["install", "-y", "--no-install-recommends", QEMU_PACKAGE])?;
-    let path = find_in_path(QEMU_BINARY).with_context(|| {
-        format!(
-            "apt-get installed {QEMU_PACKAGE} but {QEMU_BINARY} is still not on PATH \
-             (PATH={:?})",
-            std::env::var_os("PATH").unwrap_or_default()
-        )
-    })?;
+    ensure_tools(&[HostTool::Qemu])?;
+    let path = HostTool::Qemu
+        .find()
+        .context("qemu-system-x86_64 is still missing after apt-get install")?;
     eprintln!("xtask: installed {}", path.display());
     Ok(path)
 }
 
-fn apt_get(args: &[&str]) -> Result<()> {
+/// Downloads `.deb` files into `dir` with `apt-get download` (specs are `NAME` or
+/// `NAME=VERSION`), after `apt-get update`.
+pub(crate) fn apt_download(dir: &Path, specs: &[String]) -> Result<()> {
+    apt_update_once()?;
+    eprintln!("xtask: apt-get download {}", specs.join(" "));
+    let status = Command::new("apt-get")
+        // apt's download sandbox user cannot write into a root-owned target/ directory.
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .args(specs)
+        .current_dir(dir)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("could not start apt-get")?;
+    if !status.success() {
+        bail!(
+            "`apt-get download {}` failed ({status}); are Debian 12 (bookworm) package \
+             sources configured?",
+            specs.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn apt_get(args: &[&str], what: &str) -> Result<()> {
     let status = Command::new("apt-get")
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
-        .context(
-            "could not start apt-get; install QEMU by hand: apt-get install -y qemu-system-x86",
-        )?;
+        .with_context(|| format!("could not start apt-get to {what}"))?;
     if !status.success() {
         bail!(
-            "`apt-get {}` failed ({status}); install {QEMU_PACKAGE} by hand and rerun",
+            "`apt-get {}` failed ({status}); run it by hand and rerun",
             args.join(" ")
         );
     }
     Ok(())
 }
 
+/// The musl target the Dom0 userspace is built for.
+pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
 /// Makes sure rustup has the bare-metal target for the pinned toolchain.
-/// rust-toolchain.toml lists it, so this normally finds it installed already.
 pub(crate) fn ensure_target() -> Result<()> {
+    ensure_rust_targets(&[BARE_METAL_TARGET])
+}
+
+/// Makes sure rustup has `targets` for the pinned toolchain. rust-toolchain.toml lists
+/// them, so this normally finds them installed already.
+pub(crate) fn ensure_rust_targets(targets: &[&str]) -> Result<()> {
     let Some(rustup) = find_in_path("rustup") else {
         eprintln!(
             "xtask: warning: rustup not found on PATH; assuming the toolchain already has \
-             {BARE_METAL_TARGET}"
+             {}",
+            targets.join(", ")
         );
         return Ok(());
     };
@@ -109,22 +267,20 @@ pub(crate) fn ensure_target() -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == BARE_METAL_TARGET)
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: adding the {BARE_METAL_TARGET} target with rustup");
-    let status = Command::new(&rustup)
-        .args(["target", "add", BARE_METAL_TARGET])
-        .current_dir(workspace_root())
-        .status()
-        .context("could not run `rustup target add`")?;
-    if !status.success() {
-        bail!(
-            "`rustup target add {BARE_METAL_TARGET}` failed ({status}); run it by hand and rerun"
-        );
+    let installed = String::from_utf8_lossy(&out.stdout);
+    for &target in targets {
+        if installed.lines().any(|l| l.trim() == target) {
+            continue;
+        }
+        eprintln!("xtask: adding the {target} target with rustup");
+        let status = Command::new(&rustup)
+            .args(["target", "add", target])
+            .current_dir(workspace_root())
+            .status()
+            .context("could not run `rustup target add`")?;
+        if !status.success() {
+            bail!("`rustup target add {target}` failed ({status}); run it by hand and rerun");
+        }
     }
     Ok(())
 }
@@ -137,6 +293,16 @@ mod tests {
     fn finds_sh_but_not_nonsense() {
         assert!(find_in_path("sh").is_some());
         assert!(find_in_path("no-such-program-xtask-test").is_none());
+    }
+
+    #[test]
+    fn tools_map_to_debian_packages() {
+        assert_eq!(HostTool::Qemu.package(), "qemu-system-x86");
+        assert_eq!(HostTool::Xz.package(), "xz-utils");
+        assert_eq!(HostTool::Mkfs.package(), "e2fsprogs");
+        assert_eq!(HostTool::Gcc.package(), "gcc-12");
+        assert_eq!(HostTool::DpkgDeb.package(), "dpkg");
+        assert!(HostTool::LibcDev.probe().starts_with('/'));
     }
 
     #[test]

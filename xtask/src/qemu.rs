@@ -1,9 +1,16 @@
 //! The one place that builds the QEMU command line, runs QEMU with a wall-clock limit, and
 //! maps its exit status to a [`Verdict`].
 //!
-//! Serial ports: COM1 (reserved for a future Dom0 console) goes to `<dir>/com1.log`; COM2,
-//! the microvisor log with guest console output, is QEMU's stdout, which xtask reads line
-//! by line, writes to `<dir>/serial.log` and optionally echoes to the terminal.
+//! Two layouts:
+//!
+//! - **DomU only** (the `hello`, `two-guests`, `hostile` scenarios, `bench hypercall`,
+//!   `run --no-dom0`): COM1 goes to `<dir>/com1.log`; COM2, the microvisor log with guest
+//!   console output, is QEMU's stdout, which xtask reads line by line, writes to
+//!   `<dir>/serial.log` and optionally echoes to the terminal. 512 MiB of RAM.
+//! - **Dom0** (ARCHITECTURE-BRIEF section 2): 2 GiB of RAM, a virtio-blk data disk and a
+//!   virtio-net NIC on QEMU user networking. COM1 is Dom0's console: either the user's
+//!   terminal (`-serial mon:stdio`, Ctrl-A X quits) or QEMU's stdout, captured by xtask into
+//!   `<dir>/com1.log`. COM2, the microvisor log, goes to `<dir>/serial.log` directly.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -12,6 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, LineWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,8 +35,10 @@ pub(crate) const CPU: &str = "max";
 pub(crate) const ACCEL: &str = "tcg";
 /// pCPU 0 for the microvisor (later Dom0) and two pCPUs for DomU vCPUs.
 pub(crate) const SMP: &str = "3";
-/// Guest-physical RAM.
+/// Guest-physical RAM of DomU-only runs.
 const MEMORY: &str = "512M";
+/// Guest-physical RAM of Dom0 runs.
+const DOM0_MEMORY: &str = "2G";
 /// The exit device: writing `v` to port 0xf4 makes QEMU exit with status `(v << 1) | 1`.
 const DEBUG_EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
 /// QEMU's own diagnostics, written to `qemu-debug.log`. `guest_errors` is cheap; add
@@ -165,6 +175,29 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Where Dom0's console (COM1) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Console {
+    /// The user's terminal, multiplexed with the QEMU monitor (`-serial mon:stdio`).
+    Interactive,
+    /// QEMU's stdout, read by xtask and written to `com1.log`.
+    Captured,
+}
+
+/// Which machine to build around the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Only boot-time DomUs: COM2 (the microvisor log) on stdout, 512 MiB.
+    DomUOnly,
+    /// Dom0's machine: data disk, NIC, COM1 as its console, COM2 to `serial.log`, 2 GiB.
+    Dom0 {
+        /// Where COM1 goes.
+        console: Console,
+        /// The raw disk image attached as virtio-blk.
+        data_disk: PathBuf,
+    },
+}
+
 /// Everything that varies between QEMU runs.
 #[derive(Clone, Debug)]
 pub(crate) struct QemuConfig {
@@ -178,9 +211,25 @@ pub(crate) struct QemuConfig {
     pub(crate) append: String,
     /// Where the logs go.
     pub(crate) out_dir: PathBuf,
+    /// The machine around the kernel.
+    pub(crate) layout: Layout,
 }
 
 impl QemuConfig {
+    /// Whether QEMU's stdout carries COM1 (Dom0's console) rather than COM2.
+    pub(crate) fn stdout_is_com1(&self) -> bool {
+        matches!(self.layout, Layout::Dom0 { .. })
+    }
+
+    /// The log file xtask writes what it reads from QEMU's stdout into.
+    pub(crate) fn stdout_log(&self) -> PathBuf {
+        self.out_dir.join(if self.stdout_is_com1() {
+            COM1_LOG
+        } else {
+            SERIAL_LOG
+        })
+    }
+
     /// The full argument list (without the program).
     pub(crate) fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -192,7 +241,11 @@ impl QemuConfig {
         opt("-cpu", Some(CPU.into()));
         opt("-accel", Some(ACCEL.into()));
         opt("-smp", Some(SMP.into()));
-        opt("-m", Some(MEMORY.into()));
+        let memory = match self.layout {
+            Layout::DomUOnly => MEMORY,
+            Layout::Dom0 { .. } => DOM0_MEMORY,
+        };
+        opt("-m", Some(memory.into()));
         opt("-nodefaults", None);
         opt("-display", Some("none".into()));
         opt("-no-reboot", None);
@@ -200,10 +253,37 @@ impl QemuConfig {
         opt("-initrd", Some(self.initrd.clone().into_os_string()));
         opt("-append", Some(self.append.clone().into()));
         // The order of -serial options fixes the ports: the first is COM1, the second COM2.
-        let mut com1 = OsString::from("file:");
-        com1.push(self.out_dir.join(COM1_LOG));
-        opt("-serial", Some(com1));
-        opt("-serial", Some("stdio".into()));
+        let file = |name: &str| {
+            let mut arg = OsString::from("file:");
+            arg.push(self.out_dir.join(name));
+            arg
+        };
+        match &self.layout {
+            Layout::DomUOnly => {
+                opt("-serial", Some(file(COM1_LOG)));
+                opt("-serial", Some("stdio".into()));
+            }
+            Layout::Dom0 { console, data_disk } => {
+                let com1 = match console {
+                    Console::Interactive => "mon:stdio",
+                    Console::Captured => "stdio",
+                };
+                opt("-serial", Some(com1.into()));
+                opt("-serial", Some(file(SERIAL_LOG)));
+                let mut drive = OsString::from("file=");
+                drive.push(data_disk);
+                drive.push(",format=raw,if=none,id=data0,cache=writeback");
+                opt("-drive", Some(drive));
+                opt("-device", Some("virtio-blk-pci,drive=data0".into()));
+                opt("-netdev", Some("user,id=net0".into()));
+                // No option ROM: nothing boots from the NIC, and the ROM file is a separate
+                // package (ipxe-qemu) that a minimal QEMU install may lack.
+                opt(
+                    "-device",
+                    Some("virtio-net-pci,netdev=net0,romfile=".into()),
+                );
+            }
+        }
         opt("-device", Some(DEBUG_EXIT_DEVICE.into()));
         opt("-d", Some(DEBUG_LOG_ITEMS.into()));
         opt("-D", Some(self.out_dir.join(DEBUG_LOG).into_os_string()));
@@ -241,23 +321,52 @@ pub(crate) struct RunOptions {
     pub(crate) echo: bool,
 }
 
+/// What a [`LineWatcher`] wants after a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Keep going.
+    Continue,
+    /// Give QEMU this long to exit by itself, then kill it (not a timeout).
+    StopWithin(Duration),
+}
+
+/// Sees every line of QEMU's stdout as it arrives, on the thread that runs QEMU.
+pub(crate) trait LineWatcher {
+    /// One line, without its line ending (`\n` or `\r\n`), and the time since QEMU started.
+    fn line(&mut self, line: &[u8], at: Duration) -> Watch;
+}
+
+/// A watcher that only watches.
+#[derive(Debug)]
+struct NoWatcher;
+
+impl LineWatcher for NoWatcher {
+    fn line(&mut self, _line: &[u8], _at: Duration) -> Watch {
+        Watch::Continue
+    }
+}
+
 /// What a QEMU run produced.
 #[derive(Debug)]
 pub(crate) struct RunOutcome {
     /// How it ended.
     pub(crate) verdict: Verdict,
-    /// COM2 lines (without line endings), at most [`MAX_STORED_LINES`].
+    /// Microvisor log (COM2) lines (without line endings), at most [`MAX_STORED_LINES`].
     pub(crate) lines: Vec<String>,
     /// Lines not kept in `lines` because there were too many (the log file has them).
     pub(crate) dropped_lines: usize,
-    /// The last [`TAIL_LINES`] lines, even when some were dropped.
+    /// The last [`TAIL_LINES`] lines of the microvisor log, even when some were dropped.
     pub(crate) tail: Vec<String>,
+    /// Dom0's console (COM1) lines when xtask captured them (Dom0 layout), else empty.
+    pub(crate) console: Vec<String>,
     /// QEMU's stderr.
     pub(crate) stderr: String,
     /// Wall-clock time of the run.
     pub(crate) elapsed: Duration,
     /// The directory holding the logs.
     pub(crate) out_dir: PathBuf,
+    /// Whether a watcher asked to stop and QEMU had to be killed after its grace period.
+    pub(crate) killed_after_stop: bool,
 }
 
 impl RunOutcome {
@@ -265,11 +374,19 @@ impl RunOutcome {
     pub(crate) fn print_tail(&self) {
         let serial = display_path(&self.out_dir.join(SERIAL_LOG));
         if self.tail.is_empty() {
-            println!("    (no output on COM2; log: {serial})");
+            println!("    (no microvisor output on COM2; log: {serial})");
         } else {
             println!("    last {} lines of {serial}:", self.tail.len());
             for line in &self.tail {
                 println!("    | {line}");
+            }
+        }
+        if !self.console.is_empty() {
+            let com1 = display_path(&self.out_dir.join(COM1_LOG));
+            let n = self.console.len().min(TAIL_LINES);
+            println!("    last {n} lines of {com1} (Dom0 console):");
+            for line in &self.console[self.console.len() - n..] {
+                println!("    > {line}");
             }
         }
         let stderr = self.stderr.trim();
@@ -280,6 +397,16 @@ impl RunOutcome {
             }
         }
     }
+
+    /// The first microvisor-failure line (`mv: FATAL`, `mv: PANIC`) of the log, numbered.
+    pub(crate) fn hypervisor_failure(&self) -> Option<(usize, &str)> {
+        self.lines.iter().enumerate().find_map(|(n, l)| {
+            crate::serial::HYPERVISOR_FAILURE_MARKERS
+                .iter()
+                .any(|m| l.contains(m))
+                .then_some((n + 1, l.as_str()))
+        })
+    }
 }
 
 /// Serial lines read from QEMU's stdout.
@@ -288,7 +415,6 @@ struct Captured {
     lines: Vec<String>,
     dropped: usize,
     tail: VecDeque<String>,
-    log_error: Option<io::Error>,
 }
 
 impl Captured {
@@ -305,11 +431,29 @@ impl Captured {
     }
 }
 
-/// Reads COM2 line by line: writes each line to `log`, echoes it if asked, keeps it.
-fn capture_serial(stdout: ChildStdout, log: File, echo: bool) -> Captured {
+/// Strips `\n` and one `\r` before it.
+fn strip_line_ending(mut line: &[u8]) -> &[u8] {
+    if let [rest @ .., b'\n'] = line {
+        line = rest;
+    }
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    line
+}
+
+/// Reads QEMU's stdout line by line: writes each line to `log`, echoes it if asked, and
+/// sends it with its arrival time to `tx`. Returns the first error writing the log.
+fn read_stdout(
+    stdout: ChildStdout,
+    log: File,
+    echo: bool,
+    start: Instant,
+    tx: mpsc::Sender<(Vec<u8>, Duration)>,
+) -> Option<io::Error> {
     let mut reader = BufReader::new(stdout);
     let mut log = Some(LineWriter::new(log));
-    let mut captured = Captured::default();
+    let mut log_error = None;
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -319,21 +463,24 @@ fn capture_serial(stdout: ChildStdout, log: File, echo: bool) -> Captured {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end_matches(['\n', '\r']);
+        let at = start.elapsed();
+        let line = strip_line_ending(&buf);
         if let Some(w) = log.as_mut()
-            && let Err(e) = writeln!(w, "{line}")
+            && let Err(e) = w.write_all(line).and_then(|()| w.write_all(b"\n"))
         {
-            captured.log_error = Some(e);
+            log_error = Some(e);
             log = None;
         }
         if echo {
             // A closed terminal must not stop the capture.
-            let _ = writeln!(io::stdout().lock(), "{line}");
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(line).and_then(|()| out.write_all(b"\n"));
         }
-        captured.push(line.to_owned());
+        if tx.send((line.to_vec(), at)).is_err() {
+            break;
+        }
     }
-    captured
+    log_error
 }
 
 /// Reads QEMU's stderr to the end, echoing it if asked.
@@ -404,30 +551,47 @@ fn prepare_out_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Waits for `child`, killing it once `deadline` passes. `None` means it timed out.
-fn wait_with_deadline(child: &mut Child, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
-    loop {
-        if let Some(status) = child.try_wait().context("could not wait for QEMU")? {
-            return Ok(Some(status));
+/// Kills `child` (it may have exited by itself in between) and reaps it.
+fn kill_and_reap(child: &mut Child) -> Result<()> {
+    let _ = child.kill();
+    child
+        .wait()
+        .context("could not reap QEMU after killing it")?;
+    Ok(())
+}
+
+/// Reads a log file written by QEMU (COM2 in the Dom0 layout) into [`Captured`].
+fn read_log_file(path: &Path) -> Captured {
+    let mut captured = Captured::default();
+    if let Ok(bytes) = fs::read(path) {
+        for line in bytes.split(|&b| b == b'\n') {
+            captured.push(String::from_utf8_lossy(strip_line_ending(line)).into_owned());
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            // It may exit on its own in between; either way it is gone afterwards.
-            let _ = child.kill();
-            child
-                .wait()
-                .context("could not reap QEMU after killing it")?;
-            return Ok(None);
+        // `split` yields an empty piece after the final newline.
+        if bytes.ends_with(b"\n") {
+            captured.lines.pop();
+            captured.tail.pop_back();
         }
-        thread::sleep(Duration::from_millis(20));
     }
+    captured
 }
 
 /// Boots QEMU with `config` and returns once it has exited or been killed.
 pub(crate) fn run(config: &QemuConfig, opts: RunOptions) -> Result<RunOutcome> {
+    run_watched(config, opts, &mut NoWatcher)
+}
+
+/// Like [`run`], calling `watcher` for every line of QEMU's stdout (COM2 in the DomU
+/// layout, COM1 in the Dom0 layout with a captured console).
+pub(crate) fn run_watched(
+    config: &QemuConfig,
+    opts: RunOptions,
+    watcher: &mut dyn LineWatcher,
+) -> Result<RunOutcome> {
     prepare_out_dir(&config.out_dir)?;
-    let serial_path = config.out_dir.join(SERIAL_LOG);
-    let serial_log = File::create(&serial_path)
-        .with_context(|| format!("could not create {}", serial_path.display()))?;
+    let stdout_path = config.stdout_log();
+    let stdout_log = File::create(&stdout_path)
+        .with_context(|| format!("could not create {}", stdout_path.display()))?;
 
     let mut cmd = Command::new(&config.qemu);
     cmd.args(config.args())
@@ -452,43 +616,123 @@ pub(crate) fn run(config: &QemuConfig, opts: RunOptions) -> Result<RunOutcome> {
         .take()
         .ok_or_else(|| anyhow!("QEMU stderr was not piped"))?;
     let echo = opts.echo;
-    let serial_thread = thread::spawn(move || capture_serial(stdout, serial_log, echo));
+    let (tx, rx) = mpsc::channel();
+    let stdout_thread = thread::spawn(move || read_stdout(stdout, stdout_log, echo, start, tx));
     let stderr_thread = thread::spawn(move || capture_stderr(stderr, echo));
 
-    let status = match wait_with_deadline(&mut child, opts.timeout.map(|t| start + t)) {
-        Ok(status) => status,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+    let deadline = opts.timeout.map(|t| start + t);
+    let mut stop_at: Option<Instant> = None;
+    let mut captured = Captured::default();
+    let mut handle = |line: Vec<u8>, at: Duration, stop_at: &mut Option<Instant>| {
+        if let Watch::StopWithin(grace) = watcher.line(&line, at) {
+            let when = Instant::now() + grace;
+            *stop_at = Some(stop_at.map_or(when, |s| s.min(when)));
+        }
+        captured.push(String::from_utf8_lossy(&line).into_owned());
+    };
+    let mut killed_after_stop = false;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok((line, at)) => {
+                handle(line, at, &mut stop_at);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = kill_and_reap(&mut child);
+                return Err(e).context("could not wait for QEMU");
+            }
+        }
+        let now = Instant::now();
+        if stop_at.is_some_and(|s| now >= s) {
+            kill_and_reap(&mut child)?;
+            killed_after_stop = true;
+            break None;
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            kill_and_reap(&mut child)?;
+            break None;
         }
     };
     let elapsed = start.elapsed();
-    // QEMU is gone, so both pipes reach end of file and the threads finish.
-    let captured = serial_thread
+    // QEMU is gone, so the pipes reach end of file and the threads finish; lines still in
+    // the channel are handled first.
+    for (line, at) in rx {
+        handle(line, at, &mut stop_at);
+    }
+    let log_error = stdout_thread
         .join()
         .map_err(|_| anyhow!("the serial capture thread panicked"))?;
     let stderr = stderr_thread
         .join()
         .map_err(|_| anyhow!("the stderr capture thread panicked"))?;
-    if let Some(e) = &captured.log_error {
+    if let Some(e) = &log_error {
         eprintln!(
             "xtask: warning: could not write {}: {e}",
-            serial_path.display()
+            stdout_path.display()
         );
     }
     let stderr_path = config.out_dir.join(STDERR_LOG);
     fs::write(&stderr_path, &stderr)
         .with_context(|| format!("could not write {}", stderr_path.display()))?;
 
+    let (mv_log, console) = if config.stdout_is_com1() {
+        (
+            read_log_file(&config.out_dir.join(SERIAL_LOG)),
+            captured.lines,
+        )
+    } else {
+        (captured, Vec::new())
+    };
+    let verdict = match status {
+        Some(status) => Verdict::from_status(status),
+        None if killed_after_stop => Verdict::QemuError(128 + 9),
+        None => Verdict::Timeout,
+    };
     Ok(RunOutcome {
-        verdict: status.map_or(Verdict::Timeout, Verdict::from_status),
-        lines: captured.lines,
-        dropped_lines: captured.dropped,
-        tail: captured.tail.into(),
+        verdict,
+        lines: mv_log.lines,
+        dropped_lines: mv_log.dropped,
+        tail: mv_log.tail.into(),
+        console,
         stderr,
         elapsed,
         out_dir: config.out_dir.clone(),
+        killed_after_stop,
+    })
+}
+
+/// What an interactive run produced.
+#[derive(Debug)]
+pub(crate) struct InteractiveOutcome {
+    /// How QEMU ended (Ctrl-A X and a Dom0 power-off both give status 0).
+    pub(crate) verdict: Verdict,
+    /// The microvisor log (COM2).
+    pub(crate) lines: Vec<String>,
+    /// Wall-clock time of the run.
+    pub(crate) elapsed: Duration,
+}
+
+/// Boots QEMU with the terminal attached (stdin, stdout and stderr inherited) and waits
+/// for it to exit. Meant for [`Console::Interactive`].
+pub(crate) fn run_interactive(config: &QemuConfig) -> Result<InteractiveOutcome> {
+    prepare_out_dir(&config.out_dir)?;
+    let mut cmd = Command::new(&config.qemu);
+    cmd.args(config.args());
+    kill_with_parent(&mut cmd);
+    let start = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {}", config.qemu.display()))?;
+    let log = read_log_file(&config.out_dir.join(SERIAL_LOG));
+    Ok(InteractiveOutcome {
+        verdict: Verdict::from_status(status),
+        lines: log.lines,
+        elapsed: start.elapsed(),
     })
 }
 
@@ -503,6 +747,7 @@ mod tests {
             initrd: "/t/run/bundle.img".into(),
             append: "exit_on_idle".into(),
             out_dir: "/t/run".into(),
+            layout: Layout::DomUOnly,
         }
     }
 

@@ -1,10 +1,11 @@
 //! QEMU scenario tests: each boots a bundle, waits for the verdict, and checks the log.
 //!
-//! A scenario is data: the domains to start, the verdict QEMU must end with, and what the
-//! microvisor log must (and must not) contain. Domain ids follow bundle order from 1.
+//! A DomU scenario is data: the domains to start, the verdict QEMU must end with, and what
+//! the microvisor log must (and must not) contain. Domain ids follow bundle order from 1.
+//! Dom0 scenarios ([`crate::dom0_checks`]) boot Dom0 and run shell checks in it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -12,8 +13,11 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::build::{Guest, Profile, display_path, xtask_dir};
+use crate::dom0::{self, Dom0Artifacts, Dom0Options, Host};
+pub(crate) use crate::dom0_checks::DOM0_SCENARIOS;
+use crate::dom0_checks::{self, CheckVerdict, Dom0Scenario};
 use crate::image::{self, DomainSpec};
-use crate::qemu::{self, QemuConfig, RunOptions, Verdict};
+use crate::qemu::{self, Layout, QemuConfig, RunOptions, Verdict};
 use crate::serial::{self, Event, HYPERVISOR_FAILURE_MARKERS, REASON_POWEROFF};
 
 /// One domain of a scenario.
@@ -198,16 +202,50 @@ impl Scenario {
     }
 }
 
+/// A scenario of either kind.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Job {
+    /// Boot-time DomUs only.
+    DomU(&'static Scenario),
+    /// Dom0 with checks.
+    Dom0(&'static Dom0Scenario),
+}
+
+impl Job {
+    /// The scenario's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Job::DomU(s) => s.name,
+            Job::Dom0(s) => s.name,
+        }
+    }
+
+    /// Whether it boots Dom0.
+    pub(crate) fn needs_dom0(self) -> bool {
+        matches!(self, Job::Dom0(_))
+    }
+}
+
+/// Every scenario, DomU ones first.
+pub(crate) fn all_jobs() -> Vec<Job> {
+    SCENARIOS
+        .iter()
+        .map(Job::DomU)
+        .chain(DOM0_SCENARIOS.iter().map(Job::Dom0))
+        .collect()
+}
+
 /// Looks up scenarios by name; an empty list selects all of them.
-pub(crate) fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
+pub(crate) fn select(names: &[String]) -> Result<Vec<Job>> {
+    let all = all_jobs();
     if names.is_empty() {
-        return Ok(SCENARIOS.iter().collect());
+        return Ok(all);
     }
     names
         .iter()
         .map(|n| {
-            SCENARIOS.iter().find(|s| s.name == n).ok_or_else(|| {
-                let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+            all.iter().copied().find(|s| s.name() == n).ok_or_else(|| {
+                let known: Vec<&str> = all.iter().map(|s| s.name()).collect();
                 anyhow::anyhow!(
                     "unknown scenario `{n}`; known scenarios: {}",
                     known.join(", ")
@@ -215,6 +253,33 @@ pub(crate) fn select(names: &[String]) -> Result<Vec<&'static Scenario>> {
             })
         })
         .collect()
+}
+
+/// `cargo xtask test --list`.
+pub(crate) fn print_list(jobs: &[Job]) {
+    for job in jobs {
+        match job {
+            Job::DomU(s) => {
+                let doms: Vec<&str> = s.domains.iter().map(|d| d.name).collect();
+                println!(
+                    "{:<16} expects {:<32} domains: {}",
+                    s.name,
+                    s.expect,
+                    doms.join(", ")
+                );
+            }
+            Job::Dom0(s) => match s.raw {
+                Some((cmd, _)) => println!(
+                    "{:<16} Dom0 runs `{cmd}`, expects a non-zero status",
+                    s.name
+                ),
+                None => {
+                    let checks: Vec<&str> = s.checks.iter().map(|c| c.name).collect();
+                    println!("{:<16} Dom0 checks: {}", s.name, checks.join(", "));
+                }
+            },
+        }
+    }
 }
 
 fn contains_ci(haystack: &str, needle: &str) -> bool {
@@ -374,44 +439,59 @@ pub(crate) fn evaluate(scenario: &Scenario, verdict: Verdict, lines: &[String]) 
     problems
 }
 
+/// What the scenarios share.
+#[derive(Debug)]
+pub(crate) struct Context<'a> {
+    /// The QEMU binary.
+    pub(crate) qemu: PathBuf,
+    /// Profile of the bare-metal builds.
+    pub(crate) profile: Profile,
+    /// Limit per DomU scenario (Dom0 scenarios get twice as long).
+    pub(crate) timeout: Duration,
+    /// Dom0's kernel and initramfs (when a Dom0 scenario is selected).
+    pub(crate) dom0: Option<&'a Dom0Artifacts>,
+    /// Dom0's memory and command line.
+    pub(crate) dom0_options: Dom0Options,
+    /// Microvisor or direct boot for the Dom0 scenarios.
+    pub(crate) host: Host,
+}
+
 /// The result of one scenario.
 #[derive(Debug)]
 struct ScenarioResult {
     name: &'static str,
     problems: Vec<String>,
     outcome: Option<qemu::RunOutcome>,
-    out_dir: std::path::PathBuf,
+    checks: Vec<CheckVerdict>,
+    out_dir: PathBuf,
 }
 
-fn run_one(
-    scenario: &Scenario,
-    qemu_bin: &Path,
-    profile: Profile,
-    timeout: Duration,
-) -> ScenarioResult {
+fn run_domu(scenario: &Scenario, ctx: &Context<'_>) -> ScenarioResult {
     let out_dir = xtask_dir("test").join(scenario.name);
     let mut result = ScenarioResult {
         name: scenario.name,
         problems: Vec::new(),
         outcome: None,
+        checks: Vec::new(),
         out_dir,
     };
     let bundle = image::bundle_path(&result.out_dir);
-    if let Err(e) = image::write_bundle(profile, &scenario.domain_specs(), &bundle) {
+    if let Err(e) = image::write_bundle(ctx.profile, &scenario.domain_specs(), &bundle) {
         result.problems.push(format!("{e:#}"));
         return result;
     }
     let config = QemuConfig {
-        qemu: qemu_bin.to_owned(),
-        kernel: crate::build::artifact_path(profile, crate::build::Artifact::Microvisor),
+        qemu: ctx.qemu.clone(),
+        kernel: crate::build::artifact_path(ctx.profile, crate::build::Artifact::Microvisor),
         initrd: bundle,
         append: qemu::MICROVISOR_CMDLINE.to_owned(),
         out_dir: result.out_dir.clone(),
+        layout: Layout::DomUOnly,
     };
     match qemu::run(
         &config,
         RunOptions {
-            timeout: Some(timeout),
+            timeout: Some(ctx.timeout),
             echo: false,
         },
     ) {
@@ -430,22 +510,73 @@ fn run_one(
     result
 }
 
+fn run_dom0(scenario: &Dom0Scenario, ctx: &Context<'_>) -> ScenarioResult {
+    let out_dir = xtask_dir("test").join(scenario.name);
+    let mut result = ScenarioResult {
+        name: scenario.name,
+        problems: Vec::new(),
+        outcome: None,
+        checks: Vec::new(),
+        out_dir: out_dir.clone(),
+    };
+    let Some(artifacts) = ctx.dom0 else {
+        result.problems.push("Dom0 was not built".into());
+        return result;
+    };
+    // A fresh disk per scenario: scenarios run in parallel, and each starts clean.
+    let data_disk = out_dir.join("dom0-data.img");
+    if let Err(e) = dom0::create_data_disk(&data_disk) {
+        result.problems.push(format!("{e:#}"));
+        return result;
+    }
+    let plan = dom0::BootPlan {
+        artifacts,
+        host: ctx.host,
+        profile: ctx.profile,
+        guests: Vec::new(),
+        options: ctx.dom0_options.clone(),
+        qemu: ctx.qemu.clone(),
+        out_dir,
+        data_disk,
+    };
+    let r = dom0_checks::run(scenario, &plan, ctx.timeout * 2);
+    result.problems = r.problems;
+    result.checks = r.checks;
+    result.outcome = r.exec.map(|e| e.run);
+    result
+}
+
 /// Prints a scenario's result line (and, on failure, where the logs are and their tail).
 fn report(result: &ScenarioResult) {
-    if result.problems.is_empty() {
+    for check in &result.checks {
+        match &check.result {
+            Ok(()) => println!("check {}/{} ... ok", result.name, check.name),
+            Err(e) => println!("check {}/{} ... FAILED ({e})", result.name, check.name),
+        }
+    }
+    let failed_checks: Vec<&str> = result
+        .checks
+        .iter()
+        .filter(|c| c.result.is_err())
+        .map(|c| c.name)
+        .collect();
+    let mut problems = result.problems.clone();
+    if !failed_checks.is_empty() {
+        problems.push(format!("failed checks: {}", failed_checks.join(", ")));
+    }
+    if problems.is_empty() {
         println!("test {} ... ok", result.name);
         return;
     }
     const MAX_SHOWN: usize = 4;
-    let mut reason = result
-        .problems
+    let mut reason = problems
         .iter()
         .take(MAX_SHOWN)
         .cloned()
         .collect::<Vec<_>>()
         .join("; ");
-    if result.problems.len() > MAX_SHOWN {
-        reason.push_str(&format!("; and {} more", result.problems.len() - MAX_SHOWN));
+    if problems.len() > MAX_SHOWN {
+        reason.push_str(&format!("; and {} more", problems.len() - MAX_SHOWN));
     }
     println!("test {} ... FAILED ({reason})", result.name);
     match &result.outcome {
@@ -465,35 +596,39 @@ fn report(result: &ScenarioResult) {
     }
 }
 
-/// Runs `scenarios`, `jobs` at a time, printing a line per scenario as each finishes and
+impl ScenarioResult {
+    fn passed(&self) -> bool {
+        self.problems.is_empty() && self.checks.iter().all(|c| c.result.is_ok())
+    }
+}
+
+/// Runs `jobs`, `parallel` at a time, printing a line per scenario as each finishes and
 /// the closing `N passed, M failed` line. Returns whether all passed.
-pub(crate) fn run_all(
-    scenarios: &[&'static Scenario],
-    qemu_bin: &Path,
-    profile: Profile,
-    jobs: usize,
-    timeout: Duration,
-) -> bool {
-    let jobs = jobs.clamp(1, scenarios.len().max(1));
+pub(crate) fn run_all(jobs: &[Job], ctx: &Context<'_>, parallel: usize) -> bool {
+    let parallel = parallel.clamp(1, jobs.len().max(1));
     println!(
-        "running {} QEMU scenario{}, {jobs} at a time, {} s timeout each",
-        scenarios.len(),
-        if scenarios.len() == 1 { "" } else { "s" },
-        timeout.as_secs()
+        "running {} QEMU scenario{}, {parallel} at a time, {} s timeout each ({} s with Dom0)",
+        jobs.len(),
+        if jobs.len() == 1 { "" } else { "s" },
+        ctx.timeout.as_secs(),
+        ctx.timeout.as_secs() * 2
     );
-    let queue: Mutex<VecDeque<&'static Scenario>> = Mutex::new(scenarios.iter().copied().collect());
+    let queue: Mutex<VecDeque<Job>> = Mutex::new(jobs.iter().copied().collect());
     let (tx, rx) = mpsc::channel::<ScenarioResult>();
     let (mut passed, mut failed) = (0usize, 0usize);
     thread::scope(|s| {
-        for _ in 0..jobs {
+        for _ in 0..parallel {
             let tx = tx.clone();
             let queue = &queue;
             s.spawn(move || {
                 loop {
                     let next = queue.lock().map_or(None, |mut q| q.pop_front());
-                    let Some(scenario) = next else { break };
+                    let Some(job) = next else { break };
                     // QEMU is spawned and reaped on this thread (see qemu::kill_with_parent).
-                    let result = run_one(scenario, qemu_bin, profile, timeout);
+                    let result = match job {
+                        Job::DomU(s) => run_domu(s, ctx),
+                        Job::Dom0(s) => run_dom0(s, ctx),
+                    };
                     if tx.send(result).is_err() {
                         break;
                     }
@@ -503,7 +638,7 @@ pub(crate) fn run_all(
         drop(tx);
         for result in rx {
             report(&result);
-            if result.problems.is_empty() {
+            if result.passed() {
                 passed += 1;
             } else {
                 failed += 1;
@@ -690,8 +825,13 @@ mv: all domains finished: fail";
             select(&["nope".into()])
                 .unwrap_err()
                 .to_string()
-                .contains("hello, two-guests")
+                .contains("hello, two-guests, hostile, dom0")
         );
-        assert_eq!(select(&[]).unwrap().len(), SCENARIOS.len());
+        assert_eq!(
+            select(&[]).unwrap().len(),
+            SCENARIOS.len() + DOM0_SCENARIOS.len()
+        );
+        let picked = select(&["dom0".into(), "hello".into()]).unwrap();
+        assert!(picked[0].needs_dom0() && !picked[1].needs_dom0());
     }
 }

@@ -150,6 +150,7 @@ fn boot(tag: &str, kernel: Option<Vec<u8>>, timeout: Duration) -> Option<qemu::R
         initrd,
         append: qemu::MICROVISOR_CMDLINE.into(),
         out_dir: dir.join("out"),
+        layout: qemu::Layout::DomUOnly,
     };
     let outcome = qemu::run(
         &config,

@@ -1,0 +1,536 @@
+//! Dom0 scenarios: one boot each, running a list of checks through the `run --exec` path.
+//!
+//! The checks of a scenario share its boot, so only checks that cannot disturb each other
+//! share a scenario. xtask turns the list into one shell script: each check runs in a
+//! subshell between `@@MV-CHECK-BEGIN <name> <tag>@@` and
+//! `\n@@MV-CHECK-END <name> <status> <tag>@@` (the tag is random per boot), and a Rust
+//! function judges each check's status and output.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::dom0::{self, BootPlan, ExecOutcome};
+
+/// What one check printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CheckRun {
+    /// Its subshell's exit status.
+    pub(crate) status: i32,
+    /// Its output (stdout and stderr).
+    pub(crate) output: String,
+}
+
+/// What a check's verdict may depend on besides its own output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Env {
+    /// Dom0's memory as configured, MiB.
+    pub(crate) dom0_mem_mib: u32,
+}
+
+/// A check's judge: `Err` says what is wrong.
+type Judge = fn(&CheckRun, &Env) -> Result<(), String>;
+
+/// One check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Check {
+    /// Name, unique within the scenario.
+    pub(crate) name: &'static str,
+    /// Shell commands run in Dom0 (`sh`, in a subshell, stderr joined to stdout).
+    pub(crate) script: &'static str,
+    /// Judges the result.
+    pub(crate) judge: Judge,
+}
+
+/// A Dom0 scenario.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dom0Scenario {
+    /// Name (also the log directory `target/xtask/test/<name>/`).
+    pub(crate) name: &'static str,
+    /// The checks, run in order in one boot.
+    pub(crate) checks: &'static [Check],
+    /// A command run instead of the checks (with `checks` empty), with the exit status it
+    /// must produce: `Some(None)` means any non-zero status.
+    pub(crate) raw: Option<(&'static str, Option<i32>)>,
+}
+
+fn ok_status(run: &CheckRun) -> Result<(), String> {
+    if run.status == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "exit status {}: {}",
+            run.status,
+            one_line(&run.output)
+        ))
+    }
+}
+
+/// The output squeezed onto one line, shortened, for messages.
+fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.is_empty() {
+        return "(no output)".into();
+    }
+    let mut short: String = joined.chars().take(200).collect();
+    if short.len() < joined.len() {
+        short.push_str("...");
+    }
+    format!("`{short}`")
+}
+
+/// `dom0 list -o json` is a JSON array with domain 0, its memory and one vCPU.
+fn judge_list_json(run: &CheckRun, env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc: Value = serde_json::from_str(&run.output)
+        .map_err(|e| format!("not JSON ({e}): {}", one_line(&run.output)))?;
+    let list = doc.as_array().ok_or("not a JSON array")?;
+    let d0 = list
+        .iter()
+        .find(|d| d.get("domid").and_then(Value::as_u64) == Some(0))
+        .ok_or("no object with \"domid\": 0")?;
+    let mem = d0
+        .get("mem_mib")
+        .and_then(Value::as_u64)
+        .ok_or("domain 0 has no numeric mem_mib")?;
+    let want = u64::from(env.dom0_mem_mib);
+    // The microvisor may keep a few pages of the request for itself.
+    if mem > want || mem + want / 16 < want {
+        return Err(format!("domain 0 has mem_mib {mem}, expected about {want}"));
+    }
+    let vcpus = d0.get("vcpus").and_then(Value::as_u64);
+    if vcpus != Some(1) {
+        return Err(format!("domain 0 has vcpus {vcpus:?}, expected 1"));
+    }
+    Ok(())
+}
+
+/// The lines of the output, trimmed.
+fn lines(run: &CheckRun) -> Vec<&str> {
+    run.output.lines().map(str::trim).collect()
+}
+
+/// One CPU, and the hypervisor flag.
+fn judge_cpu(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let l = lines(run);
+    let want = ["nproc 1", "processors 1", "hypervisor-flag yes"];
+    for w in want {
+        if !l.contains(&w) {
+            return Err(format!("expected `{w}`, got {}", one_line(&run.output)));
+        }
+    }
+    Ok(())
+}
+
+fn judge_contains(run: &CheckRun, text: &str) -> Result<(), String> {
+    ok_status(run)?;
+    if run.output.contains(text) {
+        Ok(())
+    } else {
+        Err(format!("expected `{text}` in {}", one_line(&run.output)))
+    }
+}
+
+fn judge_disk(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_contains(run, "read back after remount: match")
+}
+
+fn judge_ping(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_contains(run, "1 packets received")
+}
+
+fn judge_nonempty(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    if run.output.trim().is_empty() {
+        Err("no output".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn judge_ok(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)
+}
+
+/// Reading the microvisor's memory through /dev/mem must fail.
+fn judge_devmem(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let status = run
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dd-status "))
+        .ok_or_else(|| format!("no dd-status line in {}", one_line(&run.output)))?;
+    if status.trim() == "0" {
+        Err(format!(
+            "dd read the microvisor's memory at 2 MiB: {}",
+            one_line(&run.output)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn judge_alive(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_contains(run, "dom0 still answers")
+}
+
+const fn check(name: &'static str, script: &'static str, judge: Judge) -> Check {
+    Check {
+        name,
+        script,
+        judge,
+    }
+}
+
+/// Every Dom0 scenario `cargo xtask test` runs.
+pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
+    Dom0Scenario {
+        name: "dom0",
+        checks: &[
+            check("list-json", "dom0 list -o json", judge_list_json),
+            check(
+                "one-cpu",
+                "echo \"nproc $(nproc)\"\n\
+                 echo \"processors $(grep -c '^processor' /proc/cpuinfo)\"\n\
+                 if grep -qw hypervisor /proc/cpuinfo; then echo 'hypervisor-flag yes'; \
+                 else echo 'hypervisor-flag no'; fi",
+                judge_cpu,
+            ),
+            check(
+                "data-disk",
+                "set -e\n\
+                 grep ' /data ' /proc/mounts\n\
+                 dd if=/dev/urandom of=/data/xtask-check.bin bs=4096 count=256 2>/dev/null\n\
+                 a=$(md5sum </data/xtask-check.bin)\n\
+                 sync\n\
+                 umount /data\n\
+                 echo 3 >/proc/sys/vm/drop_caches\n\
+                 mount -t ext4 /dev/vda /data\n\
+                 b=$(md5sum </data/xtask-check.bin)\n\
+                 rm /data/xtask-check.bin\n\
+                 if [ \"$a\" = \"$b\" ]; then echo 'read back after remount: match'; \
+                 else echo \"mismatch: $a vs $b\"; exit 1; fi",
+                judge_disk,
+            ),
+            check("network", "ping -c 1 -W 10 10.0.2.2", judge_ping),
+            check("info", "dom0 info 0", judge_nonempty),
+            check("host-info", "dom0 host info", judge_nonempty),
+            check(
+                "probe-open-as-nobody",
+                "dom0-probe open-as-nobody",
+                judge_ok,
+            ),
+            check("probe-bad-ioctl", "dom0-probe bad-ioctl", judge_ok),
+        ],
+        raw: None,
+    },
+    Dom0Scenario {
+        name: "dom0-devmem",
+        checks: &[
+            check(
+                "devmem-denied",
+                "dd if=/dev/mem of=/dev/null bs=4096 skip=$((0x200000 / 4096)) count=1\n\
+                 echo \"dd-status $?\"",
+                judge_devmem,
+            ),
+            check(
+                "still-alive",
+                "dom0 list >/dev/null && echo 'dom0 still answers'",
+                judge_alive,
+            ),
+        ],
+        raw: None,
+    },
+    Dom0Scenario {
+        name: "dom0-exec-false",
+        checks: &[],
+        raw: Some(("false", None)),
+    },
+];
+
+/// The shell script that runs `checks`, delimited with `tag`.
+pub(crate) fn script(checks: &[Check], tag: &str) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let _ = write!(
+            s,
+            "echo '@@MV-CHECK-BEGIN {name} {tag}@@'\n(\n{body}\n) </dev/null 2>&1\n\
+             printf '\\n@@MV-CHECK-END {name} %d {tag}@@\\n' \"$?\"\n",
+            name = c.name,
+            body = c.script
+        );
+    }
+    s
+}
+
+/// Splits the exec output into each check's result, by name; a check that never ended is
+/// missing.
+pub(crate) fn split_results(output: &str, tag: &str) -> Vec<(String, CheckRun)> {
+    let mut results = Vec::new();
+    let mut current: Option<(String, Vec<&str>)> = None;
+    for line in output.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(rest) = line
+            .strip_prefix("@@MV-CHECK-BEGIN ")
+            .and_then(|r| r.strip_suffix(&format!(" {tag}@@")))
+        {
+            current = Some((rest.to_owned(), Vec::new()));
+            continue;
+        }
+        if let Some(rest) = line
+            .strip_prefix("@@MV-CHECK-END ")
+            .and_then(|r| r.strip_suffix(&format!(" {tag}@@")))
+            && let Some((name, status)) = rest.rsplit_once(' ')
+            && let Some((open, body)) = current.take()
+        {
+            if open == name {
+                let status = status.parse().unwrap_or(-1);
+                results.push((
+                    open,
+                    CheckRun {
+                        status,
+                        output: body.join("\n"),
+                    },
+                ));
+            }
+            continue;
+        }
+        if let Some((_, body)) = current.as_mut() {
+            body.push(line);
+        }
+    }
+    results
+}
+
+/// One check's verdict.
+#[derive(Clone, Debug)]
+pub(crate) struct CheckVerdict {
+    /// Check name.
+    pub(crate) name: &'static str,
+    /// `Err` when it failed.
+    pub(crate) result: Result<(), String>,
+}
+
+/// The result of a Dom0 scenario.
+#[derive(Debug)]
+pub(crate) struct Dom0Result {
+    /// Per-check verdicts, in order.
+    pub(crate) checks: Vec<CheckVerdict>,
+    /// Problems of the boot itself or of the raw command.
+    pub(crate) problems: Vec<String>,
+    /// The exec run.
+    pub(crate) exec: Option<ExecOutcome>,
+}
+
+/// Judges a finished boot.
+pub(crate) fn evaluate(
+    scenario: &Dom0Scenario,
+    exec: &ExecOutcome,
+    tag: &str,
+    env: &Env,
+) -> (Vec<CheckVerdict>, Vec<String>) {
+    let mut problems = exec.problems.clone();
+    if let Some((_, expect)) = scenario.raw {
+        match (exec.status, expect) {
+            (Some(got), Some(want)) if got != want => {
+                problems.push(format!("exit status {got}, expected {want}"));
+            }
+            (Some(0), None) => problems.push("exit status 0, expected non-zero".into()),
+            (None, _) if exec.problems.is_empty() => problems.push("no exit status".into()),
+            _ => {}
+        }
+        return (Vec::new(), problems);
+    }
+    let results = split_results(&exec.text(), tag);
+    let checks = scenario
+        .checks
+        .iter()
+        .map(|c| {
+            let result = match results.iter().find(|(n, _)| n == c.name) {
+                Some((_, run)) => (c.judge)(run, env),
+                None => Err("did not run to the end (no end marker)".into()),
+            };
+            CheckVerdict {
+                name: c.name,
+                result,
+            }
+        })
+        .collect();
+    (checks, problems)
+}
+
+/// Boots the scenario and judges it.
+pub(crate) fn run(
+    scenario: &Dom0Scenario,
+    plan: &BootPlan<'_>,
+    timeout: std::time::Duration,
+) -> Dom0Result {
+    let tag = match dom0::new_nonce() {
+        Ok(t) => t,
+        Err(e) => {
+            return Dom0Result {
+                checks: Vec::new(),
+                problems: vec![format!("{e:#}")],
+                exec: None,
+            };
+        }
+    };
+    let command = match scenario.raw {
+        Some((cmd, _)) => cmd.to_owned(),
+        None => script(scenario.checks, &tag),
+    };
+    let env = Env {
+        dom0_mem_mib: plan.options.mem_mib,
+    };
+    match dom0::exec(plan, &command, timeout, false) {
+        Ok(exec) => {
+            let (checks, problems) = evaluate(scenario, &exec, &tag, &env);
+            Dom0Result {
+                checks,
+                problems,
+                exec: Some(exec),
+            }
+        }
+        Err(e) => Dom0Result {
+            checks: Vec::new(),
+            problems: vec![format!("{e:#}")],
+            exec: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENV: Env = Env { dom0_mem_mib: 512 };
+
+    fn run(status: i32, output: &str) -> CheckRun {
+        CheckRun {
+            status,
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn script_and_split_round_trip() {
+        let checks = [
+            check("a", "echo one\necho two", judge_ok),
+            check("b", "printf x; exit 3", judge_ok),
+        ];
+        let s = script(&checks, "T1");
+        assert!(s.contains(
+            "echo '@@MV-CHECK-BEGIN a T1@@'\n(\necho one\necho two\n) </dev/null 2>&1\n"
+        ));
+        assert!(s.contains(r#"printf '\n@@MV-CHECK-END b %d T1@@\n' "$?""#));
+        // What Dom0 prints for that script.
+        let console = "@@MV-CHECK-BEGIN a T1@@\none\ntwo\n\n@@MV-CHECK-END a 0 T1@@\n\
+                       @@MV-CHECK-BEGIN b T1@@\nx\n@@MV-CHECK-END b 3 T1@@\n";
+        let r = split_results(console, "T1");
+        assert_eq!(
+            r,
+            [
+                ("a".to_owned(), run(0, "one\ntwo\n")),
+                ("b".to_owned(), run(3, "x")),
+            ]
+        );
+        // Markers with another tag are output; an unfinished check is missing.
+        let console = "@@MV-CHECK-BEGIN a T1@@\n@@MV-CHECK-END a 0 T2@@\n\n@@MV-CHECK-END a 0 T1@@\n\
+                       @@MV-CHECK-BEGIN b T1@@\npartial";
+        let r = split_results(console, "T1");
+        assert_eq!(r, [("a".to_owned(), run(0, "@@MV-CHECK-END a 0 T2@@\n"))]);
+    }
+
+    #[test]
+    fn the_script_runs_in_a_real_shell() {
+        let Some(sh) = crate::provision::find_in_path("sh") else {
+            return;
+        };
+        let checks = [
+            check("a", "echo one; echo err >&2", judge_ok),
+            check("b", "printf x; exit 3", judge_ok),
+            check("c", "set -e\nfalse\necho never", judge_ok),
+        ];
+        let out = std::process::Command::new(sh)
+            .arg("-c")
+            .arg(script(&checks, "T9"))
+            .output()
+            .unwrap();
+        let r = split_results(&String::from_utf8_lossy(&out.stdout), "T9");
+        assert_eq!(
+            r,
+            [
+                ("a".to_owned(), run(0, "one\nerr\n")),
+                ("b".to_owned(), run(3, "x")),
+                ("c".to_owned(), run(1, "")),
+            ]
+        );
+    }
+
+    #[test]
+    fn list_json_judge() {
+        let good = r#"[{"domid":0,"name":"Domain-0","state":"running","reason":null,
+            "mem_kib":524288,"mem_mib":512,"vcpus":1,"pcpu":0,"cpu_time_ns":1,"privileged":true}]"#;
+        judge_list_json(&run(0, good), &ENV).unwrap();
+        let e = judge_list_json(&run(0, "nope"), &ENV).unwrap_err();
+        assert!(e.starts_with("not JSON"), "{e}");
+        let e = judge_list_json(&run(0, &good.replace("\"vcpus\":1", "\"vcpus\":2")), &ENV)
+            .unwrap_err();
+        assert!(e.contains("vcpus Some(2)"), "{e}");
+        let e = judge_list_json(&run(0, &good.replace(":512", ":256")), &ENV).unwrap_err();
+        assert!(e.contains("mem_mib 256, expected about 512"), "{e}");
+        let e = judge_list_json(&run(0, &good.replace("\"domid\":0", "\"domid\":1")), &ENV)
+            .unwrap_err();
+        assert!(e.contains("domid"), "{e}");
+        assert!(
+            judge_list_json(&run(69, ""), &ENV)
+                .unwrap_err()
+                .contains("exit status 69")
+        );
+    }
+
+    #[test]
+    fn other_judges() {
+        judge_cpu(
+            &run(0, "nproc 1\nprocessors 1\nhypervisor-flag yes\n"),
+            &ENV,
+        )
+        .unwrap();
+        assert!(
+            judge_cpu(
+                &run(0, "nproc 3\nprocessors 3\nhypervisor-flag yes\n"),
+                &ENV
+            )
+            .is_err()
+        );
+        assert!(judge_cpu(&run(0, "nproc 1\nprocessors 1\nhypervisor-flag no\n"), &ENV).is_err());
+        judge_devmem(&run(0, "dd: can't open '/dev/mem': x\ndd-status 1\n"), &ENV).unwrap();
+        assert!(judge_devmem(&run(0, "1+0 records in\ndd-status 0\n"), &ENV).is_err());
+        assert!(judge_devmem(&run(0, "nothing"), &ENV).is_err());
+        judge_ping(
+            &run(
+                0,
+                "1 packets transmitted, 1 packets received, 0% packet loss",
+            ),
+            &ENV,
+        )
+        .unwrap();
+        assert!(judge_ping(&run(1, "1 packets transmitted, 0 packets received"), &ENV).is_err());
+        assert!(judge_nonempty(&run(0, " \n"), &ENV).is_err());
+    }
+
+    #[test]
+    fn scenario_names_are_unique_and_checks_named_once() {
+        let mut names = std::collections::HashSet::new();
+        for s in DOM0_SCENARIOS {
+            assert!(names.insert(s.name));
+            assert!(s.checks.is_empty() != s.raw.is_none(), "{}", s.name);
+            let mut checks = std::collections::HashSet::new();
+            for c in s.checks {
+                assert!(checks.insert(c.name), "{}/{}", s.name, c.name);
+                assert!(!c.name.contains(' '));
+            }
+        }
+    }
+}
