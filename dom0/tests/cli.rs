@@ -5,7 +5,10 @@ use std::io;
 use std::process::{Command, Output};
 
 fn dom0(args: &[&str]) -> io::Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_dom0")).args(args).output()
+    Command::new(env!("CARGO_BIN_EXE_dom0"))
+        .args(args)
+        .env("DOM0D_SOCKET", "/nonexistent/dom0d.sock")
+        .output()
 }
 
 #[test]
@@ -75,4 +78,221 @@ fn full_disk_exits_1_with_a_readable_error() {
         err.starts_with("error: cannot write output\n  caused by: "),
         "{err}"
     );
+}
+
+// ---- dom0d and dom0-probe as processes ----
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Waits until `path` exists or `child` exits; returns how long that took.
+fn wait_for_socket(path: &Path, child: &mut std::process::Child) -> Duration {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("dom0d exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no socket after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn dom0d_without_the_device_exits_1_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dom0d.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0d"))
+        .args(["--device", "/nonexistent/microvisor", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(
+            "ERROR cannot open /nonexistent/microvisor: No such file or directory — \
+             is the microvisor module loaded? (insmod microvisor.ko)\n"
+        ),
+        "{err}"
+    );
+    assert!(!socket.exists(), "no socket without a device");
+}
+
+#[test]
+fn dom0d_serves_until_sigterm_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // A parent directory that does not exist yet: dom0d creates it.
+    let socket = dir.path().join("run/sub/dom0d.sock");
+    // /dev/null opens like the device but answers every ioctl with ENOTTY: the real ioctl
+    // path runs, and dom0d must keep serving despite a microvisor that does not answer.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dom0d"))
+        .args(["--device", "/dev/null", "-v"])
+        .env("DOM0D_SOCKET", &socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let took = wait_for_socket(&socket, &mut child);
+    assert!(took < Duration::from_secs(5), "startup took {took:?}");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0"))
+        .args(["host", "info"])
+        .env("DOM0D_SOCKET", &socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(
+            "error: cannot get host information\n  caused by: the microvisor's HostInfo call \
+             failed with ENOTTY"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: dom0d's --device is not the microvisor module"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0"))
+        .args(["version", "-o", "json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["dom0d"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["microvisor"], serde_json::Value::Null);
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "dom0d exits 0 on SIGTERM");
+    assert!(!socket.exists(), "dom0d removes its socket");
+    let log = String::from_utf8(out.stderr).unwrap();
+    let first = log.lines().next().unwrap();
+    // 2025-01-31T12:00:00.123Z LEVEL message
+    assert_eq!(first.as_bytes()[10], b'T', "{first}");
+    assert_eq!(&first[23..25], "Z ", "{first}");
+    assert!(
+        log.contains("ERROR the microvisor does not answer control calls"),
+        "{log}"
+    );
+    assert!(log.contains(" ready on "), "{log}");
+    assert!(log.contains("INFO  SIGTERM: stopping"), "{log}");
+}
+
+#[test]
+fn dom0d_refuses_to_steal_a_live_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0d"))
+        .args(["--device", "/dev/null", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot serve on"), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert!(socket.exists());
+}
+
+#[test]
+fn probe_bad_ioctl_reports_each_check() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["bad-ioctl", "--device", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    // /dev/null answers ENOTTY to everything: only the unknown-ioctl check passes.
+    assert!(
+        lines[0].starts_with("ok: unknown ioctl number 0xc0284d7f: ENOTTY"),
+        "{text}"
+    );
+    for line in &lines[1..7] {
+        assert!(line.starts_with("FAIL: "), "{line}");
+        assert!(line.contains("got ENOTTY ("), "{line}");
+    }
+    assert!(lines[1].ends_with("expected EINVAL"), "{text}");
+    assert!(lines[3].ends_with("expected EFAULT"), "{text}");
+    assert!(lines[4].ends_with("expected ENOSYS"), "{text}");
+    assert!(lines[5].ends_with("expected ESRCH"), "{text}");
+    assert_eq!(lines[7], "bad-ioctl: 1 of 7 checks ok");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["bad-ioctl", "--device", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("FAIL: open /nonexistent: No such file or directory"),
+        "{text}"
+    );
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+#[test]
+fn probe_open_as_nobody() {
+    if !running_as_root() {
+        eprintln!("skipped: needs root to switch to uid 65534");
+        return;
+    }
+    // A root-only node stands in for /dev/microvisor: the open must fail with EACCES.
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = dir.path().join("microvisor");
+    std::fs::write(&node, b"").unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["open-as-nobody", "--device"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    if text.contains("cannot start the child") {
+        eprintln!("skipped: uid 65534 cannot run the test binary here: {text}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        text,
+        format!(
+            "ok: open {} as uid 65534: refused with EACCES\n",
+            node.display()
+        )
+    );
+
+    // A node everyone may open: the check must fail.
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["open-as-nobody", "--device"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("FAIL: "), "{text}");
+    assert!(text.contains("the open succeeded"), "{text}");
 }
