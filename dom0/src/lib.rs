@@ -1,33 +1,146 @@
-//! # dom0: the microvisor's control CLI
+//! # dom0: Dom0 userspace for the microvisor
 //!
-//! `dom0` is the thin client of the dom0 control service `dom0d` (conventions in
-//! `CLI.md`). This crate holds the CLI as a library, so tests call [`run`] directly, plus
-//! the `dom0` binary that wires [`run`] to the process's arguments and streams.
+//! Dom0 is an unmodified Debian Linux running as the microvisor's privileged domain. It
+//! reaches the microvisor through the kernel module in `dom0/kmod` (`/dev/microvisor`, see
+//! its README). This crate holds the userspace on top of it, as a library plus three
+//! static (musl-friendly) binaries:
 //!
-//! ## Commands
+//! | binary | what |
+//! |--------|------|
+//! | `dom0d` | the control service: owns `/dev/microvisor`, serves the control API on a Unix socket |
+//! | `dom0` | the CLI, a thin client of `dom0d` (conventions in `CLI.md`) |
+//! | `dom0-probe` | hostile checks of `/dev/microvisor` for the Dom0 scenario tests ([`probe`]) |
 //!
-//! Only commands that work today exist; the rest of CLI.md's command set arrives with
-//! `dom0d`.
+//! Build for Dom0 with `cargo build -p dom0 --release --target x86_64-unknown-linux-musl`.
+//!
+//! ## dom0d
+//!
+//! ```text
+//! dom0d [--socket PATH] [--device PATH] [-v]
+//! ```
+//!
+//! - `--socket PATH` (env `DOM0D_SOCKET`, default `/run/dom0d.sock`): where to serve.
+//!   Missing parent directories are created. The socket has mode 0600 (root only).
+//! - `--device PATH` (default `/dev/microvisor`): the kernel module's device node.
+//! - `-v`: also log every connection and request.
+//!
+//! At startup dom0d opens the device (exit 1 with `cannot open /dev/microvisor: <why> — is
+//! the microvisor module loaded? (insmod microvisor.ko)` if it cannot; it must run as
+//! root), asks the microvisor for its host information once and logs the answer (or the
+//! error, and keeps serving), then binds the socket. **Readiness:** the socket path appears
+//! only once dom0d listens on it (it is bound in a private directory, set to 0600 and
+//! renamed into place), so `[ -S /run/dom0d.sock ]` means requests will be served. A stale
+//! socket from a dead dom0d is replaced; if another process answers on the path, or the
+//! path is not a socket, dom0d exits 1. Startup takes milliseconds.
+//!
+//! dom0d logs to stderr, one line per event: `2025-01-31T12:00:00.123Z LEVEL message`
+//! (UTC). Lines caused by clients are rate-limited. On SIGTERM or SIGINT it removes its
+//! socket and exits 0. Exit codes: 0 after a signal, 1 startup failure, 2 usage error.
+//!
+//! Each client costs only its own connection ([`server`]): at most 64 connections are
+//! served at once (more get a `Busy` error), a request must arrive within 60 s, a reply
+//! must be taken within 10 s, and 8 malformed frames end a connection.
+//!
+//! ## The control API
+//!
+//! Versioned by [`proto::PROTOCOL_VERSION`] (now 1), defined in [`proto`].
+//!
+//! - **Framing:** a `u32` little-endian length, then that many bytes of postcard. Payloads
+//!   above [`proto::MAX_FRAME`] (64 KiB) are answered with `FrameTooLarge` and the
+//!   connection is closed; payloads that are not exactly one message get `Malformed` and
+//!   the connection stays usable.
+//! - **Handshake:** the first request is `Hello { protocol, software }`; dom0d answers with
+//!   its own `Hello` and closes the connection if the versions differ. Requests before the
+//!   hello get `HandshakeRequired`. `Hello` is variant 0 of both enums and never changes.
+//! - **Requests** and their replies:
+//!
+//! | request | reply |
+//! |---------|-------|
+//! | `Version` | `Version { dom0d, protocol, control_version_built, microvisor: Result<{version, control_version}, ApiError> }` |
+//! | `HostInfo` | `HostInfo(Host)`: pcpus, dom0_pcpu, memory, TSC, uptime, microvisor version |
+//! | `ListDomains { from }` | `Domains { domains, next }`: up to 256 domains with `domid >= from`, ascending; `next` is the `from` of the following page, `None` at the end |
+//! | `DomainInfo { domid }` | `Domain(Domain)`, or `Error(NoSuchDomain)` |
+//!
+//! - **Errors** ([`proto::ApiError`]): `HandshakeRequired`, `FrameTooLarge`, `Malformed`,
+//!   `NoSuchDomain`, `Hypercall { op, errno }` (the microvisor or the module refused),
+//!   `BadRecord` (the microvisor's answer did not validate), `Busy`.
+//!
+//! dom0d decodes the microvisor's `shared_abi::control` records with zerocopy and
+//! validates them ([`microvisor`]): result sizes and counts, states and shutdown reasons,
+//! NUL-padded ASCII names and versions, ascending list pages. The device sits behind the
+//! [`microvisor::Microvisor`] trait; host tests use [`fake::FakeMicrovisor`].
+//!
+//! ## The dom0 CLI
 //!
 //! | command | output |
 //! |---------|--------|
-//! | `dom0 version` | the CLI version and the interface versions it was built against ([`version`]) |
-//! | `dom0 completions <SHELL>` | a static completion script for bash, zsh, fish, elvish or powershell |
+//! | `dom0 list` | one line per domain: `ID NAME STATE MEM(MiB) VCPUS PCPU TIME(s)`, STATE being xl's flags (`r` running, `b` blocked, `p` paused, `s` shut down + reason letter `o`/`r`/`s`/`c`/`w`, `c` in the fifth column for crashed) |
+//! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name |
+//! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime |
+//! | `dom0 version` | versions of the CLI, its interfaces, and (when reachable) dom0d and the microvisor; succeeds while dom0d is down |
+//! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
 //!
-//! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`
-//! and `--json` (short for `-o json`). Data goes to stdout; errors go to stderr.
+//! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
+//! `--json` (short for `-o json`), `--socket PATH` (env `DOM0D_SOCKET`, default
+//! `/run/dom0d.sock`) and `--timeout DURATION` (each reply, default `30s`; `500ms`, `2m`).
+//! Data goes to stdout; errors go to stderr.
 //!
-//! ## Exit codes
+//! ### JSON
 //!
-//! See [`ExitStatus`]: 0 success, 1 any other failure, 2 usage error, and the rest of
-//! CLI.md's table, reserved for the commands that will need them.
+//! Fields are only ever added. `-o jsonl` prints one object per line (for `list`, one per
+//! domain).
 //!
-//! ## Errors
+//! - `list`: an array of domain objects: `domid`, `name`, `state` (`running`, `blocked`,
+//!   `paused`, `shutdown`, `crashed`), `reason` (for `shutdown`: `poweroff`, `reboot`,
+//!   `suspend`, `crash`, `watchdog`, `soft_reset`; otherwise `null`), `mem_kib`, `mem_mib`,
+//!   `vcpus`, `pcpu`, `cpu_time_ns`, `privileged`.
+//! - `info`: one domain object, plus `api_version` (`"dom0/v1"`).
+//! - `host info`: `api_version`, `pcpus`, `dom0_pcpu`, `mem_total_kib`, `mem_free_kib`,
+//!   `mem_total_mib`, `mem_free_mib`, `tsc_khz`, `uptime_ns`, `microvisor_version`,
+//!   `control_version`.
+//! - `version`: `api_version`, `cli`, `abi_interface`, `control_protocol`, `dom0d`
+//!   (`{version, control_protocol, control_version}` or `null`), `dom0d_error`,
+//!   `microvisor` (`{version, control_version}` or `null`), `microvisor_error`.
+//!
+//! ### Exit codes
+//!
+//! [`ExitStatus`], as in CLI.md §7:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success |
+//! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno) |
+//! | 2 | usage error |
+//! | 3 | no such domain |
+//! | 5 | dom0d did not answer within `--timeout` |
+//! | 6 | the microvisor does not implement the operation (`ENOSYS`) |
+//! | 8 | permission denied: the socket is root-only, or the microvisor refused (`EPERM`) |
+//! | 69 | dom0d unreachable, busy, or speaking another protocol version |
+//!
+//! ### Errors
 //!
 //! Errors are [`CliError`]s, rendered on stderr as CLI.md §7 describes: a first line
 //! `error: <what failed>`, one `caused by:` line per source, a `hint:` line when there is a
-//! next step. Under `-o json`/`jsonl` the same content is one JSON object on stderr with
-//! `code`, `message`, `causes`, `hint` and `exit_code`, and stdout stays empty.
+//! next step. For example, with dom0d not running:
+//!
+//! ```text
+//! error: cannot reach dom0d at /run/dom0d.sock
+//!   caused by: No such file or directory
+//!   hint: is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)
+//! ```
+//!
+//! Under `-o json`/`jsonl` the same content is one JSON object on stderr with `code`,
+//! `message`, `causes`, `hint` and `exit_code`, and stdout stays empty.
+//!
+//! ## dom0-probe
+//!
+//! `dom0-probe open-as-nobody` and `dom0-probe bad-ioctl` (both take `--device PATH`):
+//! one `ok: ...`/`FAIL: ...` line per check, exit 0 only if all passed. See [`probe`].
+//!
+//! ## Unsafe code
+//!
+//! Only [`device`] (the ioctl system call) contains unsafe code; every other module is
+//! `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
 pub mod cli;

@@ -77,7 +77,7 @@ static WINDOW: Mutex<Window> = Mutex::new(Window {
     suppressed: 0,
 });
 
-/// Like [`write`], but at most [`LIMITED_PER_SECOND`] lines per second; the number of
+/// Like [`write()`], but at most [`LIMITED_PER_SECOND`] lines per second; the number of
 /// lines dropped is reported with the next line that gets through.
 pub fn limited(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
