@@ -220,6 +220,8 @@ async fn converse(stream: &mut UnixStream, service: &Service, limits: &Limits, i
             }
             Ok(Request::Hello { protocol, software }) => {
                 greeted = protocol == PROTOCOL_VERSION;
+                // The client chose this string; keep log lines short.
+                let software: String = software.chars().take(64).collect();
                 if !greeted {
                     log::limited(
                         Level::Warn,
@@ -659,6 +661,41 @@ mod tests {
             Response::HostInfo(_)
         ));
         assert_closed(&mut stalled);
+    }
+
+    #[test]
+    fn random_bytes_from_many_clients_never_stop_the_server() {
+        let f = start(Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        });
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..100 {
+            let mut s = conn(&f);
+            let len = usize::try_from(next() % 64).unwrap();
+            let mut bytes: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+            if round % 2 == 0 {
+                // A plausible length prefix, so the payload reaches the decoder.
+                let n = u32::try_from(len).unwrap();
+                bytes.splice(0..0, n.to_le_bytes());
+            }
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            // Drain whatever the server says until it closes.
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        let mut s = greeted(&f);
+        assert!(matches!(
+            ask(&mut s, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
     }
 
     #[test]
