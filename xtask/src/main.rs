@@ -569,7 +569,11 @@ fn report_dom0_end(verdict: Verdict, failure: Option<(usize, String)>, elapsed: 
     }
     match verdict {
         Verdict::Reset | Verdict::AllShutDown => {
-            eprintln!("xtask: QEMU exited after {secs:.1} s ({verdict})");
+            eprintln!(
+                "xtask: QEMU exited after {secs:.1} s (status {}: Dom0 powered off or rebooted, \
+                 or Ctrl-A X)",
+                verdict.qemu_status().unwrap_or_default()
+            );
             true
         }
         other => {
