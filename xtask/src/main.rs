@@ -31,6 +31,7 @@ use crate::bench::Benchmark;
 use crate::build::{Artifact, Profile, artifact_path, display_path, xtask_dir};
 use crate::dom0::{Dom0Options, Host};
 use crate::image::{DomainSpec, GuestArg};
+use crate::provision::HostTool;
 use crate::qemu::{Console, Layout, QemuConfig, RunOptions, Verdict};
 
 /// Build, boot, test and benchmark the microvisor under QEMU (TCG, AMD SVM).
@@ -304,6 +305,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             let options = dom0.options()?;
             provision::ensure_target()?;
+            if selected.iter().any(|s| s.needs_dom0()) {
+                // One apt-get install for everything on a fresh machine.
+                provision::ensure_tools(&HostTool::ALL)?;
+            }
             let qemu_bin = provision::ensure_qemu()?;
             // Everything that can fail to build fails before the (long) host tests run.
             let profile = Profile::from_debug_flag(debug);
@@ -340,6 +345,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             dom0,
         } => {
             provision::ensure_target()?;
+            if name == Benchmark::Dom0Boot {
+                provision::ensure_tools(&HostTool::ALL)?;
+            }
             let qemu_bin = provision::ensure_qemu()?;
             let timeout = Duration::from_secs(timeout);
             match name {
@@ -456,6 +464,7 @@ fn run_dom0(
     timeout: Option<Duration>,
 ) -> Result<ExitCode> {
     let options = boot.dom0.options()?;
+    provision::ensure_tools(&HostTool::ALL)?;
     let qemu_bin = provision::ensure_qemu()?;
     let domains = boot.domains();
     let host = boot.host();

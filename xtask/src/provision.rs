@@ -61,6 +61,17 @@ pub(crate) enum HostTool {
 }
 
 impl HostTool {
+    /// Everything: QEMU and what Dom0 images need.
+    pub(crate) const ALL: [HostTool; 7] = [
+        HostTool::Qemu,
+        HostTool::Gcc,
+        HostTool::Make,
+        HostTool::LibcDev,
+        HostTool::Xz,
+        HostTool::Mkfs,
+        HostTool::DpkgDeb,
+    ];
+
     /// What Dom0 images need, on top of QEMU.
     pub(crate) const DOM0: [HostTool; 6] = [
         HostTool::Gcc,
@@ -209,6 +220,8 @@ pub(crate) fn apt_download(dir: &Path, specs: &[String]) -> Result<()> {
         .args(specs)
         .current_dir(dir)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        // stdout belongs to `run --exec` output; progress goes to stderr.
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .context("could not start apt-get")?;
     if !status.success() {
@@ -225,6 +238,7 @@ fn apt_get(args: &[&str], what: &str) -> Result<()> {
     let status = Command::new("apt-get")
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .with_context(|| format!("could not start apt-get to {what}"))?;
     if !status.success() {
