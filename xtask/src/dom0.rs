@@ -733,6 +733,93 @@ mod tests {
         assert!(p.iter().any(|m| m.contains("DomainCrashed")), "{p:?}");
     }
 
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-dom0-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn boot_files_for_both_hosts() {
+        let dir = scratch("plan");
+        let vmlinux = dir.join("vmlinux");
+        fs::write(&vmlinux, b"\x7fELF fake kernel").unwrap();
+        let artifacts = Dom0Artifacts {
+            vmlinux: vmlinux.clone(),
+            initramfs: b"base".to_vec(),
+        };
+        let mut plan = BootPlan {
+            artifacts: &artifacts,
+            host: Host::Microvisor,
+            profile: Profile::Release,
+            guests: Vec::new(),
+            options: Dom0Options {
+                mem_mib: 384,
+                cmdline_append: Some("loglevel=7".into()),
+            },
+            qemu: "qemu-system-x86_64".into(),
+            out_dir: dir.join("out"),
+            data_disk: dir.join("disk.img"),
+        };
+        // Under the microvisor: one bundle with Dom0's kernel, memory, command line and
+        // initramfs; the microvisor is QEMU's kernel.
+        let cfg = plan
+            .write(Mode::Exec, b"base+exec", Console::Captured)
+            .unwrap();
+        assert_eq!(cfg.append, qemu::MICROVISOR_CMDLINE);
+        assert!(
+            cfg.kernel
+                .ends_with("x86_64-unknown-none/release/microvisor")
+        );
+        let bytes = fs::read(&cfg.initrd).unwrap();
+        let bundle = microvisor::bundle::Bundle::parse(&bytes).unwrap();
+        let d0 = bundle.dom0().unwrap();
+        assert_eq!(d0.kernel.mem_mib, 384);
+        assert_eq!(
+            d0.kernel.cmdline,
+            "console=ttyS0,115200 nr_cpus=1 panic=-1 rdinit=/init quiet loglevel=7"
+        );
+        assert_eq!(d0.kernel.payload, b"\x7fELF fake kernel");
+        assert_eq!(d0.initrd.unwrap().payload, b"base+exec");
+        assert_eq!(bundle.domus().count(), 0);
+        assert!(matches!(
+            cfg.layout,
+            Layout::Dom0 {
+                console: Console::Captured,
+                ..
+            }
+        ));
+
+        // Directly: QEMU boots the vmlinux with the initramfs and Linux's command line.
+        plan.host = Host::Direct;
+        let cfg = plan
+            .write(Mode::Interactive, b"base", Console::Interactive)
+            .unwrap();
+        assert_eq!(cfg.kernel, vmlinux);
+        assert_eq!(fs::read(&cfg.initrd).unwrap(), b"base");
+        assert_eq!(
+            cfg.append,
+            "console=ttyS0,115200 nr_cpus=1 panic=-1 rdinit=/init mem=384M loglevel=7"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn data_disks_are_ext4() {
+        if HostTool::Mkfs.find().is_none() {
+            return;
+        }
+        let dir = scratch("disk");
+        let disk = dir.join("d.img");
+        create_data_disk(&disk).unwrap();
+        let bytes = fs::read(&disk).unwrap();
+        assert_eq!(bytes.len() as u64, DATA_DISK_MIB << 20);
+        // The ext2/3/4 superblock magic 0xEF53 at 1024 + 56.
+        assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xef]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn nonces_differ() {
         let a = new_nonce().unwrap();

@@ -836,6 +836,59 @@ mod tests {
     }
 
     #[test]
+    fn dom0_layout_adds_disk_nic_and_swaps_the_serial_ports() {
+        let mut cfg = config();
+        cfg.layout = Layout::Dom0 {
+            console: Console::Captured,
+            data_disk: "/t/dom0-data.img".into(),
+        };
+        let args: Vec<String> = cfg
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with("-machine q35 -cpu max -accel tcg -smp 3 -m 2G -nodefaults "),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-serial stdio -serial file:/t/run/serial.log -drive"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "-drive file=/t/dom0-data.img,format=raw,if=none,id=data0,cache=writeback \
+                 -device virtio-blk-pci,drive=data0 -netdev user,id=net0 \
+                 -device virtio-net-pci,netdev=net0,romfile= \
+                 -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+            ),
+            "{joined}"
+        );
+        assert!(cfg.stdout_is_com1());
+        assert_eq!(cfg.stdout_log(), Path::new("/t/run/com1.log"));
+
+        cfg.layout = Layout::Dom0 {
+            console: Console::Interactive,
+            data_disk: "/t/d.img".into(),
+        };
+        let line = cfg.shell_line();
+        assert!(
+            line.contains("-serial mon:stdio -serial file:/t/run/serial.log"),
+            "{line}"
+        );
+        assert_eq!(config().stdout_log(), Path::new("/t/run/serial.log"));
+    }
+
+    #[test]
+    fn line_endings_are_stripped_once() {
+        assert_eq!(strip_line_ending(b"a\r\n"), b"a");
+        assert_eq!(strip_line_ending(b"a\n"), b"a");
+        assert_eq!(strip_line_ending(b"a\r\r\n"), b"a\r");
+        assert_eq!(strip_line_ending(b"a"), b"a");
+    }
+
+    #[test]
     fn shell_line_quotes_only_when_needed() {
         let mut cfg = config();
         cfg.append = "exit_on_idle loglevel=2".into();
