@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::{
-    self, ApiError, Domain, FrameError, Host, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
-    ServiceVersion,
+    self, ApiError, Domain, EventReport, FrameError, Host, MAX_FRAME, PROTOCOL_VERSION, Request,
+    Response, ServiceVersion,
 };
 
 /// Why talking to dom0d failed.
@@ -175,6 +175,19 @@ impl Client {
         match self.call(&Request::HostInfo)? {
             Response::HostInfo(h) => Ok(h),
             other => Err(unexpected("host info", other)),
+        }
+    }
+
+    /// What dom0d has seen of the microvisor's events; `None` if this dom0d predates the
+    /// request (it answers [`ApiError::Malformed`]).
+    ///
+    /// # Errors
+    /// See [`Client::version`].
+    pub fn events(&mut self) -> Result<Option<EventReport>, ClientError> {
+        match self.call(&Request::Events)? {
+            Response::Events(r) => Ok(Some(r)),
+            Response::Error(ApiError::Malformed { .. }) => Ok(None),
+            other => Err(unexpected("events", other)),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::device::{DEVICE_PATH, Device};
+use crate::events::{self, EventMonitor};
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::proto::{PROTOCOL_VERSION, os_error_text};
@@ -17,8 +18,9 @@ use crate::server::{self, DEFAULT_SOCKET, DOM0D_VERSION, Limits, Service};
 /// The dom0 control service: serves the control API on a Unix socket for the `dom0` CLI.
 ///
 /// The socket (mode 0600) appears only once dom0d is ready to serve. dom0d logs to stderr
-/// and runs until SIGTERM or SIGINT, then removes its socket and exits 0. It exits 1 if
-/// the device cannot be opened or the socket cannot be created.
+/// (including one line per microvisor event) and runs until SIGTERM or SIGINT, then
+/// removes its socket and exits 0. It exits 1 if the device cannot be opened or the socket
+/// cannot be created.
 #[derive(Debug, Parser)]
 #[command(name = "dom0d", version)]
 pub struct Args {
@@ -116,6 +118,9 @@ pub fn run(args: &Args) -> Result<(), DaemonError> {
             format_args!("the microvisor does not answer control calls: {e}"),
         ),
     }
+    // A second handle of its own for events: each open file of the module has its own
+    // event mask, and this one is non-blocking for the event task.
+    let events_file = Device::open_nonblocking(&args.device).map(Device::into_file);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -138,7 +143,23 @@ pub fn run(args: &Args) -> Result<(), DaemonError> {
                 args.socket.display()
             ),
         );
-        let service = Arc::new(Service::new(mv));
+        let monitor = match events_file {
+            Ok(file) => {
+                let monitor = Arc::new(EventMonitor::unavailable("not started yet"));
+                tokio::spawn(events::watch(file, Arc::clone(&monitor)));
+                monitor
+            }
+            Err(e) => {
+                let reason = format!(
+                    "cannot open {} for events: {}",
+                    args.device.display(),
+                    os_error_text(&e)
+                );
+                log::write(Level::Warn, format_args!("events unavailable: {reason}"));
+                Arc::new(EventMonitor::unavailable(reason))
+            }
+        };
+        let service = Arc::new(Service::with_events(mv, monitor));
         server::serve(listener, service, Limits::default(), async {
             tokio::select! {
                 _ = term.recv() => log::write(Level::Info, format_args!("SIGTERM: stopping")),

@@ -1,18 +1,30 @@
-//! `/dev/microvisor`: the kernel module's control ioctl. The only unsafe code in the crate.
+//! `/dev/microvisor`: the kernel module's control ioctl, event reads and foreign-window
+//! mappings. The only unsafe code in the crate.
 //!
 //! The ioctl argument is `shared_abi::control::ioctl::IoctlControl` (`struct mv_control` in
 //! `dom0/kmod/microvisor.h`; the two are kept in sync by hand and both assert their size
 //! and the ioctl number). The module copies `buf_len` bytes from `buf` into a zeroed kernel
 //! page, issues the control hypercall, and on success copies the page back into `buf`.
+//!
+//! `read` returns the 8-byte event mask of this open file (blocking until there is one,
+//! `EAGAIN` with `O_NONBLOCK`); `poll` reports it; `mmap` (shared only, offset = slot ×
+//! 4096) maps foreign-window slots. See `dom0/kmod/README.md`.
 #![allow(
     unsafe_code,
-    reason = "the ioctl system call; each block argues its case"
+    reason = "the ioctl, poll, mmap and munmap system calls; each block argues its case"
 )]
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use shared_abi::control::CONTROL_VERSION;
 use shared_abi::control::ioctl::{IOCTL_CONTROL, IOCTL_TYPE, IoctlControl};
@@ -24,6 +36,8 @@ pub const DEVICE_PATH: &str = "/dev/microvisor";
 
 /// `EINVAL`, for a buffer too long to describe in `buf_len`.
 const EINVAL: i32 = 22;
+/// Bytes per foreign-window slot (`MV_SLOT_SIZE`), the unit of `mmap` offsets.
+pub const SLOT_SIZE: usize = 4096;
 /// `EIO`, for a failure that left no errno (cannot happen with a conforming libc).
 const EIO: i32 = 5;
 
@@ -98,6 +112,118 @@ impl Device {
         Ok(Self { file })
     }
 
+    /// Opens the device node at `path` read-write with `O_NONBLOCK`: reads without a
+    /// pending event fail with `EAGAIN` instead of waiting (the ioctl is unaffected).
+    ///
+    /// # Errors
+    /// As [`Device::open`].
+    pub fn open_nonblocking(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        Ok(Self { file })
+    }
+
+    /// The open file, e.g. for dom0d's event task.
+    #[must_use]
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    /// One `read` into `buf`: the module writes the 8-byte event mask (and fails with
+    /// `EINVAL` if `buf` is shorter). Returns the byte count or the errno.
+    ///
+    /// # Errors
+    /// The errno of the failed read: `EAGAIN` (opened with `O_NONBLOCK` and no event
+    /// pending), `EINVAL` (`buf` shorter than 8 bytes), `EINTR`.
+    pub fn read_raw(&self, buf: &mut [u8]) -> Result<usize, i32> {
+        (&self.file)
+            .read(buf)
+            .map_err(|e| e.raw_os_error().unwrap_or(EIO))
+    }
+
+    /// Waits up to `timeout` for the device to become readable (an event is pending).
+    /// Returns whether it did; an interrupted wait counts as not readable.
+    ///
+    /// # Errors
+    /// The errno of a failed `poll`.
+    pub fn poll_readable(&self, timeout: Duration) -> Result<bool, i32> {
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `poll` reads and writes exactly one `pollfd` (nfds = 1) at the pointer,
+        // which is `pfd`, live and exclusively borrowed for the call. The descriptor
+        // belongs to `self.file`, which outlives the call.
+        let ret = unsafe { libc::poll(core::ptr::from_mut(&mut pfd), 1, ms) };
+        match ret {
+            0 => Ok(false),
+            n if n > 0 => Ok(pfd.revents & libc::POLLIN != 0),
+            _ => match io::Error::last_os_error().raw_os_error().unwrap_or(EIO) {
+                libc::EINTR => Ok(false),
+                errno => Err(errno),
+            },
+        }
+    }
+
+    /// Maps `pages` foreign-window slots starting at `first_slot` into this process
+    /// (`mmap` at offset `first_slot` × 4096), shared or private, read-only or read-write.
+    ///
+    /// Mapping a slot does not touch it. Accessing a slot that holds no frame faults (the
+    /// microvisor injects #GP, the kernel sends SIGSEGV), so only access slots that
+    /// `ForeignMap` filled.
+    ///
+    /// # Errors
+    /// The errno of the failed `mmap` (`EINVAL` for ranges outside the window or private
+    /// mappings); `EINVAL` without a system call if `pages` is 0 or the offset does not fit
+    /// an `off_t`.
+    pub fn map_slots(
+        &self,
+        first_slot: u64,
+        pages: usize,
+        access: Access,
+        sharing: Sharing,
+    ) -> Result<Mapping, i32> {
+        let len = pages.checked_mul(SLOT_SIZE).filter(|&l| l > 0).ok_or(EINVAL)?;
+        let offset = first_slot
+            .checked_mul(SLOT_SIZE as u64)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or(EINVAL)?;
+        let prot = match access {
+            Access::ReadOnly => libc::PROT_READ,
+            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        };
+        let flags = match sharing {
+            Sharing::Shared => libc::MAP_SHARED,
+            Sharing::Private => libc::MAP_PRIVATE,
+        };
+        // SAFETY: a NULL address lets the kernel choose where to map, so no existing
+        // mapping of this process is replaced. The descriptor belongs to `self.file`, which
+        // outlives the call (the mapping itself keeps the file open after that).
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                self.file.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(EIO));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+            writable: access == Access::ReadWrite,
+        })
+    }
+
     /// Issues one ioctl exactly as described by `call`. Returns the non-negative ioctl
     /// result or the positive errno.
     ///
@@ -142,6 +268,174 @@ impl Device {
         } else {
             Ok(u64::from(ret.unsigned_abs()))
         }
+    }
+}
+
+/// Protection of a [`Mapping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `PROT_READ`.
+    ReadOnly,
+    /// `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+}
+
+/// `MAP_SHARED` or `MAP_PRIVATE` (which the module refuses; for `dom0-probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// `MAP_SHARED`.
+    Shared,
+    /// `MAP_PRIVATE`.
+    Private,
+}
+
+/// Foreign-window slots mapped into this process; unmapped on drop.
+///
+/// Accesses are volatile: the other domain may read and write the same frames at any
+/// time, so the memory is never handed out as a Rust reference.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+}
+
+impl Mapping {
+    /// Length in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: [`Device::map_slots`] refuses 0 pages).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of `size` bytes at `offset`, if they lie inside and are aligned.
+    fn at(&self, offset: usize, size: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(size)?;
+        (end <= self.len && offset.is_multiple_of(size)).then(|| self.ptr.wrapping_add(offset))
+    }
+
+    /// Reads the little-endian `u32` at `offset` (aligned, inside the mapping).
+    #[must_use]
+    pub fn read_u32(&self, offset: usize) -> Option<u32> {
+        let p = self.at(offset, 4)?;
+        // SAFETY: `p` is 4-byte aligned and its 4 bytes lie inside this mapping, which
+        // stays mapped (readable) until `self` is dropped. The access is volatile and
+        // creates no reference, so concurrent writes by the other domain are fine. If the
+        // slot holds no frame the access faults and the kernel kills the process: that
+        // ends the program, it does not let it continue with bad data.
+        Some(u32::from_le(unsafe { core::ptr::read_volatile(p.cast::<u32>()) }))
+    }
+
+    /// Reads the little-endian `u64` at `offset` (aligned, inside the mapping).
+    #[must_use]
+    pub fn read_u64(&self, offset: usize) -> Option<u64> {
+        let p = self.at(offset, 8)?;
+        // SAFETY: as in `read_u32`, for 8 aligned bytes.
+        Some(u64::from_le(unsafe { core::ptr::read_volatile(p.cast::<u64>()) }))
+    }
+
+    /// Writes `value` little-endian at `offset` (aligned, inside a writable mapping).
+    /// Returns whether it was written.
+    pub fn write_u64(&mut self, offset: usize, value: u64) -> bool {
+        let Some(p) = self.at(offset, 8).filter(|_| self.writable) else {
+            return false;
+        };
+        // SAFETY: `p` is 8-byte aligned, its bytes lie inside this mapping, which was
+        // mapped with PROT_WRITE and stays mapped until `self` is dropped; the access is
+        // volatile and creates no reference (see `read_u32` for empty slots).
+        unsafe { core::ptr::write_volatile(p.cast::<u64>(), value.to_le()) };
+        true
+    }
+
+    /// Unmaps now, reporting the errno of a failed `munmap`.
+    ///
+    /// # Errors
+    /// The errno of `munmap`.
+    pub fn unmap(self) -> Result<(), i32> {
+        let this = core::mem::ManuallyDrop::new(self);
+        this.release()
+    }
+
+    fn release(&self) -> Result<(), i32> {
+        // SAFETY: `ptr` and `len` are exactly what `mmap` returned and asked for, and this
+        // is called once (from `unmap`, which suppresses the drop, or from `drop`). No
+        // reference into the mapping exists (accesses are volatile raw-pointer ones).
+        let ret = unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(EIO))
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+/// A non-blocking descriptor (the device opened with `O_NONBLOCK`, or in tests a socket)
+/// registered with the tokio reactor, read when it becomes readable.
+///
+/// The file is owned and never handed out, so the descriptor the reactor watches stays
+/// open and the same for the registration's whole life.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: AsyncFd<File>,
+    reads: Arc<AtomicU64>,
+}
+
+impl EventFd {
+    /// Registers `file` for readability. Must run inside a tokio runtime; `file` must be
+    /// non-blocking.
+    ///
+    /// # Errors
+    /// The registration's error: `EPERM` for descriptors epoll cannot watch (regular
+    /// files, a module without `poll`).
+    pub fn register(file: File) -> io::Result<Self> {
+        // SAFETY: `register_with_interest` needs the descriptor to stay valid, open and the
+        // same while registered. `file` owns it and moves into the `AsyncFd`; `File`'s
+        // `as_raw_fd` always returns its one descriptor, and this type never exposes the
+        // `AsyncFd` or the file (no `get_mut` swap), so the descriptor is closed only when
+        // the `AsyncFd` (deregistering first) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(file, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            fd,
+            reads: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Waits until the descriptor is readable, then reads once into `buf`. A read that
+    /// would block clears the readiness and waits for the next wake-up, so a descriptor
+    /// that is never readable is never read in a loop.
+    ///
+    /// # Errors
+    /// The read's or the reactor's error.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let reads = &self.reads;
+            match guard.try_io(|inner| {
+                reads.fetch_add(1, Ordering::Relaxed);
+                inner.get_mut().read(buf)
+            }) {
+                Ok(result) => return result,
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// A counter of the `read` system calls made, for tests.
+    #[must_use]
+    pub fn read_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reads)
     }
 }
 

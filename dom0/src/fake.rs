@@ -4,17 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use shared_abi::control::{
-    CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo,
-    MAX_BUFFER, fill_fixed_str,
+    CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState,
+    ForeignMapRequest, HostInfo, MAX_BUFFER, fill_fixed_str,
 };
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::microvisor::Microvisor;
 
+const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
+const EBUSY: i32 = 16;
 const EINVAL: i32 = 22;
 const ENOSPC: i32 = 28;
 const ENOSYS: i32 = 38;
@@ -35,11 +37,20 @@ pub enum Fault {
     WrongDomain,
 }
 
-/// A microvisor in memory.
+/// Guest-physical base of the fake's foreign window (the microvisor's).
+pub const FAKE_WINDOW_GPA: u64 = 0x10_0000_0000;
+/// Slots in the fake's foreign window.
+pub const FAKE_WINDOW_PAGES: u64 = 4096;
+
+/// A microvisor in memory, including the foreign window's slots and the pending event
+/// bits, with the errors `shared_abi::control` documents.
 #[derive(Debug)]
 pub struct FakeMicrovisor {
     host: HostInfo,
     domains: Mutex<BTreeMap<u32, DomainInfo>>,
+    /// Filled foreign-window slots: slot -> (domid, gfn).
+    slots: Mutex<BTreeMap<u64, (u32, u64)>>,
+    events: AtomicU64,
     fault: Mutex<Fault>,
     calls: AtomicUsize,
 }
@@ -93,15 +104,86 @@ impl FakeMicrovisor {
             mem_free_kib: 3 * 1024 * 1024,
             tsc_khz: 2_000_000,
             uptime_ns: 12_345_000_000,
+            foreign_window_gpa: FAKE_WINDOW_GPA,
+            foreign_window_pages: FAKE_WINDOW_PAGES,
             ..HostInfo::default()
         };
         fill_fixed_str(&mut host.version, "0.1.0-fake");
         Self {
             host,
             domains: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
+            events: AtomicU64::new(0),
             fault: Mutex::new(Fault::None),
             calls: AtomicUsize::new(0),
         }
+    }
+
+    /// Raises event bits, as the microvisor does (`EventsTake` returns and clears them).
+    pub fn raise(&self, bits: u64) {
+        self.events.fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// The filled foreign-window slots: (slot, domid, gfn), ascending by slot.
+    #[must_use]
+    pub fn foreign_slots(&self) -> Vec<(u64, u32, u64)> {
+        self.lock_slots()
+            .iter()
+            .map(|(&slot, &(domid, gfn))| (slot, domid, gfn))
+            .collect()
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u32, u64)>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn window_slot(&self, slot: u64) -> Result<u64, i32> {
+        if slot < self.host.foreign_window_pages {
+            Ok(slot)
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    /// `ForeignMap`, with the microvisor's order of checks.
+    fn foreign_map(&self, slot: u64, buf: &[u8]) -> Result<u64, i32> {
+        let slot = self.window_slot(slot)?;
+        let raw = buf
+            .get(..size_of::<ForeignMapRequest>())
+            .ok_or(EINVAL)?;
+        let req = ForeignMapRequest::read_from_bytes(raw).map_err(|_| EINVAL)?;
+        if req.reserved != 0 {
+            return Err(EINVAL);
+        }
+        if req.domid == 0 {
+            return Err(ESRCH);
+        }
+        let mut slots = self.lock_slots();
+        if slots.contains_key(&slot) {
+            return Err(EBUSY);
+        }
+        let domain = self
+            .lock_domains()
+            .get(&req.domid)
+            .copied()
+            .filter(|d| {
+                !matches!(
+                    DomainState::from_u32(d.state),
+                    Some(DomainState::Shutdown | DomainState::Crashed)
+                )
+            })
+            .ok_or(ESRCH)?;
+        let in_ram = req
+            .gfn
+            .checked_mul(4096)
+            .is_some_and(|gpa| gpa < domain.mem_kib.saturating_mul(1024));
+        if !in_ram {
+            return Err(EINVAL);
+        }
+        slots.insert(slot, (req.domid, req.gfn));
+        Ok(0)
     }
 
     /// Replaces the host record.
@@ -170,7 +252,17 @@ impl Microvisor for FakeMicrovisor {
         const HOST_INFO: u64 = ControlOp::HostInfo as u64;
         const DOMAIN_INFO: u64 = ControlOp::DomainInfo as u64;
         const DOMAIN_LIST: u64 = ControlOp::DomainList as u64;
+        const EVENTS_TAKE: u64 = ControlOp::EventsTake as u64;
+        const FOREIGN_MAP: u64 = ControlOp::ForeignMap as u64;
+        const FOREIGN_UNMAP: u64 = ControlOp::ForeignUnmap as u64;
         match op {
+            EVENTS_TAKE if arg != 0 => Err(EINVAL),
+            EVENTS_TAKE => Ok(self.events.swap(0, Ordering::AcqRel) & !(1 << 63)),
+            FOREIGN_MAP => self.foreign_map(arg, buf),
+            FOREIGN_UNMAP => {
+                let slot = self.window_slot(arg)?;
+                self.lock_slots().remove(&slot).map(|_| 0).ok_or(ENOENT)
+            }
             HOST_INFO => put(buf, self.host.as_bytes()),
             DOMAIN_INFO => {
                 let domid = u32::try_from(arg).map_err(|_| ESRCH)?;

@@ -148,6 +148,7 @@ pub mod client;
 pub mod daemon;
 pub mod device;
 pub mod error;
+pub mod events;
 pub mod fake;
 #[macro_use]
 pub mod log;
@@ -311,10 +312,17 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
         Command::Host {
             command: HostCommand::Info,
         } => {
-            let host = connect(cli)?
+            let mut client = connect(cli)?;
+            let host = client
                 .host_info()
                 .map_err(request("cannot get host information"))?;
-            write_out(stdout, &output::render_host(&host, format)?)?;
+            let events = client
+                .events()
+                .map_err(request("cannot get the event statistics"))?;
+            write_out(
+                stdout,
+                &output::render_host(&host, events.as_ref(), format)?,
+            )?;
         }
     }
     stdout.flush().map_err(CliError::Output)

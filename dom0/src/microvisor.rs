@@ -10,10 +10,11 @@
 #![forbid(unsafe_code)]
 
 use shared_abi::control::{
-    ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, HostInfo, MAX_BUFFER, fixed_str,
+    ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, ForeignMapRequest, HostInfo,
+    MAX_BUFFER, fixed_str,
 };
 use shared_abi::sched::ShutdownReason;
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::proto::{ApiError, Domain, Host, MAX_DOMAINS_PER_REPLY, Reason, State};
 
@@ -57,6 +58,16 @@ fn bad(reason: String) -> ApiError {
 /// [`ApiError::Hypercall`] if the call fails, [`ApiError::BadRecord`] if the result does
 /// not validate.
 pub fn host_info(mv: &dyn Microvisor) -> Result<Host, ApiError> {
+    decode_host(&host_record(mv)?)
+}
+
+/// Asks the microvisor for its raw [`HostInfo`] record (checking only its size), e.g. for
+/// the foreign window, which [`Host`] does not carry.
+///
+/// # Errors
+/// [`ApiError::Hypercall`] if the call fails, [`ApiError::BadRecord`] if it returns
+/// another size.
+pub fn host_record(mv: &dyn Microvisor) -> Result<HostInfo, ApiError> {
     let mut buf = [0u8; size_of::<HostInfo>()];
     let n = call(mv, ControlOp::HostInfo, 0, &mut buf)?;
     if n != buf.len() as u64 {
@@ -65,9 +76,46 @@ pub fn host_info(mv: &dyn Microvisor) -> Result<Host, ApiError> {
             buf.len()
         )));
     }
-    let raw = HostInfo::read_from_bytes(&buf)
-        .map_err(|_| bad("HostInfo record has the wrong size".to_owned()))?;
-    decode_host(&raw)
+    HostInfo::read_from_bytes(&buf)
+        .map_err(|_| bad("HostInfo record has the wrong size".to_owned()))
+}
+
+/// The input buffer of `ForeignMap`: a [`ForeignMapRequest`] (domid, reserved, gfn; 16
+/// bytes, little-endian).
+#[must_use]
+pub fn foreign_map_request(domid: u32, reserved: u32, gfn: u64) -> [u8; 16] {
+    let mut buf = [0u8; size_of::<ForeignMapRequest>()];
+    buf.copy_from_slice(
+        ForeignMapRequest {
+            domid,
+            reserved,
+            gfn,
+        }
+        .as_bytes(),
+    );
+    buf
+}
+
+/// `ForeignMap`: maps frame `gfn` of domain `domid` into foreign-window `slot`. Returns
+/// the call's raw result (0 on success) or the positive errno, as the ABI documents them:
+/// `EINVAL` (slot outside the window, `gfn` not RAM of the domain), `ESRCH` (no such
+/// running domain, or domain 0), `EBUSY` (slot in use).
+///
+/// # Errors
+/// The errno of the failed call.
+pub fn foreign_map(mv: &dyn Microvisor, slot: u64, domid: u32, gfn: u64) -> Result<u64, i32> {
+    let mut buf = foreign_map_request(domid, 0, gfn);
+    mv.control(ControlOp::ForeignMap as u64, slot, &mut buf)
+}
+
+/// `ForeignUnmap`: empties foreign-window `slot`. Returns the call's raw result (0 on
+/// success) or the positive errno: `EINVAL` (slot outside the window), `ENOENT` (slot
+/// empty).
+///
+/// # Errors
+/// The errno of the failed call.
+pub fn foreign_unmap(mv: &dyn Microvisor, slot: u64) -> Result<u64, i32> {
+    mv.control(ControlOp::ForeignUnmap as u64, slot, &mut [])
 }
 
 /// Validates a raw [`HostInfo`].

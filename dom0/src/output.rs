@@ -5,7 +5,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::error::CliError;
-use crate::proto::{Domain, Host, State};
+use crate::proto::{Domain, EventReport, Host, State};
 
 /// How results are printed on stdout (CLI.md §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -109,10 +109,45 @@ pub struct HostJson<'a> {
     pub microvisor_version: &'a str,
     /// The microvisor's control ABI version.
     pub control_version: u32,
+    /// What dom0d has seen of the microvisor's events; `null` if dom0d does not report
+    /// them.
+    pub events: Option<EventsJson<'a>>,
 }
 
-impl<'a> From<&'a Host> for HostJson<'a> {
-    fn from(h: &'a Host) -> Self {
+/// The `events` object of `host info -o json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventsJson<'a> {
+    /// `listening`, `unavailable` or `stopped`.
+    pub status: &'static str,
+    /// Why dom0d does not listen; `null` while it does.
+    pub reason: Option<&'a str>,
+    /// Event masks dom0d received since it started.
+    pub count: u64,
+    /// The last mask (`EVENT_*` bits), 0 before the first.
+    pub last_mask: u64,
+    /// When the last mask arrived, ms since the Unix epoch; `null` before the first.
+    pub last_unix_ms: Option<u64>,
+    /// How long before the reply the last mask arrived, ms; `null` before the first.
+    pub last_age_ms: Option<u64>,
+}
+
+impl<'a> From<&'a EventReport> for EventsJson<'a> {
+    fn from(e: &'a EventReport) -> Self {
+        Self {
+            status: e.status.name(),
+            reason: e.status.reason(),
+            count: e.count,
+            last_mask: e.last_mask,
+            last_unix_ms: e.last_unix_ms,
+            last_age_ms: e.last_age_ms,
+        }
+    }
+}
+
+impl<'a> HostJson<'a> {
+    /// The document for `h` and, if dom0d reported them, its events.
+    #[must_use]
+    pub fn new(h: &'a Host, events: Option<&'a EventReport>) -> Self {
         Self {
             api_version: crate::JSON_API_VERSION,
             pcpus: h.pcpus,
@@ -125,6 +160,7 @@ impl<'a> From<&'a Host> for HostJson<'a> {
             uptime_ns: h.uptime_ns,
             microvisor_version: &h.microvisor_version,
             control_version: h.control_version,
+            events: events.map(EventsJson::from),
         }
     }
 }
@@ -306,13 +342,50 @@ pub fn render_domain(d: &Domain, format: OutputFormat) -> Result<String, CliErro
     ]))
 }
 
-/// `dom0 host info` in `format`.
+/// The `events:` line of `host info`: the count, and why dom0d does not listen.
+#[must_use]
+pub fn events_line(events: Option<&EventReport>) -> String {
+    let Some(e) = events else {
+        return "unknown (this dom0d does not report events)".to_owned();
+    };
+    match e.status.reason() {
+        None => e.count.to_string(),
+        Some(reason) if e.count == 0 => format!("{} ({reason})", e.status.name()),
+        Some(reason) => format!("{} ({}: {reason})", e.count, e.status.name()),
+    }
+}
+
+/// The `last_event:` line of `host info`: when and what, or `-`.
+#[must_use]
+pub fn last_event_line(events: Option<&EventReport>) -> String {
+    let Some(e) = events.filter(|e| e.count > 0) else {
+        return "-".to_owned();
+    };
+    let when = e.last_unix_ms.map(|ms| {
+        crate::log::timestamp(ms / 1000, u32::try_from(ms % 1000).unwrap_or(0))
+    });
+    let ago = e
+        .last_age_ms
+        .map(|ms| format!("{} s ago", seconds_1dp(ms.saturating_mul(1_000_000))));
+    let what = crate::events::describe(e.last_mask);
+    match (when, ago) {
+        (Some(when), Some(ago)) => format!("{when} ({ago}): {what}"),
+        (Some(at), None) | (None, Some(at)) => format!("{at}: {what}"),
+        (None, None) => what,
+    }
+}
+
+/// `dom0 host info` in `format`; `events` is `None` if dom0d does not report them.
 ///
 /// # Errors
 /// [`CliError::Json`].
-pub fn render_host(h: &Host, format: OutputFormat) -> Result<String, CliError> {
+pub fn render_host(
+    h: &Host,
+    events: Option<&EventReport>,
+    format: OutputFormat,
+) -> Result<String, CliError> {
     if format.is_json() {
-        return json_doc(&HostJson::from(h), format);
+        return json_doc(&HostJson::new(h, events), format);
     }
     Ok(key_values(&[
         ("microvisor_version", h.microvisor_version.clone()),
@@ -329,5 +402,7 @@ pub fn render_host(h: &Host, format: OutputFormat) -> Result<String, CliError> {
             format!("{}.{:03} MHz", h.tsc_khz / 1000, h.tsc_khz % 1000),
         ),
         ("uptime", hms(h.uptime_ns)),
+        ("events", events_line(events)),
+        ("last_event", last_event_line(events)),
     ]))
 }

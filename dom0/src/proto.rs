@@ -19,7 +19,9 @@
 //! Variant 0 of both enums (`Hello`) is frozen: its index and fields never change, so every
 //! version of the client and the service can read the other's hello and name both versions
 //! in its error. Other variants may be added at the end within a version; incompatible
-//! changes bump [`PROTOCOL_VERSION`].
+//! changes bump [`PROTOCOL_VERSION`]. A dom0d older than a request answers it with
+//! [`ApiError::Malformed`] (it cannot decode the variant), so clients can tell "not
+//! supported" from a failure: [`Request::Events`] was added this way.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -66,6 +68,9 @@ pub enum Request {
         /// The domain id.
         domid: u32,
     },
+    /// What dom0d has seen of the microvisor's events: [`Response::Events`]. Added within
+    /// protocol 1; older dom0d answer [`ApiError::Malformed`].
+    Events,
 }
 
 /// dom0d's answer to one [`Request`].
@@ -94,6 +99,8 @@ pub enum Response {
     },
     /// Answer to [`Request::DomainInfo`].
     Domain(Domain),
+    /// Answer to [`Request::Events`].
+    Events(EventReport),
 }
 
 impl Response {
@@ -107,6 +114,7 @@ impl Response {
             Self::HostInfo(_) => "host info",
             Self::Domains { .. } => "domain list",
             Self::Domain(_) => "domain",
+            Self::Events(_) => "events",
         }
     }
 }
@@ -247,6 +255,60 @@ pub struct Host {
     pub microvisor_version: String,
     /// The microvisor's control ABI version.
     pub control_version: u32,
+}
+
+/// Whether dom0d receives the microvisor's events ([`EventReport::status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventStatus {
+    /// dom0d waits for events on the device.
+    Listening,
+    /// dom0d never listened (e.g. the device cannot be polled: an older module).
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// dom0d listened, then stopped (the device failed or misbehaved).
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EventStatus {
+    /// `listening`, `unavailable` or `stopped`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Listening => "listening",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// Why dom0d does not listen, if it does not.
+    #[must_use]
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Listening => None,
+            Self::Unavailable { reason } | Self::Stopped { reason } => Some(reason),
+        }
+    }
+}
+
+/// What dom0d has seen of the microvisor's events ([`Request::Events`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventReport {
+    /// Whether dom0d listens.
+    pub status: EventStatus,
+    /// Event masks received since dom0d started (one per `read` of the device; several
+    /// microvisor events between two reads arrive as one mask).
+    pub count: u64,
+    /// The last mask received (`shared_abi::control::EVENT_*` bits), 0 before the first.
+    pub last_mask: u64,
+    /// When the last mask arrived, in milliseconds since the Unix epoch (Dom0's clock).
+    pub last_unix_ms: Option<u64>,
+    /// How long before this reply the last mask arrived, in milliseconds (monotonic).
+    pub last_age_ms: Option<u64>,
 }
 
 /// Run state of a domain.
@@ -511,6 +573,7 @@ mod tests {
             Request::ListDomains { from: 0 },
             Request::ListDomains { from: u32::MAX },
             Request::DomainInfo { domid: 4000 },
+            Request::Events,
         ]
     }
 
@@ -568,6 +631,31 @@ mod tests {
                 next: None,
             },
             Response::Domain(sample_domain(0)),
+            Response::Events(EventReport {
+                status: EventStatus::Listening,
+                count: 3,
+                last_mask: 1,
+                last_unix_ms: Some(1_700_000_000_000),
+                last_age_ms: Some(4200),
+            }),
+            Response::Events(EventReport {
+                status: EventStatus::Stopped {
+                    reason: "gone".into(),
+                },
+                count: 0,
+                last_mask: 0,
+                last_unix_ms: None,
+                last_age_ms: None,
+            }),
+            Response::Events(EventReport {
+                status: EventStatus::Unavailable {
+                    reason: "no poll".into(),
+                },
+                count: u64::MAX,
+                last_mask: u64::MAX,
+                last_unix_ms: Some(0),
+                last_age_ms: Some(u64::MAX),
+            }),
         ]
     }
 
@@ -605,6 +693,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(frame, [4, 0, 0, 0, 0, 0xac, 0x02, 0]);
+    }
+
+    #[test]
+    fn events_were_appended_so_protocol_1_encodings_did_not_move() {
+        // Variants are encoded by index: the requests and replies of the first protocol 1
+        // release keep their bytes, and Events comes last.
+        assert_eq!(postcard::to_stdvec(&Request::Version).unwrap(), [1]);
+        assert_eq!(postcard::to_stdvec(&Request::HostInfo).unwrap(), [2]);
+        assert_eq!(
+            postcard::to_stdvec(&Request::DomainInfo { domid: 7 }).unwrap(),
+            [4, 7]
+        );
+        assert_eq!(postcard::to_stdvec(&Request::Events).unwrap(), [5]);
+        let reply = Response::Events(EventReport {
+            status: EventStatus::Listening,
+            count: 2,
+            last_mask: 1,
+            last_unix_ms: None,
+            last_age_ms: Some(5),
+        });
+        assert_eq!(postcard::to_stdvec(&reply).unwrap(), [6, 0, 2, 1, 0, 1, 5]);
     }
 
     #[test]
@@ -659,7 +768,7 @@ mod tests {
         for payload in [
             &[][..],
             &[0xff],
-            &[5],
+            &[6], // the first request index not (yet) defined
             &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[0, 1, 200, b'a'],
             &[4],

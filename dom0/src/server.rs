@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::events::EventMonitor;
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::proto::{
@@ -35,9 +36,11 @@ pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/dom0d.sock";
 
-/// Answers requests from the microvisor. Stateless apart from the device handle.
+/// Answers requests from the microvisor (and, for [`Request::Events`], from what the event
+/// task has seen). Stateless apart from the device handle and the event monitor.
 pub struct Service {
     mv: Arc<dyn Microvisor>,
+    events: Arc<EventMonitor>,
 }
 
 impl std::fmt::Debug for Service {
@@ -47,10 +50,19 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service backed by `mv`.
+    /// A service backed by `mv`, reporting events as unavailable (nothing watches them).
     #[must_use]
     pub fn new(mv: Arc<dyn Microvisor>) -> Self {
-        Self { mv }
+        let events = Arc::new(EventMonitor::unavailable(
+            "this service does not watch the device",
+        ));
+        Self::with_events(mv, events)
+    }
+
+    /// A service backed by `mv` that reports what `events` has seen.
+    #[must_use]
+    pub fn with_events(mv: Arc<dyn Microvisor>, events: Arc<EventMonitor>) -> Self {
+        Self { mv, events }
     }
 
     /// The hello dom0d sends.
@@ -83,6 +95,7 @@ impl Service {
             Request::DomainInfo { domid } => {
                 microvisor::domain_info(mv, domid).map(Response::Domain)
             }
+            Request::Events => Ok(Response::Events(self.events.report())),
         };
         result.unwrap_or_else(|e| {
             if !matches!(e, ApiError::NoSuchDomain { .. }) {
@@ -399,6 +412,14 @@ pub fn spawn_background(
     mv: Arc<dyn Microvisor>,
     limits: Limits,
 ) -> io::Result<BackgroundServer> {
+    spawn_service(path, Service::new(mv), limits)
+}
+
+/// Starts `service` on `path` in a new thread; see [`BackgroundServer`].
+///
+/// # Errors
+/// Building the runtime or binding the socket failed.
+pub fn spawn_service(path: &Path, service: Service, limits: Limits) -> io::Result<BackgroundServer> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let socket = path.to_path_buf();
@@ -417,7 +438,7 @@ pub fn spawn_background(
             }
             Ok((rt, listener, guard)) => {
                 let _ = ready_tx.send(Ok(()));
-                let service = Arc::new(Service::new(mv));
+                let service = Arc::new(service);
                 rt.block_on(serve(listener, service, limits, async {
                     let _ = stop_rx.await;
                 }));
@@ -553,6 +574,13 @@ mod tests {
             ask(&mut s, &Request::DomainInfo { domid: 4000 }),
             Response::Error(ApiError::NoSuchDomain { domid: 4000 })
         );
+        match ask(&mut s, &Request::Events) {
+            Response::Events(r) => {
+                assert_eq!(r.status.name(), "unavailable");
+                assert_eq!(r.count, 0);
+            }
+            other => panic!("{other:?}"),
+        }
         // A second hello is answered again, harmlessly.
         assert!(matches!(ask(&mut s, &hello()), Response::Hello { .. }));
     }

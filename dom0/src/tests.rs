@@ -8,9 +8,11 @@ use clap::CommandFactory;
 use clap_complete::Shell;
 use serde_json::Value;
 
+use crate::events::EventMonitor;
 use crate::fake::{FakeMicrovisor, Fault, domain_record};
 use crate::microvisor::Microvisor;
-use crate::server::{BackgroundServer, Limits, spawn_background};
+use crate::proto::EventStatus;
+use crate::server::{BackgroundServer, Limits, Service, spawn_background, spawn_service};
 use crate::{Cli, CliError, Command, ExitStatus, OutputFormat, run};
 
 /// A socket path where nothing listens.
@@ -374,6 +376,24 @@ impl Dom0d {
         }
     }
 
+    /// A dom0d whose event statistics come from `events`.
+    fn with_events(fake: FakeMicrovisor, events: Arc<EventMonitor>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(fake);
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let server = spawn_service(
+            &dir.path().join("dom0d.sock"),
+            Service::with_events(mv, events),
+            Limits::default(),
+        )
+        .unwrap();
+        Self {
+            server,
+            fake,
+            _dir: dir,
+        }
+    }
+
     fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
         dom0_at(self.server.path(), args)
     }
@@ -576,6 +596,8 @@ memory_total:       4096 MiB
 memory_free:        3072 MiB
 tsc:                2000.000 MHz
 uptime:             00:00:12
+events:             unavailable (this service does not watch the device)
+last_event:         -
 "
     );
     let (status, out, _) = d.run(&["host", "info", "--json"]);
@@ -595,8 +617,101 @@ uptime:             00:00:12
             "uptime_ns": 12_345_000_000u64,
             "microvisor_version": "0.1.0-fake",
             "control_version": 1,
+            "events": {
+                "status": "unavailable",
+                "reason": "this service does not watch the device",
+                "count": 0,
+                "last_mask": 0,
+                "last_unix_ms": null,
+                "last_age_ms": null,
+            },
         })
     );
+}
+
+#[test]
+fn host_info_reports_the_events_dom0d_has_seen() {
+    let events = Arc::new(EventMonitor::new(EventStatus::Listening));
+    let d = Dom0d::with_events(FakeMicrovisor::new(), Arc::clone(&events));
+    let (status, out, err) = d.run(&["host", "info"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        out.ends_with("\nevents:             0\nlast_event:         -\n"),
+        "{out}"
+    );
+
+    events.record(1);
+    events.record(shared_abi::control::EVENT_DOMAIN_STATE);
+    let (status, out, err) = d.run(&["host", "info"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let tail: Vec<&str> = out.lines().rev().take(2).collect();
+    assert_eq!(tail[1], "events:             2");
+    // last_event:         2025-01-31T12:00:00.123Z (0.0 s ago): domain state changed
+    let last = tail[0].strip_prefix("last_event:         ").unwrap();
+    assert_eq!(last.as_bytes()[10], b'T', "{last}");
+    assert_eq!(&last[23..26], "Z (", "{last}");
+    assert!(last.ends_with(" s ago): domain state changed"), "{last}");
+
+    let (_, out, _) = d.run(&["host", "info", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let e = &doc["events"];
+    assert_eq!(e["status"], "listening");
+    assert_eq!(e["reason"], Value::Null);
+    assert_eq!(e["count"], 2);
+    assert_eq!(e["last_mask"], 1);
+    assert!(e["last_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(e["last_age_ms"].as_u64().unwrap() < 60_000);
+
+    events.set_status(EventStatus::Stopped {
+        reason: "the device reported end of file".into(),
+    });
+    let (_, out, _) = d.run(&["host", "info"]);
+    assert!(
+        out.contains("\nevents:             2 (stopped: the device reported end of file)\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn host_info_from_a_dom0d_without_events_says_so() {
+    use crate::proto::{ApiError, Host, Request, Response};
+    // A dom0d of the first protocol 1 release: it cannot decode `Events` and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME)
+        {
+            let reply = match crate::proto::decode::<Request>(&payload) {
+                Ok(Request::Hello { .. }) => Service::hello(),
+                Ok(Request::HostInfo) => Response::HostInfo(Host {
+                    pcpus: 2,
+                    dom0_pcpu: 0,
+                    mem_total_kib: 1024,
+                    mem_free_kib: 0,
+                    tsc_khz: 1000,
+                    uptime_ns: 0,
+                    microvisor_version: "old".into(),
+                    control_version: 1,
+                }),
+                _ => Response::Error(ApiError::Malformed {
+                    reason: "cannot decode message".into(),
+                }),
+            };
+            s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+        }
+    });
+    let (status, out, err) = dom0_at(&path, &["host", "info"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        out.ends_with(
+            "\nevents:             unknown (this dom0d does not report events)\nlast_event:         -\n"
+        ),
+        "{out}"
+    );
+    // The CLI closed its connection, which ends the old dom0d's loop.
+    old.join().unwrap();
 }
 
 #[test]
