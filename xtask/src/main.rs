@@ -39,8 +39,8 @@ use crate::qemu::{Console, Layout, QemuConfig, RunOptions, Verdict};
 /// Bare-metal images are built for x86_64-unknown-none into
 /// target/x86_64-unknown-none/<profile>/; Dom0's parts (Debian kernel and busybox, the
 /// kernel module, the static musl binaries, the initramfs) under target/xtask/; bundles
-/// and logs go to target/xtask/<command>/. Missing tools (QEMU, gcc-12, make, xz,
-/// e2fsprogs) are installed with apt-get when xtask runs as root.
+/// and logs go to target/xtask/<command>/. Missing tools (QEMU, gcc-12, make, libc6-dev,
+/// xz-utils, e2fsprogs, libelf1) are installed with apt-get when xtask runs as root.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {

@@ -58,11 +58,14 @@ pub(crate) enum HostTool {
     Mkfs,
     /// `dpkg-deb`, to unpack the Debian packages (part of dpkg, always on Debian).
     DpkgDeb,
+    /// `libelf.so.1`: the kernel's `objtool` (from the unpacked, not installed,
+    /// linux-kbuild package) links against it and runs on every module object.
+    LibElf,
 }
 
 impl HostTool {
     /// Everything: QEMU and what Dom0 images need.
-    pub(crate) const ALL: [HostTool; 7] = [
+    pub(crate) const ALL: [HostTool; 8] = [
         HostTool::Qemu,
         HostTool::Gcc,
         HostTool::Make,
@@ -70,16 +73,18 @@ impl HostTool {
         HostTool::Xz,
         HostTool::Mkfs,
         HostTool::DpkgDeb,
+        HostTool::LibElf,
     ];
 
     /// What Dom0 images need, on top of QEMU.
-    pub(crate) const DOM0: [HostTool; 6] = [
+    pub(crate) const DOM0: [HostTool; 7] = [
         HostTool::Gcc,
         HostTool::Make,
         HostTool::LibcDev,
         HostTool::Xz,
         HostTool::Mkfs,
         HostTool::DpkgDeb,
+        HostTool::LibElf,
     ];
 
     /// The program looked up on `PATH` (and in the sbin directories), or a file.
@@ -92,6 +97,7 @@ impl HostTool {
             HostTool::Xz => "xz",
             HostTool::Mkfs => "mkfs.ext4",
             HostTool::DpkgDeb => "dpkg-deb",
+            HostTool::LibElf => "/usr/lib/x86_64-linux-gnu/libelf.so.1",
         }
     }
 
@@ -105,6 +111,7 @@ impl HostTool {
             HostTool::Xz => "xz-utils",
             HostTool::Mkfs => "e2fsprogs",
             HostTool::DpkgDeb => "dpkg",
+            HostTool::LibElf => "libelf1",
         }
     }
 
@@ -112,7 +119,7 @@ impl HostTool {
     pub(crate) fn find(self) -> Option<PathBuf> {
         let probe = self.probe();
         if probe.starts_with('/') {
-            return Path::new(probe).is_file().then(|| PathBuf::from(probe));
+            return Path::new(probe).exists().then(|| PathBuf::from(probe));
         }
         find_in_path(probe).or_else(|| {
             // mkfs.ext4 lives in /sbin, which a non-root PATH may lack.
@@ -214,16 +221,15 @@ pub(crate) fn ensure_qemu() -> Result<PathBuf> {
 pub(crate) fn apt_download(dir: &Path, specs: &[String]) -> Result<()> {
     apt_update_once()?;
     eprintln!("xtask: apt-get download {}", specs.join(" "));
-    let status = Command::new("apt-get")
-        // apt's download sandbox user cannot write into a root-owned target/ directory.
-        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+    let mut cmd = Command::new("apt-get");
+    // apt's download sandbox user cannot write into a root-owned target/ directory.
+    cmd.args(["download", "-q", "-o", "APT::Sandbox::User=root"])
         .args(specs)
         .current_dir(dir)
         .env("DEBIAN_FRONTEND", "noninteractive")
         // stdout belongs to `run --exec` output; progress goes to stderr.
-        .stdout(std::process::Stdio::from(std::io::stderr()))
-        .status()
-        .context("could not start apt-get")?;
+        .stdout(std::process::Stdio::from(std::io::stderr()));
+    let status = run_with_retry(cmd, "download packages")?;
     if !status.success() {
         bail!(
             "`apt-get download {}` failed ({status}); are Debian 12 (bookworm) package \
@@ -234,13 +240,31 @@ pub(crate) fn apt_download(dir: &Path, specs: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Attempts per apt-get command: a mirror hiccup should not fail a CI run.
+const APT_ATTEMPTS: u32 = 2;
+
+/// Runs `cmd` up to [`APT_ATTEMPTS`] times until it succeeds; returns the last status.
+fn run_with_retry(mut cmd: Command, what: &str) -> Result<std::process::ExitStatus> {
+    let mut attempt = 1;
+    loop {
+        let status = cmd
+            .status()
+            .with_context(|| format!("could not start apt-get to {what}"))?;
+        if status.success() || attempt == APT_ATTEMPTS {
+            return Ok(status);
+        }
+        eprintln!("xtask: apt-get failed ({status}); retrying in 5 s");
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        attempt += 1;
+    }
+}
+
 fn apt_get(args: &[&str], what: &str) -> Result<()> {
-    let status = Command::new("apt-get")
-        .args(args)
+    let mut cmd = Command::new("apt-get");
+    cmd.args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(std::process::Stdio::from(std::io::stderr()))
-        .status()
-        .with_context(|| format!("could not start apt-get to {what}"))?;
+        .stdout(std::process::Stdio::from(std::io::stderr()));
+    let status = run_with_retry(cmd, what)?;
     if !status.success() {
         bail!(
             "`apt-get {}` failed ({status}); run it by hand and rerun",
