@@ -126,6 +126,12 @@ impl Device {
         Ok(Self { file })
     }
 
+    /// A device on an already open file (tests stand in files and sockets for it).
+    #[must_use]
+    pub fn from_file(file: File) -> Self {
+        Self { file }
+    }
+
     /// The open file, e.g. for dom0d's event task.
     #[must_use]
     pub fn into_file(self) -> File {

@@ -13,6 +13,8 @@
 //!   cannot pass.
 #![forbid(unsafe_code)]
 
+pub mod foreign;
+
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -118,11 +120,15 @@ pub fn open_as_nobody(device: &Path, out: &mut dyn Write) -> io::Result<bool> {
     Ok(pass)
 }
 
-/// One `bad-ioctl` check.
-struct Check {
-    what: String,
-    result: Result<u64, i32>,
-    expected: Result<u64, i32>,
+/// One check: a call's result and the one expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was tried.
+    pub what: String,
+    /// The result or errno.
+    pub result: Result<u64, i32>,
+    /// The expected result or errno.
+    pub expected: Result<u64, i32>,
 }
 
 fn report(check: &Check, out: &mut dyn Write) -> io::Result<bool> {

@@ -3,6 +3,10 @@
 //! ```text
 //! dom0-probe open-as-nobody [--device PATH]   # must be refused (EACCES/EPERM)
 //! dom0-probe bad-ioctl [--device PATH]        # malformed ioctls get the right errno
+//! dom0-probe release-domain DOMID [--timeout SECS] [--device PATH]
+//!                                             # foreign mappings + events, end to end
+//! dom0-probe bad-foreign DOMID [--device PATH]
+//!                                             # hostile foreign maps, mmaps and reads
 //! ```
 //!
 //! One line per check (`ok: ...` / `FAIL: ...`); exit 0 only if every check passed,
@@ -12,6 +16,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dom0::device::DEVICE_PATH;
@@ -35,6 +40,21 @@ enum Check {
     OpenAsNobody,
     /// As root, issue malformed ioctls; passes if each fails with the documented errno
     BadIoctl,
+    /// Release a `hello wait-for-dom0` guest through foreign mappings and wait for the
+    /// event its shutdown raises
+    ReleaseDomain {
+        /// The waiting guest's domain id
+        domid: u32,
+        /// Seconds to wait for the shutdown event
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Hostile foreign maps, mmaps and reads; passes if each fails with the documented
+    /// errno (DOMID must be a running domain)
+    BadForeign {
+        /// A running domain's id
+        domid: u32,
+    },
     /// (internal) the open-as-nobody child
     #[command(name = probe::CHILD_SUBCOMMAND, hide = true)]
     OpenAsSelf {
@@ -52,6 +72,15 @@ fn main() -> ExitCode {
         }
         Check::OpenAsNobody => probe::open_as_nobody(&args.device, &mut out),
         Check::BadIoctl => probe::bad_ioctl(&args.device, &mut out),
+        Check::ReleaseDomain { domid, timeout } => probe::foreign::release_domain(
+            &args.device,
+            *domid,
+            Duration::from_secs(*timeout),
+            &mut out,
+        ),
+        Check::BadForeign { domid } => {
+            probe::foreign::bad_foreign(&args.device, *domid, &mut out)
+        }
     };
     let _ = out.flush();
     match result {
