@@ -532,7 +532,7 @@ fn create_dom0(
         initrd.map_or(0, |i| i.len() / 1024),
         cmdline
     );
-    record(0, "dom0", mem_mib, 0);
+    record(0, "Domain-0", mem_mib, 0);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     Ok(Dom0 {
         vcpu: Vcpu {
