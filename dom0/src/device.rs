@@ -194,7 +194,10 @@ impl Device {
         access: Access,
         sharing: Sharing,
     ) -> Result<Mapping, i32> {
-        let len = pages.checked_mul(SLOT_SIZE).filter(|&l| l > 0).ok_or(EINVAL)?;
+        let len = pages
+            .checked_mul(SLOT_SIZE)
+            .filter(|&l| l > 0)
+            .ok_or(EINVAL)?;
         let offset = first_slot
             .checked_mul(SLOT_SIZE as u64)
             .and_then(|o| libc::off_t::try_from(o).ok())
@@ -334,7 +337,9 @@ impl Mapping {
         // creates no reference, so concurrent writes by the other domain are fine. If the
         // slot holds no frame the access faults and the kernel kills the process: that
         // ends the program, it does not let it continue with bad data.
-        Some(u32::from_le(unsafe { core::ptr::read_volatile(p.cast::<u32>()) }))
+        Some(u32::from_le(unsafe {
+            core::ptr::read_volatile(p.cast::<u32>())
+        }))
     }
 
     /// Reads the little-endian `u64` at `offset` (aligned, inside the mapping).
@@ -342,7 +347,9 @@ impl Mapping {
     pub fn read_u64(&self, offset: usize) -> Option<u64> {
         let p = self.at(offset, 8)?;
         // SAFETY: as in `read_u32`, for 8 aligned bytes.
-        Some(u64::from_le(unsafe { core::ptr::read_volatile(p.cast::<u64>()) }))
+        Some(u64::from_le(unsafe {
+            core::ptr::read_volatile(p.cast::<u64>())
+        }))
     }
 
     /// Writes `value` little-endian at `offset` (aligned, inside a writable mapping).

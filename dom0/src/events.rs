@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(m.record(1), 1);
         assert_eq!(m.record(3), 2);
         let r = m.report();
-        assert_eq!((r.status, r.count, r.last_mask), (EventStatus::Listening, 2, 3));
+        assert_eq!(
+            (r.status, r.count, r.last_mask),
+            (EventStatus::Listening, 2, 3)
+        );
         assert!(r.last_unix_ms.is_some_and(|ms| ms > 1_600_000_000_000));
         assert!(r.last_age_ms.is_some_and(|ms| ms < 10_000));
     }
@@ -351,7 +354,10 @@ mod tests {
         runtime().block_on(watch(file, Arc::clone(&monitor)));
         match monitor.report().status {
             EventStatus::Unavailable { reason } => {
-                assert!(reason.starts_with("the device cannot be polled ("), "{reason}");
+                assert!(
+                    reason.starts_with("the device cannot be polled ("),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }

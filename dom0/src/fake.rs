@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use shared_abi::control::{
-    CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState,
-    ForeignMapRequest, HostInfo, MAX_BUFFER, fill_fixed_str,
+    CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, ForeignMapRequest,
+    HostInfo, MAX_BUFFER, fill_fixed_str,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -150,9 +150,7 @@ impl FakeMicrovisor {
     /// `ForeignMap`, with the microvisor's order of checks.
     fn foreign_map(&self, slot: u64, buf: &[u8]) -> Result<u64, i32> {
         let slot = self.window_slot(slot)?;
-        let raw = buf
-            .get(..size_of::<ForeignMapRequest>())
-            .ok_or(EINVAL)?;
+        let raw = buf.get(..size_of::<ForeignMapRequest>()).ok_or(EINVAL)?;
         let req = ForeignMapRequest::read_from_bytes(raw).map_err(|_| EINVAL)?;
         if req.reserved != 0 {
             return Err(EINVAL);

@@ -361,9 +361,9 @@ pub fn last_event_line(events: Option<&EventReport>) -> String {
     let Some(e) = events.filter(|e| e.count > 0) else {
         return "-".to_owned();
     };
-    let when = e.last_unix_ms.map(|ms| {
-        crate::log::timestamp(ms / 1000, u32::try_from(ms % 1000).unwrap_or(0))
-    });
+    let when = e
+        .last_unix_ms
+        .map(|ms| crate::log::timestamp(ms / 1000, u32::try_from(ms % 1000).unwrap_or(0)));
     let ago = e
         .last_age_ms
         .map(|ms| format!("{} s ago", seconds_1dp(ms.saturating_mul(1_000_000))));

@@ -419,7 +419,11 @@ pub fn spawn_background(
 ///
 /// # Errors
 /// Building the runtime or binding the socket failed.
-pub fn spawn_service(path: &Path, service: Service, limits: Limits) -> io::Result<BackgroundServer> {
+pub fn spawn_service(
+    path: &Path,
+    service: Service,
+    limits: Limits,
+) -> io::Result<BackgroundServer> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let socket = path.to_path_buf();

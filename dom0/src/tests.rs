@@ -681,8 +681,7 @@ fn host_info_from_a_dom0d_without_events_says_so() {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let old = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME)
-        {
+        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME) {
             let reply = match crate::proto::decode::<Request>(&payload) {
                 Ok(Request::Hello { .. }) => Service::hello(),
                 Ok(Request::HostInfo) => Response::HostInfo(Host {

@@ -192,7 +192,9 @@ fn dom0d_serves_until_sigterm_and_cleans_up() {
     // /dev/null cannot be polled (epoll refuses it), like a module without events: dom0d
     // says so once and serves on.
     assert!(
-        log.contains("WARN  events unavailable: the device cannot be polled (Operation not permitted)"),
+        log.contains(
+            "WARN  events unavailable: the device cannot be polled (Operation not permitted)"
+        ),
         "{log}"
     );
     assert!(log.contains("INFO  SIGTERM: stopping"), "{log}");
@@ -303,4 +305,45 @@ fn probe_open_as_nobody() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("FAIL: "), "{text}");
     assert!(text.contains("the open succeeded"), "{text}");
+}
+
+#[test]
+fn probe_foreign_commands_fail_cleanly_without_the_module() {
+    // /dev/null answers the HostInfo ioctl with ENOTTY: each command reports that one
+    // failure and its summary, and exits 1.
+    for (cmd, summary) in [
+        ("release-domain", "release-domain: 0 of 1 checks ok"),
+        ("bad-foreign", "bad-foreign: 0 of 1 checks ok"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+            .args([cmd, "1", "--device", "/dev/null"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "FAIL: HostInfo: the microvisor's HostInfo call failed with ENOTTY \
+                 (Inappropriate ioctl for device)\n{summary}\n"
+            ),
+            "{cmd}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["release-domain", "--device", "/nonexistent", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("FAIL: open /nonexistent: No such file or directory"),
+        "{text}"
+    );
+    // A domid that is not a number is a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-probe"))
+        .args(["bad-foreign", "dom1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -61,6 +61,14 @@ enum Check {
         /// The device node
         device: PathBuf,
     },
+    /// (internal) the bad-foreign child that reads an empty slot
+    #[command(name = probe::foreign::TOUCH_SUBCOMMAND, hide = true)]
+    TouchSlot {
+        /// The device node
+        device: PathBuf,
+        /// The slot
+        slot: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +78,11 @@ fn main() -> ExitCode {
         Check::OpenAsSelf { device } => {
             return ExitCode::from(u8::try_from(probe::child_open(device)).unwrap_or(1));
         }
+        Check::TouchSlot { device, slot } => {
+            return ExitCode::from(
+                u8::try_from(probe::foreign::child_touch(device, *slot)).unwrap_or(1),
+            );
+        }
         Check::OpenAsNobody => probe::open_as_nobody(&args.device, &mut out),
         Check::BadIoctl => probe::bad_ioctl(&args.device, &mut out),
         Check::ReleaseDomain { domid, timeout } => probe::foreign::release_domain(
@@ -78,9 +91,7 @@ fn main() -> ExitCode {
             Duration::from_secs(*timeout),
             &mut out,
         ),
-        Check::BadForeign { domid } => {
-            probe::foreign::bad_foreign(&args.device, *domid, &mut out)
-        }
+        Check::BadForeign { domid } => probe::foreign::bad_foreign(&args.device, *domid, &mut out),
     };
     let _ = out.flush();
     match result {

@@ -18,7 +18,9 @@
 //!   slot and a short buffer; `mmap` beyond the window and `MAP_PRIVATE`; `read` with a
 //!   4-byte buffer and, non-blocking, with no event pending. Each must fail with its
 //!   documented errno; a valid map, unmap and `mmap` must succeed, so a device that
-//!   refuses everything cannot pass.
+//!   refuses everything cannot pass. Finally a child process maps the window's last
+//!   (empty) slot and reads it: it must die of SIGSEGV (the microvisor injects #GP), and
+//!   Dom0 and the probe go on.
 #![forbid(unsafe_code)]
 
 use std::fmt::Display;
@@ -215,9 +217,8 @@ pub fn release_domain(
     out: &mut dyn Write,
 ) -> io::Result<bool> {
     let mut t = Tally::new(out);
-    match open(device, &mut t)? {
-        Some(dev) => release_on(&dev, domid, timeout, &mut t)?,
-        None => {}
+    if let Some(dev) = open(device, &mut t)? {
+        release_on(&dev, domid, timeout, &mut t)?;
     }
     t.finish("release-domain")
 }
@@ -356,9 +357,8 @@ fn release_steps(
     if !map_frame(target, 1, domid, RELEASE_GFN, Access::ReadWrite, t, held)? {
         return Ok(());
     }
-    let written = mapping(held, 1).is_some_and(|m| {
-        m.write_u64(0, RELEASE_MAGIC) && m.read_u64(0) == Some(RELEASE_MAGIC)
-    });
+    let written = mapping(held, 1)
+        .is_some_and(|m| m.write_u64(0, RELEASE_MAGIC) && m.read_u64(0) == Some(RELEASE_MAGIC));
     if written {
         t.pass(format_args!(
             "wrote the release magic {RELEASE_MAGIC:#x} (\"MVGO\") to domain {domid} gfn {RELEASE_GFN}"
@@ -600,6 +600,7 @@ pub fn bad_foreign(device: &Path, domid: u32, out: &mut dyn Write) -> io::Result
         dev.read_raw(&mut short).map(|n| n as u64),
         Err(EINVAL),
     )?;
+    touch_empty_slot(device, pages - 1, &mut t)?;
     // A fresh handle: its event mask starts empty.
     match Device::open_nonblocking(device) {
         Ok(nb) => {
@@ -617,6 +618,61 @@ pub fn bad_foreign(device: &Path, domid: u32, out: &mut dyn Write) -> io::Result
         ))?,
     }
     t.finish("bad-foreign")
+}
+
+/// The hidden subcommand the empty-slot child runs: `__touch-slot DEVICE SLOT`.
+pub const TOUCH_SUBCOMMAND: &str = "__touch-slot";
+
+/// Exit codes of the empty-slot child when it survives.
+mod touch_exit {
+    pub(super) const READ: i32 = 20;
+    pub(super) const NOT_MAPPED: i32 = 21;
+}
+
+/// Runs in the child: maps `slot` read-only and reads it. The slot holds no frame, so the
+/// read should kill this process (SIGSEGV); the exit code says what happened otherwise.
+#[must_use]
+pub fn child_touch(device: &Path, slot: u64) -> i32 {
+    let mapping = Device::open(device)
+        .map_err(|e| os_error_text(&e))
+        .and_then(|d| {
+            d.map_slots(slot, 1, Access::ReadOnly, Sharing::Shared)
+                .map_err(errno_text)
+        });
+    match mapping {
+        Ok(m) => {
+            let value = m.read_u32(0);
+            eprintln!("child: read {value:x?} from empty slot {slot}");
+            touch_exit::READ
+        }
+        Err(why) => {
+            eprintln!("child: cannot map slot {slot}: {why}");
+            touch_exit::NOT_MAPPED
+        }
+    }
+}
+
+/// Re-executes this binary to read empty slot `slot`; passes if only the child dies, with
+/// SIGSEGV (the microvisor's #GP for an access to an unmapped window page).
+fn touch_empty_slot(device: &Path, slot: u64, t: &mut Tally<'_>) -> io::Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let what = format!("reading empty slot {slot} kills only the reader");
+    let exe = std::env::current_exe().unwrap_or_else(|_| "dom0-probe".into());
+    let status = std::process::Command::new(exe)
+        .arg(TOUCH_SUBCOMMAND)
+        .arg(device)
+        .arg(slot.to_string())
+        .status();
+    match status {
+        Ok(s) if s.signal() == Some(libc::SIGSEGV) => t.pass(format_args!("{what}: SIGSEGV")),
+        Ok(s) => t.fail(format_args!(
+            "{what}: the child ended with {s}, expected SIGSEGV"
+        )),
+        Err(e) => t.fail(format_args!(
+            "{what}: cannot start the child: {}",
+            os_error_text(&e)
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -744,7 +800,10 @@ mod tests {
         let (sim, _window, _events) = simulated();
         let (ok, text) = run(&sim, Duration::from_millis(200));
         assert!(!ok, "{text}");
-        assert!(text.contains("\nFAIL: poll: no event within 0.2 s\n"), "{text}");
+        assert!(
+            text.contains("\nFAIL: poll: no event within 0.2 s\n"),
+            "{text}"
+        );
         assert!(
             text.ends_with(
                 "ok: munmap slot 0\nok: munmap slot 1\n\
@@ -789,7 +848,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.ends_with("release-domain: 1 of 2 checks ok\n"), "{text}");
+        assert!(
+            text.ends_with("release-domain: 1 of 2 checks ok\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -800,7 +862,10 @@ mod tests {
             assert_eq!(c.result, c.expected, "{}", c.what);
         }
         assert_eq!(checks.len(), 13);
-        assert!(fake.foreign_slots().is_empty(), "the checks leave no slot filled");
+        assert!(
+            fake.foreign_slots().is_empty(),
+            "the checks leave no slot filled"
+        );
 
         // A domain that has ended can no longer be mapped: the valid map fails, and the
         // checks show it.
@@ -826,7 +891,9 @@ mod tests {
     fn the_map_request_is_16_little_endian_bytes() {
         assert_eq!(
             foreign_map_request(0x0102_0304, 0, 0x1122_3344_5566_7788),
-            [4, 3, 2, 1, 0, 0, 0, 0, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]
+            [
+                4, 3, 2, 1, 0, 0, 0, 0, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11
+            ]
         );
         assert_eq!(foreign_map_request(1, 7, 2)[4], 7);
     }
