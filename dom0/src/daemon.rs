@@ -1,4 +1,5 @@
-//! dom0d's startup and lifetime: open the device, bind the socket, serve until SIGTERM or
+//! dom0d's startup and lifetime: open the device (once for control calls, once
+//! non-blocking for events), start the event task, bind the socket, serve until SIGTERM or
 //! SIGINT, remove the socket.
 #![forbid(unsafe_code)]
 

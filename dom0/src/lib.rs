@@ -9,7 +9,7 @@
 //! |--------|------|
 //! | `dom0d` | the control service: owns `/dev/microvisor`, serves the control API on a Unix socket |
 //! | `dom0` | the CLI, a thin client of `dom0d` (conventions in `CLI.md`) |
-//! | `dom0-probe` | hostile checks of `/dev/microvisor` for the Dom0 scenario tests ([`probe`]) |
+//! | `dom0-probe` | hostile and end-to-end checks of `/dev/microvisor` for the Dom0 scenario tests ([`probe`]) |
 //!
 //! Build for Dom0 with `cargo build -p dom0 --release --target x86_64-unknown-linux-musl`.
 //!
@@ -27,7 +27,8 @@
 //! At startup dom0d opens the device (exit 1 with `cannot open /dev/microvisor: <why> — is
 //! the microvisor module loaded? (insmod microvisor.ko)` if it cannot; it must run as
 //! root), asks the microvisor for its host information once and logs the answer (or the
-//! error, and keeps serving), then binds the socket. **Readiness:** the socket path appears
+//! error, and keeps serving), opens a second, non-blocking handle for events, then binds
+//! the socket. **Readiness:** the socket path appears
 //! only once dom0d listens on it (it is bound in a private directory, set to 0600 and
 //! renamed into place), so `[ -S /run/dom0d.sock ]` means requests will be served. A stale
 //! socket from a dead dom0d is replaced; if another process answers on the path, or the
@@ -36,6 +37,13 @@
 //! dom0d logs to stderr, one line per event: `2025-01-31T12:00:00.123Z LEVEL message`
 //! (UTC). Lines caused by clients are rate-limited. On SIGTERM or SIGINT it removes its
 //! socket and exits 0. Exit codes: 0 after a signal, 1 startup failure, 2 usage error.
+//!
+//! **Events** ([`events`]): a task waits (epoll, no polling loop) until the event handle is
+//! readable, reads the 8-byte mask, logs `event: domain state changed (mask 0x1, N so far)`
+//! (rate-limited) and counts it; `Events` requests report the count and the time of the
+//! last one. If the device cannot be polled (a `microvisor.ko` without events) dom0d logs
+//! `WARN events unavailable: ...` once and serves on; if the handle fails later it logs an
+//! `ERROR stopped listening ...` line and reports `stopped`.
 //!
 //! Each client costs only its own connection ([`server`]): at most 64 connections are
 //! served at once (more get a `Busy` error), a request must arrive within 60 s, a reply
@@ -60,6 +68,7 @@
 //! | `HostInfo` | `HostInfo(Host)`: pcpus, dom0_pcpu, memory, TSC, uptime, microvisor version |
 //! | `ListDomains { from }` | `Domains { domains, next }`: up to 256 domains with `domid >= from`, ascending; `next` is the `from` of the following page, `None` at the end |
 //! | `DomainInfo { domid }` | `Domain(Domain)`, or `Error(NoSuchDomain)` |
+//! | `Events` | `Events(EventReport)`: status (`Listening`, `Unavailable { reason }`, `Stopped { reason }`), masks received, last mask, its time (ms since the epoch) and age (ms). Added at the end within protocol 1: an older dom0d answers `Error(Malformed)`, which the CLI shows as "unknown" |
 //!
 //! - **Errors** ([`proto::ApiError`]): `HandshakeRequired`, `FrameTooLarge`, `Malformed`,
 //!   `NoSuchDomain`, `Hypercall { op, errno }` (the microvisor or the module refused),
@@ -76,7 +85,7 @@
 //! |---------|--------|
 //! | `dom0 list` | one line per domain: `ID NAME STATE MEM(MiB) VCPUS PCPU TIME(s)`, STATE being xl's flags (`r` running, `b` blocked, `p` paused, `s` shut down + reason letter `o`/`r`/`s`/`c`/`w`, `c` in the fifth column for crashed) |
 //! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name |
-//! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime |
+//! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime, `events` (masks dom0d received, or `unavailable (why)`), `last_event` (`2025-01-31T12:00:00.123Z (4.2 s ago): domain state changed`, or `-`) |
 //! | `dom0 version` | versions of the CLI, its interfaces, and (when reachable) dom0d and the microvisor; succeeds while dom0d is down |
 //! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
 //!
@@ -97,7 +106,9 @@
 //! - `info`: one domain object, plus `api_version` (`"dom0/v1"`).
 //! - `host info`: `api_version`, `pcpus`, `dom0_pcpu`, `mem_total_kib`, `mem_free_kib`,
 //!   `mem_total_mib`, `mem_free_mib`, `tsc_khz`, `uptime_ns`, `microvisor_version`,
-//!   `control_version`.
+//!   `control_version`, `events` (`null` if dom0d does not report events, else `{status:
+//!   "listening"|"unavailable"|"stopped", reason, count, last_mask, last_unix_ms,
+//!   last_age_ms}`, the last three `null`/0 before the first event).
 //! - `version`: `api_version`, `cli`, `abi_interface`, `control_protocol`, `dom0d`
 //!   (`{version, control_protocol, control_version}` or `null`), `dom0d_error`,
 //!   `microvisor` (`{version, control_version}` or `null`), `microvisor_error`.
@@ -134,12 +145,14 @@
 //!
 //! ## dom0-probe
 //!
-//! `dom0-probe open-as-nobody` and `dom0-probe bad-ioctl` (both take `--device PATH`):
-//! one `ok: ...`/`FAIL: ...` line per check, exit 0 only if all passed. See [`probe`].
+//! `dom0-probe open-as-nobody`, `bad-ioctl`, `release-domain DOMID [--timeout SECS]` and
+//! `bad-foreign DOMID` (all take `--device PATH`): one `ok: ...`/`FAIL: ...` line per check
+//! and a summary line, exit 0 only if all passed. See [`probe`] and [`probe::foreign`].
 //!
 //! ## Unsafe code
 //!
-//! Only [`device`] (the ioctl system call) contains unsafe code; every other module is
+//! Only [`device`] (the ioctl, poll, mmap and munmap system calls, and the reactor
+//! registration of the event handle) contains unsafe code; every other module is
 //! `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 

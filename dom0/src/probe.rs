@@ -11,6 +11,8 @@
 //!   operation (`ENOSYS`, from the microvisor), `DomainInfo` for domain 4000 (`ESRCH`), and
 //!   finally a valid `HostInfo` that must succeed, so a device that refuses everything
 //!   cannot pass.
+//! - `release-domain DOMID` and `bad-foreign DOMID`: foreign mappings and events, see
+//!   [`foreign`].
 #![forbid(unsafe_code)]
 
 pub mod foreign;
