@@ -48,7 +48,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        env = "DOM0D_SOCKET",
+        env = "DOM0_SOCKET",
         value_name = "PATH",
         default_value = crate::server::DEFAULT_SOCKET
     )]

@@ -26,7 +26,7 @@ use crate::server::{self, DEFAULT_SOCKET, DOM0D_VERSION, Limits, Service};
 #[command(name = "dom0d", version)]
 pub struct Args {
     /// Where to serve the control API
-    #[arg(long, env = "DOM0D_SOCKET", value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    #[arg(long, env = "DOM0_SOCKET", value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// The microvisor kernel module's device node
@@ -80,7 +80,7 @@ impl DaemonError {
             ),
             Self::Socket { source, .. } => (
                 source,
-                "check --socket / DOM0D_SOCKET and that its directory is writable",
+                "check --socket / DOM0_SOCKET and that its directory is writable",
             ),
             Self::Runtime(source) => (source, "this is a bug or a resource limit"),
         };

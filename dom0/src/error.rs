@@ -149,7 +149,7 @@ fn client_hint(e: &ClientError) -> Option<String> {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                 START_DOM0D_HINT.to_owned()
             }
-            _ => format!("check --socket or DOM0D_SOCKET; {START_DOM0D_HINT}"),
+            _ => format!("check --socket or DOM0_SOCKET; {START_DOM0D_HINT}"),
         },
         ClientError::VersionMismatch { .. } => {
             "install dom0 and dom0d from the same build".to_owned()

@@ -19,7 +19,7 @@
 //! dom0d [--socket PATH] [--device PATH] [-v]
 //! ```
 //!
-//! - `--socket PATH` (env `DOM0D_SOCKET`, default `/run/dom0d.sock`): where to serve.
+//! - `--socket PATH` (env `DOM0_SOCKET`, default `/run/dom0/control.sock`): where to serve.
 //!   Missing parent directories are created. The socket has mode 0600 (root only).
 //! - `--device PATH` (default `/dev/microvisor`): the kernel module's device node.
 //! - `-v`: also log every connection and request.
@@ -30,7 +30,7 @@
 //! error, and keeps serving), opens a second, non-blocking handle for events, then binds
 //! the socket. **Readiness:** the socket path appears
 //! only once dom0d listens on it (it is bound in a private directory, set to 0600 and
-//! renamed into place), so `[ -S /run/dom0d.sock ]` means requests will be served. A stale
+//! renamed into place), so `[ -S /run/dom0/control.sock ]` means requests will be served. A stale
 //! socket from a dead dom0d is replaced; if another process answers on the path, or the
 //! path is not a socket, dom0d exits 1. Startup takes milliseconds.
 //!
@@ -90,8 +90,8 @@
 //! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
 //!
 //! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
-//! `--json` (short for `-o json`), `--socket PATH` (env `DOM0D_SOCKET`, default
-//! `/run/dom0d.sock`) and `--timeout DURATION` (each reply, default `30s`; `500ms`, `2m`).
+//! `--json` (short for `-o json`), `--socket PATH` (env `DOM0_SOCKET`, default
+//! `/run/dom0/control.sock`) and `--timeout DURATION` (each reply, default `30s`; `500ms`, `2m`).
 //! Data goes to stdout; errors go to stderr.
 //!
 //! ### JSON
@@ -135,7 +135,7 @@
 //! next step. For example, with dom0d not running:
 //!
 //! ```text
-//! error: cannot reach dom0d at /run/dom0d.sock
+//! error: cannot reach dom0d at /run/dom0/control.sock
 //!   caused by: No such file or directory
 //!   hint: is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)
 //! ```

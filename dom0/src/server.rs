@@ -34,7 +34,7 @@ use crate::proto::{
 pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Default path of the control socket.
-pub const DEFAULT_SOCKET: &str = "/run/dom0d.sock";
+pub const DEFAULT_SOCKET: &str = "/run/dom0/control.sock";
 
 /// Answers requests from the microvisor (and, for [`Request::Events`], from what the event
 /// task has seen). Stateless apart from the device handle and the event monitor.

@@ -907,8 +907,8 @@ fn microvisor_errors_map_to_exit_codes_and_hints() {
 #[test]
 fn socket_comes_from_the_flag_or_the_environment() {
     let cli = parse(&["list"]).unwrap();
-    let expected = std::env::var_os("DOM0D_SOCKET").map_or_else(
-        || std::path::PathBuf::from("/run/dom0d.sock"),
+    let expected = std::env::var_os("DOM0_SOCKET").map_or_else(
+        || std::path::PathBuf::from("/run/dom0/control.sock"),
         std::path::PathBuf::from,
     );
     assert_eq!(cli.global.socket, expected);

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 fn dom0(args: &[&str]) -> io::Result<Output> {
     Command::new(env!("CARGO_BIN_EXE_dom0"))
         .args(args)
-        .env("DOM0D_SOCKET", "/nonexistent/dom0d.sock")
+        .env("DOM0_SOCKET", "/nonexistent/dom0d.sock")
         .output()
 }
 
@@ -133,7 +133,7 @@ fn dom0d_serves_until_sigterm_and_cleans_up() {
     // path runs, and dom0d must keep serving despite a microvisor that does not answer.
     let mut child = Command::new(env!("CARGO_BIN_EXE_dom0d"))
         .args(["--device", "/dev/null", "-v"])
-        .env("DOM0D_SOCKET", &socket)
+        .env("DOM0_SOCKET", &socket)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -146,7 +146,7 @@ fn dom0d_serves_until_sigterm_and_cleans_up() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_dom0"))
         .args(["host", "info"])
-        .env("DOM0D_SOCKET", &socket)
+        .env("DOM0_SOCKET", &socket)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -47,6 +47,8 @@ pub(crate) struct Check {
 pub(crate) struct Dom0Scenario {
     /// Name (also the log directory `target/xtask/test/<name>/`).
     pub(crate) name: &'static str,
+    /// Boot-time DomUs started next to Dom0 (`d1`, `d2`, ... in order).
+    pub(crate) guests: &'static [crate::scenario::Dom],
     /// The checks, run in order in one boot.
     pub(crate) checks: &'static [Check],
     /// A command run instead of the checks (with `checks` empty), with the exit status it
@@ -171,6 +173,23 @@ fn judge_devmem(run: &CheckRun, _env: &Env) -> Result<(), String> {
     }
 }
 
+/// `dom0 info 1 -o json` shows the released DomU powered off.
+fn judge_shut_down(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc: Value = serde_json::from_str(&run.output)
+        .map_err(|e| format!("not JSON ({e}): {}", one_line(&run.output)))?;
+    let state = doc.get("state").and_then(Value::as_str);
+    let reason = doc.get("reason").and_then(Value::as_str);
+    if state == Some("shutdown") && reason == Some("poweroff") {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected state shutdown, reason poweroff: {}",
+            one_line(&run.output)
+        ))
+    }
+}
+
 fn judge_alive(run: &CheckRun, _env: &Env) -> Result<(), String> {
     judge_contains(run, "dom0 still answers")
 }
@@ -187,6 +206,7 @@ const fn check(name: &'static str, script: &'static str, judge: Judge) -> Check 
 pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     Dom0Scenario {
         name: "dom0",
+        guests: &[],
         checks: &[
             check("list-json", "dom0 list -o json", judge_list_json),
             check(
@@ -227,6 +247,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     },
     Dom0Scenario {
         name: "dom0-devmem",
+        guests: &[],
         checks: &[
             check(
                 "devmem-denied",
@@ -243,7 +264,24 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
         raw: None,
     },
     Dom0Scenario {
+        name: "dom0-foreign",
+        // d1 spins until Dom0 writes the release magic into its memory, then powers off.
+        guests: &[crate::scenario::Dom {
+            name: "waiter",
+            guest: crate::build::Guest::Hello,
+            mem_mib: crate::image::DEFAULT_MEM_MIB,
+            cmdline: "wait-for-dom0",
+        }],
+        checks: &[
+            check("bad-foreign", "dom0-probe bad-foreign 1", judge_ok),
+            check("release-domain", "dom0-probe release-domain 1", judge_ok),
+            check("domain-shut-down", "dom0 info 1 -o json", judge_shut_down),
+        ],
+        raw: None,
+    },
+    Dom0Scenario {
         name: "dom0-exec-false",
+        guests: &[],
         checks: &[],
         raw: Some(("false", None)),
     },

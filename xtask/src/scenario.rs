@@ -187,18 +187,22 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+impl Dom {
+    /// The domain as a bundle entry.
+    pub(crate) fn spec(&self) -> DomainSpec {
+        DomainSpec {
+            name: self.name.to_owned(),
+            guest: self.guest,
+            mem_mib: self.mem_mib,
+            cmdline: self.cmdline.to_owned(),
+        }
+    }
+}
+
 impl Scenario {
     /// The domains as bundle entries.
     pub(crate) fn domain_specs(&self) -> Vec<DomainSpec> {
-        self.domains
-            .iter()
-            .map(|d| DomainSpec {
-                name: d.name.to_owned(),
-                guest: d.guest,
-                mem_mib: d.mem_mib,
-                cmdline: d.cmdline.to_owned(),
-            })
-            .collect()
+        self.domains.iter().map(Dom::spec).collect()
     }
 }
 
@@ -533,7 +537,7 @@ fn run_dom0(scenario: &Dom0Scenario, ctx: &Context<'_>) -> ScenarioResult {
         artifacts,
         host: ctx.host,
         profile: ctx.profile,
-        guests: Vec::new(),
+        guests: scenario.guests.iter().map(Dom::spec).collect(),
         options: ctx.dom0_options.clone(),
         qemu: ctx.qemu.clone(),
         out_dir,
