@@ -69,13 +69,13 @@ pub unsafe fn outl(port: u16, value: u32) {
 /// As for [`inb`].
 pub unsafe fn port_in(port: u16, size: u8) -> u32 {
     let v: u32;
-    // SAFETY: the caller upholds the contract of `inb`.
-    unsafe {
-        match size {
-            1 => asm!("in al, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
-            2 => asm!("in ax, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
-            _ => asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)),
-        }
+    match size {
+        // SAFETY: the caller upholds the contract of `inb`.
+        1 => unsafe { asm!("in al, dx", in("dx") port, out("eax") v, options(nomem, nostack)) },
+        // SAFETY: as above.
+        2 => unsafe { asm!("in ax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) },
+        // SAFETY: as above.
+        _ => unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) },
     }
     match size {
         1 => v & 0xFF,
@@ -90,13 +90,19 @@ pub unsafe fn port_in(port: u16, size: u8) -> u32 {
 ///
 /// As for [`outb`].
 pub unsafe fn port_out(port: u16, size: u8, value: u32) {
-    // SAFETY: the caller upholds the contract of `outb`.
-    unsafe {
-        match size {
-            1 => asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack)),
-            2 => asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack)),
-            _ => asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)),
-        }
+    match size {
+        // SAFETY: the caller upholds the contract of `outb`.
+        1 => unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack))
+        },
+        // SAFETY: as above.
+        2 => unsafe {
+            asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack))
+        },
+        // SAFETY: as above.
+        _ => unsafe {
+            asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack))
+        },
     }
 }
 
