@@ -190,6 +190,21 @@ pub struct Vcpu {
 /// Power-on PAT value.
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
+impl Vcpu {
+    /// vCPU 0 of a domain, with power-on XCR0 and PAT, entering with `regs`.
+    pub fn new(domid: u16, privileged: bool, npt: Npt, regs: GuestRegs) -> Self {
+        Self {
+            domid,
+            privileged,
+            id: 0,
+            npt,
+            regs,
+            xcr0: 1,
+            pat: DEFAULT_PAT,
+        }
+    }
+}
+
 /// The permission maps a VMCB points at.
 #[derive(Clone, Copy, Debug)]
 pub struct PermissionMaps {
@@ -721,15 +736,7 @@ mod tests {
             domain::BOOT_INFO_GPA,
             privileged,
         );
-        let vcpu = Vcpu {
-            domid: if privileged { 0 } else { 1 },
-            privileged,
-            id: 0,
-            npt,
-            regs,
-            xcr0: 1,
-            pat: DEFAULT_PAT,
-        };
+        let vcpu = Vcpu::new(if privileged { 0 } else { 1 }, privileged, npt, regs);
         (
             vcpu,
             vmcb,

@@ -121,21 +121,7 @@ impl Npt {
         {
             return Err(MapError::BadAddress);
         }
-        let mut table = self.root;
-        for level in (1..4).rev() {
-            let slot = table + index(gpa, level) * 8;
-            let entry = mem.read_u64(slot);
-            table = if entry & PTE_P == 0 {
-                let next = mem.alloc_zeroed_frame().ok_or(MapError::OutOfMemory)?;
-                mem.write_u64(slot, next | TABLE_FLAGS);
-                next
-            } else if entry & PTE_PS != 0 {
-                return Err(MapError::AlreadyMapped);
-            } else {
-                entry & PTE_ADDR
-            };
-        }
-        let slot = table + index(gpa, 0) * 8;
+        let slot = self.leaf_slot_for_map(mem, gpa, 0)?;
         if mem.read_u64(slot) & PTE_P != 0 {
             return Err(MapError::AlreadyMapped);
         }
@@ -170,6 +156,22 @@ impl Npt {
         {
             return Err(MapError::BadAddress);
         }
+        let slot = self.leaf_slot_for_map(mem, gpa, level)?;
+        if mem.read_u64(slot) & PTE_P != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        mem.write_u64(slot, hpa | access.bits() | PTE_PS);
+        Ok(())
+    }
+
+    /// The address of the entry for `gpa` at `level` (0: 4 KiB leaf), creating the tables
+    /// above it. Fails if a large page already covers `gpa`.
+    fn leaf_slot_for_map(
+        &self,
+        mem: &mut impl PhysMemory,
+        gpa: u64,
+        level: u32,
+    ) -> Result<u64, MapError> {
         let mut table = self.root;
         for l in (level + 1..4).rev() {
             let slot = table + index(gpa, l) * 8;
@@ -184,12 +186,7 @@ impl Npt {
                 entry & PTE_ADDR
             };
         }
-        let slot = table + index(gpa, level) * 8;
-        if mem.read_u64(slot) & PTE_P != 0 {
-            return Err(MapError::AlreadyMapped);
-        }
-        mem.write_u64(slot, hpa | access.bits() | PTE_PS);
-        Ok(())
+        Ok(table + index(gpa, level) * 8)
     }
 
     /// Removes the 4 KiB mapping of `gpa`, returning the frame it mapped.

@@ -535,15 +535,7 @@ fn create_dom0(
     record(0, "Domain-0", mem_mib, 0);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     Ok(Dom0 {
-        vcpu: Vcpu {
-            domid: 0,
-            privileged: true,
-            id: 0,
-            npt,
-            regs,
-            xcr0: 1,
-            pat: vcpu::DEFAULT_PAT,
-        },
+        vcpu: Vcpu::new(0, true, npt, regs),
         vmcb_pa,
         console: ConsoleLine::EMPTY,
         notes: 0,
@@ -807,15 +799,7 @@ fn create_domain(
         id: domid,
         name: [0; 32],
         name_len: name.len().min(31),
-        vcpu: Vcpu {
-            domid,
-            privileged: false,
-            id: 0,
-            npt,
-            regs,
-            xcr0: 1,
-            pat: vcpu::DEFAULT_PAT,
-        },
+        vcpu: Vcpu::new(domid, false, npt, regs),
         vmcb_pa,
         console: ConsoleLine::EMPTY,
         notes: 0,
