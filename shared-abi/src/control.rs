@@ -40,6 +40,22 @@
 //! | [`ControlOp::EventsTake`] | 0 | nothing (length may be 0) | the `EVENT_*` bits raised since the last call, clearing them |
 //! | [`ControlOp::ForeignMap`] | window slot | in: one [`ForeignMapRequest`] | 0 |
 //! | [`ControlOp::ForeignUnmap`] | window slot | nothing | 0 |
+//! | [`ControlOp::DomainPause`] | domid | nothing | 0 once the domain will not run again until unpaused |
+//! | [`ControlOp::DomainUnpause`] | domid | nothing | 0 |
+//! | [`ControlOp::DomainDestroy`] | domid | nothing | 0; its memory is back in the pool |
+//!
+//! ## Lifecycle errors
+//!
+//! | errno | when |
+//! |-------|------|
+//! | `ESRCH` | no such domain |
+//! | `EPERM` | the target is domain 0 |
+//! | `EBUSY` | pause of a paused domain, unpause of a domain that is not paused |
+//! | `EINVAL` | pause or unpause of a domain that has shut down or crashed (destroy it) |
+//!
+//! Pausing takes effect at the domain's next exit: the microvisor interrupts its pCPU, so
+//! that is immediate. Destroy works in every state; for a domain that already shut down or
+//! crashed it removes the record that `DomainList` still shows.
 //!
 //! ## Foreign mappings
 //!
@@ -91,6 +107,12 @@ pub enum ControlOp {
     ForeignMap = 5,
     /// Unmap a foreign-window slot.
     ForeignUnmap = 6,
+    /// Pause a domain.
+    DomainPause = 7,
+    /// Unpause a domain.
+    DomainUnpause = 8,
+    /// Destroy a domain and free its memory.
+    DomainDestroy = 9,
 }
 
 /// Input of [`ControlOp::ForeignMap`].
@@ -125,6 +147,9 @@ impl TryFrom<u64> for ControlOp {
             4 => ControlOp::EventsTake,
             5 => ControlOp::ForeignMap,
             6 => ControlOp::ForeignUnmap,
+            7 => ControlOp::DomainPause,
+            8 => ControlOp::DomainUnpause,
+            9 => ControlOp::DomainDestroy,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -308,6 +333,9 @@ mod tests {
             ControlOp::EventsTake,
             ControlOp::ForeignMap,
             ControlOp::ForeignUnmap,
+            ControlOp::DomainPause,
+            ControlOp::DomainUnpause,
+            ControlOp::DomainDestroy,
         ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }
