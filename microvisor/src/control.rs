@@ -61,6 +61,24 @@ pub enum Action {
         /// Window slot (checked against the window size).
         slot: u64,
     },
+    /// Apply a lifecycle operation to `domid` (never 0), then return 0.
+    Lifecycle {
+        /// What to do.
+        op: LifecycleOp,
+        /// The domain.
+        domid: u32,
+    },
+}
+
+/// Lifecycle operations on a DomU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleOp {
+    /// [`ControlOp::DomainPause`].
+    Pause,
+    /// [`ControlOp::DomainUnpause`].
+    Unpause,
+    /// [`ControlOp::DomainDestroy`].
+    Destroy,
 }
 
 /// Validates and runs `call`, filling `out` with the bytes to copy to the caller's
@@ -134,6 +152,21 @@ pub fn dispatch(
         ControlOp::ForeignUnmap => Ok(Action::Unmap {
             slot: window_slot(src, call.arg)?,
         }),
+        ControlOp::DomainPause | ControlOp::DomainUnpause | ControlOp::DomainDestroy => {
+            let domid = u32::try_from(call.arg).map_err(|_| Errno::ESRCH)?;
+            if domid == 0 {
+                return Err(Errno::EPERM);
+            }
+            src.domain_from(domid)
+                .filter(|d| d.domid == domid)
+                .ok_or(Errno::ESRCH)?;
+            let op = match op {
+                ControlOp::DomainPause => LifecycleOp::Pause,
+                ControlOp::DomainUnpause => LifecycleOp::Unpause,
+                _ => LifecycleOp::Destroy,
+            };
+            Ok(Action::Lifecycle { op, domid })
+        }
         ControlOp::DomainList => {
             const REC: usize = size_of::<DomainInfo>();
             if len < REC {
@@ -277,6 +310,31 @@ mod tests {
             dispatch(&call(6, 0, u64::MAX), &t, fault, &mut out),
             Err(Errno::EINVAL)
         );
+    }
+
+    #[test]
+    fn lifecycle_checks() {
+        let t = Table(std::vec![0, 2]);
+        let mut out = [0u8; MAX_BUFFER];
+        let go = |op, arg| dispatch(&call(op, 0, arg), &t, |_| Err(Errno::EFAULT), &mut [0; MAX_BUFFER]);
+        assert_eq!(
+            go(7, 2),
+            Ok(Action::Lifecycle {
+                op: LifecycleOp::Pause,
+                domid: 2
+            })
+        );
+        assert_eq!(
+            go(9, 2),
+            Ok(Action::Lifecycle {
+                op: LifecycleOp::Destroy,
+                domid: 2
+            })
+        );
+        assert_eq!(go(8, 0), Err(Errno::EPERM), "domain 0 is refused");
+        assert_eq!(go(7, 1), Err(Errno::ESRCH));
+        assert_eq!(go(9, 1 << 40), Err(Errno::ESRCH));
+        let _ = &mut out;
     }
 
     #[test]

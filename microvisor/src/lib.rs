@@ -21,6 +21,7 @@ pub mod elf;
 pub mod exit;
 pub mod guest_walk;
 pub mod hypercall;
+pub mod lifecycle;
 pub mod mm;
 pub mod policy;
 pub mod vcpu;

@@ -80,6 +80,8 @@ pub trait Host: crate::control::ControlSource {
     fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno>;
     /// Releases foreign-window `slot` (freeing the frame if its domain has ended).
     fn foreign_release(&mut self, slot: u64);
+    /// Pauses, unpauses or destroys DomU `domid` (see [`crate::lifecycle`]).
+    fn lifecycle(&mut self, op: crate::control::LifecycleOp, domid: u32) -> Result<(), Errno>;
     /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
     /// `Some(value read)` if handled, `None` to deny it like any intercepted port.
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32>;
@@ -500,6 +502,7 @@ impl Vcpu {
                     }
                 }
             }
+            Action::Lifecycle { op, domid } => host.lifecycle(op, domid).map(|()| 0),
             Action::Unmap { slot } => {
                 let window = host.host_info().foreign_window_gpa;
                 let (_, flush) = self
@@ -705,6 +708,9 @@ mod tests {
         fn foreign_release(&mut self, slot: u64) {
             let hpa = self.pinned.remove(&slot).unwrap();
             self.mem.free_frame(hpa);
+        }
+        fn lifecycle(&mut self, _: crate::control::LifecycleOp, _: u32) -> Result<(), Errno> {
+            Err(Errno::EBUSY)
         }
         fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {
             // A proxied port that echoes writes back as 0x5A5A_0000 | value.

@@ -173,6 +173,128 @@ fn judge_devmem(run: &CheckRun, _env: &Env) -> Result<(), String> {
     }
 }
 
+/// The JSON objects of lines `<tag> {json}` in the output, by tag.
+fn tagged_json(run: &CheckRun) -> Result<std::collections::BTreeMap<String, Value>, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for line in run.output.lines() {
+        if let Some((tag, json)) = line.trim().split_once(' ')
+            && json.starts_with('{')
+        {
+            let v: Value = serde_json::from_str(json)
+                .map_err(|e| format!("`{tag}` is not JSON ({e}): {}", one_line(json)))?;
+            found.insert(tag.to_owned(), v);
+        }
+    }
+    Ok(found)
+}
+
+fn field_u64(doc: &std::collections::BTreeMap<String, Value>, tag: &str, key: &str) -> Result<u64, String> {
+    doc.get(tag)
+        .and_then(|v| v.get(key))
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("no numeric `{key}` in `{tag}`"))
+}
+
+fn field_str<'a>(
+    doc: &'a std::collections::BTreeMap<String, Value>,
+    tag: &str,
+    key: &str,
+) -> Result<&'a str, String> {
+    doc.get(tag)
+        .and_then(|v| v.get(key))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no `{key}` text in `{tag}`"))
+}
+
+/// Every spinner has run: d3 shares pCPU 1 with d1, so only preemption gives it time.
+fn judge_preemption(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    for tag in ["d1", "d2", "d3"] {
+        if field_str(&doc, tag, "state")? != "running" {
+            return Err(format!("{tag} is not running: {}", one_line(&run.output)));
+        }
+        if field_u64(&doc, tag, "cpu_time_ns")? == 0 {
+            return Err(format!("{tag} never ran: {}", one_line(&run.output)));
+        }
+    }
+    Ok(())
+}
+
+/// While d1 is paused its CPU time stands still and d3's (same pCPU) goes on.
+fn judge_paused(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    if field_str(&doc, "before1", "state")? != "paused" {
+        return Err(format!("d1 is not paused: {}", one_line(&run.output)));
+    }
+    if field_u64(&doc, "before1", "cpu_time_ns")? != field_u64(&doc, "after1", "cpu_time_ns")? {
+        return Err(format!("paused d1 still got CPU time: {}", one_line(&run.output)));
+    }
+    if field_u64(&doc, "after3", "cpu_time_ns")? <= field_u64(&doc, "before3", "cpu_time_ns")? {
+        return Err(format!("d3 stopped while d1 was paused: {}", one_line(&run.output)));
+    }
+    Ok(())
+}
+
+/// Once unpaused, d1 runs again.
+fn judge_unpaused(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    if field_str(&doc, "after1", "state")? != "running" {
+        return Err(format!("d1 is not running: {}", one_line(&run.output)));
+    }
+    if field_u64(&doc, "after1", "cpu_time_ns")? <= field_u64(&doc, "before1", "cpu_time_ns")? {
+        return Err(format!("unpaused d1 got no CPU time: {}", one_line(&run.output)));
+    }
+    Ok(())
+}
+
+/// A refused request exits with `status` and says why (`text`).
+fn judge_refused(run: &CheckRun, status: i32, text: &str) -> Result<(), String> {
+    if run.status != status {
+        return Err(format!(
+            "exit status {}, expected {status}: {}",
+            run.status,
+            one_line(&run.output)
+        ));
+    }
+    if !run.output.to_lowercase().contains(text) {
+        return Err(format!("expected `{text}` in {}", one_line(&run.output)));
+    }
+    Ok(())
+}
+
+fn judge_double_pause(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_refused(run, 1, "already paused")
+}
+
+fn judge_dom0_refused(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_refused(run, 4, "domain-0")
+}
+
+fn judge_unknown_domain(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    judge_refused(run, 3, "7")
+}
+
+/// Destroying the three 16 MiB DomUs gives back at least their memory, and only Dom0 is
+/// left.
+fn judge_destroyed(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    let before = field_u64(&doc, "before", "mem_free_kib")?;
+    let after = field_u64(&doc, "after", "mem_free_kib")?;
+    if after < before + 3 * 16 * 1024 {
+        return Err(format!(
+            "free memory went from {before} KiB to {after} KiB, expected at least 48 MiB more"
+        ));
+    }
+    if !run.output.lines().any(|l| l.trim() == "domains 1") {
+        return Err(format!("domains other than Dom0 remain: {}", one_line(&run.output)));
+    }
+    Ok(())
+}
+
 /// `dom0 info 1 -o json` shows the released DomU powered off.
 fn judge_shut_down(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;
@@ -199,6 +321,16 @@ const fn check(name: &'static str, script: &'static str, judge: Judge) -> Check 
         name,
         script,
         judge,
+    }
+}
+
+/// A DomU that spins until Dom0 releases it (`hello wait-for-dom0`).
+const fn spinner(name: &'static str) -> crate::scenario::Dom {
+    crate::scenario::Dom {
+        name,
+        guest: crate::build::Guest::Hello,
+        mem_mib: crate::image::DEFAULT_MEM_MIB,
+        cmdline: "wait-for-dom0",
     }
 }
 
@@ -266,16 +398,59 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     Dom0Scenario {
         name: "dom0-foreign",
         // d1 spins until Dom0 writes the release magic into its memory, then powers off.
-        guests: &[crate::scenario::Dom {
-            name: "waiter",
-            guest: crate::build::Guest::Hello,
-            mem_mib: crate::image::DEFAULT_MEM_MIB,
-            cmdline: "wait-for-dom0",
-        }],
+        guests: &[spinner("waiter")],
         checks: &[
             check("bad-foreign", "dom0-probe bad-foreign 1", judge_ok),
             check("release-domain", "dom0-probe release-domain 1", judge_ok),
             check("domain-shut-down", "dom0 info 1 -o json", judge_shut_down),
+        ],
+        raw: None,
+    },
+    Dom0Scenario {
+        name: "dom0-lifecycle",
+        // Three spinners on pCPUs 1, 2, 1: d1 and d3 share a pCPU.
+        guests: &[spinner("spin-1"), spinner("spin-2"), spinner("spin-3")],
+        checks: &[
+            check(
+                "preemption",
+                "sleep 1\n\
+                 for d in 1 2 3; do echo \"d$d $(dom0 info $d -o jsonl)\"; done",
+                judge_preemption,
+            ),
+            check(
+                "pause",
+                "set -e\n\
+                 dom0 pause 1\n\
+                 echo \"before1 $(dom0 info 1 -o jsonl)\"\n\
+                 echo \"before3 $(dom0 info 3 -o jsonl)\"\n\
+                 sleep 1\n\
+                 echo \"after1 $(dom0 info 1 -o jsonl)\"\n\
+                 echo \"after3 $(dom0 info 3 -o jsonl)\"",
+                judge_paused,
+            ),
+            check("double-pause", "dom0 pause 1", judge_double_pause),
+            check(
+                "unpause",
+                "set -e\n\
+                 dom0 unpause 1\n\
+                 echo \"before1 $(dom0 info 1 -o jsonl)\"\n\
+                 sleep 1\n\
+                 echo \"after1 $(dom0 info 1 -o jsonl)\"",
+                judge_unpaused,
+            ),
+            check("domain-0-refused", "dom0 pause 0", judge_dom0_refused),
+            check("unknown-domain", "dom0 destroy 7", judge_unknown_domain),
+            check(
+                "destroy-all",
+                "set -e\n\
+                 echo \"before $(dom0 host info -o jsonl)\"\n\
+                 dom0 destroy 1\n\
+                 dom0 destroy spin-2\n\
+                 dom0 destroy 3\n\
+                 echo \"after $(dom0 host info -o jsonl)\"\n\
+                 echo \"domains $(dom0 list -o jsonl | wc -l)\"",
+                judge_destroyed,
+            ),
         ],
         raw: None,
     },

@@ -9,6 +9,13 @@ const SVR: u64 = 0xF0;
 const ICR_LOW: u64 = 0x300;
 const ICR_HIGH: u64 = 0x310;
 const ICR_PENDING: u32 = 1 << 12;
+const LVT_TIMER: u64 = 0x320;
+const TIMER_INITIAL: u64 = 0x380;
+const TIMER_CURRENT: u64 = 0x390;
+const TIMER_DIVIDE: u64 = 0x3E0;
+/// Divide configuration value for "divide by 16".
+const DIVIDE_BY_16: u32 = 0x3;
+const LVT_MASKED: u32 = 1 << 16;
 
 fn read(reg: u64) -> u32 {
     // SAFETY: the LAPIC page is identity-mapped uncached by the boot page tables; `reg`
@@ -71,6 +78,38 @@ pub fn start_ap(dest: u32, trampoline_pa: u64, tsc_khz: u64) {
         send(dest, 0x4600 | (trampoline_pa >> 12) as u32); // STARTUP
         wait_us(200);
     }
+}
+
+/// Measures the local APIC timer (divided by 16) in ticks per millisecond, against the TSC.
+pub fn calibrate_timer(tsc_khz: u64) -> u64 {
+    write(TIMER_DIVIDE, DIVIDE_BY_16);
+    write(LVT_TIMER, LVT_MASKED | u32::from(super::desc::WAKEUP_VECTOR));
+    write(TIMER_INITIAL, u32::MAX);
+    let start = cpu::rdtsc();
+    while cpu::rdtsc() - start < tsc_khz * 10 {
+        cpu::pause();
+    }
+    let elapsed = u32::MAX - read(TIMER_CURRENT);
+    write(TIMER_INITIAL, 0);
+    (u64::from(elapsed) / 10).max(1)
+}
+
+/// Arms this CPU's timer to raise the wake-up vector once after `ticks` (divided-by-16
+/// ticks, at least 1).
+pub fn timer_oneshot(ticks: u64) {
+    write(TIMER_DIVIDE, DIVIDE_BY_16);
+    write(LVT_TIMER, u32::from(super::desc::WAKEUP_VECTOR));
+    write(TIMER_INITIAL, u32::try_from(ticks.max(1)).unwrap_or(u32::MAX));
+}
+
+/// Whether this CPU's one-shot timer is still counting.
+pub fn timer_armed() -> bool {
+    read(TIMER_CURRENT) != 0
+}
+
+/// Stops this CPU's timer.
+pub fn timer_stop() {
+    write(TIMER_INITIAL, 0);
 }
 
 /// Measures the TSC frequency against PIT channel 2 over 10 ms.

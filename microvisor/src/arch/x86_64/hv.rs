@@ -5,7 +5,9 @@ use super::memory::HostMem;
 use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
 use crate::bundle::{Bundle, Dom0Images};
 use crate::dom0::{self, Dom0Memory, Range};
+use crate::control::LifecycleOp;
 use crate::dom0_pci::{ConfigPorts, PortIo};
+use crate::lifecycle::{AtExit, Effect, RunState, SchedState};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
 use crate::mm::PhysMemory;
@@ -132,6 +134,18 @@ static MEM_TOTAL_KIB: AtomicU64 = AtomicU64::new(0);
 /// Locked only briefly, never while a guest runs, so Dom0 can read it at any time.
 static RECORDS: [Mutex<Option<DomainInfo>>; MAX_DOMAINS + 1] =
     [const { Mutex::new(None) }; MAX_DOMAINS + 1];
+/// Each DomU's scheduling state (see `crate::lifecycle`), by domid. Lock order: SCHED,
+/// then RECORDS; never held across a guest run.
+static SCHED: [Mutex<SchedState>; MAX_DOMAINS + 1] =
+    [const { Mutex::new(SchedState::new()) }; MAX_DOMAINS + 1];
+/// The pCPU each DomU runs on, by domid.
+static DOMAIN_PCPU: [AtomicUsize; MAX_DOMAINS + 1] =
+    [const { AtomicUsize::new(0) }; MAX_DOMAINS + 1];
+/// Local APIC timer ticks (divided by 16) per millisecond.
+static APIC_TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+/// A DomU's time slice when others wait on its pCPU.
+const SLICE_MS: u64 = 10;
+
 /// TSC cycles each domain's vCPU spent in guest mode, indexed by domid.
 static CPU_CYCLES: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
 
@@ -233,6 +247,71 @@ fn set_state(domid: u16, state: DomainState, shutdown_reason: u32) {
     if domid != 0 {
         raise_dom0_event(EVENT_DOMAIN_STATE);
     }
+}
+
+/// Drops a destroyed domain's record: it no longer exists for Dom0.
+fn forget_record(domid: u16) {
+    if let Some(r) = RECORDS.get(usize::from(domid)) {
+        *r.lock() = None;
+    }
+    CPU_CYCLES[usize::from(domid)].store(0, Ordering::Relaxed);
+    raise_dom0_event(EVENT_DOMAIN_STATE);
+}
+
+/// Interrupts pCPU `pcpu` so that it looks at its run queue and its vCPU's requests.
+fn kick(pcpu: usize) {
+    if let Some(id) = super::APIC_IDS.get(pcpu).map(|a| a.load(Ordering::Relaxed)) {
+        apic::send_ipi(id, desc::WAKEUP_VECTOR);
+    }
+}
+
+/// Domain 0's lifecycle request on DomU `domid` (see `crate::lifecycle`).
+fn lifecycle(op: LifecycleOp, domid: u32) -> Result<(), Errno> {
+    let id = usize::try_from(domid)
+        .ok()
+        .filter(|d| (1..=MAX_DOMAINS).contains(d))
+        .ok_or(Errno::ESRCH)?;
+    let domid = id as u16;
+    let effect = {
+        let mut sched = SCHED[id].lock();
+        let effect = match op {
+            LifecycleOp::Pause => sched.pause()?,
+            LifecycleOp::Unpause => sched.unpause()?,
+            LifecycleOp::Destroy => sched.destroy()?,
+        };
+        // Effects that are complete now show in the record at once, under the same lock
+        // as the pCPU's own updates.
+        match (op, effect) {
+            (LifecycleOp::Pause, Effect::None) => set_state(domid, DomainState::Paused, 0),
+            (LifecycleOp::Unpause, Effect::None) if sched.run == RunState::Blocked => {
+                set_state(domid, DomainState::Blocked, 0)
+            }
+            (LifecycleOp::Unpause, Effect::Requeue) => set_state(domid, DomainState::Running, 0),
+            _ => {}
+        }
+        effect
+    };
+    let pcpu = DOMAIN_PCPU[id].load(Ordering::Relaxed);
+    match effect {
+        Effect::None => {}
+        Effect::Kick => kick(pcpu),
+        Effect::Requeue => {
+            {
+                let mut q = RUNQ[pcpu].lock();
+                let len = q.len;
+                q.slots[len] = (id - 1) as u8;
+                q.len += 1;
+            }
+            kick(pcpu);
+        }
+        Effect::DestroyNow => {
+            // Off every run queue: nothing runs it. Its pCPU may still be leaving its run
+            // loop with the lock held; that takes moments.
+            end_domain(&mut DOMAINS[id - 1].lock(), Ending::Destroyed);
+        }
+        Effect::Forget => forget_record(domid),
+    }
+    Ok(())
 }
 
 fn cycles_to_ns(cycles: u64) -> u64 {
@@ -374,6 +453,7 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
 
     let khz = apic::calibrate_tsc_khz();
     TSC_KHZ.store(khz, Ordering::Relaxed);
+    APIC_TICKS_PER_MS.store(apic::calibrate_timer(khz), Ordering::Relaxed);
     match svm::enable() {
         Ok(host_state) => HOST_STATE[0].store(host_state, Ordering::Relaxed),
         Err(e) => super::fatal(format_args!("pCPU 0 cannot run guests: {e:?}")),
@@ -811,6 +891,8 @@ fn create_domain(
     mvlog!("d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}");
     record(domid, name, mem_mib, pcpu);
     DOMAIN_NPT[usize::from(domid)].store(d.vcpu.npt.root(), Ordering::Release);
+    *SCHED[usize::from(domid)].lock() = SchedState::new();
+    DOMAIN_PCPU[usize::from(domid)].store(pcpu, Ordering::Relaxed);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     *DOMAINS[slot].lock() = Some(d);
     let mut q = RUNQ[pcpu].lock();
@@ -984,6 +1066,13 @@ impl Host for ExitHost<'_> {
         }
     }
 
+    fn lifecycle(&mut self, op: LifecycleOp, domid: u32) -> Result<(), Errno> {
+        if self.domid != 0 {
+            return Err(Errno::EPERM);
+        }
+        lifecycle(op, domid)
+    }
+
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
         if self.domid != 0 || !DOM0_PROXIED_PORTS.contains(&port) {
             return None;
@@ -1048,12 +1137,97 @@ fn fpu_switch(area: &mut FpuArea, save: bool) {
     }
 }
 
-/// Runs `slot`'s vCPU until it yields, blocks or ends. Returns whether it stays runnable.
+/// Why a vCPU leaves its pCPU.
+enum Leave {
+    /// Its slice is over (or it yielded): back on the run queue.
+    Yield,
+    /// It halted.
+    Block,
+    /// Dom0 paused it.
+    Pause,
+    /// It ended, or Dom0 destroyed it.
+    End(Ending),
+}
+
+/// How a domain ends.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Shutdown(ShutdownReason),
+    Crash(CrashReason),
+    Destroyed,
+}
+
+/// Applies Dom0's pending request, if any, at an exit (or before a run).
+fn requested_leave(domid: u16) -> Option<Leave> {
+    let mut sched = SCHED[usize::from(domid)].lock();
+    match sched.at_exit() {
+        AtExit::Continue => None,
+        AtExit::Destroy => Some(Leave::End(Ending::Destroyed)),
+        AtExit::Pause => {
+            set_state(domid, DomainState::Paused, 0);
+            Some(Leave::Pause)
+        }
+    }
+}
+
+/// TSC cycles in one time slice.
+fn slice_cycles() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed) * SLICE_MS
+}
+
+/// Arms this pCPU's timer for the rest of the slice ending at `deadline` (TSC).
+fn arm_slice_timer(deadline: u64) {
+    let left = deadline.saturating_sub(cpu::rdtsc());
+    let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
+    let ticks = u128::from(left) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed))
+        / u128::from(khz);
+    apic::timer_oneshot(u64::try_from(ticks).unwrap_or(u64::MAX));
+}
+
+/// Runs `slot`'s vCPU until its slice ends with others waiting, it yields, blocks, is
+/// paused or ends. Returns whether it goes back on the run queue.
 fn run_domain(me: usize, slot: usize) -> bool {
     let mut guard = DOMAINS[slot].lock();
     let Some(d) = guard.as_mut() else {
         return false;
     };
+    let leave = match requested_leave(d.id) {
+        Some(leave) => leave,
+        None => run_vcpu(me, slot, d),
+    };
+    apic::timer_stop();
+    let d_id = d.id;
+    match leave {
+        Leave::Yield => true,
+        Leave::Pause => {
+            mvlog!("d{} ({}) paused", d.id, d.name());
+            false
+        }
+        Leave::Block => {
+            let verdict = SCHED[usize::from(d_id)].lock().block();
+            match verdict {
+                AtExit::Continue => {
+                    set_state(d_id, DomainState::Blocked, 0);
+                    mvlog!(
+                        "d{} ({}) halted; no event source can wake it yet",
+                        d.id,
+                        d.name()
+                    );
+                }
+                AtExit::Pause => set_state(d_id, DomainState::Paused, 0),
+                AtExit::Destroy => end_domain(&mut guard, Ending::Destroyed),
+            }
+            false
+        }
+        Leave::End(how) => {
+            end_domain(&mut guard, how);
+            false
+        }
+    }
+}
+
+/// The run loop of one vCPU on pCPU `me`: world switches and exits until it leaves.
+fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
     let switched = LAST_SLOT[me].swap(slot as u32, Ordering::Relaxed) != slot as u32;
     let xsave = XSAVE.load(Ordering::Relaxed);
     if switched {
@@ -1063,24 +1237,28 @@ fn run_domain(me: usize, slot: usize) -> bool {
         }
         fpu_switch(&mut d.fpu, false);
     }
-    // SAFETY: the VMCB frame belongs to this domain, whose lock we hold; nothing else
-    // references it while the lock is held.
+    // SAFETY: the VMCB frame belongs to this domain, whose lock the caller holds; nothing
+    // else references it while the lock is held.
     let vmcb = unsafe { &mut *(d.vmcb_pa as *mut Vmcb) };
     if switched {
         vmcb.control.tlb_control = 1;
     }
     let host_state = HOST_STATE[me].load(Ordering::Relaxed);
+    let mut deadline = cpu::rdtsc() + slice_cycles();
     let leave = loop {
         if xsave && cpu::xgetbv0() != d.vcpu.xcr0 {
             // SAFETY: restoring the guest's own XCR0, validated by the CPU when set.
             unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
         }
+        if !apic::timer_armed() {
+            arm_slice_timer(deadline);
+        }
         let start = cpu::rdtsc();
         // SAFETY: VMCB, NPT, IOPM and MSRPM are valid and owned by this domain / shared
         // read-only; `regs` is this vCPU's; `host_state` is this CPU's VMSAVE page.
         unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
-        CPU_CYCLES[usize::from(d.id)]
-            .fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+        let now = cpu::rdtsc();
+        CPU_CYCLES[usize::from(d.id)].fetch_add(now.wrapping_sub(start), Ordering::Relaxed);
         vmcb.control.tlb_control = 0;
         vmcb.control.event_inj = 0;
         if xsave {
@@ -1092,39 +1270,34 @@ fn run_domain(me: usize, slot: usize) -> bool {
             console: &mut d.console,
             notes: &mut d.notes,
         };
-        match d.vcpu.handle_exit(vmcb, &mut host) {
-            ExitAction::Resume => {}
+        let action = d.vcpu.handle_exit(vmcb, &mut host);
+        match action {
+            ExitAction::Shutdown(reason) => break Leave::End(Ending::Shutdown(reason)),
+            ExitAction::Crash(why) => break Leave::End(Ending::Crash(why)),
+            _ => {}
+        }
+        if let Some(leave) = requested_leave(d.id) {
+            break leave;
+        }
+        match action {
+            ExitAction::Yield => break Leave::Yield,
+            ExitAction::Block => break Leave::Block,
             ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
-            other => break other,
+            _ => {}
+        }
+        if now >= deadline {
+            if RUNQ[me].lock().len > 0 {
+                break Leave::Yield;
+            }
+            deadline = now + slice_cycles();
         }
     };
     // The vCPU leaves this pCPU: the next one to run here reloads its own state.
     LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
-    match leave {
-        ExitAction::Yield => {
-            fpu_switch(&mut d.fpu, true);
-            true
-        }
-        ExitAction::Block => {
-            set_state(d.id, DomainState::Blocked, 0);
-            mvlog!(
-                "d{} ({}) halted; no event source can wake it yet",
-                d.id,
-                d.name()
-            );
-            fpu_switch(&mut d.fpu, true);
-            false
-        }
-        ExitAction::Shutdown(reason) => {
-            end_domain(&mut guard, Ok(reason));
-            false
-        }
-        ExitAction::Crash(why) => {
-            end_domain(&mut guard, Err(why));
-            false
-        }
-        ExitAction::Resume | ExitAction::HostInterrupt => true,
+    if !matches!(leave, Leave::End(_)) {
+        fpu_switch(&mut d.fpu, true);
     }
+    leave
 }
 
 /// Hands the frames of `domid` that Dom0 has mapped to Dom0 (they are freed when it unmaps
@@ -1149,22 +1322,31 @@ fn release_foreign_frames(domid: u16, npt: Npt) -> u64 {
     pinned
 }
 
-/// Logs the end of a domain, frees all its memory and drops it.
-fn end_domain(slot: &mut Option<Domain>, how: Result<ShutdownReason, CrashReason>) {
+/// Logs the end of a domain, frees all its memory and drops it. A destroyed domain's
+/// record goes too; a domain that shut down or crashed keeps its record until destroyed.
+fn end_domain(slot: &mut Option<Domain>, how: Ending) {
     let Some(mut d) = slot.take() else { return };
     d.console.flush(d.id);
-    match how {
-        Ok(reason) => {
-            mvlog!("d{} ({}) shut down: {}", d.id, d.name(), reason.name());
-            set_state(d.id, DomainState::Shutdown, reason as u32);
-            if reason != ShutdownReason::Poweroff {
+    {
+        let mut sched = SCHED[usize::from(d.id)].lock();
+        sched.end();
+        match how {
+            Ending::Shutdown(reason) => {
+                mvlog!("d{} ({}) shut down: {}", d.id, d.name(), reason.name());
+                set_state(d.id, DomainState::Shutdown, reason as u32);
+                if reason != ShutdownReason::Poweroff {
+                    ANY_FAILED.store(true, Ordering::Relaxed);
+                }
+            }
+            Ending::Crash(why) => {
+                mvlog!("d{} ({}) crashed: {why}", d.id, d.name());
+                set_state(d.id, DomainState::Crashed, 0);
                 ANY_FAILED.store(true, Ordering::Relaxed);
             }
-        }
-        Err(why) => {
-            mvlog!("d{} ({}) crashed: {why}", d.id, d.name());
-            set_state(d.id, DomainState::Crashed, 0);
-            ANY_FAILED.store(true, Ordering::Relaxed);
+            Ending::Destroyed => {
+                mvlog!("d{} ({}) destroyed", d.id, d.name());
+                forget_record(d.id);
+            }
         }
     }
     let pinned = release_foreign_frames(d.id, d.vcpu.npt);

@@ -1,0 +1,243 @@
+//! A DomU's scheduling state and the lifecycle requests domain 0 makes of it (pause,
+//! unpause, destroy).
+//!
+//! Dom0 runs on pCPU 0 and the domain on its own pCPU, so a request cannot act on a running
+//! vCPU directly: it records what is wanted and says what the caller must do ([`Effect`]);
+//! the domain's pCPU applies it at the vCPU's next exit ([`SchedState::at_exit`]), which an
+//! IPI makes immediate. A vCPU that is not on a run queue (blocked, paused) is acted on at
+//! once. Portable and host-tested; `arch::x86_64::hv` keeps one [`SchedState`] per domain
+//! under a short lock.
+
+use shared_abi::Errno;
+
+/// Where a DomU's vCPU is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// On its pCPU's run queue, or running.
+    Queued,
+    /// Halted, off the run queue until an event wakes it.
+    Blocked,
+    /// Paused by Dom0, off the run queue.
+    Paused {
+        /// It was blocked when paused (unpausing leaves it blocked).
+        was_blocked: bool,
+    },
+    /// Shut down or crashed: its memory is gone, only its record remains.
+    Ended,
+}
+
+/// A DomU's scheduling state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedState {
+    /// Where the vCPU is.
+    pub run: RunState,
+    /// Dom0 asked for a pause the pCPU has not applied yet.
+    pub pause_requested: bool,
+    /// Dom0 asked for destruction the pCPU has not applied yet.
+    pub destroy_requested: bool,
+}
+
+/// What the caller of a request must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing more.
+    None,
+    /// Interrupt the domain's pCPU so that it applies the request at the next exit.
+    Kick,
+    /// Put the vCPU back on its pCPU's run queue and wake that pCPU.
+    Requeue,
+    /// The vCPU is off every queue: destroy the domain now, from the caller.
+    DestroyNow,
+    /// The domain had already ended: drop its record.
+    Forget,
+}
+
+/// What the pCPU does with a vCPU at an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtExit {
+    /// Keep running it.
+    Continue,
+    /// Stop: it is paused now.
+    Pause,
+    /// Stop and destroy it.
+    Destroy,
+}
+
+impl Default for SchedState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SchedState {
+    /// A new, runnable vCPU.
+    pub const fn new() -> Self {
+        Self {
+            run: RunState::Queued,
+            pause_requested: false,
+            destroy_requested: false,
+        }
+    }
+
+    /// Whether Dom0 sees the domain as paused (requested or applied).
+    pub fn paused(&self) -> bool {
+        self.pause_requested || matches!(self.run, RunState::Paused { .. })
+    }
+
+    /// Dom0 pauses the domain.
+    pub fn pause(&mut self) -> Result<Effect, Errno> {
+        if self.destroy_requested {
+            return Err(Errno::ESRCH);
+        }
+        match self.run {
+            RunState::Ended => Err(Errno::EINVAL),
+            _ if self.paused() => Err(Errno::EBUSY),
+            RunState::Blocked => {
+                self.run = RunState::Paused { was_blocked: true };
+                Ok(Effect::None)
+            }
+            _ => {
+                self.pause_requested = true;
+                Ok(Effect::Kick)
+            }
+        }
+    }
+
+    /// Dom0 unpauses the domain.
+    pub fn unpause(&mut self) -> Result<Effect, Errno> {
+        if self.destroy_requested {
+            return Err(Errno::ESRCH);
+        }
+        match self.run {
+            RunState::Ended => Err(Errno::EINVAL),
+            _ if !self.paused() => Err(Errno::EBUSY),
+            RunState::Paused { was_blocked } => {
+                self.pause_requested = false;
+                if was_blocked {
+                    self.run = RunState::Blocked;
+                    Ok(Effect::None)
+                } else {
+                    self.run = RunState::Queued;
+                    Ok(Effect::Requeue)
+                }
+            }
+            // Requested but not applied yet: withdrawing the request is enough.
+            _ => {
+                self.pause_requested = false;
+                Ok(Effect::None)
+            }
+        }
+    }
+
+    /// Dom0 destroys the domain.
+    pub fn destroy(&mut self) -> Result<Effect, Errno> {
+        if self.destroy_requested {
+            return Err(Errno::ESRCH);
+        }
+        self.destroy_requested = true;
+        Ok(match self.run {
+            RunState::Ended => Effect::Forget,
+            RunState::Blocked | RunState::Paused { .. } => Effect::DestroyNow,
+            RunState::Queued => Effect::Kick,
+        })
+    }
+
+    /// The pCPU that owns the vCPU checks for requests (at each exit and before running
+    /// it).
+    pub fn at_exit(&mut self) -> AtExit {
+        if self.destroy_requested {
+            AtExit::Destroy
+        } else if self.pause_requested {
+            self.pause_requested = false;
+            self.run = RunState::Paused { was_blocked: false };
+            AtExit::Pause
+        } else {
+            AtExit::Continue
+        }
+    }
+
+    /// The vCPU halted. A request that arrived meanwhile wins: the vCPU is then paused
+    /// (and stays blocked underneath) or destroyed.
+    pub fn block(&mut self) -> AtExit {
+        if self.destroy_requested {
+            return AtExit::Destroy;
+        }
+        if self.pause_requested {
+            self.pause_requested = false;
+            self.run = RunState::Paused { was_blocked: true };
+            return AtExit::Pause;
+        }
+        self.run = RunState::Blocked;
+        AtExit::Continue
+    }
+
+    /// The domain shut down or crashed.
+    pub fn end(&mut self) {
+        self.run = RunState::Ended;
+        self.pause_requested = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_and_unpause_a_running_domain() {
+        let mut s = SchedState::new();
+        assert_eq!(s.pause(), Ok(Effect::Kick));
+        assert!(s.paused());
+        assert_eq!(s.pause(), Err(Errno::EBUSY), "double pause");
+        assert_eq!(s.at_exit(), AtExit::Pause);
+        assert_eq!(s.run, RunState::Paused { was_blocked: false });
+        assert_eq!(s.at_exit(), AtExit::Continue, "applied once");
+        assert_eq!(s.unpause(), Ok(Effect::Requeue));
+        assert_eq!(s.unpause(), Err(Errno::EBUSY), "unpause of a running domain");
+        assert_eq!(s.run, RunState::Queued);
+    }
+
+    #[test]
+    fn a_pause_withdrawn_before_it_applies() {
+        let mut s = SchedState::new();
+        s.pause().unwrap();
+        assert_eq!(s.unpause(), Ok(Effect::None));
+        assert_eq!(s.at_exit(), AtExit::Continue);
+    }
+
+    #[test]
+    fn a_request_racing_a_halt_wins() {
+        let mut s = SchedState::new();
+        s.pause().unwrap();
+        assert_eq!(s.block(), AtExit::Pause);
+        assert_eq!(s.unpause(), Ok(Effect::None));
+        assert_eq!(s.run, RunState::Blocked);
+        let mut s = SchedState::new();
+        s.destroy().unwrap();
+        assert_eq!(s.block(), AtExit::Destroy);
+    }
+
+    #[test]
+    fn blocked_domains_are_acted_on_at_once() {
+        let mut s = SchedState::new();
+        assert_eq!(s.block(), AtExit::Continue);
+        assert_eq!(s.pause(), Ok(Effect::None));
+        assert_eq!(s.unpause(), Ok(Effect::None));
+        assert_eq!(s.run, RunState::Blocked, "unpause leaves it blocked");
+        s.pause().unwrap();
+        assert_eq!(s.destroy(), Ok(Effect::DestroyNow));
+        assert_eq!(s.destroy(), Err(Errno::ESRCH), "already being destroyed");
+        assert_eq!(s.pause(), Err(Errno::ESRCH));
+    }
+
+    #[test]
+    fn destroy_of_running_and_ended_domains() {
+        let mut s = SchedState::new();
+        assert_eq!(s.destroy(), Ok(Effect::Kick));
+        assert_eq!(s.at_exit(), AtExit::Destroy);
+        let mut ended = SchedState::new();
+        ended.end();
+        assert_eq!(ended.pause(), Err(Errno::EINVAL));
+        assert_eq!(ended.unpause(), Err(Errno::EINVAL));
+        assert_eq!(ended.destroy(), Ok(Effect::Forget));
+    }
+}
