@@ -13,7 +13,8 @@ use crate::output::OutputFormat;
 ///
 /// The CLI talks to the dom0d service over its control socket. Data goes to stdout,
 /// diagnostics and errors to stderr. Exit codes: 0 success, 1 failure, 2 usage error,
-/// 3 no such domain, 5 timed out, 6 not supported, 8 permission denied, 69 dom0d
+/// 3 no such domain, 4 wrong state for the operation (or Domain-0, which lifecycle
+/// commands refuse), 5 timed out, 6 not supported, 8 permission denied, 69 dom0d
 /// unreachable or speaking another protocol version.
 #[derive(Debug, Parser)]
 #[command(name = crate::BIN_NAME, version, arg_required_else_help = true)]
@@ -115,6 +116,42 @@ pub enum Command {
     ///
     /// DOM is a domain id (all digits) or an exact name.
     Info {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
+    /// Pause a domain: the microvisor stops scheduling it
+    ///
+    /// DOM is a domain id (all digits) or an exact name. Returns once the domain is
+    /// paused; prints nothing unless `-o json`. Exit 3 if there is no such domain, 4 if
+    /// it is Domain-0, already paused, shut down or crashed, 5 if it did not show as
+    /// paused within dom0d's limit (2 s).
+    Pause {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
+    /// Unpause a paused domain
+    ///
+    /// DOM is a domain id (all digits) or an exact name. Prints nothing unless `-o json`.
+    /// Exit 3 if there is no such domain, 4 if it is Domain-0, not paused, shut down or
+    /// crashed.
+    #[command(alias = "resume")]
+    Unpause {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
+    /// Destroy a domain at once, in any state, and free its memory
+    ///
+    /// DOM is a domain id (all digits) or an exact name. The guest is not asked to shut
+    /// down. Returns once the domain is gone from the list; prints nothing unless
+    /// `-o json`. Exit 3 if there is no such domain, 4 if it is Domain-0, 5 if it was
+    /// still listed after dom0d's limit (5 s).
+    Destroy {
         /// Domain id or name
         #[arg(value_name = "DOM")]
         domain: String,

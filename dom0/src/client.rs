@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::{
-    self, ApiError, Domain, EventReport, FrameError, Host, MAX_FRAME, PROTOCOL_VERSION, Request,
-    Response, ServiceVersion,
+    self, ApiError, Domain, EventReport, FrameError, Host, Lifecycle, LifecycleDone, MAX_FRAME,
+    PROTOCOL_VERSION, Request, Response, ServiceVersion,
 };
 
 /// Why talking to dom0d failed.
@@ -61,6 +61,16 @@ pub enum ClientError {
     /// dom0d reported an error.
     #[error(transparent)]
     Api(ApiError),
+    /// dom0d predates the request (it answered [`ApiError::Malformed`]).
+    #[error("dom0d at {} ({server}) does not know the {request} request", socket.display())]
+    Unsupported {
+        /// The socket path.
+        socket: PathBuf,
+        /// dom0d's software string.
+        server: String,
+        /// The request's name.
+        request: &'static str,
+    },
 }
 
 /// A connection to dom0d, after a successful handshake.
@@ -188,6 +198,28 @@ impl Client {
             Response::Events(r) => Ok(Some(r)),
             Response::Error(ApiError::Malformed { .. }) => Ok(None),
             other => Err(unexpected("events", other)),
+        }
+    }
+
+    /// Pauses, unpauses or destroys domain `domid`; returns once dom0d reports it done.
+    ///
+    /// # Errors
+    /// See [`Client::version`]; dom0d's refusals are [`ClientError::Api`] (e.g.
+    /// [`ApiError::AlreadyPaused`]), and a dom0d that predates lifecycle requests is
+    /// [`ClientError::Unsupported`].
+    pub fn lifecycle(
+        &mut self,
+        action: Lifecycle,
+        domid: u32,
+    ) -> Result<LifecycleDone, ClientError> {
+        match self.call(&action.request(domid))? {
+            Response::Lifecycle(done) => Ok(done),
+            Response::Error(ApiError::Malformed { .. }) => Err(ClientError::Unsupported {
+                socket: self.socket.clone(),
+                server: self.server.clone(),
+                request: action.name(),
+            }),
+            other => Err(unexpected("lifecycle", other)),
         }
     }
 

@@ -97,6 +97,11 @@ fn client_status(e: &ClientError) -> ExitStatus {
         ClientError::Timeout { .. } => ExitStatus::Timeout,
         ClientError::Api(api) => match api {
             ApiError::NoSuchDomain { .. } => ExitStatus::NotFound,
+            ApiError::DomainZero { .. }
+            | ApiError::AlreadyPaused { .. }
+            | ApiError::NotPaused { .. }
+            | ApiError::DomainEnded { .. } => ExitStatus::InvalidState,
+            ApiError::LifecycleTimeout { .. } => ExitStatus::Timeout,
             ApiError::Hypercall { errno: EPERM, .. } => ExitStatus::PermissionDenied,
             ApiError::Hypercall { errno: ENOSYS, .. } => ExitStatus::NotSupported,
             ApiError::Hypercall { .. } | ApiError::BadRecord { .. } => ExitStatus::Failure,
@@ -107,6 +112,7 @@ fn client_status(e: &ClientError) -> ExitStatus {
         },
         ClientError::Connect { .. }
         | ClientError::VersionMismatch { .. }
+        | ClientError::Unsupported { .. }
         | ClientError::Frame(_)
         | ClientError::Closed
         | ClientError::Unexpected { .. } => ExitStatus::ServiceUnavailable,
@@ -120,12 +126,18 @@ fn client_code(e: &ClientError) -> &'static str {
         }
         ClientError::Connect { .. } => "dom0d_unreachable",
         ClientError::VersionMismatch { .. } => "protocol_mismatch",
+        ClientError::Unsupported { .. } => "unsupported_by_dom0d",
         ClientError::Timeout { .. } => "timeout",
         ClientError::Frame(_) | ClientError::Closed | ClientError::Unexpected { .. } => {
             "protocol_error"
         }
         ClientError::Api(api) => match api {
             ApiError::NoSuchDomain { .. } => "not_found",
+            ApiError::DomainZero { .. } => "domain_0_refused",
+            ApiError::AlreadyPaused { .. } => "already_paused",
+            ApiError::NotPaused { .. } => "not_paused",
+            ApiError::DomainEnded { .. } => "domain_ended",
+            ApiError::LifecycleTimeout { .. } => "timeout",
             ApiError::Hypercall { .. } => "hypercall_failed",
             ApiError::BadRecord { .. } => "bad_record",
             ApiError::Busy => "dom0d_busy",
@@ -133,6 +145,23 @@ fn client_code(e: &ClientError) -> &'static str {
             | ApiError::FrameTooLarge { .. }
             | ApiError::Malformed { .. } => "protocol_error",
         },
+    }
+}
+
+/// How to name a domain on the command line in a hint: its name when that is safe to paste
+/// into a shell, else its id.
+#[must_use]
+pub fn domain_ref(domid: u32, name: &str) -> String {
+    let plain = !name.is_empty()
+        && !name.starts_with('-')
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'));
+    if plain {
+        name.to_owned()
+    } else {
+        domid.to_string()
     }
 }
 
@@ -151,7 +180,7 @@ fn client_hint(e: &ClientError) -> Option<String> {
             }
             _ => format!("check --socket or DOM0_SOCKET; {START_DOM0D_HINT}"),
         },
-        ClientError::VersionMismatch { .. } => {
+        ClientError::VersionMismatch { .. } | ClientError::Unsupported { .. } => {
             "install dom0 and dom0d from the same build".to_owned()
         }
         ClientError::Timeout { .. } => {
@@ -179,6 +208,17 @@ fn client_hint(e: &ClientError) -> Option<String> {
                 "this is a microvisor bug; dom0d's log has the details".to_owned()
             }
             ApiError::Busy => "try again in a moment".to_owned(),
+            ApiError::DomainEnded { domid, name, .. } => {
+                format!("`dom0 destroy {}` removes it", domain_ref(*domid, name))
+            }
+            ApiError::LifecycleTimeout { domid, name, .. } => format!(
+                "`dom0 info {}` shows its state now; the microvisor's log may say why",
+                domain_ref(*domid, name)
+            ),
+            // Nothing to do: the domain is already as asked, or is Domain-0.
+            ApiError::DomainZero { .. }
+            | ApiError::AlreadyPaused { .. }
+            | ApiError::NotPaused { .. } => return None,
             ApiError::HandshakeRequired
             | ApiError::FrameTooLarge { .. }
             | ApiError::Malformed { .. } => "install dom0 and dom0d from the same build".to_owned(),

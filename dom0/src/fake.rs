@@ -1,10 +1,18 @@
 //! A fake microvisor for host tests: the control ABI of `shared_abi::control`, answered
 //! from a table in memory, plus switches that make it misbehave.
+//!
+//! The lifecycle operations follow the ABI's rules: `DomainPause` of a paused domain and
+//! `DomainUnpause` of one that is not paused are `EBUSY`, either on a domain that shut
+//! down or crashed is `EINVAL`, domain 0 is `EPERM`, an unknown domain `ESRCH`;
+//! `DomainDestroy` works in every state and returns the domain's memory to the free pool.
+//! An unpaused domain is `running`. [`FakeMicrovisor::set_lag`] delays when an accepted
+//! pause or destroy shows in `DomainInfo`/`DomainList`, as a microvisor that stops the
+//! domain at its next exit would.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use shared_abi::control::{
     CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, ForeignMapRequest,
@@ -14,6 +22,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::microvisor::Microvisor;
 
+const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const EBUSY: i32 = 16;
@@ -53,6 +62,19 @@ pub struct FakeMicrovisor {
     events: AtomicU64,
     fault: Mutex<Fault>,
     calls: AtomicUsize,
+    /// Memory of destroyed domains, KiB, added to the host's free memory.
+    freed_kib: AtomicU64,
+    /// Reads of the domain table an accepted pause or destroy waits before it shows.
+    lag: AtomicU32,
+    /// Accepted actions not shown yet: domid -> (action, reads left).
+    pending: Mutex<BTreeMap<u32, (Pending, u32)>>,
+}
+
+/// An accepted lifecycle action that does not show yet ([`FakeMicrovisor::set_lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Pause,
+    Destroy,
 }
 
 /// A raw domain record, as the microvisor would write it.
@@ -116,6 +138,106 @@ impl FakeMicrovisor {
             events: AtomicU64::new(0),
             fault: Mutex::new(Fault::None),
             calls: AtomicUsize::new(0),
+            freed_kib: AtomicU64::new(0),
+            lag: AtomicU32::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// From now on, an accepted pause or destroy shows only after `reads` further
+    /// `DomainInfo`/`DomainList` calls; `u32::MAX` means never. 0 (the default) shows it
+    /// at once.
+    pub fn set_lag(&self, reads: u32) {
+        self.lag.store(reads, Ordering::Relaxed);
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, (Pending, u32)>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One read of the domain table: counts down the pending actions and applies those
+    /// that are due.
+    fn tick(&self) {
+        let mut pending = self.lock_pending();
+        let mut due = Vec::new();
+        for (&domid, (action, left)) in pending.iter_mut() {
+            if *left == u32::MAX {
+                continue;
+            }
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                due.push((domid, *action));
+            }
+        }
+        for (domid, action) in due {
+            pending.remove(&domid);
+            self.apply(domid, action);
+        }
+    }
+
+    fn apply(&self, domid: u32, action: Pending) {
+        let mut domains = self.lock_domains();
+        match action {
+            Pending::Pause => {
+                if let Some(d) = domains.get_mut(&domid) {
+                    d.state = DomainState::Paused as u32;
+                }
+            }
+            Pending::Destroy => {
+                if let Some(d) = domains.remove(&domid) {
+                    self.freed_kib.fetch_add(d.mem_kib, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Accepts `action` on `domid`: applies it now, or later with a lag.
+    fn accept(&self, domid: u32, action: Pending) {
+        match self.lag.load(Ordering::Relaxed) {
+            0 => self.apply(domid, action),
+            reads => {
+                self.lock_pending().insert(domid, (action, reads));
+            }
+        }
+    }
+
+    /// `DomainPause`, `DomainUnpause` and `DomainDestroy`, with the ABI's errors.
+    fn lifecycle(&self, op: ControlOp, arg: u64) -> Result<u64, i32> {
+        let domid = u32::try_from(arg).map_err(|_| ESRCH)?;
+        let state = {
+            let domains = self.lock_domains();
+            let d = domains.get(&domid).ok_or(ESRCH)?;
+            DomainState::from_u32(d.state)
+        };
+        if domid == 0 {
+            return Err(EPERM);
+        }
+        let pending = self.lock_pending().get(&domid).map(|&(action, _)| action);
+        let ended = matches!(state, Some(DomainState::Shutdown | DomainState::Crashed));
+        let paused = state == Some(DomainState::Paused) || pending == Some(Pending::Pause);
+        match op {
+            ControlOp::DomainPause if ended => Err(EINVAL),
+            ControlOp::DomainPause if paused => Err(EBUSY),
+            ControlOp::DomainPause => {
+                self.accept(domid, Pending::Pause);
+                Ok(0)
+            }
+            ControlOp::DomainUnpause if ended => Err(EINVAL),
+            ControlOp::DomainUnpause if !paused => Err(EBUSY),
+            ControlOp::DomainUnpause => {
+                self.lock_pending().remove(&domid);
+                if let Some(d) = self.lock_domains().get_mut(&domid) {
+                    d.state = DomainState::Running as u32;
+                }
+                Ok(0)
+            }
+            _ => {
+                self.lock_pending().remove(&domid);
+                self.accept(domid, Pending::Destroy);
+                Ok(0)
+            }
         }
     }
 
@@ -253,7 +375,16 @@ impl Microvisor for FakeMicrovisor {
         const EVENTS_TAKE: u64 = ControlOp::EventsTake as u64;
         const FOREIGN_MAP: u64 = ControlOp::ForeignMap as u64;
         const FOREIGN_UNMAP: u64 = ControlOp::ForeignUnmap as u64;
+        const DOMAIN_PAUSE: u64 = ControlOp::DomainPause as u64;
+        const DOMAIN_UNPAUSE: u64 = ControlOp::DomainUnpause as u64;
+        const DOMAIN_DESTROY: u64 = ControlOp::DomainDestroy as u64;
+        if matches!(op, DOMAIN_INFO | DOMAIN_LIST) {
+            self.tick();
+        }
         match op {
+            DOMAIN_PAUSE => self.lifecycle(ControlOp::DomainPause, arg),
+            DOMAIN_UNPAUSE => self.lifecycle(ControlOp::DomainUnpause, arg),
+            DOMAIN_DESTROY => self.lifecycle(ControlOp::DomainDestroy, arg),
             EVENTS_TAKE if arg != 0 => Err(EINVAL),
             EVENTS_TAKE => Ok(self.events.swap(0, Ordering::AcqRel) & !(1 << 63)),
             FOREIGN_MAP => self.foreign_map(arg, buf),
@@ -261,7 +392,13 @@ impl Microvisor for FakeMicrovisor {
                 let slot = self.window_slot(arg)?;
                 self.lock_slots().remove(&slot).map(|_| 0).ok_or(ENOENT)
             }
-            HOST_INFO => put(buf, self.host.as_bytes()),
+            HOST_INFO => {
+                let mut host = self.host;
+                host.mem_free_kib = host
+                    .mem_free_kib
+                    .saturating_add(self.freed_kib.load(Ordering::Relaxed));
+                put(buf, host.as_bytes())
+            }
             DOMAIN_INFO => {
                 let domid = u32::try_from(arg).map_err(|_| ESRCH)?;
                 let mut d = *self.lock_domains().get(&domid).ok_or(ESRCH)?;

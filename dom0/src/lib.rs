@@ -163,6 +163,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod lifecycle;
 #[macro_use]
 pub mod log;
 pub mod microvisor;
@@ -176,6 +177,8 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use clap::{CommandFactory, Parser};
+
+use crate::proto::Lifecycle;
 
 pub use cli::{Cli, Command, HostCommand};
 pub use client::{Client, ClientError};
@@ -322,6 +325,13 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
             let d = resolve_domain(&mut connect(cli)?, domain)?;
             write_out(stdout, &output::render_domain(&d, format)?)?;
         }
+        Command::Pause { domain } => lifecycle(cli, Lifecycle::Pause, domain, format, stdout)?,
+        Command::Unpause { domain } => {
+            lifecycle(cli, Lifecycle::Unpause, domain, format, stdout)?;
+        }
+        Command::Destroy { domain } => {
+            lifecycle(cli, Lifecycle::Destroy, domain, format, stdout)?;
+        }
         Command::Host {
             command: HostCommand::Info,
         } => {
@@ -339,6 +349,25 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
         }
     }
     stdout.flush().map_err(CliError::Output)
+}
+
+/// `dom0 pause|unpause|destroy DOM`: resolves DOM, asks dom0d, and prints the result
+/// object under `-o json`/`jsonl` (nothing otherwise).
+fn lifecycle(
+    cli: &Cli,
+    action: Lifecycle,
+    reference: &str,
+    format: OutputFormat,
+    stdout: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut client = connect(cli)?;
+    let d = resolve_domain(&mut client, reference)?;
+    let done = client.lifecycle(action, d.domid).map_err(request(format!(
+        "cannot {} {}",
+        action.name(),
+        proto::domain_label(d.domid, &d.name)
+    )))?;
+    write_out(stdout, &output::render_lifecycle(&done, format)?)
 }
 
 /// Prints a clap error (or `--help`/`--version` output) and maps it to an exit status:

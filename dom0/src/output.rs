@@ -5,7 +5,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::error::CliError;
-use crate::proto::{Domain, EventReport, Host, State};
+use crate::proto::{Domain, EventReport, Host, LifecycleDone, State};
 
 /// How results are printed on stdout (CLI.md §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -82,6 +82,42 @@ struct DomainDoc<'a> {
     api_version: &'static str,
     #[serde(flatten)]
     domain: DomainJson<'a>,
+}
+
+/// The result object of `pause`, `unpause` and `destroy` under `-o json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleJson<'a> {
+    /// [`crate::JSON_API_VERSION`].
+    pub api_version: &'static str,
+    /// `pause`, `unpause` or `destroy`.
+    pub action: &'static str,
+    /// Domain id.
+    pub domid: u32,
+    /// Name.
+    pub name: &'a str,
+    /// The state afterwards (`paused`; `running` or `blocked`); `null` after `destroy`.
+    pub state: Option<&'static str>,
+}
+
+/// `dom0 pause|unpause|destroy` in `format`: nothing for tables (silence is success),
+/// one [`LifecycleJson`] object otherwise.
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_lifecycle(done: &LifecycleDone, format: OutputFormat) -> Result<String, CliError> {
+    if !format.is_json() {
+        return Ok(String::new());
+    }
+    json_doc(
+        &LifecycleJson {
+            api_version: crate::JSON_API_VERSION,
+            action: done.action.name(),
+            domid: done.domid,
+            name: &done.name,
+            state: done.state.map(State::name),
+        },
+        format,
+    )
 }
 
 /// `host info -o json`.

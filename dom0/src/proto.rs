@@ -21,7 +21,10 @@
 //! in its error. Other variants may be added at the end within a version; incompatible
 //! changes bump [`PROTOCOL_VERSION`]. A dom0d older than a request answers it with
 //! [`ApiError::Malformed`] (it cannot decode the variant), so clients can tell "not
-//! supported" from a failure: [`Request::Events`] was added this way.
+//! supported" from a failure: [`Request::Events`] was added this way, then
+//! [`Request::Pause`], [`Request::Unpause`] and [`Request::Destroy`] (with
+//! [`Response::Lifecycle`] and the lifecycle [`ApiError`] variants after
+//! [`ApiError::Busy`]).
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -71,6 +74,154 @@ pub enum Request {
     /// What dom0d has seen of the microvisor's events: [`Response::Events`]. Added within
     /// protocol 1; older dom0d answer [`ApiError::Malformed`].
     Events,
+    /// Pause a domain: [`Response::Lifecycle`] once its state is `paused`. Added within
+    /// protocol 1, like the two after it.
+    Pause {
+        /// The domain id (not 0).
+        domid: u32,
+    },
+    /// Unpause a paused domain: [`Response::Lifecycle`] with its state afterwards.
+    Unpause {
+        /// The domain id (not 0).
+        domid: u32,
+    },
+    /// Destroy a domain in any state: [`Response::Lifecycle`] once it is gone from the
+    /// domain list.
+    Destroy {
+        /// The domain id (not 0).
+        domid: u32,
+    },
+}
+
+impl Request {
+    /// The lifecycle action this request asks for, if it is one.
+    #[must_use]
+    pub fn lifecycle(&self) -> Option<(Lifecycle, u32)> {
+        match *self {
+            Self::Pause { domid } => Some((Lifecycle::Pause, domid)),
+            Self::Unpause { domid } => Some((Lifecycle::Unpause, domid)),
+            Self::Destroy { domid } => Some((Lifecycle::Destroy, domid)),
+            _ => None,
+        }
+    }
+}
+
+/// A lifecycle action on a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifecycle {
+    /// Stop scheduling the domain.
+    Pause,
+    /// Resume scheduling a paused domain.
+    Unpause,
+    /// Tear the domain down and free its memory.
+    Destroy,
+}
+
+impl Lifecycle {
+    /// The verb, as the CLI command and in JSON: `pause`, `unpause`, `destroy`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Unpause => "unpause",
+            Self::Destroy => "destroy",
+        }
+    }
+
+    /// The past participle: `paused`, `unpaused`, `destroyed`.
+    #[must_use]
+    pub fn done(self) -> &'static str {
+        match self {
+            Self::Pause => "paused",
+            Self::Unpause => "unpaused",
+            Self::Destroy => "destroyed",
+        }
+    }
+
+    /// The request asking for this action on `domid`.
+    #[must_use]
+    pub fn request(self, domid: u32) -> Request {
+        match self {
+            Self::Pause => Request::Pause { domid },
+            Self::Unpause => Request::Unpause { domid },
+            Self::Destroy => Request::Destroy { domid },
+        }
+    }
+}
+
+/// What a lifecycle request did ([`Response::Lifecycle`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleDone {
+    /// The action.
+    pub action: Lifecycle,
+    /// The domain id.
+    pub domid: u32,
+    /// The domain's name (as it was before the action).
+    pub name: String,
+    /// The domain's state afterwards: `paused` after a pause, `running` or `blocked` after
+    /// an unpause, `None` after a destroy (the domain no longer exists) or if it could not
+    /// be read after an unpause.
+    pub state: Option<State>,
+}
+
+/// `domain 3 (spin)`, or `domain 3` for a domain without a name.
+#[must_use]
+pub fn domain_label(domid: u32, name: &str) -> String {
+    if name.is_empty() {
+        format!("domain {domid}")
+    } else {
+        format!("domain {domid} ({name})")
+    }
+}
+
+fn state_text(state: Option<State>, reason: Option<Reason>) -> String {
+    match (state, reason) {
+        (Some(State::Shutdown), Some(r)) => format!("shut down ({})", r.name()),
+        (Some(State::Shutdown), None) => "shut down".to_owned(),
+        (Some(s), _) => s.name().to_owned(),
+        (None, _) => "in an unknown state".to_owned(),
+    }
+}
+
+fn ended_text(
+    domid: u32,
+    name: &str,
+    state: State,
+    reason: Option<Reason>,
+    action: Lifecycle,
+) -> String {
+    let what = if state == State::Crashed {
+        "has crashed".to_owned()
+    } else {
+        format!("has {}", state_text(Some(state), reason))
+    };
+    format!(
+        "{} {what}, so it cannot be {}",
+        domain_label(domid, name),
+        action.done()
+    )
+}
+
+fn timed_out_text(
+    action: Lifecycle,
+    domid: u32,
+    name: &str,
+    waited_ms: u64,
+    state: Option<State>,
+) -> String {
+    let label = domain_label(domid, name);
+    let secs = format!("{}.{}", waited_ms / 1000, waited_ms % 1000 / 100);
+    match action {
+        Lifecycle::Destroy => format!(
+            "{label} was still listed {secs} s after the microvisor destroyed it (state {})",
+            state_text(state, None)
+        ),
+        _ => format!(
+            "{label} was not {} within {secs} s (it is {})",
+            action.done(),
+            state_text(state, None)
+        ),
+    }
 }
 
 /// dom0d's answer to one [`Request`].
@@ -101,6 +252,8 @@ pub enum Response {
     Domain(Domain),
     /// Answer to [`Request::Events`].
     Events(EventReport),
+    /// Answer to [`Request::Pause`], [`Request::Unpause`] and [`Request::Destroy`].
+    Lifecycle(LifecycleDone),
 }
 
 impl Response {
@@ -115,6 +268,7 @@ impl Response {
             Self::Domains { .. } => "domain list",
             Self::Domain(_) => "domain",
             Self::Events(_) => "events",
+            Self::Lifecycle(_) => "lifecycle",
         }
     }
 }
@@ -162,6 +316,61 @@ pub enum ApiError {
     /// dom0d is serving as many connections as it allows; try again later.
     #[error("dom0d is busy: too many connections")]
     Busy,
+    /// A lifecycle request named domain 0, which dom0d refuses without asking the
+    /// microvisor (which would refuse too, with `EPERM`).
+    #[error("Domain-0 cannot be {}", .action.done())]
+    DomainZero {
+        /// What was asked.
+        action: Lifecycle,
+    },
+    /// Pause of a domain that is already paused (`EBUSY`).
+    #[error("{} is already paused", domain_label(*.domid, .name))]
+    AlreadyPaused {
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+    },
+    /// Unpause of a domain that is not paused (`EBUSY`).
+    #[error("{} is not paused (it is {})", domain_label(*.domid, .name), state_text(*.state, None))]
+    NotPaused {
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// Its state, if it could be read.
+        state: Option<State>,
+    },
+    /// Pause or unpause of a domain that has shut down or crashed (`EINVAL`): only destroy
+    /// applies to it.
+    #[error("{}", ended_text(*.domid, .name, *.state, *.reason, *.action))]
+    DomainEnded {
+        /// What was asked.
+        action: Lifecycle,
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// [`State::Shutdown`] or [`State::Crashed`].
+        state: State,
+        /// For [`State::Shutdown`], why.
+        reason: Option<Reason>,
+    },
+    /// The microvisor accepted the action, but the domain did not reach the expected
+    /// state (paused, or gone for destroy) within dom0d's limit.
+    #[error("{}", timed_out_text(*.action, *.domid, .name, *.waited_ms, *.state))]
+    LifecycleTimeout {
+        /// What was asked.
+        action: Lifecycle,
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// How long dom0d waited, in milliseconds.
+        waited_ms: u64,
+        /// The state it last saw.
+        state: Option<State>,
+    },
 }
 
 /// Symbolic name of the errno values the control path produces.
@@ -574,6 +783,9 @@ mod tests {
             Request::ListDomains { from: u32::MAX },
             Request::DomainInfo { domid: 4000 },
             Request::Events,
+            Request::Pause { domid: 3 },
+            Request::Unpause { domid: u32::MAX },
+            Request::Destroy { domid: 0 },
         ]
     }
 
@@ -603,6 +815,44 @@ mod tests {
             Response::Error(ApiError::BadRecord { reason: "y".into() }),
             Response::Error(ApiError::HandshakeRequired),
             Response::Error(ApiError::Busy),
+            Response::Error(ApiError::DomainZero {
+                action: Lifecycle::Destroy,
+            }),
+            Response::Error(ApiError::AlreadyPaused {
+                domid: 3,
+                name: "spin".into(),
+            }),
+            Response::Error(ApiError::NotPaused {
+                domid: 3,
+                name: String::new(),
+                state: Some(State::Blocked),
+            }),
+            Response::Error(ApiError::DomainEnded {
+                action: Lifecycle::Unpause,
+                domid: 3,
+                name: "spin".into(),
+                state: State::Shutdown,
+                reason: Some(Reason::Crash),
+            }),
+            Response::Error(ApiError::LifecycleTimeout {
+                action: Lifecycle::Pause,
+                domid: 3,
+                name: "spin".into(),
+                waited_ms: 2000,
+                state: None,
+            }),
+            Response::Lifecycle(LifecycleDone {
+                action: Lifecycle::Pause,
+                domid: 3,
+                name: "spin".into(),
+                state: Some(State::Paused),
+            }),
+            Response::Lifecycle(LifecycleDone {
+                action: Lifecycle::Destroy,
+                domid: 3,
+                name: "spin".into(),
+                state: None,
+            }),
             Response::Version(ServiceVersion {
                 dom0d: "0.1.0".into(),
                 protocol: 1,
@@ -717,6 +967,82 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_was_appended_after_events() {
+        // Requests, the reply and the errors all come after what existed before, so every
+        // earlier encoding keeps its bytes.
+        assert_eq!(
+            postcard::to_stdvec(&Request::Pause { domid: 7 }).unwrap(),
+            [6, 7]
+        );
+        assert_eq!(
+            postcard::to_stdvec(&Request::Unpause { domid: 7 }).unwrap(),
+            [7, 7]
+        );
+        assert_eq!(
+            postcard::to_stdvec(&Request::Destroy { domid: 7 }).unwrap(),
+            [8, 7]
+        );
+        let done = Response::Lifecycle(LifecycleDone {
+            action: Lifecycle::Unpause,
+            domid: 7,
+            name: "a".into(),
+            state: Some(State::Running),
+        });
+        assert_eq!(
+            postcard::to_stdvec(&done).unwrap(),
+            [7, 1, 7, 1, b'a', 1, 0]
+        );
+        assert_eq!(
+            postcard::to_stdvec(&Response::Error(ApiError::Busy)).unwrap(),
+            [1, 6]
+        );
+        let zero = Response::Error(ApiError::DomainZero {
+            action: Lifecycle::Pause,
+        });
+        assert_eq!(postcard::to_stdvec(&zero).unwrap(), [1, 7, 0]);
+        for (action, domid) in [
+            (Lifecycle::Pause, 1),
+            (Lifecycle::Unpause, 2),
+            (Lifecycle::Destroy, 3),
+        ] {
+            assert_eq!(action.request(domid).lifecycle(), Some((action, domid)));
+        }
+        assert_eq!(Request::Events.lifecycle(), None);
+    }
+
+    #[test]
+    fn lifecycle_error_messages() {
+        let e = ApiError::NotPaused {
+            domid: 4,
+            name: String::new(),
+            state: Some(State::Blocked),
+        };
+        assert_eq!(e.to_string(), "domain 4 is not paused (it is blocked)");
+        let e = ApiError::DomainEnded {
+            action: Lifecycle::Pause,
+            domid: 4,
+            name: "web".into(),
+            state: State::Shutdown,
+            reason: Some(Reason::Reboot),
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain 4 (web) has shut down (reboot), so it cannot be paused"
+        );
+        let e = ApiError::LifecycleTimeout {
+            action: Lifecycle::Pause,
+            domid: 4,
+            name: "web".into(),
+            waited_ms: 2017,
+            state: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain 4 (web) was not paused within 2.0 s (it is in an unknown state)"
+        );
+    }
+
+    #[test]
     fn a_full_page_of_domains_fits_a_frame() {
         let mut d = sample_domain(u32::MAX);
         d.name = "x".repeat(31);
@@ -768,7 +1094,8 @@ mod tests {
         for payload in [
             &[][..],
             &[0xff],
-            &[6], // the first request index not (yet) defined
+            &[9], // the first request index not (yet) defined
+            &[6], // Pause without its domid
             &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[0, 1, 200, b'a'],
             &[4],

@@ -24,10 +24,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::events::EventMonitor;
+use crate::lifecycle::{self, Waits};
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::proto::{
-    self, ApiError, FrameError, MAX_FRAME, PROTOCOL_VERSION, Request, Response, ServiceVersion,
+    self, ApiError, FrameError, Lifecycle, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
+    ServiceVersion,
 };
 
 /// dom0d's version (the crate version).
@@ -41,6 +43,7 @@ pub const DEFAULT_SOCKET: &str = "/run/dom0/control.sock";
 pub struct Service {
     mv: Arc<dyn Microvisor>,
     events: Arc<EventMonitor>,
+    waits: Waits,
 }
 
 impl std::fmt::Debug for Service {
@@ -62,7 +65,18 @@ impl Service {
     /// A service backed by `mv` that reports what `events` has seen.
     #[must_use]
     pub fn with_events(mv: Arc<dyn Microvisor>, events: Arc<EventMonitor>) -> Self {
-        Self { mv, events }
+        Self {
+            mv,
+            events,
+            waits: Waits::default(),
+        }
+    }
+
+    /// The same service with other limits for lifecycle actions to take effect.
+    #[must_use]
+    pub fn with_waits(mut self, waits: Waits) -> Self {
+        self.waits = waits;
+        self
     }
 
     /// The hello dom0d sends.
@@ -74,9 +88,9 @@ impl Service {
         }
     }
 
-    /// Answers one request (after the handshake).
-    #[must_use]
-    pub fn handle(&self, req: &Request) -> Response {
+    /// Answers one request (after the handshake). Lifecycle requests wait (without
+    /// blocking the runtime) for the action to take effect, see [`lifecycle`].
+    pub async fn handle(&self, req: &Request) -> Response {
         let mv = &*self.mv;
         let result = match *req {
             Request::Hello { .. } => return Self::hello(),
@@ -96,6 +110,21 @@ impl Service {
                 microvisor::domain_info(mv, domid).map(Response::Domain)
             }
             Request::Events => Ok(Response::Events(self.events.report())),
+            Request::Pause { domid } => {
+                lifecycle::perform(mv, Lifecycle::Pause, domid, &self.waits)
+                    .await
+                    .map(Response::Lifecycle)
+            }
+            Request::Unpause { domid } => {
+                lifecycle::perform(mv, Lifecycle::Unpause, domid, &self.waits)
+                    .await
+                    .map(Response::Lifecycle)
+            }
+            Request::Destroy { domid } => {
+                lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits)
+                    .await
+                    .map(Response::Lifecycle)
+            }
         };
         result.unwrap_or_else(|e| {
             if !matches!(e, ApiError::NoSuchDomain { .. }) {
@@ -256,7 +285,7 @@ async fn converse(stream: &mut UnixStream, service: &Service, limits: &Limits, i
             }
             Ok(req) => {
                 log::write(Level::Debug, format_args!("conn {id}: {req:?}"));
-                (service.handle(&req), false)
+                (service.handle(&req).await, false)
             }
         };
         if let Err(e) = send(stream, &reply, limits).await {

@@ -66,7 +66,19 @@ fn clap_definition_is_consistent() {
 fn only_real_commands_exist() {
     let cmd = Cli::command();
     let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
-    assert_eq!(names, ["list", "info", "host", "version", "completions"]);
+    assert_eq!(
+        names,
+        [
+            "list",
+            "info",
+            "pause",
+            "unpause",
+            "destroy",
+            "host",
+            "version",
+            "completions"
+        ]
+    );
 }
 
 #[test]
@@ -83,7 +95,17 @@ fn help_lists_exactly_the_existing_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["list", "info", "host", "version", "completions", "help"]
+        [
+            "list",
+            "info",
+            "pause",
+            "unpause",
+            "destroy",
+            "host",
+            "version",
+            "completions",
+            "help"
+        ]
     );
 }
 
