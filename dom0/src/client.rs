@@ -145,9 +145,19 @@ impl Client {
     /// [`ClientError::Timeout`], [`ClientError::Closed`] or [`ClientError::Frame`].
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let frame = proto::encode(req).map_err(ClientError::Frame)?;
-        self.stream
-            .write_all(&frame)
-            .map_err(|e| self.io_error(e))?;
+        if let Err(e) = self.stream.write_all(&frame) {
+            // dom0d may have answered and closed without reading the request (a `Busy`
+            // refusal is sent right after accept): its reply is still readable.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) && let Ok(Some(payload)) = proto::read_frame(&mut self.stream, MAX_FRAME)
+                && let Ok(reply) = proto::decode(&payload)
+            {
+                return Ok(reply);
+            }
+            return Err(self.io_error(e));
+        }
         match proto::read_frame(&mut self.stream, MAX_FRAME) {
             Ok(Some(payload)) => proto::decode(&payload).map_err(ClientError::Frame),
             Ok(None) => Err(ClientError::Closed),

@@ -861,6 +861,56 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_requests_are_served() {
+        use crate::proto::{Lifecycle, LifecycleDone, State};
+        let f = start(Limits::default());
+        let mut s = greeted(&f);
+        for action in [Lifecycle::Pause, Lifecycle::Unpause, Lifecycle::Destroy] {
+            assert_eq!(
+                ask(&mut s, &action.request(0)),
+                Response::Error(ApiError::DomainZero { action })
+            );
+        }
+        assert_eq!(
+            f.fake.calls(),
+            0,
+            "domain 0 is refused before the microvisor"
+        );
+        assert_eq!(
+            ask(&mut s, &Request::Pause { domid: 2 }),
+            Response::Lifecycle(LifecycleDone {
+                action: Lifecycle::Pause,
+                domid: 2,
+                name: "hello2".into(),
+                state: Some(State::Paused),
+            })
+        );
+        assert_eq!(
+            ask(&mut s, &Request::Pause { domid: 2 }),
+            Response::Error(ApiError::AlreadyPaused {
+                domid: 2,
+                name: "hello2".into()
+            })
+        );
+        assert_eq!(
+            ask(&mut s, &Request::Unpause { domid: 1 }),
+            Response::Error(ApiError::NotPaused {
+                domid: 1,
+                name: "hello1".into(),
+                state: Some(State::Blocked),
+            })
+        );
+        match ask(&mut s, &Request::Destroy { domid: 2 }) {
+            Response::Lifecycle(done) => assert_eq!(done.state, None),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ask(&mut s, &Request::Unpause { domid: 2 }),
+            Response::Error(ApiError::NoSuchDomain { domid: 2 })
+        );
+    }
+
+    #[test]
     fn microvisor_errors_become_error_replies() {
         let f = start(Limits::default());
         f.fake.set_fault(crate::fake::Fault::Errno(1));

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::events::EventMonitor;
 use crate::fake::{FakeMicrovisor, Fault, domain_record};
+use crate::lifecycle::Waits;
 use crate::microvisor::Microvisor;
 use crate::proto::EventStatus;
 use crate::server::{BackgroundServer, Limits, Service, spawn_background, spawn_service};
@@ -406,6 +407,24 @@ impl Dom0d {
         let server = spawn_service(
             &dir.path().join("dom0d.sock"),
             Service::with_events(mv, events),
+            Limits::default(),
+        )
+        .unwrap();
+        Self {
+            server,
+            fake,
+            _dir: dir,
+        }
+    }
+
+    /// A dom0d with other limits for lifecycle actions.
+    fn with_waits(fake: FakeMicrovisor, waits: Waits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(fake);
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let server = spawn_service(
+            &dir.path().join("dom0d.sock"),
+            Service::new(mv).with_waits(waits),
             Limits::default(),
         )
         .unwrap();
@@ -978,4 +997,411 @@ fn state_flags_and_number_formats() {
     assert_eq!(crate::edit_distance("hello3", "hello1"), 1);
     assert_eq!(crate::edit_distance("", "abc"), 3);
     assert_eq!(crate::edit_distance("kitten", "sitting"), 3);
+}
+
+// ---- Lifecycle: pause, unpause, destroy. ----
+
+/// The fake's host plus `spin` (3, running, 64 MiB), `off` (5, powered off) and `boom`
+/// (6, crashed).
+fn lifecycle_fake() -> FakeMicrovisor {
+    use shared_abi::control::DomainState;
+    let fake = FakeMicrovisor::new();
+    fake.insert(domain_record(3, "spin", DomainState::Running, 64 * 1024));
+    fake.insert(domain_record(5, "off", DomainState::Shutdown, 1024));
+    fake.insert(domain_record(6, "boom", DomainState::Crashed, 1024));
+    fake
+}
+
+fn state_of(d: &Dom0d, dom: &str) -> String {
+    let (status, out, err) = d.run(&["info", dom, "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    doc["state"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn pause_unpause_destroy_are_silent_on_success() {
+    let d = Dom0d::start(lifecycle_fake());
+    let ok = |args: &[&str]| {
+        let (status, out, err) = d.run(args);
+        assert_eq!(status, ExitStatus::Success, "{args:?}: {err}");
+        assert_eq!((out.as_str(), err.as_str()), ("", ""), "{args:?}");
+    };
+    ok(&["pause", "spin"]);
+    assert_eq!(state_of(&d, "spin"), "paused");
+    let (_, list, _) = d.run(&["list"]);
+    assert!(list.contains("\n3   spin      --p---"), "{list}");
+    ok(&["unpause", "3"]);
+    assert_eq!(state_of(&d, "3"), "running");
+    ok(&["pause", "3"]);
+    ok(&["resume", "spin"]);
+    assert_eq!(state_of(&d, "spin"), "running");
+
+    let free = |d: &Dom0d| {
+        let (_, out, _) = d.run(&["host", "info", "-o", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["mem_free_kib"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = free(&d);
+    ok(&["destroy", "spin"]);
+    assert_eq!(
+        free(&d),
+        before + 64 * 1024,
+        "its memory is back in the pool"
+    );
+    let (status, _, err) = d.run(&["info", "spin"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(
+        err.starts_with("error: no domain named \"spin\"\n"),
+        "{err}"
+    );
+    let (status, _, err) = d.run(&["info", "3"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(err.starts_with("error: no domain with id 3\n"), "{err}");
+    let (_, list, _) = d.run(&["list", "--json"]);
+    let ids: Vec<u64> = serde_json::from_str::<Value>(&list)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 5, 6]);
+
+    // Shut-down and crashed domains can be destroyed (and only destroyed).
+    ok(&["destroy", "off"]);
+    ok(&["destroy", "6"]);
+    assert_eq!(d.run(&["info", "boom"]).0, ExitStatus::NotFound);
+}
+
+#[test]
+fn lifecycle_json_results() {
+    let d = Dom0d::start(lifecycle_fake());
+    let (status, out, err) = d.run(&["pause", "spin", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty());
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        serde_json::json!({
+            "api_version": "dom0/v1",
+            "action": "pause",
+            "domid": 3,
+            "name": "spin",
+            "state": "paused",
+        })
+    );
+    let (status, out, _) = d.run(&["--json", "unpause", "3"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&doc["action"], &doc["state"]),
+        (&"unpause".into(), &"running".into())
+    );
+    let (status, out, _) = d.run(&["destroy", "spin", "-o", "jsonl"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(
+        out,
+        "{\"api_version\":\"dom0/v1\",\"action\":\"destroy\",\"domid\":3,\"name\":\"spin\",\"state\":null}\n"
+    );
+}
+
+#[test]
+fn lifecycle_on_unknown_domains_exits_3() {
+    let d = Dom0d::start(lifecycle_fake());
+    for cmd in ["pause", "unpause", "destroy"] {
+        let (status, out, err) = d.run(&[cmd, "4000"]);
+        assert_eq!(status, ExitStatus::NotFound, "{cmd}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err, "error: no domain with id 4000\n  hint: `dom0 list` shows the domains\n",
+            "{cmd}"
+        );
+        let (status, _, err) = d.run(&[cmd, "spni"]);
+        assert_eq!(status, ExitStatus::NotFound, "{cmd}");
+        assert_eq!(
+            err, "error: no domain named \"spni\"\n  hint: did you mean spin?\n",
+            "{cmd}"
+        );
+        let (status, _, err) = d.run(&[cmd, "nosuch", "-o", "json"]);
+        assert_eq!(status, ExitStatus::NotFound);
+        let doc: Value = serde_json::from_str(&err).unwrap();
+        assert_eq!(
+            (doc["code"].as_str(), doc["exit_code"].as_u64()),
+            (Some("not_found"), Some(3))
+        );
+    }
+    assert_eq!(state_of(&d, "spin"), "running");
+}
+
+#[test]
+fn lifecycle_on_domain_0_exits_4() {
+    let d = Dom0d::start(lifecycle_fake());
+    for (cmd, dom, done) in [
+        ("pause", "0", "paused"),
+        ("unpause", "Domain-0", "unpaused"),
+        ("destroy", "0", "destroyed"),
+        ("destroy", "Domain-0", "destroyed"),
+    ] {
+        let (status, out, err) = d.run(&[cmd, dom]);
+        assert_eq!(status, ExitStatus::InvalidState, "{cmd} {dom}");
+        assert_eq!(status.code(), 4);
+        assert!(out.is_empty());
+        assert_eq!(
+            err,
+            format!(
+                "error: cannot {cmd} domain 0 (Domain-0)\n  caused by: Domain-0 cannot be {done}\n"
+            )
+        );
+    }
+    let (status, out, err) = d.run(&["destroy", "0", "-o", "json"]);
+    assert_eq!(status.code(), 4);
+    assert!(out.is_empty());
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "code": "domain_0_refused",
+            "message": "cannot destroy domain 0 (Domain-0)",
+            "causes": ["Domain-0 cannot be destroyed"],
+            "hint": null,
+            "exit_code": 4,
+        })
+    );
+    assert_eq!(state_of(&d, "0"), "running");
+}
+
+#[test]
+fn wrong_states_exit_4_naming_the_state() {
+    let d = Dom0d::start(lifecycle_fake());
+    assert_eq!(d.run(&["pause", "spin"]).0, ExitStatus::Success);
+    let (status, out, err) = d.run(&["pause", "spin"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        "error: cannot pause domain 3 (spin)\n  caused by: domain 3 (spin) is already paused\n"
+    );
+    let (status, _, err) = d.run(&["pause", "spin", "-o", "json"]);
+    assert_eq!(status.code(), 4);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "already_paused");
+    assert_eq!(state_of(&d, "spin"), "paused");
+
+    let (status, _, err) = d.run(&["unpause", "hello2"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert_eq!(
+        err,
+        "error: cannot unpause domain 2 (hello2)\n  caused by: domain 2 (hello2) is not paused (it is running)\n"
+    );
+    let (_, _, err) = d.run(&["unpause", "1", "--json"]);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "not_paused");
+    assert_eq!(
+        doc["causes"][0],
+        "domain 1 (hello1) is not paused (it is blocked)"
+    );
+
+    let (status, _, err) = d.run(&["pause", "off"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert_eq!(
+        err,
+        "error: cannot pause domain 5 (off)\n  caused by: domain 5 (off) has shut down (poweroff), \
+         so it cannot be paused\n  hint: `dom0 destroy off` removes it\n"
+    );
+    let (status, _, err) = d.run(&["unpause", "off"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert!(err.contains("so it cannot be unpaused\n"), "{err}");
+    let (status, _, err) = d.run(&["pause", "6", "-o", "json"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "domain_ended");
+    assert_eq!(
+        doc["causes"][0],
+        "domain 6 (boom) has crashed, so it cannot be paused"
+    );
+    assert_eq!(doc["hint"], "`dom0 destroy boom` removes it");
+    assert_eq!(state_of(&d, "off"), "shutdown");
+}
+
+#[test]
+fn actions_that_do_not_show_in_time_exit_5() {
+    let waits = Waits {
+        pause: std::time::Duration::from_millis(150),
+        destroy: std::time::Duration::from_millis(150),
+        poll: std::time::Duration::from_millis(2),
+    };
+    let d = Dom0d::with_waits(lifecycle_fake(), waits);
+    // A microvisor that takes a few polls: dom0d waits, and the reply means done.
+    d.fake.set_lag(20);
+    assert_eq!(d.run(&["pause", "spin"]).0, ExitStatus::Success);
+    d.fake.set_lag(0);
+    assert_eq!(state_of(&d, "spin"), "paused");
+    assert_eq!(d.run(&["unpause", "spin"]).0, ExitStatus::Success);
+
+    d.fake.set_lag(u32::MAX);
+    let (status, out, err) = d.run(&["pause", "spin"]);
+    assert_eq!(status, ExitStatus::Timeout, "{err}");
+    assert!(out.is_empty());
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines[0], "error: cannot pause domain 3 (spin)");
+    assert!(
+        lines[1].starts_with("  caused by: domain 3 (spin) was not paused within 0."),
+        "{err}"
+    );
+    assert!(lines[1].ends_with(" s (it is running)"), "{err}");
+    assert_eq!(
+        lines[2],
+        "  hint: `dom0 info spin` shows its state now; the microvisor's log may say why"
+    );
+    let (status, _, err) = d.run(&["destroy", "hello1", "-o", "json"]);
+    assert_eq!(status.code(), 5);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "timeout");
+    assert!(
+        doc["causes"][0]
+            .as_str()
+            .unwrap()
+            .contains(" after the microvisor destroyed it (state blocked)"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn a_waiting_pause_does_not_hold_up_other_clients() {
+    let waits = Waits {
+        pause: std::time::Duration::from_secs(1),
+        ..Waits::default()
+    };
+    let d = Dom0d::with_waits(lifecycle_fake(), waits);
+    d.fake.set_lag(u32::MAX);
+    std::thread::scope(|scope| {
+        let pausing = scope.spawn(|| d.run(&["pause", "spin"]));
+        // While dom0d waits for the pause to show, it answers everyone else.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let (status, _, err) = d.run(&["list"]);
+        assert_eq!(status, ExitStatus::Success, "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "list took {:?}",
+            started.elapsed()
+        );
+        assert!(!pausing.is_finished());
+        assert_eq!(pausing.join().unwrap().0, ExitStatus::Timeout);
+    });
+}
+
+#[test]
+fn lifecycle_microvisor_failures_keep_their_exit_codes() {
+    // The domain resolves, then the microvisor refuses the operation itself.
+    struct NoLifecycle(FakeMicrovisor);
+    impl Microvisor for NoLifecycle {
+        fn control(&self, op: u64, arg: u64, buf: &mut [u8]) -> Result<u64, i32> {
+            if op >= shared_abi::control::ControlOp::DomainPause as u64 {
+                return Err(38);
+            }
+            self.0.control(op, arg, buf)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mv: Arc<dyn Microvisor> = Arc::new(NoLifecycle(lifecycle_fake()));
+    let server = spawn_background(&dir.path().join("s.sock"), mv, Limits::default()).unwrap();
+    let (status, _, err) = dom0_at(server.path(), &["pause", "spin"]);
+    assert_eq!(status, ExitStatus::NotSupported, "{err}");
+    assert_eq!(
+        err,
+        "error: cannot pause domain 3 (spin)\n  caused by: the microvisor's DomainPause call failed \
+         with ENOSYS (Function not implemented)\n  hint: this microvisor does not implement the operation\n"
+    );
+}
+
+#[test]
+fn a_dom0d_without_lifecycle_requests_exits_69() {
+    use crate::proto::{ApiError, Request, Response};
+    // A dom0d of an earlier protocol 1 release: it cannot decode Pause and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fake = lifecycle_fake();
+    let old = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME) {
+            let reply = match crate::proto::decode::<Request>(&payload) {
+                Ok(Request::Hello { .. }) => Service::hello(),
+                Ok(Request::DomainInfo { domid }) => {
+                    Response::Domain(crate::microvisor::domain_info(&fake, domid).unwrap())
+                }
+                _ => Response::Error(ApiError::Malformed {
+                    reason: "cannot decode message".into(),
+                }),
+            };
+            s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+        }
+    });
+    let (status, out, err) = dom0_at(&path, &["pause", "3"]);
+    old.join().unwrap();
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(out.is_empty());
+    let software = format!("dom0d {}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot pause domain 3 (spin)\n  caused by: dom0d at {} ({software}) does not \
+             know the pause request\n  hint: install dom0 and dom0d from the same build\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn lifecycle_usage() {
+    for args in [
+        &["pause"][..],
+        &["unpause"],
+        &["resume"],
+        &["destroy"],
+        &["pause", "a", "b"],
+        &["destroy", "--all"],
+        &["paus", "spin"],
+    ] {
+        let (status, out, err) = dom0(args);
+        assert_eq!(status, ExitStatus::Usage, "{args:?}");
+        assert!(out.is_empty() && !err.is_empty(), "{args:?}");
+    }
+    for (args, action) in [
+        (&["pause", "x"][..], "pause"),
+        (&["unpause", "x"], "unpause"),
+        (&["resume", "x"], "unpause"),
+        (&["destroy", "x", "--json"], "destroy"),
+    ] {
+        let got = match parse(args).unwrap().command {
+            Command::Pause { domain } => ("pause", domain),
+            Command::Unpause { domain } => ("unpause", domain),
+            Command::Destroy { domain } => ("destroy", domain),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, (action, "x".to_owned()), "{args:?}");
+    }
+    // Without dom0d: 69, as for every command that needs it.
+    let (status, _, _) = dom0(&["destroy", "3"]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    for shell in ["bash", "zsh", "fish"] {
+        let (_, out, _) = dom0(&["completions", shell]);
+        for cmd in ["pause", "unpause", "destroy"] {
+            assert!(out.contains(cmd), "{shell}: {cmd}");
+        }
+    }
+}
+
+#[test]
+fn hints_name_domains_safely() {
+    use crate::error::domain_ref;
+    assert_eq!(domain_ref(3, "spin"), "spin");
+    assert_eq!(domain_ref(3, "web-01.eu"), "web-01.eu");
+    assert_eq!(domain_ref(3, ""), "3");
+    assert_eq!(domain_ref(3, "42"), "3");
+    assert_eq!(domain_ref(3, "a b"), "3");
+    assert_eq!(domain_ref(3, "-x"), "3");
+    assert_eq!(domain_ref(3, "$(x)"), "3");
 }
