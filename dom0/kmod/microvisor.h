@@ -44,6 +44,9 @@
 #define MV_OP_EVENTS_TAKE 4u	/* returns and clears the pending MV_EVENT_* bits */
 #define MV_OP_FOREIGN_MAP 5u	/* arg: slot; in: struct mv_foreign_map_request */
 #define MV_OP_FOREIGN_UNMAP 6u	/* arg: slot */
+#define MV_OP_DOMAIN_PAUSE 7u	/* arg: domid; no buffer */
+#define MV_OP_DOMAIN_UNPAUSE 8u	/* arg: domid; no buffer */
+#define MV_OP_DOMAIN_DESTROY 9u	/* arg: domid; no buffer */
 
 /*
  * MV_OP_EVENTS_TAKE belongs to the module: it takes the bits whenever the

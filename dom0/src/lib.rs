@@ -69,10 +69,35 @@
 //! | `ListDomains { from }` | `Domains { domains, next }`: up to 256 domains with `domid >= from`, ascending; `next` is the `from` of the following page, `None` at the end |
 //! | `DomainInfo { domid }` | `Domain(Domain)`, or `Error(NoSuchDomain)` |
 //! | `Events` | `Events(EventReport)`: status (`Listening`, `Unavailable { reason }`, `Stopped { reason }`), masks received, last mask, its time (ms since the epoch) and age (ms). Added at the end within protocol 1: an older dom0d answers `Error(Malformed)`, which the CLI shows as "unknown" |
+//! | `Pause { domid }` | `Lifecycle(LifecycleDone { action, domid, name, state })` once the domain shows as `paused` |
+//! | `Unpause { domid }` | `Lifecycle(..)` with the state after the unpause (`running` or `blocked`) |
+//! | `Destroy { domid }` | `Lifecycle(..)` with `state: None` once the domain is gone from the list |
+//!
+//! The three lifecycle requests were appended after `Events` within protocol 1 (an older
+//! dom0d answers `Error(Malformed)`, which the CLI reports as "dom0d ... does not know the
+//! pause request", exit 69). dom0d handles them in [`lifecycle`]:
+//!
+//! - domain 0 is refused with `DomainZero` before the microvisor is asked;
+//! - the domain is read first (`NoSuchDomain` if it does not exist; its name goes into
+//!   the log and the errors), then `DomainPause`/`DomainUnpause`/`DomainDestroy` (ops 7-9,
+//!   `R10` = domid, no buffer) is issued; its errno becomes a typed error: `ESRCH`
+//!   `NoSuchDomain`, `EBUSY` `AlreadyPaused` ("domain 3 (spin) is already paused") or
+//!   `NotPaused` (with the current state), `EINVAL` `DomainEnded` (shut down or crashed:
+//!   only destroy applies), others `Hypercall`;
+//! - a reply means done: after a pause dom0d polls `DomainInfo` (every 5 ms, without
+//!   holding up other clients) until the state is `paused`, after a destroy until the
+//!   domain is gone; past 2 s (pause) or 5 s (destroy) it answers `LifecycleTimeout`. A
+//!   pause that meets a shut-down or crashed domain answers `DomainEnded`.
+//!
+//! Each completed action is logged at INFO, e.g. `pause: domain 3 (spin) paused (was
+//! running, now paused; 1 ms)`; refusals at WARN, timeouts at ERROR (all rate-limited).
 //!
 //! - **Errors** ([`proto::ApiError`]): `HandshakeRequired`, `FrameTooLarge`, `Malformed`,
 //!   `NoSuchDomain`, `Hypercall { op, errno }` (the microvisor or the module refused),
-//!   `BadRecord` (the microvisor's answer did not validate), `Busy`.
+//!   `BadRecord` (the microvisor's answer did not validate), `Busy`, and for lifecycle
+//!   requests `DomainZero { action }`, `AlreadyPaused { domid, name }`,
+//!   `NotPaused { domid, name, state }`, `DomainEnded { action, domid, name, state,
+//!   reason }`, `LifecycleTimeout { action, domid, name, waited_ms, state }`.
 //!
 //! dom0d decodes the microvisor's `shared_abi::control` records with zerocopy and
 //! validates them ([`microvisor`]): result sizes and counts, states and shutdown reasons,
@@ -85,9 +110,23 @@
 //! |---------|--------|
 //! | `dom0 list` | one line per domain: `ID NAME STATE MEM(MiB) VCPUS PCPU TIME(s)`, STATE being xl's flags (`r` running, `b` blocked, `p` paused, `s` shut down + reason letter `o`/`r`/`s`/`c`/`w`, `c` in the fifth column for crashed) |
 //! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name |
+//! | `dom0 pause DOM` | stops scheduling the domain; returns once it is paused |
+//! | `dom0 unpause DOM` (alias `resume`) | resumes a paused domain |
+//! | `dom0 destroy DOM` | tears the domain down at once, in any state, and frees its memory; returns once it is gone from the list |
 //! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime, `events` (masks dom0d received, or `unavailable (why)`), `last_event` (`2025-01-31T12:00:00.123Z (4.2 s ago): domain state changed`, or `-`) |
 //! | `dom0 version` | versions of the CLI, its interfaces, and (when reachable) dom0d and the microvisor; succeeds while dom0d is down |
 //! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
+//!
+//! `pause`, `unpause` and `destroy` print nothing on success (exit 0) unless `-o json`.
+//! They refuse Domain-0 (exit 4). Pausing a paused domain, unpausing one that is not
+//! paused, and pausing or unpausing one that shut down or crashed are errors that name the
+//! current state (exit 4, CLI.md §7), e.g.:
+//!
+//! ```text
+//! error: cannot pause domain 5 (off)
+//!   caused by: domain 5 (off) has shut down (poweroff), so it cannot be paused
+//!   hint: `dom0 destroy off` removes it
+//! ```
 //!
 //! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
 //! `--json` (short for `-o json`), `--socket PATH` (env `DOM0_SOCKET`, default
@@ -104,6 +143,9 @@
 //!   `suspend`, `crash`, `watchdog`, `soft_reset`; otherwise `null`), `mem_kib`, `mem_mib`,
 //!   `vcpus`, `pcpu`, `cpu_time_ns`, `privileged`.
 //! - `info`: one domain object, plus `api_version` (`"dom0/v1"`).
+//! - `pause`, `unpause`, `destroy`: `api_version`, `action` (`pause`, `unpause`,
+//!   `destroy`), `domid`, `name`, `state` (the state afterwards: `paused`; `running` or
+//!   `blocked`; `null` after `destroy`).
 //! - `host info`: `api_version`, `pcpus`, `dom0_pcpu`, `mem_total_kib`, `mem_free_kib`,
 //!   `mem_total_mib`, `mem_free_mib`, `tsc_khz`, `uptime_ns`, `microvisor_version`,
 //!   `control_version`, `events` (`null` if dom0d does not report events, else `{status:
@@ -123,10 +165,11 @@
 //! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno) |
 //! | 2 | usage error |
 //! | 3 | no such domain |
-//! | 5 | dom0d did not answer within `--timeout` |
+//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed |
+//! | 5 | dom0d did not answer within `--timeout`, or a pause or destroy did not take effect within dom0d's limit (2 s, 5 s) |
 //! | 6 | the microvisor does not implement the operation (`ENOSYS`) |
 //! | 8 | permission denied: the socket is root-only, or the microvisor refused (`EPERM`) |
-//! | 69 | dom0d unreachable, busy, or speaking another protocol version |
+//! | 69 | dom0d unreachable, busy, speaking another protocol version, or too old for the request |
 //!
 //! ### Errors
 //!

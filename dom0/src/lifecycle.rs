@@ -182,7 +182,11 @@ pub async fn perform(
                     format_args!(
                         "{}: the microvisor accepted it, but after {waited_ms} ms {label} is still {}",
                         action.name(),
-                        state.map_or("listed", State::name)
+                        match (action, state) {
+                            (Lifecycle::Destroy, Some(s)) => format!("listed ({})", s.name()),
+                            (_, Some(s)) => s.name().to_owned(),
+                            (_, None) => "listed".to_owned(),
+                        }
                     ),
                 );
                 return Err(ApiError::LifecycleTimeout {

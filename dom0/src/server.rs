@@ -127,7 +127,11 @@ impl Service {
             }
         };
         result.unwrap_or_else(|e| {
-            if !matches!(e, ApiError::NoSuchDomain { .. }) {
+            // Unknown domains are routine; lifecycle timeouts were logged as errors already.
+            if !matches!(
+                e,
+                ApiError::NoSuchDomain { .. } | ApiError::LifecycleTimeout { .. }
+            ) {
                 log::limited(Level::Warn, format_args!("request {req:?} failed: {e}"));
             }
             Response::Error(e)
