@@ -316,7 +316,14 @@ mod tests {
     fn lifecycle_checks() {
         let t = Table(std::vec![0, 2]);
         let mut out = [0u8; MAX_BUFFER];
-        let go = |op, arg| dispatch(&call(op, 0, arg), &t, |_| Err(Errno::EFAULT), &mut [0; MAX_BUFFER]);
+        let go = |op, arg| {
+            dispatch(
+                &call(op, 0, arg),
+                &t,
+                |_| Err(Errno::EFAULT),
+                &mut [0; MAX_BUFFER],
+            )
+        };
         assert_eq!(
             go(7, 2),
             Ok(Action::Lifecycle {

@@ -192,7 +192,11 @@ mod tests {
         assert_eq!(s.run, RunState::Paused { was_blocked: false });
         assert_eq!(s.at_exit(), AtExit::Continue, "applied once");
         assert_eq!(s.unpause(), Ok(Effect::Requeue));
-        assert_eq!(s.unpause(), Err(Errno::EBUSY), "unpause of a running domain");
+        assert_eq!(
+            s.unpause(),
+            Err(Errno::EBUSY),
+            "unpause of a running domain"
+        );
         assert_eq!(s.run, RunState::Queued);
     }
 

@@ -83,7 +83,10 @@ pub fn start_ap(dest: u32, trampoline_pa: u64, tsc_khz: u64) {
 /// Measures the local APIC timer (divided by 16) in ticks per millisecond, against the TSC.
 pub fn calibrate_timer(tsc_khz: u64) -> u64 {
     write(TIMER_DIVIDE, DIVIDE_BY_16);
-    write(LVT_TIMER, LVT_MASKED | u32::from(super::desc::WAKEUP_VECTOR));
+    write(
+        LVT_TIMER,
+        LVT_MASKED | u32::from(super::desc::WAKEUP_VECTOR),
+    );
     write(TIMER_INITIAL, u32::MAX);
     let start = cpu::rdtsc();
     while cpu::rdtsc() - start < tsc_khz * 10 {
@@ -99,7 +102,10 @@ pub fn calibrate_timer(tsc_khz: u64) -> u64 {
 pub fn timer_oneshot(ticks: u64) {
     write(TIMER_DIVIDE, DIVIDE_BY_16);
     write(LVT_TIMER, u32::from(super::desc::WAKEUP_VECTOR));
-    write(TIMER_INITIAL, u32::try_from(ticks.max(1)).unwrap_or(u32::MAX));
+    write(
+        TIMER_INITIAL,
+        u32::try_from(ticks.max(1)).unwrap_or(u32::MAX),
+    );
 }
 
 /// Whether this CPU's one-shot timer is still counting.

@@ -4,12 +4,12 @@
 use super::memory::HostMem;
 use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
 use crate::bundle::{Bundle, Dom0Images};
-use crate::dom0::{self, Dom0Memory, Range};
 use crate::control::LifecycleOp;
+use crate::dom0::{self, Dom0Memory, Range};
 use crate::dom0_pci::{ConfigPorts, PortIo};
-use crate::lifecycle::{AtExit, Effect, RunState, SchedState};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
+use crate::lifecycle::{AtExit, Effect, RunState, SchedState};
 use crate::mm::PhysMemory;
 use crate::mm::npt::Npt;
 use crate::mvlog;
@@ -1179,8 +1179,8 @@ fn slice_cycles() -> u64 {
 fn arm_slice_timer(deadline: u64) {
     let left = deadline.saturating_sub(cpu::rdtsc());
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
-    let ticks = u128::from(left) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed))
-        / u128::from(khz);
+    let ticks =
+        u128::from(left) * u128::from(APIC_TICKS_PER_MS.load(Ordering::Relaxed)) / u128::from(khz);
     apic::timer_oneshot(u64::try_from(ticks).unwrap_or(u64::MAX));
 }
 
