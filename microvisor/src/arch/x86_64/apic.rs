@@ -122,14 +122,19 @@ pub fn timer_stop() {
 pub fn calibrate_tsc_khz() -> u64 {
     const PIT_HZ: u64 = 1_193_182;
     let ticks = PIT_HZ / 100;
-    // SAFETY: ports 0x61/0x42/0x43 are the PIT and its gate, owned by the microvisor
-    // during boot (no Dom0 exists yet); channel 2 drives only the speaker, kept off.
-    unsafe {
-        let gate = cpu::inb(0x61);
-        cpu::outb(0x61, (gate & !0x02) | 0x01);
-        cpu::outb(0x43, 0xB0); // channel 2, lo/hi, mode 0
-        cpu::outb(0x42, ticks as u8);
-        cpu::outb(0x42, (ticks >> 8) as u8);
+    // Ports 0x61/0x42/0x43 are the PIT and its gate, owned by the microvisor during boot
+    // (no Dom0 exists yet); channel 2 drives only the speaker, kept off.
+    // SAFETY: see above.
+    let gate = unsafe { cpu::inb(0x61) };
+    let program = [
+        (0x61, (gate & !0x02) | 0x01),
+        (0x43, 0xB0), // channel 2, lo/hi, mode 0
+        (0x42, ticks as u8),
+        (0x42, (ticks >> 8) as u8),
+    ];
+    for (port, value) in program {
+        // SAFETY: see above.
+        unsafe { cpu::outb(port, value) };
     }
     let start = cpu::rdtsc();
     // SAFETY: reading the gate port has no side effects.

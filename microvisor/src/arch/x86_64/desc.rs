@@ -68,9 +68,13 @@ struct DescriptorPointer {
 pub fn load(cpu: usize) {
     // SAFETY: each CPU touches only its own slot of TABLES/IST_STACKS, once, during its
     // bring-up, before anything else can refer to them.
-    let tables = unsafe { &mut *(&raw mut TABLES[cpu]) };
-    // SAFETY: as above; the stack slot belongs to this CPU only.
-    let ist_top = unsafe { (&raw mut IST_STACKS.0[cpu]).cast::<u8>().add(IST_SIZE) } as u64;
+    let all = &raw mut TABLES;
+    // SAFETY: as above.
+    let tables = unsafe { &mut (*all)[cpu] };
+    let stacks = &raw mut IST_STACKS;
+    // SAFETY: as above; only the address of this CPU's own stack slot is taken.
+    let slot = unsafe { &raw mut (*stacks).0[cpu] };
+    let ist_top = slot.cast::<u8>().wrapping_add(IST_SIZE) as u64;
     tables.tss.ist[0] = ist_top;
     let tss_base = (&raw const tables.tss) as u64;
     tables.gdt = [
@@ -221,7 +225,9 @@ pub struct TrapFrame {
 /// Fills the IDT (once, on the BSP, before any CPU loads it).
 pub fn init_idt() {
     // SAFETY: isr_table is an immutable table of stub addresses emitted above.
-    let table = unsafe { &*(&raw const isr_table) };
+    let table = &raw const isr_table;
+    // SAFETY: as above.
+    let table = unsafe { &*table };
     let gate = |handler: u64, ist: u8| -> u128 {
         let low = (handler & 0xFFFF)
             | (u64::from(KERNEL_CS) << 16)
@@ -231,7 +237,9 @@ pub fn init_idt() {
         u128::from(low) | (u128::from(handler >> 32) << 64)
     };
     // SAFETY: runs on the BSP before any other CPU is started or any IDT is loaded.
-    let idt = unsafe { &mut *(&raw mut IDT) };
+    let idt = &raw mut IDT;
+    // SAFETY: as above.
+    let idt = unsafe { &mut *idt };
     for (vector, &handler) in table[..32].iter().enumerate() {
         // #DF, NMI and #MC run on the IST stack: the current stack may be the problem.
         let ist = u8::from(matches!(vector, 2 | 8 | 18));

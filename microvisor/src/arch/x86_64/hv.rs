@@ -752,13 +752,13 @@ fn start_application_processors(rsdp: u64, tsc_khz: u64) {
             break;
         }
         super::set_apic_id(index, id);
+        let stacks = &raw mut entry::STACKS;
+        // SAFETY: only the address of AP `index`'s stack slot is taken.
+        let slot = unsafe { &raw mut (*stacks).0[index] };
+        let top = slot.cast::<u8>().wrapping_add(entry::STACK_SIZE) as u64;
         // SAFETY: single writer (the BSP); the AP reads it only after the SIPI below, and
         // the BSP waits for it to come online before starting the next AP.
-        unsafe {
-            entry::AP_STACK_TOP = (&raw mut entry::STACKS.0[index])
-                .cast::<u8>()
-                .add(entry::STACK_SIZE) as u64;
-        }
+        unsafe { entry::AP_STACK_TOP = top };
         let before = ONLINE.load(Ordering::Acquire);
         apic::start_ap(id, entry::AP_TRAMPOLINE_PA, tsc_khz);
         let deadline = cpu::rdtsc() + tsc_khz * 1000; // one second
@@ -1121,19 +1121,21 @@ impl Host for ExitHost<'_> {
 fn fpu_switch(area: &mut FpuArea, save: bool) {
     let p = area.0.as_mut_ptr();
     let xsave = XSAVE.load(Ordering::Relaxed);
-    // SAFETY: the area is 64-byte aligned, 4 KiB (larger than any XSAVE image of this
-    // CPU), and owned by the domain whose lock we hold; OSFXSR/OSXSAVE were enabled.
-    unsafe {
-        match (xsave, save) {
-            (true, true) => {
-                core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
-            }
-            (true, false) => {
-                core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
-            }
-            (false, true) => core::arch::asm!("fxsave64 [{}]", in(reg) p),
-            (false, false) => core::arch::asm!("fxrstor64 [{}]", in(reg) p),
-        }
+    // The area is 64-byte aligned, 4 KiB (larger than any XSAVE image of this CPU), and
+    // owned by the domain whose lock we hold; OSFXSR/OSXSAVE were enabled at boot.
+    match (xsave, save) {
+        // SAFETY: see above.
+        (true, true) => unsafe {
+            core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
+        },
+        // SAFETY: see above; the image was written by XSAVE or is the initial one.
+        (true, false) => unsafe {
+            core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX)
+        },
+        // SAFETY: see above.
+        (false, true) => unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p) },
+        // SAFETY: see above; the image was written by FXSAVE or is the initial one.
+        (false, false) => unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p) },
     }
 }
 

@@ -17,7 +17,9 @@ pub static FRAMES: Mutex<Option<FrameAllocator<&'static mut [u64]>>> = Mutex::ne
 pub fn init() {
     // SAFETY: called once on the BSP before any other CPU runs; the bitmap is only ever
     // reached through FRAMES afterwards.
-    let bits: &'static mut [u64] = unsafe { &mut *(&raw mut BITMAP) };
+    let bitmap = &raw mut BITMAP;
+    // SAFETY: as above.
+    let bits: &'static mut [u64] = unsafe { &mut *bitmap };
     *FRAMES.lock() = Some(FrameAllocator::new(bits));
 }
 
