@@ -43,6 +43,28 @@
 //! | [`ControlOp::DomainPause`] | domid | nothing | 0 once the domain will not run again until unpaused |
 //! | [`ControlOp::DomainUnpause`] | domid | nothing | 0 |
 //! | [`ControlOp::DomainDestroy`] | domid | nothing | 0; its memory is back in the pool |
+//! | [`ControlOp::DomainCreate`] | 0 | in: one [`DomainCreateRequest`] | the new domid |
+//! | [`ControlOp::DomainSetEntry`] | domid | in: one [`VcpuEntry`] | 0 |
+//!
+//! ## Building a domain
+//!
+//! The microvisor never parses guest images; Dom0's builder does:
+//!
+//! 1. [`ControlOp::DomainCreate`] makes a domain with zeroed RAM at guest-physical
+//!    `0..memory`, one vCPU, and no kernel. It is **paused** and has never run.
+//! 2. The builder writes the kernel's segments, `hvm_start_info` and the memory map into
+//!    that RAM through the foreign window ([`ControlOp::ForeignMap`]).
+//! 3. [`ControlOp::DomainSetEntry`] sets the PVH entry state (32-bit protected mode, paging
+//!    off, `EIP` = entry, `EBX` = start info).
+//! 4. [`ControlOp::DomainUnpause`] starts it.
+//!
+//! | errno | when |
+//! |-------|------|
+//! | `EINVAL` | create: `vcpus` is not 1, memory outside [`MIN_DOMAIN_MEM_MIB`]..=[`MAX_DOMAIN_MEM_MIB`], the name is empty or not printable ASCII, a reserved field is not zero; set-entry: the entry or start info is not below the domain's memory |
+//! | `EEXIST` | create: a domain already has that name |
+//! | `ENOMEM` | create: not enough free memory (see [`HostInfo::mem_free_kib`]) |
+//! | `ENOSPC` | create: no free domain id |
+//! | `EBUSY` | set-entry: the domain has already run |
 //!
 //! ## Lifecycle errors
 //!
@@ -113,7 +135,42 @@ pub enum ControlOp {
     DomainUnpause = 8,
     /// Destroy a domain and free its memory.
     DomainDestroy = 9,
+    /// Create an empty, paused domain.
+    DomainCreate = 10,
+    /// Set the entry state of a domain that has not run yet.
+    DomainSetEntry = 11,
 }
+
+/// Smallest DomU memory, MiB.
+pub const MIN_DOMAIN_MEM_MIB: u32 = 2;
+/// Largest DomU memory, MiB.
+pub const MAX_DOMAIN_MEM_MIB: u32 = 3072;
+
+/// Input of [`ControlOp::DomainCreate`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DomainCreateRequest {
+    /// Memory in MiB.
+    pub mem_mib: u32,
+    /// Number of vCPUs (1 for now).
+    pub vcpus: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 2],
+    /// Name, NUL-padded printable ASCII, unique among domains.
+    pub name: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<DomainCreateRequest>() == 48);
+
+/// Input of [`ControlOp::DomainSetEntry`]: the PVH entry state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct VcpuEntry {
+    /// Guest-physical entry point (`XEN_ELFNOTE_PHYS32_ENTRY`).
+    pub entry: u64,
+    /// Guest-physical address of `hvm_start_info` (loaded into `EBX`).
+    pub start_info: u64,
+}
+const _: () = assert!(core::mem::size_of::<VcpuEntry>() == 16);
 
 /// Input of [`ControlOp::ForeignMap`].
 #[derive(
@@ -150,6 +207,8 @@ impl TryFrom<u64> for ControlOp {
             7 => ControlOp::DomainPause,
             8 => ControlOp::DomainUnpause,
             9 => ControlOp::DomainDestroy,
+            10 => ControlOp::DomainCreate,
+            11 => ControlOp::DomainSetEntry,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -336,6 +395,8 @@ mod tests {
             ControlOp::DomainPause,
             ControlOp::DomainUnpause,
             ControlOp::DomainDestroy,
+            ControlOp::DomainCreate,
+            ControlOp::DomainSetEntry,
         ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }
