@@ -6,7 +6,8 @@
 
 use shared_abi::Errno;
 use shared_abi::control::{
-    CONTROL_VERSION, ControlOp, DomainInfo, ForeignMapRequest, HostInfo, MAX_BUFFER,
+    CONTROL_VERSION, ControlOp, DomainCreateRequest, DomainInfo, ForeignMapRequest, HostInfo,
+    MAX_BUFFER, MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fixed_str,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -60,6 +61,22 @@ pub enum Action {
     Unmap {
         /// Window slot (checked against the window size).
         slot: u64,
+    },
+    /// Create an empty, paused domain, then return its domid.
+    Create {
+        /// Memory in MiB (checked against the ABI's bounds).
+        mem_mib: u32,
+        /// Name, NUL-padded (checked: printable ASCII, not empty).
+        name: [u8; 32],
+    },
+    /// Set the entry state of a domain that has not run, then return 0.
+    SetEntry {
+        /// The domain (not 0).
+        domid: u32,
+        /// Guest-physical entry point.
+        entry: u64,
+        /// Guest-physical `hvm_start_info`.
+        start_info: u64,
     },
     /// Apply a lifecycle operation to `domid` (never 0), then return 0.
     Lifecycle {
@@ -152,14 +169,45 @@ pub fn dispatch(
         ControlOp::ForeignUnmap => Ok(Action::Unmap {
             slot: window_slot(src, call.arg)?,
         }),
-        ControlOp::DomainPause | ControlOp::DomainUnpause | ControlOp::DomainDestroy => {
-            let domid = u32::try_from(call.arg).map_err(|_| Errno::ESRCH)?;
-            if domid == 0 {
-                return Err(Errno::EPERM);
+        ControlOp::DomainCreate => {
+            if call.arg != 0 {
+                return Err(Errno::EINVAL);
             }
-            src.domain_from(domid)
-                .filter(|d| d.domid == domid)
-                .ok_or(Errno::ESRCH)?;
+            let mut raw = [0u8; size_of::<DomainCreateRequest>()];
+            if len < raw.len() {
+                return Err(Errno::EINVAL);
+            }
+            read_input(&mut raw)?;
+            let req = DomainCreateRequest::read_from_bytes(&raw).map_err(|_| Errno::EINVAL)?;
+            let name_ok = fixed_str(&req.name).is_some_and(|n| !n.is_empty());
+            if req.vcpus != 1
+                || req.reserved != [0, 0]
+                || !(MIN_DOMAIN_MEM_MIB..=MAX_DOMAIN_MEM_MIB).contains(&req.mem_mib)
+                || !name_ok
+            {
+                return Err(Errno::EINVAL);
+            }
+            Ok(Action::Create {
+                mem_mib: req.mem_mib,
+                name: req.name,
+            })
+        }
+        ControlOp::DomainSetEntry => {
+            let domid = existing_domu(src, call.arg)?;
+            let mut raw = [0u8; size_of::<VcpuEntry>()];
+            if len < raw.len() {
+                return Err(Errno::EINVAL);
+            }
+            read_input(&mut raw)?;
+            let e = VcpuEntry::read_from_bytes(&raw).map_err(|_| Errno::EINVAL)?;
+            Ok(Action::SetEntry {
+                domid,
+                entry: e.entry,
+                start_info: e.start_info,
+            })
+        }
+        ControlOp::DomainPause | ControlOp::DomainUnpause | ControlOp::DomainDestroy => {
+            let domid = existing_domu(src, call.arg)?;
             let op = match op {
                 ControlOp::DomainPause => LifecycleOp::Pause,
                 ControlOp::DomainUnpause => LifecycleOp::Unpause,
@@ -185,6 +233,18 @@ pub fn dispatch(
             Ok(reply(count as i64, count * REC))
         }
     }
+}
+
+/// `arg` names an existing DomU: `EPERM` for domain 0, `ESRCH` if there is none.
+fn existing_domu(src: &impl ControlSource, arg: u64) -> Result<u32, Errno> {
+    let domid = u32::try_from(arg).map_err(|_| Errno::ESRCH)?;
+    if domid == 0 {
+        return Err(Errno::EPERM);
+    }
+    src.domain_from(domid)
+        .filter(|d| d.domid == domid)
+        .ok_or(Errno::ESRCH)?;
+    Ok(domid)
 }
 
 fn reply(ret: i64, len: usize) -> Action {
@@ -309,6 +369,85 @@ mod tests {
         assert_eq!(
             dispatch(&call(6, 0, u64::MAX), &t, fault, &mut out),
             Err(Errno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn create_and_set_entry_checks() {
+        let t = Table(std::vec![0, 2]);
+        let mut out = [0u8; MAX_BUFFER];
+        let mut name = [0u8; 32];
+        name[..4].copy_from_slice(b"spin");
+        let good = DomainCreateRequest {
+            mem_mib: 16,
+            vcpus: 1,
+            reserved: [0; 2],
+            name,
+        };
+        let with = |req: DomainCreateRequest| {
+            move |buf: &mut [u8]| {
+                buf.copy_from_slice(req.as_bytes());
+                Ok(())
+            }
+        };
+        assert_eq!(
+            dispatch(&call(10, 48, 0), &t, with(good), &mut out),
+            Ok(Action::Create { mem_mib: 16, name })
+        );
+        for bad in [
+            DomainCreateRequest { vcpus: 0, ..good },
+            DomainCreateRequest { vcpus: 2, ..good },
+            DomainCreateRequest { mem_mib: 1, ..good },
+            DomainCreateRequest {
+                mem_mib: 4096,
+                ..good
+            },
+            DomainCreateRequest {
+                reserved: [0, 1],
+                ..good
+            },
+            DomainCreateRequest {
+                name: [0; 32],
+                ..good
+            },
+            DomainCreateRequest {
+                name: [7; 32],
+                ..good
+            },
+        ] {
+            assert_eq!(
+                dispatch(&call(10, 48, 0), &t, with(bad), &mut out),
+                Err(Errno::EINVAL),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            dispatch(&call(10, 47, 0), &t, with(good), &mut out),
+            Err(Errno::EINVAL)
+        );
+        let entry = VcpuEntry {
+            entry: 0x10_0000,
+            start_info: 0x1000,
+        };
+        let with_entry = move |buf: &mut [u8]| {
+            buf.copy_from_slice(entry.as_bytes());
+            Ok(())
+        };
+        assert_eq!(
+            dispatch(&call(11, 16, 2), &t, with_entry, &mut out),
+            Ok(Action::SetEntry {
+                domid: 2,
+                entry: 0x10_0000,
+                start_info: 0x1000
+            })
+        );
+        assert_eq!(
+            dispatch(&call(11, 16, 0), &t, with_entry, &mut out),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            dispatch(&call(11, 16, 3), &t, with_entry, &mut out),
+            Err(Errno::ESRCH)
         );
     }
 

@@ -25,9 +25,9 @@ const CMDLINE_OFFSET: u64 = 0x100;
 /// Longest kernel command line (without the NUL).
 pub const MAX_CMDLINE: usize = 0xEFF;
 /// Smallest DomU.
-pub const MIN_MEM_MIB: u32 = 2;
+pub const MIN_MEM_MIB: u32 = shared_abi::control::MIN_DOMAIN_MEM_MIB;
 /// Largest DomU (bounded by the guest-physical space below the 4 GiB MMIO hole).
-pub const MAX_MEM_MIB: u32 = 3072;
+pub const MAX_MEM_MIB: u32 = shared_abi::control::MAX_DOMAIN_MEM_MIB;
 
 /// Why a domain could not be built. Nothing is left allocated after an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,15 +129,13 @@ pub fn boot_info_page(mem: u64, cmdline: &str) -> [u8; 4096] {
     page
 }
 
-/// Allocates and maps `mem` bytes of zeroed RAM at guest-physical 0, loads the kernel
-/// segments and writes the boot page. On failure everything allocated is freed again.
-pub fn build(
-    mem_phys: &mut impl PhysMemory,
-    image: &PvhImage<'_>,
-    mem_mib: u32,
-    cmdline: &str,
-) -> Result<Npt, BuildError> {
-    let mem = check(image, mem_mib, cmdline)?;
+/// Makes a domain's memory: zeroed RAM at guest-physical `0..mem_mib` MiB, nothing loaded
+/// (Dom0's builder fills it through the foreign window). Frees everything on failure.
+pub fn build_empty(mem_phys: &mut impl PhysMemory, mem_mib: u32) -> Result<Npt, BuildError> {
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mem_mib) {
+        return Err(BuildError::BadMemorySize(mem_mib));
+    }
+    let mem = u64::from(mem_mib) << 20;
     let npt = Npt::new(mem_phys).map_err(|_| BuildError::OutOfMemory)?;
     let populated = (0..mem).step_by(0x1000).try_for_each(|gpa| {
         let frame = mem_phys.alloc_zeroed_frame().ok_or(MapError::OutOfMemory)?;
@@ -156,6 +154,19 @@ pub fn build(
         npt.destroy(mem_phys);
         return Err(BuildError::OutOfMemory);
     }
+    Ok(npt)
+}
+
+/// Allocates and maps `mem` bytes of zeroed RAM at guest-physical 0, loads the kernel
+/// segments and writes the boot page. On failure everything allocated is freed again.
+pub fn build(
+    mem_phys: &mut impl PhysMemory,
+    image: &PvhImage<'_>,
+    mem_mib: u32,
+    cmdline: &str,
+) -> Result<Npt, BuildError> {
+    let mem = check(image, mem_mib, cmdline)?;
+    let npt = build_empty(mem_phys, mem_mib)?;
     // Segments and the boot page were checked against RAM, which is now fully mapped.
     let mut result = Ok(());
     for s in image.segments() {

@@ -35,6 +35,8 @@ pub struct SchedState {
     pub pause_requested: bool,
     /// Dom0 asked for destruction the pCPU has not applied yet.
     pub destroy_requested: bool,
+    /// The vCPU has run at least once (its entry state is then fixed).
+    pub started: bool,
 }
 
 /// What the caller of a request must do.
@@ -76,7 +78,33 @@ impl SchedState {
             run: RunState::Queued,
             pause_requested: false,
             destroy_requested: false,
+            started: false,
         }
+    }
+
+    /// A vCPU created paused, to be set up by Dom0's builder before it first runs.
+    pub const fn created_paused() -> Self {
+        Self {
+            run: RunState::Paused { was_blocked: false },
+            ..Self::new()
+        }
+    }
+
+    /// Whether Dom0 may still set the entry state: paused and never run.
+    pub fn entry_settable(&self) -> bool {
+        !self.started
+            && !self.destroy_requested
+            && self.run == RunState::Paused { was_blocked: false }
+    }
+
+    /// The pCPU is about to run the vCPU: applies pending requests first (as
+    /// [`SchedState::at_exit`]); if it runs, it counts as started.
+    pub fn begin_run(&mut self) -> AtExit {
+        let verdict = self.at_exit();
+        if verdict == AtExit::Continue {
+            self.started = true;
+        }
+        verdict
     }
 
     /// Whether Dom0 sees the domain as paused (requested or applied).
@@ -206,6 +234,19 @@ mod tests {
         s.pause().unwrap();
         assert_eq!(s.unpause(), Ok(Effect::None));
         assert_eq!(s.at_exit(), AtExit::Continue);
+    }
+
+    #[test]
+    fn a_built_domain_takes_its_entry_until_it_runs() {
+        let mut s = SchedState::created_paused();
+        assert!(s.entry_settable());
+        assert_eq!(s.unpause(), Ok(Effect::Requeue));
+        assert!(!s.entry_settable(), "queued: too late");
+        assert_eq!(s.begin_run(), AtExit::Continue);
+        assert!(s.started);
+        s.pause().unwrap();
+        assert_eq!(s.at_exit(), AtExit::Pause);
+        assert!(!s.entry_settable(), "it has run");
     }
 
     #[test]

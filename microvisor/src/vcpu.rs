@@ -80,6 +80,11 @@ pub trait Host: crate::control::ControlSource {
     fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno>;
     /// Releases foreign-window `slot` (freeing the frame if its domain has ended).
     fn foreign_release(&mut self, slot: u64);
+    /// Creates an empty, paused DomU with `mem_mib` MiB (see
+    /// [`shared_abi::control::ControlOp::DomainCreate`]) and returns its domid.
+    fn create_domain(&mut self, mem_mib: u32, name: &str) -> Result<u32, Errno>;
+    /// Sets the PVH entry state of DomU `domid`, which must not have run yet.
+    fn set_entry(&mut self, domid: u32, entry: u64, start_info: u64) -> Result<(), Errno>;
     /// Pauses, unpauses or destroys DomU `domid` (see [`crate::lifecycle`]).
     fn lifecycle(&mut self, op: crate::control::LifecycleOp, domid: u32) -> Result<(), Errno>;
     /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
@@ -503,6 +508,15 @@ impl Vcpu {
                 }
             }
             Action::Lifecycle { op, domid } => host.lifecycle(op, domid).map(|()| 0),
+            Action::Create { mem_mib, name } => {
+                let name = shared_abi::control::fixed_str(&name).ok_or(Errno::EINVAL)?;
+                host.create_domain(mem_mib, name).map(i64::from)
+            }
+            Action::SetEntry {
+                domid,
+                entry,
+                start_info,
+            } => host.set_entry(domid, entry, start_info).map(|()| 0),
             Action::Unmap { slot } => {
                 let window = host.host_info().foreign_window_gpa;
                 let (_, flush) = self
@@ -710,6 +724,12 @@ mod tests {
             self.mem.free_frame(hpa);
         }
         fn lifecycle(&mut self, _: crate::control::LifecycleOp, _: u32) -> Result<(), Errno> {
+            Err(Errno::EBUSY)
+        }
+        fn create_domain(&mut self, _: u32, _: &str) -> Result<u32, Errno> {
+            Err(Errno::ENOMEM)
+        }
+        fn set_entry(&mut self, _: u32, _: u64, _: u64) -> Result<(), Errno> {
             Err(Errno::EBUSY)
         }
         fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {

@@ -143,6 +143,8 @@ static DOMAIN_PCPU: [AtomicUsize; MAX_DOMAINS + 1] =
     [const { AtomicUsize::new(0) }; MAX_DOMAINS + 1];
 /// Local APIC timer ticks (divided by 16) per millisecond.
 static APIC_TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+/// Round-robin cursor for the pCPU of the next domain Dom0 creates.
+static NEXT_PCPU: AtomicUsize = AtomicUsize::new(0);
 /// A DomU's time slice when others wait on its pCPU.
 const SLICE_MS: u64 = 10;
 
@@ -858,13 +860,37 @@ fn create_domain(
     if slot >= MAX_DOMAINS {
         return Err(CreateError::Slots);
     }
-    let domid = (slot + 1) as u16;
     let image = PvhImage::parse(elf).map_err(CreateError::Elf)?;
     let npt = domain::build(&mut HostMem, &image, mem_mib, cmdline).map_err(CreateError::Build)?;
+    let new = NewDomain {
+        domid: (slot + 1) as u16,
+        name,
+        mem_mib,
+        pcpu,
+        entry: u64::from(image.entry),
+        start_info: BOOT_INFO_GPA,
+    };
+    install_domain(&new, npt, SchedState::new())
+}
+
+/// A DomU about to be installed.
+struct NewDomain<'a> {
+    domid: u16,
+    name: &'a str,
+    mem_mib: u32,
+    pcpu: usize,
+    entry: u64,
+    start_info: u64,
+}
+
+/// Makes a DomU whose memory `npt` is built: VMCB, records, and a place on its pCPU's run
+/// queue unless `sched` says it starts paused. Frees `npt` on failure.
+fn install_domain(new: &NewDomain<'_>, npt: Npt, sched: SchedState) -> Result<(), CreateError> {
     let Some(vmcb_pa) = HostMem.alloc_zeroed_frame() else {
         npt.destroy(&mut HostMem);
         return Err(CreateError::NoMemory);
     };
+    let (domid, name, mem_mib, pcpu) = (new.domid, new.name, new.mem_mib, new.pcpu);
     // SAFETY: `vmcb_pa` is a fresh zeroed frame, identity-mapped, owned by this domain.
     let vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
     // Guest TCG provides 16 ASIDs; ASID 0 is the host's. The TLB is flushed whenever a
@@ -874,7 +900,16 @@ fn create_domain(
         iopm: IOPM_PA.load(Ordering::Relaxed),
         msrpm: MSRPM_PA.load(Ordering::Relaxed),
     };
-    let regs = vcpu::init_pvh_vmcb(vmcb, &npt, asid, maps, image.entry, BOOT_INFO_GPA, false);
+    // PVH entry points are 32-bit: the builder checked the entry lies in guest RAM.
+    let regs = vcpu::init_pvh_vmcb(
+        vmcb,
+        &npt,
+        asid,
+        maps,
+        new.entry as u32,
+        new.start_info,
+        false,
+    );
     let mut d = Domain {
         id: domid,
         name: [0; 32],
@@ -888,17 +923,90 @@ fn create_domain(
     d.name[..d.name_len].copy_from_slice(&name.as_bytes()[..d.name_len]);
     // MXCSR power-on value (the XRSTOR/FXRSTOR image loads it verbatim).
     d.fpu.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
-    mvlog!("d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}");
-    record(domid, name, mem_mib, pcpu);
-    DOMAIN_NPT[usize::from(domid)].store(d.vcpu.npt.root(), Ordering::Release);
-    *SCHED[usize::from(domid)].lock() = SchedState::new();
-    DOMAIN_PCPU[usize::from(domid)].store(pcpu, Ordering::Relaxed);
+    let paused = sched.paused();
+    mvlog!(
+        "d{domid} ({name}) created: {mem_mib} MiB, pCPU {pcpu}{}",
+        if paused { ", paused" } else { "" }
+    );
+    let id = usize::from(domid);
+    DOMAIN_NPT[id].store(d.vcpu.npt.root(), Ordering::Release);
+    DOMAIN_PCPU[id].store(pcpu, Ordering::Relaxed);
     ALIVE.fetch_add(1, Ordering::AcqRel);
-    *DOMAINS[slot].lock() = Some(d);
-    let mut q = RUNQ[pcpu].lock();
-    let len = q.len;
-    q.slots[len] = slot as u8;
-    q.len += 1;
+    *DOMAINS[id - 1].lock() = Some(d);
+    {
+        let mut s = SCHED[id].lock();
+        *s = sched;
+        record(domid, name, mem_mib, pcpu);
+        if paused {
+            set_state(domid, DomainState::Paused, 0);
+        }
+    }
+    if !paused {
+        let mut q = RUNQ[pcpu].lock();
+        let len = q.len;
+        q.slots[len] = (id - 1) as u8;
+        q.len += 1;
+    }
+    Ok(())
+}
+
+/// Dom0's `DomainCreate`: an empty, paused DomU (Dom0's builder fills it).
+fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno> {
+    if RECORDS.iter().any(|r| {
+        r.lock()
+            .is_some_and(|d| shared_abi::control::fixed_str(&d.name) == Some(name))
+    }) {
+        return Err(Errno::EEXIST);
+    }
+    let domid = (1..=MAX_DOMAINS)
+        .find(|&d| RECORDS[d].lock().is_none() && DOMAINS[d - 1].lock().is_none())
+        .ok_or(Errno::ENOSPC)?;
+    let online = ONLINE.load(Ordering::Acquire);
+    if online < 2 {
+        // pCPU 0 belongs to Dom0.
+        return Err(Errno::ENOSPC);
+    }
+    let pcpu = 1 + NEXT_PCPU.fetch_add(1, Ordering::Relaxed) % (online - 1);
+    let npt = domain::build_empty(&mut HostMem, mem_mib).map_err(|e| match e {
+        domain::BuildError::BadMemorySize(_) => Errno::EINVAL,
+        _ => Errno::ENOMEM,
+    })?;
+    let new = NewDomain {
+        domid: domid as u16,
+        name,
+        mem_mib,
+        pcpu,
+        entry: 0,
+        start_info: 0,
+    };
+    install_domain(&new, npt, SchedState::created_paused()).map_err(|_| Errno::ENOMEM)?;
+    Ok(domid as u32)
+}
+
+/// Dom0's `DomainSetEntry`: the PVH entry state of a built domain that has not run.
+fn set_domain_entry(domid: u32, entry: u64, start_info: u64) -> Result<(), Errno> {
+    let id = usize::try_from(domid)
+        .ok()
+        .filter(|d| (1..=MAX_DOMAINS).contains(d))
+        .ok_or(Errno::ESRCH)?;
+    let mem = RECORDS[id]
+        .lock()
+        .map(|d| d.mem_kib * 1024)
+        .ok_or(Errno::ESRCH)?;
+    if entry >= mem.min(1 << 32) || start_info.saturating_add(56) > mem {
+        return Err(Errno::EINVAL);
+    }
+    if !SCHED[id].lock().entry_settable() {
+        return Err(Errno::EBUSY);
+    }
+    // Paused and never queued: no pCPU holds the domain's lock, and only Dom0 (this pCPU)
+    // can queue it.
+    let mut guard = DOMAINS[id - 1].lock();
+    let d = guard.as_mut().ok_or(Errno::ESRCH)?;
+    // SAFETY: the VMCB frame belongs to this domain, whose lock we hold; it is not running.
+    let vmcb = unsafe { &mut *(d.vmcb_pa as *mut Vmcb) };
+    vmcb.save.rip = entry;
+    d.vcpu.regs.rbx = start_info;
     Ok(())
 }
 
@@ -1073,6 +1181,20 @@ impl Host for ExitHost<'_> {
         lifecycle(op, domid)
     }
 
+    fn create_domain(&mut self, mem_mib: u32, name: &str) -> Result<u32, Errno> {
+        if self.domid != 0 {
+            return Err(Errno::EPERM);
+        }
+        create_empty_domain(mem_mib, name)
+    }
+
+    fn set_entry(&mut self, domid: u32, entry: u64, start_info: u64) -> Result<(), Errno> {
+        if self.domid != 0 {
+            return Err(Errno::EPERM);
+        }
+        set_domain_entry(domid, entry, start_info)
+    }
+
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
         if self.domid != 0 || !DOM0_PROXIED_PORTS.contains(&port) {
             return None;
@@ -1172,6 +1294,19 @@ fn requested_leave(domid: u16) -> Option<Leave> {
     }
 }
 
+/// As [`requested_leave`], before a run: a vCPU that runs counts as started.
+fn begin_run(domid: u16) -> Option<Leave> {
+    let mut sched = SCHED[usize::from(domid)].lock();
+    match sched.begin_run() {
+        AtExit::Continue => None,
+        AtExit::Destroy => Some(Leave::End(Ending::Destroyed)),
+        AtExit::Pause => {
+            set_state(domid, DomainState::Paused, 0);
+            Some(Leave::Pause)
+        }
+    }
+}
+
 /// TSC cycles in one time slice.
 fn slice_cycles() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed) * SLICE_MS
@@ -1193,7 +1328,7 @@ fn run_domain(me: usize, slot: usize) -> bool {
     let Some(d) = guard.as_mut() else {
         return false;
     };
-    let leave = match requested_leave(d.id) {
+    let leave = match begin_run(d.id) {
         Some(leave) => leave,
         None => run_vcpu(me, slot, d),
     };
