@@ -150,11 +150,16 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
     let vmlinux = debian::vmlinux(&tree)?;
     let kmod = kmod::build(&tree)?;
     let binaries = build::build_dom0_userspace()?;
+    // The example configs in /etc/dom0/examples start these.
+    provision::ensure_target()?;
+    let example = build::Artifact::Guest(build::Guest::Hello);
+    build::build(Profile::Release, &[example])?;
     let inputs = initramfs::Inputs {
         tree,
         kmod,
         binaries,
         overlay: initramfs::overlay_dir(),
+        guests: vec![("hello", build::artifact_path(Profile::Release, example))],
     };
     let initramfs = initramfs::build(&inputs)?;
     let path = initramfs_path();

@@ -11,6 +11,7 @@
 //! | `/etc/mv/modules` | the modules in load order, for `/init` |
 //! | `/lib/modules/<release>/extra/microvisor.ko` | `dom0/kmod`, built by [`crate::kmod`] |
 //! | `/usr/bin/dom0`, `/usr/bin/dom0d`, `/usr/bin/dom0-probe` | the static musl builds |
+//! | `/usr/lib/dom0/guests/<name>` | example DomU kernels (release builds), used by the configs in `/etc/dom0/examples/` (from `dom0/initramfs/`) |
 //! | `/dev/console` | a device node, so PID 1 has a console before devtmpfs is mounted |
 //!
 //! Exec mode adds a second archive with `/etc/mv/exec` (the command) and `/etc/mv/nonce`;
@@ -61,6 +62,8 @@ pub(crate) struct Inputs {
     pub(crate) binaries: Vec<(&'static str, PathBuf)>,
     /// The `dom0/initramfs/` directory.
     pub(crate) overlay: PathBuf,
+    /// `(name, path)` of each example guest kernel for `/usr/lib/dom0/guests`.
+    pub(crate) guests: Vec<(&'static str, PathBuf)>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -106,6 +109,9 @@ pub(crate) fn module_plan(tree: &DebianTree) -> Result<(ModuleIndex, Vec<String>
     let order = index.load_order(&DOM0_MODULES)?;
     Ok((index, order))
 }
+
+/// Where the example guest kernels go.
+const GUEST_DIR: &str = "usr/lib/dom0/guests";
 
 /// Builds the base archive (everything but the exec files).
 pub(crate) fn build(inputs: &Inputs) -> Result<Vec<u8>> {
@@ -178,6 +184,10 @@ pub(crate) fn build(inputs: &Inputs) -> Result<Vec<u8>> {
     for (name, path) in &inputs.binaries {
         w.file(&format!("usr/bin/{name}"), 0o755, &read(path)?)?;
     }
+    w.dir_all(GUEST_DIR)?;
+    for (name, path) in &inputs.guests {
+        w.file(&format!("{GUEST_DIR}/{name}"), 0o644, &read(path)?)?;
+    }
     let archive = w.finish();
     check(&archive, inputs)?;
     Ok(archive)
@@ -194,6 +204,7 @@ fn check(archive: &[u8], inputs: &Inputs) -> Result<()> {
         format!("lib/modules/{KERNEL_RELEASE}/extra/microvisor.ko"),
     ];
     wanted.extend(inputs.binaries.iter().map(|(n, _)| format!("usr/bin/{n}")));
+    wanted.extend(inputs.guests.iter().map(|(n, _)| format!("{GUEST_DIR}/{n}")));
     for path in wanted {
         ensure!(
             entries.iter().any(|e| e.path == path),
