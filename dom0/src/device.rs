@@ -29,7 +29,7 @@ use tokio::io::unix::AsyncFd;
 use shared_abi::control::CONTROL_VERSION;
 use shared_abi::control::ioctl::{IOCTL_CONTROL, IOCTL_TYPE, IoctlControl};
 
-use crate::microvisor::Microvisor;
+use crate::microvisor::{Microvisor, WindowMap};
 
 /// Default path of the device node.
 pub const DEVICE_PATH: &str = "/dev/microvisor";
@@ -365,6 +365,36 @@ impl Mapping {
         true
     }
 
+    /// Copies `bytes` to `offset` (inside a writable mapping). Returns whether it was
+    /// written.
+    ///
+    /// For the domain builder, which fills a domain that has never run: nothing else
+    /// writes to those frames meanwhile.
+    pub fn write_bytes(&mut self, offset: usize, bytes: &[u8]) -> bool {
+        let inside = offset
+            .checked_add(bytes.len())
+            .is_some_and(|end| end <= self.len);
+        if !self.writable || !inside {
+            return false;
+        }
+        let dst = self.ptr.wrapping_add(offset);
+        // SAFETY: `copy_nonoverlapping` needs `bytes.len()` readable bytes at the source,
+        // as many writable bytes at the destination, and the two not to overlap.
+        // - The source is a live shared slice of exactly that length.
+        // - `dst..dst + len` lies inside this mapping (checked above), which was mapped
+        //   with PROT_WRITE and stays mapped until `self` is dropped; no Rust reference into
+        //   it exists (all accesses go through raw pointers).
+        // - The mapping is foreign-window memory, never part of a Rust allocation, so it
+        //   cannot overlap `bytes`.
+        // Writing to a slot that holds no frame faults and the kernel kills the process;
+        // it never continues with a partial write.
+        // JUSTIFICATION: a plain copy, not volatile stores: the builder writes whole
+        // segments into a paused domain that has never run, so no other agent touches the
+        // frames, and per-byte volatile stores would slow large kernels down for nothing.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+        true
+    }
+
     /// Unmaps now, reporting the errno of a failed `munmap`.
     ///
     /// # Errors
@@ -452,6 +482,20 @@ impl EventFd {
     }
 }
 
+impl WindowMap for Mapping {
+    fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), i32> {
+        if self.write_bytes(offset, bytes) {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    fn unmap(self: Box<Self>) -> Result<(), i32> {
+        Mapping::unmap(*self)
+    }
+}
+
 impl Microvisor for Device {
     fn control(&self, op: u64, arg: u64, buf: &mut [u8]) -> Result<u64, i32> {
         self.raw(RawCall {
@@ -462,5 +506,10 @@ impl Microvisor for Device {
             buffer: Buffer::Slice(buf),
             reserved: 0,
         })
+    }
+
+    fn map_window(&self, first_slot: u64, pages: usize) -> Result<Box<dyn WindowMap + '_>, i32> {
+        let mapping = self.map_slots(first_slot, pages, Access::ReadWrite, Sharing::Shared)?;
+        Ok(Box::new(mapping))
     }
 }

@@ -201,6 +201,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod error;

@@ -32,15 +32,56 @@ pub trait Microvisor: Send + Sync {
     /// # Errors
     /// The positive errno of a failed call.
     fn control(&self, op: u64, arg: u64, buf: &mut [u8]) -> Result<u64, i32>;
+
+    /// Maps `pages` foreign-window slots from `first_slot` read-write into this process
+    /// (`mmap` of the device at offset `first_slot` × 4096), for the domain builder.
+    ///
+    /// # Errors
+    /// The errno of the failed `mmap`; [`ENODEV`] (the default) where the implementation
+    /// cannot map the window.
+    fn map_window(&self, first_slot: u64, pages: usize) -> Result<Box<dyn WindowMap + '_>, i32> {
+        let _ = (first_slot, pages);
+        Err(ENODEV)
+    }
 }
 
 impl<M: Microvisor + ?Sized> Microvisor for std::sync::Arc<M> {
     fn control(&self, op: u64, arg: u64, buf: &mut [u8]) -> Result<u64, i32> {
         (**self).control(op, arg, buf)
     }
+    fn map_window(&self, first_slot: u64, pages: usize) -> Result<Box<dyn WindowMap + '_>, i32> {
+        (**self).map_window(first_slot, pages)
+    }
 }
 
-fn call(mv: &dyn Microvisor, op: ControlOp, arg: u64, buf: &mut [u8]) -> Result<u64, ApiError> {
+/// `ENODEV`: what [`Microvisor::map_window`] answers where nothing can be mapped.
+pub const ENODEV: i32 = 19;
+
+/// Foreign-window slots mapped read-write into this process ([`Microvisor::map_window`]);
+/// unmapped when dropped.
+pub trait WindowMap: std::fmt::Debug {
+    /// Copies `bytes` to `offset` bytes into the mapping (slot `offset / 4096` of it).
+    ///
+    /// # Errors
+    /// `EINVAL` if the range does not lie inside the mapping. (On the real device a write
+    /// to a slot that holds no frame is a fatal SIGSEGV, so callers write only to slots
+    /// that `ForeignMap` filled; the fake answers `EFAULT` instead.)
+    fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), i32>;
+
+    /// Unmaps now, reporting the errno of a failed `munmap`.
+    ///
+    /// # Errors
+    /// The errno.
+    fn unmap(self: Box<Self>) -> Result<(), i32>;
+}
+
+/// Issues control operation `op`; a failure becomes [`ApiError::Hypercall`] naming it.
+pub(crate) fn call(
+    mv: &dyn Microvisor,
+    op: ControlOp,
+    arg: u64,
+    buf: &mut [u8],
+) -> Result<u64, ApiError> {
     mv.control(op as u64, arg, buf)
         .map_err(|errno| ApiError::Hypercall {
             op: format!("{op:?}"),

@@ -1,0 +1,1250 @@
+//! Domain config files: TOML with xl's key names (CLI.md §6), `--set KEY=VALUE`
+//! overrides, and the checks every config must pass.
+//!
+//! ```toml
+//! name    = "web"                        # required
+//! type    = "pvh"                        # optional; the only type
+//! kernel  = "kernels/hello.elf"          # required; relative to this file's directory
+//! ramdisk = "/var/lib/dom0/initrd.img"   # optional
+//! cmdline = "console=hvc0 quiet"         # optional
+//! memory  = "64M"                        # MiB, or a size string; default 16
+//! vcpus   = 1                            # default 1; only 1 for now
+//! on_poweroff = "destroy"                # destroy | restart | preserve
+//! on_reboot   = "restart"
+//! on_crash    = "destroy"
+//! ```
+//!
+//! Every error names where the bad value came from: `web.toml:3: unknown key "colour"`,
+//! or `--set memory=x: ...` for an override. Keys of xl that are not supported yet get
+//! their own message (`web.toml:7: "maxmem" is not supported yet`), and nothing is
+//! silently ignored.
+//!
+//! [`parse`] turns text into a [`DomainConfig`]; [`DomainConfig::check`] repeats the
+//! semantic checks on a config that arrived some other way (dom0d checks what the CLI
+//! sends it).
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use shared_abi::control::{MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB};
+use toml::de::{DeTable, DeValue};
+
+/// Where `create NAME` looks for `NAME.toml` when NAME has no slash and no `.toml` suffix.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/dom0/domains";
+/// Memory of a domain whose config has no `memory` key, MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 16;
+/// Longest domain name (the ABI's 32-byte field keeps a NUL).
+pub const MAX_NAME_LEN: usize = 31;
+/// Longest kernel command line, bytes (what fits the boot page).
+pub const MAX_CMDLINE: usize = microvisor::domain::MAX_CMDLINE;
+/// Largest config file read, bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The keys a config may have, in the order they are documented.
+pub const KEYS: [&str; 10] = [
+    "name",
+    "type",
+    "kernel",
+    "ramdisk",
+    "cmdline",
+    "memory",
+    "vcpus",
+    "on_poweroff",
+    "on_reboot",
+    "on_crash",
+];
+
+/// xl keys that are valid in xl.cfg but not supported here yet, each refused with its own
+/// message rather than as an unknown key.
+const NOT_YET: [&str; 21] = [
+    "maxmem",
+    "maxvcpus",
+    "cpus",
+    "cpus_soft",
+    "cpu_weight",
+    "cap",
+    "reservation",
+    "uuid",
+    "disk",
+    "vif",
+    "on_watchdog",
+    "on_soft_reset",
+    "root",
+    "extra",
+    "vnc",
+    "sdl",
+    "vfb",
+    "pci",
+    "serial",
+    "bootloader",
+    "device_model_version",
+];
+
+/// What to do when the domain powers off, reboots or crashes (xl's `on_*` actions).
+///
+/// Stored with the config; dom0d does not act on them yet (a domain that ends stays
+/// listed until destroyed, as with `preserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEvent {
+    /// Destroy the domain.
+    Destroy,
+    /// Destroy it and create it again from the same config.
+    Restart,
+    /// Keep it in its final state for inspection.
+    Preserve,
+}
+
+impl OnEvent {
+    /// The word used in configs and JSON.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Destroy => "destroy",
+            Self::Restart => "restart",
+            Self::Preserve => "preserve",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "destroy" => Self::Destroy,
+            "restart" => Self::Restart,
+            "preserve" => Self::Preserve,
+            _ => return None,
+        })
+    }
+}
+
+/// A domain's effective config: the file with its overrides applied, paths made
+/// absolute, defaults filled in. This is what the CLI sends dom0d and what
+/// `validate`/`create --dry-run` print.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainConfig {
+    /// Domain name: 1 to 31 of `A-Z a-z 0-9 - _ . +`, not starting with `-`, not all
+    /// digits (so never a domid, nor a UUID, which is longer).
+    pub name: String,
+    /// Absolute path of the PVH kernel (an ELF with the PVH entry note), in Dom0.
+    pub kernel: String,
+    /// Absolute path of the initial ramdisk, if any.
+    pub ramdisk: Option<String>,
+    /// Kernel command line, if any (never empty).
+    pub cmdline: Option<String>,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Number of vCPUs (1).
+    pub vcpus: u32,
+    /// Action on power-off (default `destroy`).
+    pub on_poweroff: OnEvent,
+    /// Action on reboot (default `restart`).
+    pub on_reboot: OnEvent,
+    /// Action on crash (default `destroy`).
+    pub on_crash: OnEvent,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Line `line` (1-based) of `file`.
+    File {
+        /// The config file, as the user named it.
+        file: String,
+        /// 1-based line.
+        line: usize,
+    },
+    /// A `--set` argument (`KEY=VALUE`, as given).
+    Set {
+        /// The argument.
+        arg: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { file, line } => write!(f, "{file}:{line}"),
+            Self::Set { arg } => write!(f, "--set {arg}"),
+        }
+    }
+}
+
+/// Why a config is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {file}")]
+    Read {
+        /// The file, as the user named it.
+        file: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`] or not UTF-8.
+    #[error("{file}: {reason}")]
+    NotText {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file is not valid TOML.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key no config has.
+    #[error("{at}: unknown key \"{key}\"")]
+    UnknownKey {
+        /// Where.
+        at: Origin,
+        /// The key.
+        key: String,
+        /// A known key with a similar spelling.
+        suggestion: Option<&'static str>,
+    },
+    /// An xl key that is not supported yet.
+    #[error("{at}: \"{key}\" is not supported yet")]
+    NotSupported {
+        /// Where.
+        at: Origin,
+        /// The key.
+        key: String,
+    },
+    /// An xl spelling that has another name here.
+    #[error("{at}: \"{key}\" is spelt \"{instead}\" here")]
+    Renamed {
+        /// Where.
+        at: Origin,
+        /// The key used.
+        key: String,
+        /// The key to use.
+        instead: &'static str,
+    },
+    /// A value of the wrong type or out of range.
+    #[error("{at}: {message}")]
+    Invalid {
+        /// Where.
+        at: Origin,
+        /// The key.
+        key: &'static str,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A required key is absent.
+    #[error("{file}: \"{key}\" is required")]
+    Missing {
+        /// The file.
+        file: String,
+        /// The key.
+        key: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// Whether the config file itself is missing (exit 3 rather than 7).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// Whether reading the file was refused (exit 8).
+    #[must_use]
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Self::Read { source, .. }
+            if source.kind() == io::ErrorKind::PermissionDenied)
+    }
+
+    /// A concrete next step, when there is one.
+    #[must_use]
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::UnknownKey {
+                suggestion: Some(s),
+                ..
+            } => Some(format!("did you mean \"{s}\"?")),
+            Self::UnknownKey { .. } => Some(format!("the keys are: {}", KEYS.join(", "))),
+            Self::Renamed { instead, .. } => Some(format!("use \"{instead}\"")),
+            Self::Missing { key, .. } => Some(format!("add a line like {}", example(key))),
+            Self::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => Some(format!(
+                "a bare name (no slash, no .toml) is looked up as {DEFAULT_CONFIG_DIR}/NAME.toml"
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn example(key: &str) -> &'static str {
+    match key {
+        "name" => "name = \"web\"",
+        _ => "kernel = \"/etc/dom0/kernels/guest.elf\"",
+    }
+}
+
+/// One `--set KEY=VALUE` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The key (a dotted path; configs have only top-level keys for now).
+    pub key: String,
+    /// The value text: parsed as a TOML value, or taken as a string if that fails.
+    pub value: String,
+}
+
+impl Override {
+    /// The argument as the user wrote it.
+    #[must_use]
+    pub fn arg(&self) -> String {
+        format!("{}={}", self.key, self.value)
+    }
+}
+
+impl FromStr for Override {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not KEY=VALUE (e.g. --set memory=64M or --set vcpus=1)"
+            )),
+        }
+    }
+}
+
+/// The path of the config `create`/`validate` read for `arg`: as given if it has a slash
+/// or ends in `.toml`, else `dir/ARG.toml` (CLI.md §6; `dir` is normally
+/// [`DEFAULT_CONFIG_DIR`]).
+#[must_use]
+pub fn config_path(arg: &str, dir: &Path) -> PathBuf {
+    if arg.contains('/') || arg.ends_with(".toml") {
+        PathBuf::from(arg)
+    } else {
+        dir.join(format!("{arg}.toml"))
+    }
+}
+
+/// Reads the config at `path`, applies `overrides` and checks the result. Relative paths
+/// in the file are resolved against the file's directory, those in overrides against the
+/// current directory.
+///
+/// # Errors
+/// [`ConfigError`].
+pub fn load(path: &Path, overrides: &[Override]) -> Result<DomainConfig, ConfigError> {
+    use std::io::Read;
+    let file = path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(read_error)?;
+    if f.metadata().map_err(read_error)?.is_dir() {
+        return Err(ConfigError::NotText {
+            file,
+            reason: "is a directory, not a config file".to_owned(),
+        });
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::NotText {
+            file,
+            reason: format!(
+                "larger than {} KiB; not a config file",
+                MAX_CONFIG_BYTES >> 10
+            ),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::NotText {
+        file: file.clone(),
+        reason: format!(
+            "not UTF-8 text (bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    let base = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    parse(&text, &file, &base, &cwd, overrides)
+}
+
+/// A value with a type we care about, detached from the parser.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(String),
+    Int(i64),
+    /// Anything else, by the name of its TOML type.
+    Other(&'static str),
+}
+
+impl Value {
+    fn from_de(v: &DeValue<'_>) -> Self {
+        match v {
+            DeValue::String(s) => Self::Str(s.to_string()),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Self::Int(n),
+                Err(_) => Self::Other("an integer out of range"),
+            },
+            DeValue::Float(_) => Self::Other("a float"),
+            DeValue::Boolean(_) => Self::Other("a boolean"),
+            DeValue::Datetime(_) => Self::Other("a date"),
+            DeValue::Array(_) => Self::Other("an array"),
+            DeValue::Table(_) => Self::Other("a table"),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Str(_) => "a string",
+            Self::Int(_) => "an integer",
+            Self::Other(k) => k,
+        }
+    }
+}
+
+/// A key's value and where it came from; paths resolve against `base`.
+struct Entry {
+    value: Value,
+    at: Origin,
+    base: PathBuf,
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Classifies a key: `Ok(known key)`, or the error for it.
+fn known_key(key: &str, at: &Origin) -> Result<&'static str, ConfigError> {
+    if let Some(k) = KEYS.iter().find(|k| **k == key) {
+        return Ok(k);
+    }
+    if NOT_YET.contains(&key) {
+        return Err(ConfigError::NotSupported {
+            at: at.clone(),
+            key: key.to_owned(),
+        });
+    }
+    if key == "builder" {
+        return Err(ConfigError::Renamed {
+            at: at.clone(),
+            key: key.to_owned(),
+            instead: "type",
+        });
+    }
+    let suggestion = KEYS
+        .iter()
+        .map(|k| (crate::edit_distance(k, key), *k))
+        .filter(|&(d, _)| d <= 2)
+        .min()
+        .map(|(_, k)| k);
+    Err(ConfigError::UnknownKey {
+        at: at.clone(),
+        key: key.to_owned(),
+        suggestion,
+    })
+}
+
+/// Parses config `text` (from `file`, whose relative paths resolve against `base`),
+/// applies `overrides` (whose relative paths resolve against `cwd`) in order, and checks
+/// the result.
+///
+/// # Errors
+/// [`ConfigError`]: the first problem found, in file order, then override order.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base: &Path,
+    cwd: &Path,
+    overrides: &[Override],
+) -> Result<DomainConfig, ConfigError> {
+    let doc = DeTable::parse(text).map_err(|e| {
+        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+        ConfigError::Syntax {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
+    })?;
+    // Keys in file order, so the first bad line is reported first.
+    let mut items: Vec<_> = doc.get_ref().iter().collect();
+    items.sort_by_key(|(k, _)| k.span().start);
+    let mut entries: Vec<(&'static str, Entry)> = Vec::new();
+    for (key, value) in items {
+        let (line, _) = line_column(text, key.span().start);
+        let at = Origin::File {
+            file: file.to_owned(),
+            line,
+        };
+        let key = known_key(key.get_ref(), &at)?;
+        entries.push((
+            key,
+            Entry {
+                value: Value::from_de(value.get_ref()),
+                at,
+                base: base.to_path_buf(),
+            },
+        ));
+    }
+    for o in overrides {
+        let at = Origin::Set { arg: o.arg() };
+        let key = known_key(&o.key, &at)?;
+        let value = match DeValue::parse(&o.value) {
+            Ok(v) => Value::from_de(v.get_ref()),
+            Err(_) => Value::Str(o.value.clone()),
+        };
+        entries.retain(|(k, _)| *k != key);
+        entries.push((
+            key,
+            Entry {
+                value,
+                at,
+                base: cwd.to_path_buf(),
+            },
+        ));
+    }
+    build(file, &entries)
+}
+
+fn invalid(at: &Origin, key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        at: at.clone(),
+        key,
+        message,
+    }
+}
+
+fn string<'a>(key: &'static str, e: &'a Entry) -> Result<&'a str, ConfigError> {
+    match &e.value {
+        Value::Str(s) => Ok(s),
+        other => Err(invalid(
+            &e.at,
+            key,
+            format!("\"{key}\" must be a string, not {}", other.kind()),
+        )),
+    }
+}
+
+fn path(key: &'static str, e: &Entry) -> Result<String, ConfigError> {
+    let s = string(key, e)?;
+    if s.is_empty() {
+        return Err(invalid(&e.at, key, format!("\"{key}\" is empty")));
+    }
+    if s.contains('\0') {
+        return Err(invalid(
+            &e.at,
+            key,
+            format!("\"{key}\" contains a NUL byte"),
+        ));
+    }
+    let p = e.base.join(s);
+    let p = std::path::absolute(&p).unwrap_or(p);
+    p.into_os_string()
+        .into_string()
+        .map_err(|_| invalid(&e.at, key, format!("\"{key}\" is not UTF-8")))
+}
+
+fn on_event(key: &'static str, e: &Entry) -> Result<OnEvent, ConfigError> {
+    let s = string(key, e)?;
+    OnEvent::from_name(s).ok_or_else(|| {
+        invalid(
+            &e.at,
+            key,
+            format!("\"{key}\" must be \"destroy\", \"restart\" or \"preserve\", not {s:?}"),
+        )
+    })
+}
+
+fn memory(e: &Entry) -> Result<u32, ConfigError> {
+    let mib = match &e.value {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| {
+            invalid(
+                &e.at,
+                "memory",
+                format!("\"memory\" must be positive, not {n}"),
+            )
+        })?,
+        Value::Str(s) => parse_size_mib(s).map_err(|why| invalid(&e.at, "memory", why))?,
+        other => {
+            return Err(invalid(
+                &e.at,
+                "memory",
+                format!(
+                    "\"memory\" must be MiB as an integer or a size like \"512M\", not {}",
+                    other.kind()
+                ),
+            ));
+        }
+    };
+    let mib = u32::try_from(mib).unwrap_or(u32::MAX);
+    check_memory(mib).map_err(|why| invalid(&e.at, "memory", why))?;
+    Ok(mib)
+}
+
+fn vcpus(e: &Entry) -> Result<u32, ConfigError> {
+    let n = match &e.value {
+        Value::Int(n) => *n,
+        other => {
+            return Err(invalid(
+                &e.at,
+                "vcpus",
+                format!("\"vcpus\" must be an integer, not {}", other.kind()),
+            ));
+        }
+    };
+    let n = u32::try_from(n).map_err(|_| {
+        let why = if n < 0 {
+            format!("\"vcpus\" must be at least 1, not {n}")
+        } else {
+            format!("\"vcpus\" is {n}; only 1 vCPU per domain is supported for now")
+        };
+        invalid(&e.at, "vcpus", why)
+    })?;
+    check_vcpus(n).map_err(|why| invalid(&e.at, "vcpus", why))?;
+    Ok(n)
+}
+
+/// Assembles and checks the config from its entries (each key at most once).
+fn build(file: &str, entries: &[(&'static str, Entry)]) -> Result<DomainConfig, ConfigError> {
+    let get = |key: &str| entries.iter().find(|(k, _)| *k == key).map(|(_, e)| e);
+    let required = |key: &'static str| {
+        get(key).ok_or_else(|| ConfigError::Missing {
+            file: file.to_owned(),
+            key,
+        })
+    };
+    // Checked in documentation order.
+    let name_entry = required("name")?;
+    let name = string("name", name_entry)?.to_owned();
+    check_name(&name).map_err(|why| invalid(&name_entry.at, "name", why))?;
+    if let Some(e) = get("type") {
+        let t = string("type", e)?;
+        if t != "pvh" {
+            return Err(invalid(
+                &e.at,
+                "type",
+                format!("\"type\" must be \"pvh\" (the only domain type), not {t:?}"),
+            ));
+        }
+    }
+    let kernel = path("kernel", required("kernel")?)?;
+    let ramdisk = get("ramdisk").map(|e| path("ramdisk", e)).transpose()?;
+    let cmdline = match get("cmdline") {
+        Some(e) => {
+            let c = string("cmdline", e)?;
+            check_cmdline(c).map_err(|why| invalid(&e.at, "cmdline", why))?;
+            Some(c.to_owned()).filter(|c| !c.is_empty())
+        }
+        None => None,
+    };
+    let memory_mib = get("memory").map_or(Ok(DEFAULT_MEMORY_MIB), memory)?;
+    let vcpus = get("vcpus").map_or(Ok(1), vcpus)?;
+    let action = |key: &'static str, default| get(key).map_or(Ok(default), |e| on_event(key, e));
+    Ok(DomainConfig {
+        name,
+        kernel,
+        ramdisk,
+        cmdline,
+        memory_mib,
+        vcpus,
+        on_poweroff: action("on_poweroff", OnEvent::Destroy)?,
+        on_reboot: action("on_reboot", OnEvent::Restart)?,
+        on_crash: action("on_crash", OnEvent::Destroy)?,
+    })
+}
+
+/// Parses a size: an integer (MiB) or a number with a binary unit (`K`, `M`, `G`, `T`,
+/// optionally followed by `iB`; case-insensitive), which must come to whole MiB.
+///
+/// # Errors
+/// A message naming the key `memory` and the accepted forms.
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!("\"memory\" must be MiB or a size like \"512M\", \"2G\" or \"1536MiB\", not {s:?}")
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let kib: u64 = match unit.as_str() {
+        "" | "m" | "mib" => 1024,
+        "k" | "kib" => 1,
+        "g" | "gib" => 1024 * 1024,
+        "t" | "tib" => 1024 * 1024 * 1024,
+        "kb" | "mb" | "gb" | "tb" => {
+            return Err(format!(
+                "\"memory\": {s:?} has a decimal unit; use binary units (K, M, G or KiB, MiB, GiB)"
+            ));
+        }
+        _ => return Err(bad()),
+    };
+    let total_kib = n.checked_mul(kib).ok_or_else(bad)?;
+    if total_kib % 1024 != 0 {
+        return Err(format!("\"memory\" must be whole MiB, not {s:?}"));
+    }
+    Ok(total_kib / 1024)
+}
+
+/// Checks a domain name: 1 to [`MAX_NAME_LEN`] of `A-Z a-z 0-9 - _ . +`, not starting
+/// with `-` and not all digits (those are domain ids; CLI.md §4). A UUID (36 bytes) never
+/// fits, so names cannot be mistaken for UUIDs either.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("\"name\" is empty".to_owned());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "\"name\" is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+')))
+    {
+        return Err(format!(
+            "\"name\" {name:?} contains {c:?}; names use letters, digits, '-', '_', '.' and '+'"
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(format!("\"name\" {name:?} starts with '-'"));
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "\"name\" {name:?} is all digits, which would read as a domain id"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a memory size against the ABI's bounds.
+///
+/// # Errors
+/// Why the size is refused.
+pub fn check_memory(mib: u32) -> Result<(), String> {
+    if (MIN_DOMAIN_MEM_MIB..=MAX_DOMAIN_MEM_MIB).contains(&mib) {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"memory\" is {mib} MiB; it must be {MIN_DOMAIN_MEM_MIB} to {MAX_DOMAIN_MEM_MIB} MiB"
+        ))
+    }
+}
+
+/// Checks a vCPU count: only 1 for now.
+///
+/// # Errors
+/// Why the count is refused.
+pub fn check_vcpus(n: u32) -> Result<(), String> {
+    match n {
+        1 => Ok(()),
+        0 => Err("\"vcpus\" is 0; a domain needs at least 1 vCPU".to_owned()),
+        n => Err(format!(
+            "\"vcpus\" is {n}; only 1 vCPU per domain is supported for now"
+        )),
+    }
+}
+
+/// Checks a kernel command line: at most [`MAX_CMDLINE`] bytes, no control characters.
+///
+/// # Errors
+/// Why the command line is refused.
+pub fn check_cmdline(c: &str) -> Result<(), String> {
+    if c.len() > MAX_CMDLINE {
+        return Err(format!(
+            "\"cmdline\" is {} bytes long; the limit is {MAX_CMDLINE}",
+            c.len()
+        ));
+    }
+    if let Some(ch) = c.chars().find(|ch| ch.is_control()) {
+        return Err(format!("\"cmdline\" contains the control character {ch:?}"));
+    }
+    Ok(())
+}
+
+fn check_path(key: &str, p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("\"{key}\" {p:?} is not an absolute path"));
+    }
+    if p.contains('\0') {
+        return Err(format!("\"{key}\" contains a NUL byte"));
+    }
+    Ok(())
+}
+
+impl DomainConfig {
+    /// Repeats every check [`parse`] makes, for a config that arrived some other way
+    /// (dom0d checks what clients send). Paths must be absolute.
+    ///
+    /// # Errors
+    /// The first problem, as a message naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        check_name(&self.name)?;
+        check_path("kernel", &self.kernel)?;
+        if let Some(r) = &self.ramdisk {
+            check_path("ramdisk", r)?;
+        }
+        if let Some(c) = &self.cmdline {
+            if c.is_empty() {
+                return Err("\"cmdline\" is empty (leave it out instead)".to_owned());
+            }
+            check_cmdline(c)?;
+        }
+        check_memory(self.memory_mib)?;
+        check_vcpus(self.vcpus)
+    }
+
+    /// The command line, `""` if there is none.
+    #[must_use]
+    pub fn cmdline_str(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<DomainConfig, ConfigError> {
+        parse(
+            text,
+            "web.toml",
+            Path::new("/etc/dom0/domains"),
+            Path::new("/root"),
+            &[],
+        )
+    }
+
+    fn with(text: &str, sets: &[&str]) -> Result<DomainConfig, ConfigError> {
+        let overrides: Vec<Override> = sets.iter().map(|s| s.parse().unwrap()).collect();
+        parse(
+            text,
+            "web.toml",
+            Path::new("/etc/dom0/domains"),
+            Path::new("/root"),
+            &overrides,
+        )
+    }
+
+    const MINIMAL: &str = "name = \"web\"\nkernel = \"/k/hello.elf\"\n";
+
+    #[test]
+    fn a_minimal_config_gets_the_defaults() {
+        let c = p(MINIMAL).unwrap();
+        assert_eq!(
+            c,
+            DomainConfig {
+                name: "web".into(),
+                kernel: "/k/hello.elf".into(),
+                ramdisk: None,
+                cmdline: None,
+                memory_mib: DEFAULT_MEMORY_MIB,
+                vcpus: 1,
+                on_poweroff: OnEvent::Destroy,
+                on_reboot: OnEvent::Restart,
+                on_crash: OnEvent::Destroy,
+            }
+        );
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn every_key() {
+        let c = p(r#"
+            # a comment
+            name = "web-1.b_c+d"
+            type = "pvh"
+            kernel = "kernels/hello.elf"
+            ramdisk = "../initrd.img"
+            cmdline = "console=hvc0 quiet"
+            memory = "64M"
+            vcpus = 1
+            on_poweroff = "preserve"
+            on_reboot = "destroy"
+            on_crash = "restart"
+        "#)
+        .unwrap();
+        assert_eq!(c.name, "web-1.b_c+d");
+        assert_eq!(c.kernel, "/etc/dom0/domains/kernels/hello.elf");
+        // Lexically absolute: `..` is kept (the file system resolves it).
+        assert_eq!(
+            c.ramdisk.as_deref(),
+            Some("/etc/dom0/domains/../initrd.img")
+        );
+        assert_eq!(c.cmdline.as_deref(), Some("console=hvc0 quiet"));
+        assert_eq!(c.memory_mib, 64);
+        assert_eq!(
+            (c.on_poweroff, c.on_reboot, c.on_crash),
+            (OnEvent::Preserve, OnEvent::Destroy, OnEvent::Restart)
+        );
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_name_file_and_line() {
+        let e = p("name = \"web\"\nkernel = \"/k\"\n\ncolour = \"red\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:4: unknown key \"colour\"");
+        assert_eq!(
+            e.hint().unwrap(),
+            "the keys are: name, type, kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash"
+        );
+        let e = p("name = \"web\"\nmemroy = 4\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: unknown key \"memroy\"");
+        assert_eq!(e.hint().unwrap(), "did you mean \"memory\"?");
+        // Tables are keys too.
+        let e = p("name = \"web\"\n[extra_stuff]\na = 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: unknown key \"extra_stuff\"");
+        // The first bad key in the file is the one reported.
+        let e = p("zzz = 1\naaa = 2\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:1: unknown key \"zzz\"");
+    }
+
+    #[test]
+    fn xl_keys_not_supported_yet_say_so() {
+        let e = p("name = \"web\"\nmaxmem = 512\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: \"maxmem\" is not supported yet");
+        let e = p("name = \"web\"\n[[disk]]\ntarget = \"/x\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: \"disk\" is not supported yet");
+        let e = p("builder = \"hvm\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:1: \"builder\" is spelt \"type\" here"
+        );
+        assert_eq!(e.hint().unwrap(), "use \"type\"");
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let e = p("name = \"web\"\nkernel = \n").unwrap_err();
+        match &e {
+            ConfigError::Syntax { line, column, .. } => assert_eq!((*line, *column), (2, 10)),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("web.toml:2:10: "), "{e}");
+        let e = p("name = \"web\"\nname = \"again\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("web.toml:2:"), "{e}");
+        assert!(matches!(p("[[["), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    fn bad_types_name_the_key_and_the_type() {
+        for (text, line, msg) in [
+            ("name = 5\n", 1, "\"name\" must be a string, not an integer"),
+            (
+                "name = \"w\"\nkernel = \"/k\"\nmemory = true\n",
+                3,
+                "\"memory\" must be MiB as an integer or a size like \"512M\", not a boolean",
+            ),
+            (
+                "name = \"w\"\nkernel = \"/k\"\nvcpus = \"1\"\n",
+                3,
+                "\"vcpus\" must be an integer, not a string",
+            ),
+            (
+                "name = \"w\"\nkernel = [\"/k\"]\n",
+                2,
+                "\"kernel\" must be a string, not an array",
+            ),
+            (
+                "name = \"w\"\nkernel = \"/k\"\non_crash = \"reboot\"\n",
+                3,
+                "\"on_crash\" must be \"destroy\", \"restart\" or \"preserve\", not \"reboot\"",
+            ),
+            (
+                "name = \"w\"\nkernel = \"/k\"\ntype = \"hvm\"\n",
+                3,
+                "\"type\" must be \"pvh\" (the only domain type), not \"hvm\"",
+            ),
+            (
+                "name = \"w\"\nkernel = \"/k\"\nmemory = 1.5\n",
+                3,
+                "\"memory\" must be MiB as an integer or a size like \"512M\", not a float",
+            ),
+        ] {
+            let e = p(text).unwrap_err();
+            assert_eq!(e.to_string(), format!("web.toml:{line}: {msg}"), "{text}");
+        }
+    }
+
+    #[test]
+    fn required_keys() {
+        let e = p("kernel = \"/k\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml: \"name\" is required");
+        assert_eq!(e.hint().unwrap(), "add a line like name = \"web\"");
+        let e = p("name = \"w\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml: \"kernel\" is required");
+        assert!(matches!(
+            p(""),
+            Err(ConfigError::Missing { key: "name", .. })
+        ));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        for (v, mib) in [
+            ("64", 64),
+            ("\"64\"", 64),
+            ("\"512M\"", 512),
+            ("\"512m\"", 512),
+            ("\"2G\"", 2048),
+            ("\"1536MiB\"", 1536),
+            ("\"3GiB\"", 3072),
+            ("\"4096K\"", 4),
+            ("\"2 M\"", 2),
+        ] {
+            let c = p(&format!("{MINIMAL}memory = {v}\n")).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.memory_mib, mib, "{v}");
+        }
+        for (v, msg) in [
+            ("1", "\"memory\" is 1 MiB; it must be 2 to 3072 MiB"),
+            ("0", "\"memory\" is 0 MiB; it must be 2 to 3072 MiB"),
+            ("\"4G\"", "\"memory\" is 4096 MiB; it must be 2 to 3072 MiB"),
+            ("-5", "\"memory\" must be positive, not -5"),
+            ("\"1536K\"", "\"memory\" must be whole MiB, not \"1536K\""),
+            (
+                "\"512MB\"",
+                "\"memory\": \"512MB\" has a decimal unit; use binary units (K, M, G or KiB, MiB, GiB)",
+            ),
+            (
+                "\"lots\"",
+                "\"memory\" must be MiB or a size like \"512M\", \"2G\" or \"1536MiB\", not \"lots\"",
+            ),
+            (
+                "\"99999999999999999999G\"",
+                "\"memory\" must be MiB or a size like \"512M\", \"2G\" or \"1536MiB\", not \"99999999999999999999G\"",
+            ),
+            (
+                "99999999999",
+                "\"memory\" is 4294967295 MiB; it must be 2 to 3072 MiB",
+            ),
+        ] {
+            let e = p(&format!("{MINIMAL}memory = {v}\n")).unwrap_err();
+            assert_eq!(e.to_string(), format!("web.toml:3: {msg}"), "{v}");
+        }
+    }
+
+    #[test]
+    fn vcpus_must_be_one_for_now() {
+        for (v, msg) in [
+            ("0", "\"vcpus\" is 0; a domain needs at least 1 vCPU"),
+            ("-1", "\"vcpus\" must be at least 1, not -1"),
+            (
+                "2",
+                "\"vcpus\" is 2; only 1 vCPU per domain is supported for now",
+            ),
+        ] {
+            let e = p(&format!("{MINIMAL}vcpus = {v}\n")).unwrap_err();
+            assert_eq!(e.to_string(), format!("web.toml:3: {msg}"));
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "web01", "Web.Server-1", "x+y", "1a", &"n".repeat(31)] {
+            check_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("42", "all digits"),
+            ("-x", "starts with '-'"),
+            ("my vm", "contains ' '"),
+            ("wéb", "contains 'é'"),
+            ("a/b", "contains '/'"),
+            ("12345678-9abc-def0-1234-56789abcdef0", "36 bytes long"),
+            (&"n".repeat(32), "32 bytes long"),
+        ] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = p("name = \"42\"\nkernel = \"/k\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:1: \"name\" \"42\" is all digits, which would read as a domain id"
+        );
+    }
+
+    #[test]
+    fn cmdlines() {
+        let c = p(&format!("{MINIMAL}cmdline = \"\"\n")).unwrap();
+        assert_eq!(c.cmdline, None, "an empty command line is no command line");
+        let long = "x".repeat(MAX_CMDLINE);
+        let c = p(&format!("{MINIMAL}cmdline = \"{long}\"\n")).unwrap();
+        assert_eq!(c.cmdline_str().len(), MAX_CMDLINE);
+        let e = p(&format!("{MINIMAL}cmdline = \"{long}x\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: \"cmdline\" is 3840 bytes long; the limit is 3839"
+        );
+        let e = p(&format!("{MINIMAL}cmdline = \"a\\nb\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: \"cmdline\" contains the control character '\\n'"
+        );
+    }
+
+    #[test]
+    fn overrides_apply_in_order_and_name_the_argument() {
+        let c = with(
+            MINIMAL,
+            &[
+                "memory=1G",
+                "memory=128",
+                "cmdline=console=hvc0 quiet",
+                "name=db",
+                "kernel=k2.elf",
+                "on_crash=preserve",
+                "vcpus=1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(c.cmdline.as_deref(), Some("console=hvc0 quiet"));
+        assert_eq!(c.name, "db");
+        // Relative paths in overrides are relative to the current directory.
+        assert_eq!(c.kernel, "/root/k2.elf");
+        assert_eq!(c.on_crash, OnEvent::Preserve);
+        // A TOML string in quotes is a string too.
+        let c = with(MINIMAL, &["name=\"quoted\""]).unwrap();
+        assert_eq!(c.name, "quoted");
+        // Overrides may supply required keys.
+        let c = with("", &["name=x", "kernel=/k"]).unwrap();
+        assert_eq!((c.name.as_str(), c.kernel.as_str()), ("x", "/k"));
+
+        let e = with(MINIMAL, &["colour=red"]).unwrap_err();
+        assert_eq!(e.to_string(), "--set colour=red: unknown key \"colour\"");
+        let e = with(MINIMAL, &["vcpus=4"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--set vcpus=4: \"vcpus\" is 4; only 1 vCPU per domain is supported for now"
+        );
+        let e = with(MINIMAL, &["name=true"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--set name=true: \"name\" must be a string, not a boolean"
+        );
+        let e = with(MINIMAL, &["disk.0.access=rw"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--set disk.0.access=rw: unknown key \"disk.0.access\""
+        );
+        // An override replaces a bad file value before it is checked.
+        let c = with(&format!("{MINIMAL}memory = 1\n"), &["memory=2"]).unwrap();
+        assert_eq!(c.memory_mib, 2);
+    }
+
+    #[test]
+    fn override_arguments_must_have_an_equals_sign() {
+        assert!("memory".parse::<Override>().is_err());
+        assert!("=5".parse::<Override>().is_err());
+        let o: Override = "cmdline=a=b".parse().unwrap();
+        assert_eq!((o.key.as_str(), o.value.as_str()), ("cmdline", "a=b"));
+        assert_eq!(o.arg(), "cmdline=a=b");
+    }
+
+    #[test]
+    fn config_paths() {
+        let dir = Path::new(DEFAULT_CONFIG_DIR);
+        assert_eq!(
+            config_path("web", dir),
+            Path::new("/etc/dom0/domains/web.toml")
+        );
+        assert_eq!(config_path("web.toml", dir), Path::new("web.toml"));
+        assert_eq!(config_path("./web", dir), Path::new("./web"));
+        assert_eq!(config_path("/x/y", dir), Path::new("/x/y"));
+    }
+
+    #[test]
+    fn files_resolve_relative_paths_against_their_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("vms");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("web.toml");
+        std::fs::write(
+            &file,
+            "name = \"web\"\nkernel = \"hello.elf\"\nramdisk = \"../initrd\"\n",
+        )
+        .unwrap();
+        let c = load(&file, &[]).unwrap();
+        assert_eq!(Path::new(&c.kernel), sub.join("hello.elf"));
+        assert_eq!(
+            Path::new(c.ramdisk.as_deref().unwrap()),
+            sub.join("../initrd")
+        );
+
+        let e = load(&dir.path().join("missing.toml"), &[]).unwrap_err();
+        assert!(e.is_not_found());
+        assert!(e.to_string().starts_with("cannot read config "), "{e}");
+        let e = load(dir.path(), &[]).unwrap_err();
+        assert!(
+            e.to_string().ends_with("is a directory, not a config file"),
+            "{e}"
+        );
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, b"name = \"\xff\"").unwrap();
+        let e = load(&bin, &[]).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn check_repeats_the_parser_rules() {
+        let good = p(MINIMAL).unwrap();
+        type Change = fn(&mut DomainConfig);
+        let cases: [(Change, &str); 7] = [
+            (|c| c.name = "1".into(), "all digits"),
+            (|c| c.kernel = "rel".into(), "not an absolute path"),
+            (|c| c.ramdisk = Some("rel".into()), "not an absolute path"),
+            (|c| c.cmdline = Some(String::new()), "empty"),
+            (|c| c.cmdline = Some("\u{7}".into()), "control character"),
+            (|c| c.memory_mib = 4000, "2 to 3072"),
+            (|c| c.vcpus = 2, "only 1 vCPU"),
+        ];
+        for (change, why) in cases {
+            let mut c = good.clone();
+            change(&mut c);
+            let e = c.check().unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_the_parser() {
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let alphabet = b"name=kernel\"[]{}.,#\n 0123456789memoryvcpus'\\=x";
+        for len in 0..3000 {
+            let text: String = (0..len % 80)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(alphabet[usize::try_from(x % alphabet.len() as u64).unwrap()])
+                })
+                .collect();
+            let _ = p(&text);
+        }
+    }
+}
