@@ -6,9 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::config::DomainConfig;
 use crate::proto::{
-    self, ApiError, Domain, EventReport, FrameError, Host, Lifecycle, LifecycleDone, MAX_FRAME,
-    PROTOCOL_VERSION, Request, Response, ServiceVersion,
+    self, ApiError, CreateReport, Domain, EventReport, FrameError, Host, Lifecycle, LifecycleDone,
+    MAX_FRAME, PROTOCOL_VERSION, Request, Response, ServiceVersion,
 };
 
 /// Why talking to dom0d failed.
@@ -230,6 +231,35 @@ impl Client {
                 request: action.name(),
             }),
             other => Err(unexpected("lifecycle", other)),
+        }
+    }
+
+    /// Builds (or with `dry_run` only checks and plans) the domain `config` describes;
+    /// returns once it runs (or, with `paused`, is built and paused).
+    ///
+    /// # Errors
+    /// See [`Client::version`]; dom0d's refusals are [`ClientError::Api`] with
+    /// [`ApiError::Create`], and a dom0d that predates the request is
+    /// [`ClientError::Unsupported`].
+    pub fn create(
+        &mut self,
+        config: &DomainConfig,
+        dry_run: bool,
+        paused: bool,
+    ) -> Result<CreateReport, ClientError> {
+        let req = Request::Create {
+            config: config.clone(),
+            dry_run,
+            paused,
+        };
+        match self.call(&req)? {
+            Response::Created(report) => Ok(report),
+            Response::Error(ApiError::Malformed { .. }) => Err(ClientError::Unsupported {
+                socket: self.socket.clone(),
+                server: self.server.clone(),
+                request: "create",
+            }),
+            other => Err(unexpected("create", other)),
         }
     }
 

@@ -40,7 +40,7 @@ pub const DEFAULT_MEMORY_MIB: u32 = 16;
 /// Longest domain name (the ABI's 32-byte field keeps a NUL).
 pub const MAX_NAME_LEN: usize = 31;
 /// Longest kernel command line, bytes (what fits the boot page).
-pub const MAX_CMDLINE: usize = microvisor::domain::MAX_CMDLINE;
+pub const MAX_CMDLINE: usize = ::microvisor::domain::MAX_CMDLINE;
 /// Largest config file read, bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 

@@ -7,8 +7,9 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::client::ClientError;
+use crate::config::ConfigError;
 use crate::output::OutputFormat;
-use crate::proto::ApiError;
+use crate::proto::{ApiError, Cleanup, CreateError, FileProblem};
 
 /// Process exit codes. Stable: scripts depend on them (CLI.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,127 @@ pub enum CliError {
         /// Existing names close to the one asked for.
         suggestions: Vec<String>,
     },
+    /// A config file is missing, unreadable or invalid; the message names the file and
+    /// line (or the `--set` argument).
+    #[error(transparent)]
+    Config(ConfigError),
+    /// `validate` found that a config does not make a domain (its kernel or ramdisk).
+    #[error("{what}")]
+    Invalid {
+        /// e.g. `web.toml does not make a valid domain`.
+        what: String,
+        /// Why.
+        #[source]
+        source: CreateError,
+    },
+}
+
+/// Exit status of a create or validation that failed with `e`.
+#[must_use]
+pub fn create_status(e: &CreateError) -> ExitStatus {
+    match e {
+        CreateError::InvalidConfig { .. }
+        | CreateError::BadKernel { .. }
+        | CreateError::BadRamdisk { .. }
+        | CreateError::Unreadable {
+            problem: FileProblem::Other,
+            ..
+        } => ExitStatus::ConfigInvalid,
+        CreateError::Unreadable {
+            problem: FileProblem::NotFound,
+            ..
+        } => ExitStatus::NotFound,
+        CreateError::Unreadable {
+            problem: FileProblem::PermissionDenied,
+            ..
+        }
+        | CreateError::Failed {
+            errno: Some(EPERM), ..
+        } => ExitStatus::PermissionDenied,
+        CreateError::NameInUse { .. } => ExitStatus::InvalidState,
+        CreateError::NoForeignWindow
+        | CreateError::Failed {
+            errno: Some(ENOSYS),
+            ..
+        } => ExitStatus::NotSupported,
+        CreateError::NotEnoughMemory { .. }
+        | CreateError::NoFreeDomid
+        | CreateError::Failed { .. } => ExitStatus::Failure,
+    }
+}
+
+fn create_code(e: &CreateError) -> &'static str {
+    match e {
+        CreateError::InvalidConfig { .. } => "config_invalid",
+        CreateError::Unreadable {
+            problem: FileProblem::NotFound,
+            ..
+        } => "file_not_found",
+        CreateError::Unreadable {
+            problem: FileProblem::PermissionDenied,
+            ..
+        } => "permission_denied",
+        CreateError::Unreadable { .. } => "file_unreadable",
+        CreateError::BadKernel { .. } => "kernel_invalid",
+        CreateError::BadRamdisk { .. } => "ramdisk_invalid",
+        CreateError::NotEnoughMemory { .. } => "not_enough_memory",
+        CreateError::NameInUse { .. } => "name_in_use",
+        CreateError::NoFreeDomid => "no_free_domid",
+        CreateError::NoForeignWindow => "no_foreign_window",
+        CreateError::Failed { .. } => "create_failed",
+    }
+}
+
+fn create_hint(e: &CreateError) -> Option<String> {
+    Some(match e {
+        CreateError::Unreadable {
+            what,
+            problem: FileProblem::NotFound,
+            ..
+        } => format!(
+            "check \"{}\" in the config (a path in Dom0; relative paths start at the config's directory)",
+            what.name()
+        ),
+        CreateError::Unreadable {
+            problem: FileProblem::PermissionDenied,
+            ..
+        } => "dom0d reads the file as root; check its mode and the directories above it".to_owned(),
+        CreateError::BadKernel { fix, .. } | CreateError::BadRamdisk { fix, .. } => fix.clone()?,
+        CreateError::NotEnoughMemory { free_kib, .. } => {
+            let free_mib = free_kib / 1024;
+            if free_mib >= u64::from(shared_abi::control::MIN_DOMAIN_MEM_MIB) {
+                format!(
+                    "lower \"memory\" (e.g. --set memory={free_mib}) or destroy a domain; `dom0 host info` shows the free memory"
+                )
+            } else {
+                "destroy a domain to free memory; `dom0 host info` shows the free memory".to_owned()
+            }
+        }
+        CreateError::NameInUse { name, domid } => match domid {
+            Some(d) => format!(
+                "choose another name (--set name=NEW), or remove the other domain first: `dom0 destroy {}`",
+                domain_ref(*d, name)
+            ),
+            None => "choose another name (--set name=NEW)".to_owned(),
+        },
+        CreateError::NoFreeDomid => "destroy a domain that is no longer needed".to_owned(),
+        CreateError::NoForeignWindow => {
+            "this microvisor reports no foreign window (HostInfo); update it".to_owned()
+        }
+        CreateError::Failed {
+            cleanup: Cleanup::Failed { .. },
+            domid: Some(d),
+            ..
+        } => format!("`dom0 destroy {d}` removes the half-built domain"),
+        CreateError::Failed {
+            errno: Some(ENOSYS),
+            ..
+        } => "this microvisor does not implement the operation".to_owned(),
+        CreateError::Failed { .. } => {
+            "nothing was left behind; dom0d's log has the details".to_owned()
+        }
+        CreateError::InvalidConfig { .. } | CreateError::Unreadable { .. } => return None,
+    })
 }
 
 const EPERM: i32 = 1;
@@ -109,6 +231,7 @@ fn client_status(e: &ClientError) -> ExitStatus {
             | ApiError::FrameTooLarge { .. }
             | ApiError::Malformed { .. }
             | ApiError::Busy => ExitStatus::ServiceUnavailable,
+            ApiError::Create(e) => create_status(e),
         },
         ClientError::Connect { .. }
         | ClientError::VersionMismatch { .. }
@@ -144,6 +267,7 @@ fn client_code(e: &ClientError) -> &'static str {
             ApiError::HandshakeRequired
             | ApiError::FrameTooLarge { .. }
             | ApiError::Malformed { .. } => "protocol_error",
+            ApiError::Create(e) => create_code(e),
         },
     }
 }
@@ -223,6 +347,7 @@ fn client_hint(e: &ClientError) -> Option<String> {
             | ApiError::FrameTooLarge { .. }
             | ApiError::Malformed { .. } => "install dom0 and dom0d from the same build".to_owned(),
             ApiError::Hypercall { .. } => return None,
+            ApiError::Create(e) => return create_hint(e),
         },
     })
 }
@@ -235,6 +360,11 @@ impl CliError {
             Self::Output(_) | Self::Json(_) => ExitStatus::Failure,
             Self::Connection(e) | Self::Request { source: e, .. } => client_status(e),
             Self::NoSuchDomain { .. } => ExitStatus::NotFound,
+            Self::Config(e) if e.is_not_found() => ExitStatus::NotFound,
+            Self::Config(e) if e.is_permission_denied() => ExitStatus::PermissionDenied,
+            Self::Config(ConfigError::Read { .. }) => ExitStatus::Failure,
+            Self::Config(_) => ExitStatus::ConfigInvalid,
+            Self::Invalid { source, .. } => create_status(source),
         }
     }
 
@@ -246,6 +376,11 @@ impl CliError {
             Self::Json(_) => "encoding_failed",
             Self::Connection(e) | Self::Request { source: e, .. } => client_code(e),
             Self::NoSuchDomain { .. } => "not_found",
+            Self::Config(e) if e.is_not_found() => "file_not_found",
+            Self::Config(e) if e.is_permission_denied() => "permission_denied",
+            Self::Config(ConfigError::Read { .. }) => "file_unreadable",
+            Self::Config(_) => "config_invalid",
+            Self::Invalid { source, .. } => create_code(source),
         }
     }
 
@@ -263,6 +398,8 @@ impl CliError {
             } else {
                 format!("did you mean {}?", suggestions.join(", "))
             }),
+            Self::Config(e) => e.hint(),
+            Self::Invalid { source, .. } => create_hint(source),
         }
     }
 

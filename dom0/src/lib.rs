@@ -199,6 +199,7 @@
 //! `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
+pub mod builder;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -219,6 +220,7 @@ pub mod version;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::path::Path;
 
 use clap::{CommandFactory, Parser};
 
@@ -375,6 +377,33 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
         }
         Command::Destroy { domain } => {
             lifecycle(cli, Lifecycle::Destroy, domain, format, stdout)?;
+        }
+        Command::Validate { config, set } => {
+            let path = config::config_path(config, Path::new(config::DEFAULT_CONFIG_DIR));
+            let cfg = config::load(&path, set).map_err(CliError::Config)?;
+            let invalid = |source| CliError::Invalid {
+                what: format!("{} does not make a valid domain", path.display()),
+                source,
+            };
+            let images = builder::read_images(&cfg).map_err(invalid)?;
+            let layout = builder::layout(&cfg, &images).map_err(invalid)?;
+            write_out(
+                stdout,
+                &output::render_validated(&cfg, layout.plan(), format)?,
+            )?;
+        }
+        Command::Create {
+            config,
+            set,
+            paused,
+            dry_run,
+        } => {
+            let path = config::config_path(config, Path::new(config::DEFAULT_CONFIG_DIR));
+            let cfg = config::load(&path, set).map_err(CliError::Config)?;
+            let report = connect(cli)?
+                .create(&cfg, *dry_run, *paused)
+                .map_err(request(format!("cannot create domain \"{}\"", cfg.name)))?;
+            write_out(stdout, &output::render_created(&report, format)?)?;
         }
         Command::Host {
             command: HostCommand::Info,

@@ -4,8 +4,9 @@
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::config::DomainConfig;
 use crate::error::CliError;
-use crate::proto::{Domain, EventReport, Host, LifecycleDone, State};
+use crate::proto::{CreateReport, Domain, EventReport, Host, LifecycleDone, Plan, State};
 
 /// How results are printed on stdout (CLI.md §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -441,4 +442,129 @@ pub fn render_host(
         ("events", events_line(events)),
         ("last_event", last_event_line(events)),
     ]))
+}
+
+/// `validate -o json`: the effective config and the plan.
+#[derive(Debug, Serialize)]
+struct ValidateJson<'a> {
+    api_version: &'static str,
+    config: &'a DomainConfig,
+    plan: &'a Plan,
+}
+
+/// `create -o json`: the new domain (or, for `--dry-run`, what would be built).
+#[derive(Debug, Serialize)]
+struct CreateJson<'a> {
+    api_version: &'static str,
+    /// The new domain's id; `null` for a dry run.
+    domid: Option<u32>,
+    name: &'a str,
+    /// The state afterwards; `null` for a dry run.
+    state: Option<&'static str>,
+    dry_run: bool,
+    took_ms: u64,
+    config: &'a DomainConfig,
+    plan: &'a Plan,
+}
+
+/// The effective config and the plan as `key: value` lines (`validate`,
+/// `create --dry-run`).
+fn config_and_plan(c: &DomainConfig, plan: &Plan) -> String {
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("name", c.name.clone()),
+        ("type", "pvh".to_owned()),
+        ("kernel", c.kernel.clone()),
+        (
+            "ramdisk",
+            c.ramdisk.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+        (
+            "cmdline",
+            c.cmdline.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+        ("memory", format!("{} MiB", c.memory_mib)),
+        ("vcpus", c.vcpus.to_string()),
+        ("on_poweroff", c.on_poweroff.name().to_owned()),
+        ("on_reboot", c.on_reboot.name().to_owned()),
+        ("on_crash", c.on_crash.name().to_owned()),
+        ("entry", format!("{:#x}", plan.entry)),
+        ("start_info", format!("{:#x}", plan.start_info)),
+    ];
+    for s in &plan.segments {
+        pairs.push((
+            "segment",
+            format!(
+                "{:#x}-{:#x} ({} bytes from the file, {} in memory)",
+                s.paddr,
+                s.paddr + s.mem_bytes,
+                s.file_bytes,
+                s.mem_bytes
+            ),
+        ));
+    }
+    if let Some(r) = plan.ramdisk {
+        pairs.push((
+            "ramdisk_at",
+            format!(
+                "{:#x}-{:#x} ({} bytes)",
+                r.paddr,
+                r.paddr + r.bytes,
+                r.bytes
+            ),
+        ));
+    }
+    key_values(&pairs)
+}
+
+/// `dom0 validate` in `format`.
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_validated(
+    config: &DomainConfig,
+    plan: &Plan,
+    format: OutputFormat,
+) -> Result<String, CliError> {
+    if format.is_json() {
+        return json_doc(
+            &ValidateJson {
+                api_version: crate::JSON_API_VERSION,
+                config,
+                plan,
+            },
+            format,
+        );
+    }
+    Ok(config_and_plan(config, plan))
+}
+
+/// `dom0 create` in `format`: the new domain's id, name and state; for `--dry-run` the
+/// effective config and the plan.
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_created(r: &CreateReport, format: OutputFormat) -> Result<String, CliError> {
+    if format.is_json() {
+        return json_doc(
+            &CreateJson {
+                api_version: crate::JSON_API_VERSION,
+                domid: r.domid,
+                name: &r.config.name,
+                state: r.state.map(State::name),
+                dry_run: r.domid.is_none(),
+                took_ms: r.took_ms,
+                config: &r.config,
+                plan: &r.plan,
+            },
+            format,
+        );
+    }
+    Ok(match r.domid {
+        None => config_and_plan(&r.config, &r.plan),
+        Some(domid) => key_values(&[
+            ("domid", domid.to_string()),
+            ("name", r.config.name.clone()),
+            ("state", r.state.map_or("-", State::name).to_owned()),
+        ]),
+    })
 }

@@ -33,6 +33,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub use crate::config::DomainConfig;
+
 /// Version of the control protocol. Both sides send it in their hello and refuse to talk
 /// on a mismatch. Bumped by every incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -90,6 +92,16 @@ pub enum Request {
     Destroy {
         /// The domain id (not 0).
         domid: u32,
+    },
+    /// Build a domain from `config` and start it: [`Response::Created`], or
+    /// [`ApiError::Create`]. Appended within protocol 1, after the lifecycle requests.
+    Create {
+        /// The effective config (absolute paths; dom0d reads the files itself).
+        config: DomainConfig,
+        /// Run every check and report the plan, but create nothing.
+        dry_run: bool,
+        /// Leave the domain paused instead of unpausing it.
+        paused: bool,
     },
 }
 
@@ -254,6 +266,8 @@ pub enum Response {
     Events(EventReport),
     /// Answer to [`Request::Pause`], [`Request::Unpause`] and [`Request::Destroy`].
     Lifecycle(LifecycleDone),
+    /// Answer to [`Request::Create`].
+    Created(CreateReport),
 }
 
 impl Response {
@@ -269,6 +283,7 @@ impl Response {
             Self::Domain(_) => "domain",
             Self::Events(_) => "events",
             Self::Lifecycle(_) => "lifecycle",
+            Self::Created(_) => "create",
         }
     }
 }
@@ -371,6 +386,211 @@ pub enum ApiError {
         /// The state it last saw.
         state: Option<State>,
     },
+    /// A create request failed ([`Request::Create`]); nothing is left behind unless
+    /// [`CreateError::Failed`] says its cleanup failed.
+    #[error(transparent)]
+    Create(CreateError),
+}
+
+/// Which file of a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageKind {
+    /// `kernel`.
+    Kernel,
+    /// `ramdisk`.
+    Ramdisk,
+}
+
+impl ImageKind {
+    /// `kernel` or `ramdisk`, the config key.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Ramdisk => "ramdisk",
+        }
+    }
+}
+
+/// Why a file could not be read, as far as the exit code cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileProblem {
+    /// It does not exist (exit 3).
+    NotFound,
+    /// Reading it was refused (exit 8).
+    PermissionDenied,
+    /// Anything else (a directory, too large, an I/O error).
+    Other,
+}
+
+/// What happened to a half-built domain after a failed create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cleanup {
+    /// The failure came before the domain existed.
+    NotNeeded,
+    /// dom0d destroyed it; its memory is back.
+    Destroyed,
+    /// Destroying it failed too: it is still there.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a create request failed ([`ApiError::Create`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CreateError {
+    /// The config breaks a rule of `config::DomainConfig::check` (dom0d repeats the CLI's
+    /// checks).
+    #[error("invalid config: {reason}")]
+    InvalidConfig {
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// The kernel or ramdisk could not be read.
+    #[error("cannot read {} {path}: {reason}", .what.name())]
+    Unreadable {
+        /// Which file.
+        what: ImageKind,
+        /// Its path.
+        path: String,
+        /// Why.
+        reason: String,
+        /// The kind of problem.
+        problem: FileProblem,
+    },
+    /// The kernel is not a PVH kernel that fits the domain.
+    #[error("kernel {path} cannot be used: {reason}")]
+    BadKernel {
+        /// Its path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+        /// How to fix it, if there is a concrete fix.
+        fix: Option<String>,
+    },
+    /// The ramdisk does not fit the domain.
+    #[error("ramdisk {path} cannot be used: {reason}")]
+    BadRamdisk {
+        /// Its path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+        /// How to fix it, if there is a concrete fix.
+        fix: Option<String>,
+    },
+    /// The domain needs more memory than the host has free.
+    #[error(
+        "domain \"{name}\" needs {} MiB of memory, but the host has only {} MiB free",
+        .needed_kib / 1024,
+        .free_kib / 1024
+    )]
+    NotEnoughMemory {
+        /// The domain's name.
+        name: String,
+        /// What it needs, KiB.
+        needed_kib: u64,
+        /// What is free, KiB.
+        free_kib: u64,
+    },
+    /// Another domain has the name.
+    #[error("{}", name_in_use_text(.name, *.domid))]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The domain that has it, if known.
+        domid: Option<u32>,
+    },
+    /// The microvisor has no free domain id (`ENOSPC`).
+    #[error("the microvisor has no free domain id")]
+    NoFreeDomid,
+    /// The microvisor offers no foreign window, so dom0d cannot write a domain's memory.
+    #[error("the microvisor has no foreign window to write the domain's memory through")]
+    NoForeignWindow,
+    /// A step of the build failed.
+    #[error("{step} failed: {reason}{}", cleanup_text(.cleanup, *.domid))]
+    Failed {
+        /// What dom0d was doing, e.g. `writing the domain's memory`.
+        step: String,
+        /// The errno of the failed call, if it was one.
+        errno: Option<i32>,
+        /// What went wrong.
+        reason: String,
+        /// The half-built domain, if it existed.
+        domid: Option<u32>,
+        /// What happened to it.
+        cleanup: Cleanup,
+    },
+}
+
+fn name_in_use_text(name: &str, domid: Option<u32>) -> String {
+    match domid {
+        Some(d) => format!("a domain named \"{name}\" already exists (domain {d})"),
+        None => format!("a domain named \"{name}\" already exists"),
+    }
+}
+
+fn cleanup_text(cleanup: &Cleanup, domid: Option<u32>) -> String {
+    match (cleanup, domid) {
+        (Cleanup::Failed { reason }, Some(d)) => {
+            format!("; destroying the half-built domain {d} failed too: {reason}")
+        }
+        (Cleanup::Failed { reason }, None) => {
+            format!("; destroying the half-built domain failed too: {reason}")
+        }
+        _ => String::new(),
+    }
+}
+
+/// One kernel segment as the builder loads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentPlan {
+    /// Guest-physical load address.
+    pub paddr: u64,
+    /// Bytes copied from the file.
+    pub file_bytes: u64,
+    /// Bytes in memory (the rest is zero).
+    pub mem_bytes: u64,
+}
+
+/// Where the ramdisk goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamdiskPlan {
+    /// Guest-physical address (page-aligned, at the top of RAM).
+    pub paddr: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// What the builder writes into a new domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// RAM at guest-physical `0..memory_mib` MiB.
+    pub memory_mib: u32,
+    /// PVH entry point (`EIP`).
+    pub entry: u64,
+    /// Guest-physical `hvm_start_info` (`EBX`), the boot page.
+    pub start_info: u64,
+    /// The kernel's loadable segments.
+    pub segments: Vec<SegmentPlan>,
+    /// The ramdisk, if any.
+    pub ramdisk: Option<RamdiskPlan>,
+}
+
+/// What a create request did ([`Response::Created`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateReport {
+    /// The new domain's id; `None` for a dry run.
+    pub domid: Option<u32>,
+    /// The effective config.
+    pub config: DomainConfig,
+    /// What was (or would be) written.
+    pub plan: Plan,
+    /// The domain's state afterwards (`paused`, `running`, `blocked`); `None` for a dry
+    /// run, or if it could not be read.
+    pub state: Option<State>,
+    /// How long dom0d took, in milliseconds.
+    pub took_ms: u64,
 }
 
 /// Symbolic name of the errno values the control path produces.

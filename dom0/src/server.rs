@@ -23,13 +23,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::builder;
+use crate::config::DomainConfig;
 use crate::events::EventMonitor;
 use crate::lifecycle::{self, Waits};
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::proto::{
-    self, ApiError, FrameError, Lifecycle, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
-    ServiceVersion,
+    self, ApiError, Cleanup, CreateError, CreateReport, FrameError, Lifecycle, MAX_FRAME,
+    PROTOCOL_VERSION, Request, Response, ServiceVersion,
 };
 
 /// dom0d's version (the crate version).
@@ -44,6 +46,9 @@ pub struct Service {
     mv: Arc<dyn Microvisor>,
     events: Arc<EventMonitor>,
     waits: Waits,
+    /// Held for the whole of a create: one build at a time (they share window slots and
+    /// the free memory each one checks).
+    create_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -69,6 +74,7 @@ impl Service {
             mv,
             events,
             waits: Waits::default(),
+            create_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -125,17 +131,82 @@ impl Service {
                     .await
                     .map(Response::Lifecycle)
             }
+            Request::Create {
+                ref config,
+                dry_run,
+                paused,
+            } => self
+                .create(config, dry_run, paused)
+                .await
+                .map(Response::Created),
         };
         result.unwrap_or_else(|e| {
-            // Unknown domains are routine; lifecycle timeouts were logged as errors already.
+            // Unknown domains are routine; lifecycle timeouts were logged as errors already,
+            // and creates by the builder, with their duration.
             if !matches!(
                 e,
-                ApiError::NoSuchDomain { .. } | ApiError::LifecycleTimeout { .. }
+                ApiError::NoSuchDomain { .. }
+                    | ApiError::LifecycleTimeout { .. }
+                    | ApiError::Create(_)
             ) {
                 log::limited(Level::Warn, format_args!("request {req:?} failed: {e}"));
             }
             Response::Error(e)
         })
+    }
+}
+
+impl Service {
+    /// [`Request::Create`]: one at a time, on a blocking thread (reading the kernel and
+    /// writing the domain's memory take many system calls), see [`builder`].
+    async fn create(
+        &self,
+        config: &DomainConfig,
+        dry_run: bool,
+        paused: bool,
+    ) -> Result<CreateReport, ApiError> {
+        let _one_at_a_time = self.create_lock.lock().await;
+        let opts = builder::Options {
+            dry_run,
+            paused,
+            destroy_wait: self.waits.destroy,
+            poll: self.waits.poll,
+        };
+        let created = Arc::new(std::sync::Mutex::new(None));
+        let (mv, cell, config) = (Arc::clone(&self.mv), Arc::clone(&created), config.clone());
+        let joined =
+            tokio::task::spawn_blocking(move || builder::create(&*mv, &config, opts, &cell)).await;
+        match joined {
+            Ok(result) => result.map_err(ApiError::Create),
+            Err(e) => {
+                // The builder died (a bug): do not leave its domain behind.
+                log::write(Level::Error, format_args!("create: the builder died: {e}"));
+                let left = created
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                let cleanup = match left {
+                    Some(domid) => {
+                        let mv = Arc::clone(&self.mv);
+                        tokio::task::spawn_blocking(move || {
+                            builder::destroy_and_wait(&*mv, domid, opts.destroy_wait, opts.poll)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Cleanup::Failed {
+                            reason: e.to_string(),
+                        })
+                    }
+                    None => Cleanup::NotNeeded,
+                };
+                Err(ApiError::Create(CreateError::Failed {
+                    step: "building the domain".to_owned(),
+                    errno: None,
+                    reason: "dom0d's builder thread died (a bug; see dom0d's log)".to_owned(),
+                    domid: left,
+                    cleanup,
+                }))
+            }
+        }
     }
 }
 

@@ -75,6 +75,8 @@ fn only_real_commands_exist() {
             "pause",
             "unpause",
             "destroy",
+            "validate",
+            "create",
             "host",
             "version",
             "completions"
@@ -102,6 +104,8 @@ fn help_lists_exactly_the_existing_commands() {
             "pause",
             "unpause",
             "destroy",
+            "validate",
+            "create",
             "host",
             "version",
             "completions",
