@@ -24,7 +24,8 @@
 //! supported" from a failure: [`Request::Events`] was added this way, then
 //! [`Request::Pause`], [`Request::Unpause`] and [`Request::Destroy`] (with
 //! [`Response::Lifecycle`] and the lifecycle [`ApiError`] variants after
-//! [`ApiError::Busy`]).
+//! [`ApiError::Busy`]), then [`Request::Create`] (with [`Response::Created`] and
+//! [`ApiError::Create`]).
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -1006,7 +1007,43 @@ mod tests {
             Request::Pause { domid: 3 },
             Request::Unpause { domid: u32::MAX },
             Request::Destroy { domid: 0 },
+            Request::Create {
+                config: sample_config(),
+                dry_run: true,
+                paused: false,
+            },
         ]
+    }
+
+    fn sample_config() -> DomainConfig {
+        DomainConfig {
+            name: "web".into(),
+            kernel: "/k".into(),
+            ramdisk: Some("/r".into()),
+            cmdline: None,
+            memory_mib: 16,
+            vcpus: 1,
+            on_poweroff: crate::config::OnEvent::Destroy,
+            on_reboot: crate::config::OnEvent::Restart,
+            on_crash: crate::config::OnEvent::Preserve,
+        }
+    }
+
+    fn sample_plan() -> Plan {
+        Plan {
+            memory_mib: 16,
+            entry: 0x10_0000,
+            start_info: 0x1000,
+            segments: vec![SegmentPlan {
+                paddr: 0x10_0000,
+                file_bytes: 5,
+                mem_bytes: 4096,
+            }],
+            ramdisk: Some(RamdiskPlan {
+                paddr: 0xff_f000,
+                bytes: 9,
+            }),
+        }
     }
 
     fn all_responses() -> Vec<Response> {
@@ -1101,6 +1138,27 @@ mod tests {
                 next: None,
             },
             Response::Domain(sample_domain(0)),
+            Response::Created(CreateReport {
+                domid: Some(3),
+                config: sample_config(),
+                plan: sample_plan(),
+                state: Some(State::Running),
+                took_ms: 12,
+            }),
+            Response::Error(ApiError::Create(CreateError::Failed {
+                step: "x".into(),
+                errno: Some(22),
+                reason: "y".into(),
+                domid: Some(3),
+                cleanup: Cleanup::Failed { reason: "z".into() },
+            })),
+            Response::Error(ApiError::Create(CreateError::Unreadable {
+                what: ImageKind::Ramdisk,
+                path: "/r".into(),
+                reason: "gone".into(),
+                problem: FileProblem::NotFound,
+            })),
+            Response::Error(ApiError::Create(CreateError::NoForeignWindow)),
             Response::Events(EventReport {
                 status: EventStatus::Listening,
                 count: 3,
@@ -1231,6 +1289,58 @@ mod tests {
     }
 
     #[test]
+    fn create_was_appended_after_the_lifecycle_requests() {
+        let req = postcard::to_stdvec(&Request::Create {
+            config: sample_config(),
+            dry_run: false,
+            paused: true,
+        })
+        .unwrap();
+        assert_eq!(req[0], 9);
+        let reply = postcard::to_stdvec(&Response::Created(CreateReport {
+            domid: None,
+            config: sample_config(),
+            plan: sample_plan(),
+            state: None,
+            took_ms: 0,
+        }))
+        .unwrap();
+        assert_eq!(reply[0], 8);
+        let err = postcard::to_stdvec(&Response::Error(ApiError::Create(CreateError::NoFreeDomid)))
+            .unwrap();
+        assert_eq!(err, [1, 12, 6]);
+    }
+
+    #[test]
+    fn create_error_messages() {
+        let e = CreateError::Failed {
+            step: "writing the domain's memory".into(),
+            errno: Some(22),
+            reason: "ForeignMap failed".into(),
+            domid: Some(4),
+            cleanup: Cleanup::Destroyed,
+        };
+        assert_eq!(
+            e.to_string(),
+            "writing the domain's memory failed: ForeignMap failed"
+        );
+        let e = CreateError::NotEnoughMemory {
+            name: "web".into(),
+            needed_kib: 65536,
+            free_kib: 1000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain \"web\" needs 64 MiB of memory, but the host has only 0 MiB free"
+        );
+        let e = ApiError::Create(CreateError::NameInUse {
+            name: "web".into(),
+            domid: None,
+        });
+        assert_eq!(e.to_string(), "a domain named \"web\" already exists");
+    }
+
+    #[test]
     fn lifecycle_error_messages() {
         let e = ApiError::NotPaused {
             domid: 4,
@@ -1314,8 +1424,9 @@ mod tests {
         for payload in [
             &[][..],
             &[0xff],
-            &[9], // the first request index not (yet) defined
-            &[6], // Pause without its domid
+            &[10], // the first request index not (yet) defined
+            &[9],  // Create without its config
+            &[6],  // Pause without its domid
             &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[0, 1, 200, b'a'],
             &[4],

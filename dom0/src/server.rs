@@ -576,6 +576,8 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream as StdStream;
 
+    use shared_abi::control::ControlOp;
+
     use super::*;
     use crate::fake::FakeMicrovisor;
     use crate::proto::{Domain, PROTOCOL_VERSION};
@@ -983,6 +985,141 @@ mod tests {
             ask(&mut s, &Request::Unpause { domid: 2 }),
             Response::Error(ApiError::NoSuchDomain { domid: 2 })
         );
+    }
+
+    #[test]
+    fn create_requests_are_served() {
+        use crate::builder::test_elf::{Seg, pvh_elf};
+        use crate::config::{DomainConfig, OnEvent};
+        use crate::proto::{CreateError, State};
+        let f = start(Limits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k.elf");
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![0x90; 64],
+            mem: 4096,
+        };
+        fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+        let config = DomainConfig {
+            name: "web".into(),
+            kernel: kernel.to_str().unwrap().into(),
+            ramdisk: None,
+            cmdline: None,
+            memory_mib: 2,
+            vcpus: 1,
+            on_poweroff: OnEvent::Destroy,
+            on_reboot: OnEvent::Restart,
+            on_crash: OnEvent::Destroy,
+        };
+        let mut s = greeted(&f);
+        let create = |config: &DomainConfig, dry_run| Request::Create {
+            config: config.clone(),
+            dry_run,
+            paused: false,
+        };
+        match ask(&mut s, &create(&config, true)) {
+            Response::Created(r) => assert_eq!((r.domid, r.state), (None, None)),
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut s, &create(&config, false)) {
+            Response::Created(r) => {
+                assert_eq!((r.domid, r.state), (Some(3), Some(State::Running)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.fake.read_guest(3, 0x10_0000, 64).unwrap(), vec![0x90; 64]);
+        // dom0d checks the config again: a client cannot skip the CLI's checks.
+        let mut bad = config.clone();
+        bad.name = "other".into();
+        bad.kernel = "relative.elf".into();
+        assert_eq!(
+            ask(&mut s, &create(&bad, false)),
+            Response::Error(ApiError::Create(CreateError::InvalidConfig {
+                reason: "\"kernel\" \"relative.elf\" is not an absolute path".into()
+            }))
+        );
+        bad = config.clone();
+        bad.vcpus = 0;
+        assert!(matches!(
+            ask(&mut s, &create(&bad, false)),
+            Response::Error(ApiError::Create(CreateError::InvalidConfig { .. }))
+        ));
+        assert_eq!(
+            ask(&mut s, &create(&config, false)),
+            Response::Error(ApiError::Create(CreateError::NameInUse {
+                name: "web".into(),
+                domid: Some(3)
+            }))
+        );
+    }
+
+    #[test]
+    fn a_create_does_not_hold_up_other_clients() {
+        use crate::builder::test_elf::{Seg, pvh_elf};
+        use crate::config::{DomainConfig, OnEvent};
+        // The fake's destroy never shows, so a failing create waits out its destroy limit
+        // (1 s here) on the builder's thread; meanwhile others are answered.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMicrovisor::new());
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let waits = Waits {
+            destroy: Duration::from_secs(1),
+            ..Waits::default()
+        };
+        let server = spawn_service(
+            &dir.path().join("s.sock"),
+            Service::new(mv).with_waits(waits),
+            Limits::default(),
+        )
+        .unwrap();
+        let f = Fixture {
+            _dir: dir,
+            server,
+            fake,
+        };
+        f.fake.set_lag(u32::MAX);
+        f.fake.fail_nth(ControlOp::DomainSetEntry as u64, 1, 22);
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k.elf");
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![1],
+            mem: 1,
+        };
+        fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+        let req = Request::Create {
+            config: DomainConfig {
+                name: "slow".into(),
+                kernel: kernel.to_str().unwrap().into(),
+                ramdisk: None,
+                cmdline: None,
+                memory_mib: 2,
+                vcpus: 1,
+                on_poweroff: OnEvent::Destroy,
+                on_reboot: OnEvent::Restart,
+                on_crash: OnEvent::Destroy,
+            },
+            dry_run: false,
+            paused: false,
+        };
+        let mut slow = greeted(&f);
+        send(&mut slow, &req);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut other = greeted(&f);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            ask(&mut other, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        match recv(&mut slow) {
+            Some(Response::Error(ApiError::Create(crate::proto::CreateError::Failed {
+                cleanup: crate::proto::Cleanup::Failed { .. },
+                ..
+            }))) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

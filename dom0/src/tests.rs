@@ -1409,3 +1409,567 @@ fn hints_name_domains_safely() {
     assert_eq!(domain_ref(3, "-x"), "3");
     assert_eq!(domain_ref(3, "$(x)"), "3");
 }
+
+// ---- validate and create ----
+
+/// A directory with a PVH kernel (`hello.elf`) and a config for it (`web.toml`).
+struct Guest {
+    dir: tempfile::TempDir,
+}
+
+impl Guest {
+    fn new() -> Self {
+        use crate::builder::test_elf::{Seg, bytes, pvh_elf};
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = pvh_elf(
+            0x10_0040,
+            &[Seg {
+                paddr: 0x10_0000,
+                data: bytes(5000, 1),
+                mem: 0x4000,
+            }],
+        );
+        std::fs::write(dir.path().join("hello.elf"), kernel).unwrap();
+        let g = Self { dir };
+        g.config(
+            "web.toml",
+            "name = \"web\"\nkernel = \"hello.elf\"\ncmdline = \"console=hvc0\"\nmemory = \"32M\"\n",
+        );
+        g
+    }
+
+    /// Writes a config file; returns its path.
+    fn config(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+}
+
+#[test]
+fn validate_prints_the_effective_config_and_the_layout_without_dom0d() {
+    let g = Guest::new();
+    let (status, out, err) = dom0(&["validate", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "name:        web\n\
+             type:        pvh\n\
+             kernel:      {}\n\
+             ramdisk:     -\n\
+             cmdline:     console=hvc0\n\
+             memory:      32 MiB\n\
+             vcpus:       1\n\
+             on_poweroff: destroy\n\
+             on_reboot:   restart\n\
+             on_crash:    destroy\n\
+             entry:       0x100040\n\
+             start_info:  0x1000\n\
+             segment:     0x100000-0x104000 (5000 bytes from the file, 16384 in memory)\n",
+            g.path("hello.elf")
+        )
+    );
+    // Overrides show in the result.
+    let (status, out, _) = dom0(&[
+        "validate",
+        &g.path("web.toml"),
+        "--set",
+        "memory=2G",
+        "--set",
+        "on_crash=preserve",
+    ]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(out.contains("memory:      2048 MiB\n"), "{out}");
+    assert!(out.contains("on_crash:    preserve\n"), "{out}");
+}
+
+#[test]
+fn validate_json() {
+    let g = Guest::new();
+    let (status, out, _) = dom0(&["validate", &g.path("web.toml"), "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["api_version"], "dom0/v1");
+    assert_eq!(doc["config"]["name"], "web");
+    assert_eq!(doc["config"]["kernel"], g.path("hello.elf"));
+    assert_eq!(doc["config"]["ramdisk"], Value::Null);
+    assert_eq!(doc["config"]["cmdline"], "console=hvc0");
+    assert_eq!(doc["config"]["memory_mib"], 32);
+    assert_eq!(doc["config"]["vcpus"], 1);
+    assert_eq!(doc["config"]["on_reboot"], "restart");
+    assert_eq!(doc["plan"]["entry"], 0x10_0040);
+    assert_eq!(doc["plan"]["start_info"], 0x1000);
+    assert_eq!(doc["plan"]["segments"][0]["paddr"], 0x10_0000);
+    assert_eq!(doc["plan"]["segments"][0]["file_bytes"], 5000);
+    assert_eq!(doc["plan"]["segments"][0]["mem_bytes"], 0x4000);
+    assert_eq!(doc["plan"]["ramdisk"], Value::Null);
+}
+
+/// Runs `validate` and `create` (against nothing: the config is refused first) on `cfg`
+/// with `extra` arguments; both must fail alike. Returns the status and stderr.
+fn refused(cfg: &str, extra: &[&str]) -> (ExitStatus, String) {
+    let mut args = vec!["validate", cfg];
+    args.extend_from_slice(extra);
+    let (status, out, err) = dom0(&args);
+    assert!(out.is_empty(), "{out}");
+    (status, err)
+}
+
+#[test]
+fn bad_configs_exit_7_with_file_and_line() {
+    let g = Guest::new();
+    let cfg = g.config(
+        "bad.toml",
+        "name = \"web\"\nkernel = \"hello.elf\"\ncolour = \"red\"\n",
+    );
+    for cmd in ["validate", "create"] {
+        // `create` refuses before it even tries to reach dom0d (exit 7, not 69).
+        let (status, out, err) = dom0(&[cmd, &cfg]);
+        assert_eq!(status, ExitStatus::ConfigInvalid, "{cmd}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err,
+            format!(
+                "error: {cfg}:3: unknown key \"colour\"\n  hint: the keys are: name, type, \
+                 kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash\n"
+            ),
+            "{cmd}"
+        );
+    }
+    for (text, message) in [
+        (
+            "name = \"web\"\nkernel = 5\n",
+            ":2: \"kernel\" must be a string, not an integer",
+        ),
+        (
+            "name = \"web\"\nkernel = \"k\"\nvcpus = 0\n",
+            ":3: \"vcpus\" is 0; a domain needs at least 1 vCPU",
+        ),
+        (
+            "name = \"web\"\nkernel = \"k\"\nvcpus = 4\n",
+            ":3: \"vcpus\" is 4; only 1 vCPU per domain is supported for now",
+        ),
+        (
+            "name = \"web\"\nkernel = \"k\"\nmemory = 1\n",
+            ":3: \"memory\" is 1 MiB; it must be 2 to 3072 MiB",
+        ),
+        (
+            "name = \"web\"\nkernel = \"k\"\nmaxmem = 64\n",
+            ":3: \"maxmem\" is not supported yet",
+        ),
+        ("name = \"web\"\nkernel = \"k\"\n[disk\n", ":3:"),
+        ("kernel = \"k\"\n", ": \"name\" is required"),
+    ] {
+        let cfg = g.config("bad.toml", text);
+        let (status, err) = refused(&cfg, &[]);
+        assert_eq!(status, ExitStatus::ConfigInvalid, "{text}");
+        let first = err.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("error: {cfg}{message}")),
+            "{text}: {first}"
+        );
+    }
+    // Overrides are named in the error instead of a line.
+    let (status, err) = refused(&g.path("web.toml"), &["--set", "vcpus=2"]);
+    assert_eq!(status, ExitStatus::ConfigInvalid);
+    assert_eq!(
+        err,
+        "error: --set vcpus=2: \"vcpus\" is 2; only 1 vCPU per domain is supported for now\n"
+    );
+    let (status, err) = refused(&g.path("web.toml"), &["--set", "colour=red"]);
+    assert_eq!(status, ExitStatus::ConfigInvalid);
+    assert!(
+        err.starts_with("error: --set colour=red: unknown key \"colour\"\n"),
+        "{err}"
+    );
+    // A --set without '=' is a usage error.
+    let (status, _, err) = dom0(&["validate", &g.path("web.toml"), "--set", "memory"]);
+    assert_eq!(status, ExitStatus::Usage);
+    assert!(err.contains("is not KEY=VALUE"), "{err}");
+}
+
+#[test]
+fn missing_and_bad_files_have_their_own_exit_codes() {
+    let g = Guest::new();
+    // The config file itself.
+    let (status, err) = refused(&g.path("nope.toml"), &[]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot read config {}\n  caused by: No such file or directory\n  hint: a bare \
+             name (no slash, no .toml) is looked up as /etc/dom0/domains/NAME.toml\n",
+            g.path("nope.toml")
+        )
+    );
+    // A bare name is looked up in /etc/dom0/domains.
+    let (status, err) = refused("surely-not-a-domain-here", &[]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(
+        err.starts_with(
+            "error: cannot read config /etc/dom0/domains/surely-not-a-domain-here.toml\n"
+        ),
+        "{err}"
+    );
+    // The kernel.
+    let cfg = g.config("k.toml", "name = \"web\"\nkernel = \"missing.elf\"\n");
+    let (status, err) = refused(&cfg, &[]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert_eq!(
+        err,
+        format!(
+            "error: {cfg} does not make a valid domain\n  caused by: cannot read kernel {}: No \
+             such file or directory\n  hint: check \"kernel\" in the config (a path in Dom0; \
+             relative paths start at the config's directory)\n",
+            g.path("missing.elf")
+        )
+    );
+    // Not an ELF; an ELF without the PVH note; a kernel too big for the memory.
+    std::fs::write(g.path("script"), "#!/bin/sh\n").unwrap();
+    let cfg = g.config("k.toml", "name = \"web\"\nkernel = \"script\"\n");
+    let (status, err) = refused(&cfg, &[]);
+    assert_eq!(status, ExitStatus::ConfigInvalid);
+    assert!(
+        err.contains(&format!(
+            "caused by: kernel {} cannot be used: not an ELF file\n",
+            g.path("script")
+        )),
+        "{err}"
+    );
+    {
+        use crate::builder::test_elf::{Seg, elf_without_note};
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![1],
+            mem: 1,
+        };
+        std::fs::write(g.path("plain.elf"), elf_without_note(&[seg])).unwrap();
+    }
+    let cfg = g.config("k.toml", "name = \"web\"\nkernel = \"plain.elf\"\n");
+    let (status, err) = refused(&cfg, &[]);
+    assert_eq!(status, ExitStatus::ConfigInvalid);
+    assert!(
+        err.contains("cannot be used: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: a PVH kernel is an x86-64 ELF executable"),
+        "{err}"
+    );
+    // The smallest domain fits the kernel, and a small ramdisk above it.
+    let cfg = g.config(
+        "k.toml",
+        "name = \"web\"\nkernel = \"hello.elf\"\nramdisk = \"script\"\nmemory = 2\n",
+    );
+    let (status, out, err) = dom0(&["validate", &cfg]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        out.ends_with("ramdisk_at:  0x1ff000-0x1ff00a (10 bytes)\n"),
+        "{out}"
+    );
+    // Relative paths in --set start at the current directory, not the config's.
+    let (status, err) = refused(&cfg, &["--set", "ramdisk=hello.elf"]);
+    assert_eq!(status, ExitStatus::NotFound, "{err}");
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        err.contains(&format!(
+            "cannot read ramdisk {}",
+            cwd.join("hello.elf").display()
+        )),
+        "{err}"
+    );
+    // Under -o json the error is one JSON object on stderr.
+    let cfg = g.config("k.toml", "name = \"web\"\nkernel = \"missing.elf\"\n");
+    let (status, out, err) = dom0(&["validate", &cfg, "-o", "json"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(out.is_empty());
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "file_not_found");
+    assert_eq!(doc["exit_code"], 3);
+}
+
+#[test]
+fn create_prints_the_new_domain_and_it_is_built() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let free = d.fake.mem_free_kib();
+    let (status, out, err) = d.run(&["create", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out, "domid: 3\nname:  web\nstate: running\n");
+    assert_eq!(d.fake.mem_free_kib(), free - 32 * 1024);
+    // The guest's memory holds the kernel and a start info.
+    let text = crate::builder::test_elf::bytes(5000, 1);
+    assert_eq!(d.fake.read_guest(3, 0x10_0000, 5000).unwrap(), text);
+    let magic = d.fake.read_guest(3, 0x1000, 4).unwrap();
+    assert_eq!(magic, shared_abi::pvh::HVM_START_MAGIC.to_le_bytes());
+    assert_eq!(d.fake.read_guest(3, 0x1100, 13).unwrap(), b"console=hvc0\0");
+    assert_eq!(d.fake.entry_of(3).unwrap().entry, 0x10_0040);
+    // It is listed, and a second create of the same name is refused (exit 4).
+    let (_, out, _) = d.run(&["list"]);
+    assert!(out.contains("3   web"), "{out}");
+    let (status, out, err) = d.run(&["create", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        "error: cannot create domain \"web\"\n  caused by: a domain named \"web\" already exists \
+         (domain 3)\n  hint: choose another name (--set name=NEW), or remove the other domain \
+         first: `dom0 destroy web`\n"
+    );
+    // Another name, paused, as JSON.
+    let (status, out, err) = d.run(&[
+        "create",
+        &g.path("web.toml"),
+        "--set",
+        "name=web2",
+        "--paused",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["api_version"], "dom0/v1");
+    assert_eq!(doc["domid"], 4);
+    assert_eq!(doc["name"], "web2");
+    assert_eq!(doc["state"], "paused");
+    assert_eq!(doc["dry_run"], false);
+    assert_eq!(doc["config"]["memory_mib"], 32);
+    assert_eq!(doc["plan"]["entry"], 0x10_0040);
+    assert!(doc["took_ms"].is_u64());
+    assert_eq!(state_of(&d, "web2"), "paused");
+    let (status, _, _) = d.run(&["unpause", "web2"]);
+    assert_eq!(status, ExitStatus::Success);
+}
+
+#[test]
+fn create_dry_run_checks_the_host_and_creates_nothing() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let calls = d.fake.calls();
+    let (status, out, err) = d.run(&["create", "--dry-run", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let (_, validated, _) = dom0(&["validate", &g.path("web.toml")]);
+    assert_eq!(out, validated, "the same report as validate");
+    assert!(d.fake.calls() > calls, "dom0d checked the host");
+    let (_, list, _) = d.run(&["list", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(doc.as_array().unwrap().len(), 3, "nothing was created");
+    let (_, out, _) = d.run(&["create", "--dry-run", &g.path("web.toml"), "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (doc["domid"].clone(), doc["dry_run"].clone()),
+        (Value::Null, Value::Bool(true))
+    );
+    // The host checks: a taken name, too little memory.
+    let (status, _, err) = d.run(&[
+        "create",
+        "--dry-run",
+        &g.path("web.toml"),
+        "--set",
+        "name=hello1",
+    ]);
+    assert_eq!(status, ExitStatus::InvalidState, "{err}");
+    let (status, _, err) = d.run(&[
+        "create",
+        "--dry-run",
+        &g.path("web.toml"),
+        "--set",
+        "memory=3072",
+    ]);
+    assert_eq!(status, ExitStatus::Success, "3 GiB are free: {err}");
+}
+
+#[test]
+fn create_needs_free_memory_and_says_how_much_there_is() {
+    let g = Guest::new();
+    let fake = FakeMicrovisor::new();
+    let host = crate::microvisor::host_record(&fake).unwrap();
+    let fake = fake.with_host(shared_abi::control::HostInfo {
+        mem_free_kib: 20 * 1024,
+        ..host
+    });
+    let d = Dom0d::start(fake);
+    let (status, out, err) = d.run(&["create", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::Failure);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        "error: cannot create domain \"web\"\n  caused by: domain \"web\" needs 32 MiB of \
+         memory, but the host has only 20 MiB free\n  hint: lower \"memory\" (e.g. --set \
+         memory=20) or destroy a domain; `dom0 host info` shows the free memory\n"
+    );
+    assert_eq!(d.fake.mem_free_kib(), 20 * 1024);
+    let (status, out, err) = d.run(&["create", &g.path("web.toml"), "--set", "memory=20"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(out.starts_with("domid: 3\n"), "{out}");
+    assert_eq!(d.fake.mem_free_kib(), 0);
+}
+
+#[test]
+fn create_errors_found_by_dom0d() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    // dom0d reads the kernel itself: gone between the CLI's parse and dom0d's read.
+    let cfg = g.config("gone.toml", "name = \"gone\"\nkernel = \"gone.elf\"\n");
+    let (status, _, err) = d.run(&["create", &cfg]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>(),
+        [
+            "error: cannot create domain \"gone\"".to_owned(),
+            format!(
+                "  caused by: cannot read kernel {}: No such file or directory",
+                g.path("gone.elf")
+            )
+        ]
+    );
+    // A failure in the middle: nothing left behind, and the JSON error names it.
+    let free = d.fake.mem_free_kib();
+    d.fake.fail_nth(ControlOp::DomainSetEntry as u64, 1, 22);
+    let (status, out, err) = d.run(&["create", &g.path("web.toml"), "-o", "json"]);
+    assert_eq!(status, ExitStatus::Failure);
+    assert!(out.is_empty());
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(doc["code"], "create_failed");
+    assert_eq!(doc["message"], "cannot create domain \"web\"");
+    assert_eq!(
+        doc["causes"][0],
+        "setting the entry point (DomainSetEntry) failed: the microvisor answered EINVAL \
+         (Invalid argument)"
+    );
+    assert_eq!(
+        doc["hint"],
+        "nothing was left behind; dom0d's log has the details"
+    );
+    assert_eq!(d.fake.mem_free_kib(), free);
+    assert!(d.fake.foreign_slots().is_empty());
+    let (_, list, _) = d.run(&["list", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&list)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // A microvisor without DomainCreate: not supported (6).
+    d.fake.fail_nth(ControlOp::DomainCreate as u64, 1, 38);
+    let (status, _, err) = d.run(&["create", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::NotSupported, "{err}");
+}
+
+use shared_abi::control::ControlOp;
+
+#[test]
+fn concurrent_creates_are_serialised() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let free = d.fake.mem_free_kib();
+    // Eight clients, two per name: exactly one of each pair wins.
+    let results: Vec<(ExitStatus, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (d, g) = (&d, &g);
+                scope.spawn(move || {
+                    let set = format!("name=vm{}", i / 2);
+                    let (status, _, err) = d.run(&["create", &g.path("web.toml"), "--set", &set]);
+                    (status, err)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let won = results
+        .iter()
+        .filter(|(s, _)| *s == ExitStatus::Success)
+        .count();
+    let lost: Vec<_> = results
+        .iter()
+        .filter(|(s, _)| *s != ExitStatus::Success)
+        .collect();
+    assert_eq!(won, 4, "{results:?}");
+    assert!(
+        lost.iter()
+            .all(|(s, e)| *s == ExitStatus::InvalidState && e.contains("already exists")),
+        "{lost:?}"
+    );
+    assert_eq!(d.fake.mem_free_kib(), free - 4 * 32 * 1024);
+    assert!(d.fake.foreign_slots().is_empty());
+}
+
+#[test]
+fn create_with_an_unreachable_or_old_dom0d_exits_69() {
+    use crate::proto::{ApiError, Request, Response};
+    let g = Guest::new();
+    let (status, _, err) = dom0(&["create", &g.path("web.toml")]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(err.starts_with("error: cannot reach dom0d at"), "{err}");
+    // A dom0d of an earlier protocol 1 release cannot decode Create.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME) {
+            let reply = match crate::proto::decode::<Request>(&payload) {
+                Ok(Request::Hello { .. }) => Service::hello(),
+                _ => Response::Error(ApiError::Malformed {
+                    reason: "cannot decode message".into(),
+                }),
+            };
+            s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+        }
+    });
+    let (status, _, err) = dom0_at(&path, &["create", &g.path("web.toml")]);
+    old.join().unwrap();
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(err.contains("does not know the create request"), "{err}");
+}
+
+#[test]
+fn create_and_validate_usage() {
+    for args in [
+        &["create"][..],
+        &["validate"],
+        &["create", "a", "b"],
+        &["create", "--set"],
+        &["create", "x", "--console"],
+    ] {
+        let (status, out, _) = dom0(args);
+        assert_eq!(status, ExitStatus::Usage, "{args:?}");
+        assert!(out.is_empty());
+    }
+    let cli = parse(&[
+        "create",
+        "--paused",
+        "--dry-run",
+        "web",
+        "--set",
+        "a=1",
+        "--set",
+        "b=2",
+    ])
+    .unwrap();
+    match cli.command {
+        Command::Create {
+            config,
+            set,
+            paused,
+            dry_run,
+        } => {
+            assert_eq!(config, "web");
+            assert_eq!(set.len(), 2);
+            assert!(paused && dry_run);
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, out, _) = dom0(&["completions", "bash"]);
+    assert!(out.contains("create") && out.contains("validate") && out.contains("--dry-run"));
+}
