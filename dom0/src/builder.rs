@@ -7,9 +7,9 @@
 //! 1. **Check everything before the domain exists** ([`layout`], [`check_host`]): the config again
 //!    ([`DomainConfig::check`]); the kernel file is readable and at most
 //!    [`MAX_KERNEL_BYTES`]; it is an x86-64 ELF executable with a PVH entry note
-//!    (`::microvisor::elf::PvhImage`); every `PT_LOAD` segment lies inside guest RAM, clear
+//!    (`microvisor::elf::PvhImage`); every `PT_LOAD` segment lies inside guest RAM, clear
 //!    of page 0 and the boot page, and the entry point inside a segment
-//!    (`::microvisor::domain::check`); the command line fits the boot page; the ramdisk fits
+//!    (`microvisor::domain::check`); the command line fits the boot page; the ramdisk fits
 //!    between the kernel's end and the top of RAM; the memory is at most what `HostInfo`
 //!    reports free; no domain has the name; the microvisor has a foreign window.
 //! 2. `DomainCreate`: an empty, paused domain with zeroed RAM at `0..memory`.
@@ -18,7 +18,7 @@
 //!    `munmap`, `ForeignUnmap` ([`write_memory`]). What is written: the kernel's segments
 //!    (the bytes from the file; the rest of each segment is already zero), the boot page
 //!    at [`BOOT_INFO_GPA`] (`hvm_start_info`, a one-entry memory map `0..memory` and the
-//!    command line, exactly as `::microvisor::domain::boot_info_page` lays it out) and the
+//!    command line, exactly as `microvisor::domain::boot_info_page` lays it out) and the
 //!    ramdisk, page-aligned at the top of RAM, as the start info's one module.
 //! 4. `DomainSetEntry { entry, start_info: 0x1000 }`.
 //! 5. `DomainUnpause`, unless the request asks for a paused domain.
@@ -51,7 +51,7 @@ use crate::proto::{
 pub const BOOT_INFO_GPA: u64 = ::microvisor::domain::BOOT_INFO_GPA;
 /// Where in the boot page the module list (the ramdisk's entry) goes: in the gap between
 /// the memory map (0x40..0x58) and the command line (0x100..) of
-/// `::microvisor::domain::boot_info_page`.
+/// `microvisor::domain::boot_info_page`.
 pub const MODLIST_OFFSET: usize = 0x80;
 /// Largest kernel file dom0d reads.
 pub const MAX_KERNEL_BYTES: u64 = 256 << 20;
@@ -462,7 +462,7 @@ pub struct WriteError {
 /// Writes `writes` into domain `domid`'s RAM through `window`'s slots, a batch of up to
 /// `window.slots` pages at a time. Every slot mapped is unmapped again, also after a
 /// failure; the process mapping is removed before the slots are. (Should `ForeignUnmap`
-/// fail twice, the slot is left for the next build to reclaim: see [`unmap_slot`].)
+/// fail twice, the slot is left mapped, logged, for the next build to reclaim.)
 ///
 /// # Errors
 /// The first step that failed.

@@ -1232,6 +1232,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config-examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(Path::new(&c.kernel), dir.join("hello.elf"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "{seen}");
+    }
+
+    #[test]
     fn garbage_never_panics_the_parser() {
         let mut x: u64 = 0x1234_5678_9abc_def1;
         let alphabet = b"name=kernel\"[]{}.,#\n 0123456789memoryvcpus'\\=x";

@@ -72,6 +72,7 @@
 //! | `Pause { domid }` | `Lifecycle(LifecycleDone { action, domid, name, state })` once the domain shows as `paused` |
 //! | `Unpause { domid }` | `Lifecycle(..)` with the state after the unpause (`running` or `blocked`) |
 //! | `Destroy { domid }` | `Lifecycle(..)` with `state: None` once the domain is gone from the list |
+//! | `Create { config, dry_run, paused }` | `Created(CreateReport { domid, config, plan, state, took_ms })` once the domain runs (or is built and paused; `domid: None` for a dry run), or `Error(Create(CreateError))` |
 //!
 //! The three lifecycle requests were appended after `Events` within protocol 1 (an older
 //! dom0d answers `Error(Malformed)`, which the CLI reports as "dom0d ... does not know the
@@ -99,6 +100,44 @@
 //!   `NotPaused { domid, name, state }`, `DomainEnded { action, domid, name, state,
 //!   reason }`, `LifecycleTimeout { action, domid, name, waited_ms, state }`.
 //!
+//! ### Building domains
+//!
+//! `Create` (appended after the lifecycle requests within protocol 1; an older dom0d
+//! answers `Malformed`, shown as "does not know the create request", exit 69) carries the
+//! effective [`config::DomainConfig`] with absolute paths; dom0d checks it again and reads
+//! the kernel and ramdisk itself. [`builder`] does the work on a blocking thread, one
+//! create at a time (others wait; all other requests are served meanwhile):
+//!
+//! 1. everything is checked before the domain exists: the config, the kernel file (at most
+//!    256 MiB; an x86-64 ELF executable with the PVH entry note, parsed by
+//!    `microvisor::elf::PvhImage`), every `PT_LOAD` segment inside the domain's RAM and
+//!    clear of page 0 and the boot page, the entry inside a segment, the command line
+//!    (`microvisor::domain::check`), the ramdisk between the kernel's end and the top of
+//!    RAM, the memory against `HostInfo`'s free memory, the name against every domain's,
+//!    and the foreign window;
+//! 2. `DomainCreate` (a paused domain with zeroed RAM);
+//! 3. its memory is written through 64 foreign-window slots from the middle of the window
+//!    (`ForeignMap` each page of a batch, `mmap`, copy, `munmap`, `ForeignUnmap`): the
+//!    segments' file bytes, the boot page at 0x1000 (`microvisor::domain::boot_info_page`:
+//!    `hvm_start_info`, one RAM entry `0..memory`, the command line at 0x1100) and the
+//!    ramdisk, page-aligned at the top of RAM, as the start info's one module (its
+//!    `hvm_modlist_entry` at 0x1080);
+//! 4. `DomainSetEntry { entry, start_info: 0x1000 }`;
+//! 5. `DomainUnpause`, unless `paused`.
+//!
+//! If any step after `DomainCreate` fails, dom0d destroys the domain and waits until it is
+//! gone, so the free memory is what it was before; only if that fails too does the error
+//! name the domain left behind. The microvisor's errnos become typed errors (`ENOMEM`
+//! `NotEnoughMemory`, `EEXIST` `NameInUse`, `ENOSPC` `NoFreeDomid`, `EINVAL`
+//! `InvalidConfig`). Each create is logged with its duration, e.g. `create: domain 3
+//! (web) running: 16 MiB, entry 0x100000, 2 segment(s); 14 ms`; failures at WARN.
+//!
+//! - **Create errors** ([`proto::CreateError`]): `InvalidConfig { reason }`,
+//!   `Unreadable { what, path, reason, problem }`, `BadKernel { path, reason, fix }`,
+//!   `BadRamdisk { path, reason, fix }`, `NotEnoughMemory { name, needed_kib, free_kib }`,
+//!   `NameInUse { name, domid }`, `NoFreeDomid`, `NoForeignWindow`, `Failed { step, errno,
+//!   reason, domid, cleanup }`.
+//!
 //! dom0d decodes the microvisor's `shared_abi::control` records with zerocopy and
 //! validates them ([`microvisor`]): result sizes and counts, states and shutdown reasons,
 //! NUL-padded ASCII names and versions, ascending list pages. The device sits behind the
@@ -113,6 +152,8 @@
 //! | `dom0 pause DOM` | stops scheduling the domain; returns once it is paused |
 //! | `dom0 unpause DOM` (alias `resume`) | resumes a paused domain |
 //! | `dom0 destroy DOM` | tears the domain down at once, in any state, and frees its memory; returns once it is gone from the list |
+//! | `dom0 validate CFG [--set K=V]...` | checks the config, the kernel and the ramdisk without dom0d and prints the effective config and the layout (`key: value` lines: the keys, `entry`, `start_info`, one `segment` line per segment, `ramdisk_at`) |
+//! | `dom0 create CFG [--set K=V]... [--paused] [--dry-run]` | builds and starts the domain; prints `domid`, `name` and `state`. `--paused` leaves it paused; `--dry-run` runs every check, dom0d's too (free memory, unique name), and prints what `validate` prints, creating nothing |
 //! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime, `events` (masks dom0d received, or `unavailable (why)`), `last_event` (`2025-01-31T12:00:00.123Z (4.2 s ago): domain state changed`, or `-`) |
 //! | `dom0 version` | versions of the CLI, its interfaces, and (when reachable) dom0d and the microvisor; succeeds while dom0d is down |
 //! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
@@ -127,6 +168,33 @@
 //!   caused by: domain 5 (off) has shut down (poweroff), so it cannot be paused
 //!   hint: `dom0 destroy off` removes it
 //! ```
+//!
+//! ### Config files
+//!
+//! CFG is a path, or NAME for `/etc/dom0/domains/NAME.toml` (no slash, no `.toml`). Config
+//! files are TOML with xl's key names ([`config`]):
+//!
+//! | key | value | default |
+//! |-----|-------|---------|
+//! | `name` | 1-31 of `A-Z a-z 0-9 - _ . +`, not starting with `-`, not all digits; unique | required |
+//! | `type` | `"pvh"` | `"pvh"` |
+//! | `kernel` | path of a PVH kernel (ELF with the PVH entry note) in Dom0 | required |
+//! | `ramdisk` | path of an initial ramdisk | none |
+//! | `cmdline` | kernel command line, at most 3839 bytes, no control characters | none |
+//! | `memory` | MiB (`64`), or a size with a binary unit (`"64M"`, `"1G"`, `"1536MiB"`); 2 to 3072 MiB | 16 |
+//! | `vcpus` | 1 (more are refused for now) | 1 |
+//! | `on_poweroff`, `on_reboot`, `on_crash` | `"destroy"`, `"restart"` or `"preserve"` | `destroy`, `restart`, `destroy` |
+//!
+//! The `on_*` actions are stored with the config but not acted on yet: a domain that ends
+//! stays listed (as with `preserve`) until `dom0 destroy`. Relative paths in a file start
+//! at the file's directory; relative paths in `--set` at the current directory. `--set
+//! KEY=VALUE` (repeatable) overrides a key after the file is read, in order; the value is
+//! read as TOML, or taken as a string if it is not TOML (`--set memory=1G`, `--set
+//! cmdline='console=hvc0 quiet'`). Unknown keys are errors that name the file and line
+//! (`web.toml:3: unknown key "colour"`, with a "did you mean" hint for near misses), xl
+//! keys that are not supported yet say so (`"maxmem" is not supported yet`), and errors in
+//! an override name it (`--set vcpus=2: ...`). Example configs are in
+//! `dom0/config-examples/` (meant for `/etc/dom0/examples/`, next to `hello.elf`).
 //!
 //! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
 //! `--json` (short for `-o json`), `--socket PATH` (env `DOM0_SOCKET`, default
@@ -154,6 +222,12 @@
 //! - `version`: `api_version`, `cli`, `abi_interface`, `control_protocol`, `dom0d`
 //!   (`{version, control_protocol, control_version}` or `null`), `dom0d_error`,
 //!   `microvisor` (`{version, control_version}` or `null`), `microvisor_error`.
+//! - `validate`: `api_version`, `config` (`name`, `kernel`, `ramdisk`, `cmdline`,
+//!   `memory_mib`, `vcpus`, `on_poweroff`, `on_reboot`, `on_crash`; absent optional keys
+//!   `null`), `plan` (`memory_mib`, `entry`, `start_info`, `segments`: `[{paddr,
+//!   file_bytes, mem_bytes}]`, `ramdisk`: `{paddr, bytes}` or `null`).
+//! - `create`: `api_version`, `domid` (`null` for `--dry-run`), `name`, `state` (`running`,
+//!   `blocked`, `paused`; `null` for `--dry-run`), `dry_run`, `took_ms`, `config`, `plan`.
 //!
 //! ### Exit codes
 //!
@@ -162,13 +236,14 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success |
-//! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno) |
+//! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno; `create` with more memory than the host has free, or no domain id left) |
 //! | 2 | usage error |
-//! | 3 | no such domain |
-//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed |
+//! | 3 | no such domain, or a file not found: the config, its kernel or ramdisk |
+//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed; `create` with a name another domain has |
 //! | 5 | dom0d did not answer within `--timeout`, or a pause or destroy did not take effect within dom0d's limit (2 s, 5 s) |
-//! | 6 | the microvisor does not implement the operation (`ENOSYS`) |
-//! | 8 | permission denied: the socket is root-only, or the microvisor refused (`EPERM`) |
+//! | 6 | the microvisor does not implement the operation (`ENOSYS`), or offers no foreign window to build domains through |
+//! | 7 | invalid config: a syntax error, unknown or unsupported key, bad value (zero or several vCPUs, memory out of range, a bad name), a kernel that is not an x86-64 ELF, has no PVH note or does not fit the memory, a ramdisk that does not fit |
+//! | 8 | permission denied: the socket is root-only, the microvisor refused (`EPERM`), or a file could not be read |
 //! | 69 | dom0d unreachable, busy, speaking another protocol version, or too old for the request |
 //!
 //! ### Errors
@@ -183,6 +258,14 @@
 //!   hint: is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)
 //! ```
 //!
+//! A config error is one line naming the file and line, with a hint when there is a
+//! concrete fix:
+//!
+//! ```text
+//! error: /etc/dom0/domains/web.toml:3: unknown key "memroy"
+//!   hint: did you mean "memory"?
+//! ```
+//!
 //! Under `-o json`/`jsonl` the same content is one JSON object on stderr with `code`,
 //! `message`, `causes`, `hint` and `exit_code`, and stdout stays empty.
 //!
@@ -194,8 +277,9 @@
 //!
 //! ## Unsafe code
 //!
-//! Only [`device`] (the ioctl, poll, mmap and munmap system calls, and the reactor
-//! registration of the event handle) contains unsafe code; every other module is
+//! Only [`device`] (the ioctl, poll, mmap and munmap system calls, the copy into a
+//! foreign-window mapping, and the reactor registration of the event handle) contains
+//! unsafe code; every other module is
 //! `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
