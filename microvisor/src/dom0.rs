@@ -379,7 +379,10 @@ pub fn build_npt(
     phys_limit: u64,
 ) -> Result<Npt, Dom0Error> {
     let npt = Npt::new(mem).map_err(|_| Dom0Error::OutOfMemory)?;
-    let result = map_block(mem, &npt, classes, 0, phys_limit, 2);
+    // The foreign window's tables are made now, so that filling its slots later never
+    // allocates (and free memory does not move the first time Dom0 maps a frame).
+    let result = map_block(mem, &npt, classes, 0, phys_limit, 2)
+        .and_then(|()| npt.prepare_tables(mem, FOREIGN_WINDOW.start, FOREIGN_WINDOW.end));
     match result {
         Ok(()) => Ok(npt),
         Err(_) => {
@@ -676,6 +679,17 @@ mod tests {
         }
         assert_eq!(mapped(1 << 40), None);
         assert_eq!(mapped(FOREIGN_WINDOW.end), Some((true, true)));
+        // Filling a window slot allocates nothing: its tables exist already.
+        let frames = mem.frames.len();
+        npt.map_4k(
+            &mut mem,
+            FOREIGN_WINDOW.start + 0x5000,
+            0x9000,
+            crate::mm::npt::Access::ReadWriteExec,
+            crate::mm::npt::Ownership::Foreign,
+        )
+        .unwrap();
+        assert_eq!(mem.frames.len(), frames);
         // Large pages keep the table small.
         assert!(mem.frames.len() < 32, "{} table frames", mem.frames.len());
         assert_eq!(npt.destroy(&mut mem), 0);

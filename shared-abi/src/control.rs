@@ -147,7 +147,9 @@ pub const MIN_DOMAIN_MEM_MIB: u32 = 2;
 pub const MAX_DOMAIN_MEM_MIB: u32 = 3072;
 
 /// Input of [`ControlOp::DomainCreate`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DomainCreateRequest {
     /// Memory in MiB.
@@ -162,7 +164,9 @@ pub struct DomainCreateRequest {
 const _: () = assert!(core::mem::size_of::<DomainCreateRequest>() == 48);
 
 /// Input of [`ControlOp::DomainSetEntry`]: the PVH entry state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VcpuEntry {
     /// Guest-physical entry point (`XEN_ELFNOTE_PHYS32_ENTRY`).

@@ -311,6 +311,78 @@ fn judge_destroyed(run: &CheckRun, _env: &Env) -> Result<(), String> {
     Ok(())
 }
 
+/// `hello` ran to its poweroff, and destroying it left free memory exactly where it was.
+fn judge_created_hello(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    if field_str(&doc, "hello", "state")? != "shutdown" {
+        return Err(format!(
+            "hello did not power off: {}",
+            one_line(&run.output)
+        ));
+    }
+    same_free_memory(&doc)
+}
+
+/// Free memory after equals free memory before, to the KiB.
+fn same_free_memory(doc: &std::collections::BTreeMap<String, Value>) -> Result<(), String> {
+    let before = field_u64(doc, "before", "mem_free_kib")?;
+    let after = field_u64(doc, "after", "mem_free_kib")?;
+    if before == after {
+        Ok(())
+    } else {
+        Err(format!(
+            "free memory was {before} KiB before and {after} KiB after"
+        ))
+    }
+}
+
+/// A created DomU runs, pauses, resumes and is destroyed.
+fn judge_created_lifecycle(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    for (tag, state) in [
+        ("created", "running"),
+        ("paused", "paused"),
+        ("resumed", "running"),
+    ] {
+        if field_str(&doc, tag, "state")? != state {
+            return Err(format!(
+                "{tag}: expected {state}: {}",
+                one_line(&run.output)
+            ));
+        }
+    }
+    if !run.output.lines().any(|l| l.trim() == "gone yes") {
+        return Err(format!(
+            "waiter still listed after destroy: {}",
+            one_line(&run.output)
+        ));
+    }
+    same_free_memory(&doc)
+}
+
+/// A refused create exits non-zero, says what failed, and leaves memory as it was.
+fn judge_refused_create(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    let status = run
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("create-status "))
+        .ok_or_else(|| format!("no create-status line: {}", one_line(&run.output)))?;
+    if status.trim() == "0" {
+        return Err(format!(
+            "the bad create succeeded: {}",
+            one_line(&run.output)
+        ));
+    }
+    if !run.output.contains("error:") {
+        return Err(format!("no error line: {}", one_line(&run.output)));
+    }
+    same_free_memory(&doc)
+}
+
 /// `dom0 info 1 -o json` shows the released DomU powered off.
 fn judge_shut_down(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;
@@ -338,6 +410,89 @@ const fn check(name: &'static str, script: &'static str, judge: Judge) -> Check 
         script,
         judge,
     }
+}
+
+/// Creating domains from Dom0 (the builder in dom0d).
+const DOM0_CREATE: Dom0Scenario = Dom0Scenario {
+    name: "dom0-create",
+    guests: &[],
+    checks: &[
+        check(
+            "create-hello",
+            "set -e\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /etc/dom0/examples/hello.toml\n\
+             i=0\n\
+             while [ $i -lt 300 ]; do\n\
+               case \"$(dom0 info hello -o jsonl)\" in *'\"shutdown\"'*) break;; esac\n\
+               sleep 0.1; i=$((i + 1))\n\
+             done\n\
+             echo \"hello $(dom0 info hello -o jsonl)\"\n\
+             dom0 destroy hello\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_created_hello,
+        ),
+        check(
+            "create-pause-unpause-destroy",
+            "set -e\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /etc/dom0/examples/waiter.toml\n\
+             echo \"created $(dom0 info waiter -o jsonl)\"\n\
+             dom0 pause waiter\n\
+             echo \"paused $(dom0 info waiter -o jsonl)\"\n\
+             dom0 unpause waiter\n\
+             echo \"resumed $(dom0 info waiter -o jsonl)\"\n\
+             dom0 destroy waiter\n\
+             if dom0 info waiter >/dev/null 2>&1; then echo 'gone no'; else echo 'gone yes'; fi\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_created_lifecycle,
+        ),
+        check(
+            "create-missing-config",
+            "echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /nonexistent.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_refused_create,
+        ),
+        check(
+            "create-not-a-pvh-kernel",
+            "printf 'name = \"bad\"\\nkernel = \"/bin/busybox\"\\nmemory = 16\\n' >/tmp/bad.toml\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /tmp/bad.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_refused_create,
+        ),
+        check(
+            "create-too-much-memory",
+            "echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create --set memory=3000 /etc/dom0/examples/waiter.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_refused_create,
+        ),
+        check(
+            "fifty-create-destroy-cycles",
+            "set -e\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             i=0\n\
+             while [ $i -lt 50 ]; do\n\
+               dom0 create /etc/dom0/examples/waiter.toml >/dev/null\n\
+               dom0 destroy waiter\n\
+               i=$((i + 1))\n\
+             done\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_cycles,
+        ),
+    ],
+    raw: None,
+};
+
+/// Fifty create/destroy cycles leave free memory exactly where it was.
+fn judge_cycles(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    same_free_memory(&tagged_json(run)?)
 }
 
 /// A DomU that spins until Dom0 releases it (`hello wait-for-dom0`).
@@ -480,6 +635,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
         ],
         raw: None,
     },
+    DOM0_CREATE,
     Dom0Scenario {
         name: "dom0-exec-false",
         guests: &[],

@@ -204,7 +204,12 @@ fn check(archive: &[u8], inputs: &Inputs) -> Result<()> {
         format!("lib/modules/{KERNEL_RELEASE}/extra/microvisor.ko"),
     ];
     wanted.extend(inputs.binaries.iter().map(|(n, _)| format!("usr/bin/{n}")));
-    wanted.extend(inputs.guests.iter().map(|(n, _)| format!("{GUEST_DIR}/{n}")));
+    wanted.extend(
+        inputs
+            .guests
+            .iter()
+            .map(|(n, _)| format!("{GUEST_DIR}/{n}")),
+    );
     for path in wanted {
         ensure!(
             entries.iter().any(|e| e.path == path),

@@ -164,6 +164,22 @@ impl Npt {
         Ok(())
     }
 
+    /// Creates the tables that 4 KiB mappings in `[start, end)` will need, without mapping
+    /// anything, so that later mappings there allocate no memory.
+    pub fn prepare_tables(
+        &self,
+        mem: &mut impl PhysMemory,
+        start: u64,
+        end: u64,
+    ) -> Result<(), MapError> {
+        let mut at = start & !0x1F_FFFF;
+        while at < end {
+            self.leaf_slot_for_map(mem, at, 0)?;
+            at += 0x20_0000;
+        }
+        Ok(())
+    }
+
     /// The address of the entry for `gpa` at `level` (0: 4 KiB leaf), creating the tables
     /// above it. Fails if a large page already covers `gpa`.
     fn leaf_slot_for_map(
