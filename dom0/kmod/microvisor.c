@@ -509,6 +509,8 @@ static int __init mv_init(void)
 	BUILD_BUG_ON(MV_IOCTL_CONTROL != 0xc0284d01u);
 	BUILD_BUG_ON(sizeof(struct mv_host_info) != 96);
 	BUILD_BUG_ON(sizeof(struct mv_foreign_map_request) != 16);
+	BUILD_BUG_ON(sizeof(struct mv_domain_create) != 48);
+	BUILD_BUG_ON(sizeof(struct mv_vcpu_entry) != 16);
 	BUILD_BUG_ON(PAGE_SIZE != MV_SLOT_SIZE);
 
 	if (!mv_detect()) {

@@ -7,7 +7,9 @@
  *   IOCTL_CONTROL (0xc0284d01), MV_CONTROL_HYPERCALL is CONTROL_HYPERCALL,
  *   MV_MAX_BUFFER is MAX_BUFFER, MV_CONTROL_VERSION is CONTROL_VERSION;
  * - MV_OP_* are ControlOp, struct mv_host_info is HostInfo (96 bytes),
- *   struct mv_foreign_map_request is ForeignMapRequest (16 bytes);
+ *   struct mv_foreign_map_request is ForeignMapRequest (16 bytes),
+ *   struct mv_domain_create is DomainCreateRequest (48 bytes), struct
+ *   mv_vcpu_entry is VcpuEntry (16 bytes);
  * - MV_EVENT_* are EVENT_DOMAIN_STATE, EVENT_VENDOR_ID, EVENT_DEVICE_ID.
  * Both sides assert the structures' sizes and the ioctl number.
  *
@@ -47,6 +49,8 @@
 #define MV_OP_DOMAIN_PAUSE 7u	/* arg: domid; no buffer */
 #define MV_OP_DOMAIN_UNPAUSE 8u	/* arg: domid; no buffer */
 #define MV_OP_DOMAIN_DESTROY 9u	/* arg: domid; no buffer */
+#define MV_OP_DOMAIN_CREATE 10u	/* in: struct mv_domain_create; returns the new domid */
+#define MV_OP_DOMAIN_SET_ENTRY 11u	/* arg: domid; in: struct mv_vcpu_entry */
 
 /*
  * MV_OP_EVENTS_TAKE belongs to the module: it takes the bits whenever the
@@ -89,6 +93,20 @@ struct mv_foreign_map_request {
 	__u64 gfn;		/* its guest frame number */
 };
 
+/* Input of MV_OP_DOMAIN_CREATE. 48 bytes. */
+struct mv_domain_create {
+	__u32 mem_mib;		/* memory, MiB */
+	__u32 vcpus;		/* 1 */
+	__u32 reserved[2];	/* zero */
+	char name[32];		/* NUL-padded printable ASCII, unique */
+};
+
+/* Input of MV_OP_DOMAIN_SET_ENTRY: the PVH entry state. 16 bytes. */
+struct mv_vcpu_entry {
+	__u64 entry;		/* guest-physical entry point (EIP) */
+	__u64 start_info;	/* guest-physical hvm_start_info (EBX) */
+};
+
 /*
  * Argument of MV_IOCTL_CONTROL. 40 bytes, no padding, the same layout for 32-
  * and 64-bit callers (though the module serves 64-bit callers only).
@@ -119,5 +137,9 @@ _Static_assert(sizeof(struct mv_host_info) == 96,
 	       "struct mv_host_info must match shared_abi HostInfo (96 bytes)");
 _Static_assert(sizeof(struct mv_foreign_map_request) == 16,
 	       "struct mv_foreign_map_request must match shared_abi ForeignMapRequest (16 bytes)");
+_Static_assert(sizeof(struct mv_domain_create) == 48,
+	       "struct mv_domain_create must match shared_abi DomainCreateRequest (48 bytes)");
+_Static_assert(sizeof(struct mv_vcpu_entry) == 16,
+	       "struct mv_vcpu_entry must match shared_abi VcpuEntry (16 bytes)");
 
 #endif /* MICROVISOR_UAPI_H */

@@ -1973,3 +1973,34 @@ fn create_and_validate_usage() {
     let (_, out, _) = dom0(&["completions", "bash"]);
     assert!(out.contains("create") && out.contains("validate") && out.contains("--dry-run"));
 }
+
+#[test]
+fn the_kernel_module_header_names_every_control_op() {
+    // dom0/kmod/microvisor.h is kept in sync with shared_abi::control by hand: check the
+    // operation numbers here (the C compiler checks the structure sizes).
+    let header =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kmod/microvisor.h"))
+            .unwrap();
+    let mut seen = 0;
+    for line in header.lines() {
+        let Some(rest) = line.strip_prefix("#define MV_OP_") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let name = words.next().unwrap();
+        let value: u64 = words.next().unwrap().trim_end_matches('u').parse().unwrap();
+        let op = ControlOp::try_from(value).unwrap_or_else(|_| panic!("MV_OP_{name} = {value}"));
+        let snake: String = format!("{op:?}")
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                sep.into_iter()
+                    .chain(std::iter::once(c.to_ascii_uppercase()))
+            })
+            .collect();
+        assert_eq!(name, snake, "MV_OP_{name} = {value}");
+        seen += 1;
+    }
+    assert_eq!(seen, 11, "every ControlOp has its MV_OP_");
+}
