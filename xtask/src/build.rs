@@ -74,11 +74,13 @@ pub(crate) enum Guest {
     Hostile,
     /// Micro-benchmarks; prints `bench <name> <value> <unit>` lines.
     Bench,
+    /// Runs until stopped, printing a counter every second of guest time.
+    Spin,
 }
 
 impl Guest {
     /// Every guest, in build order.
-    pub(crate) const ALL: [Guest; 3] = [Guest::Hello, Guest::Hostile, Guest::Bench];
+    pub(crate) const ALL: [Guest; 4] = [Guest::Hello, Guest::Hostile, Guest::Bench, Guest::Spin];
 
     /// Package and bin name.
     pub(crate) fn name(self) -> &'static str {
@@ -86,6 +88,7 @@ impl Guest {
             Guest::Hello => "hello",
             Guest::Hostile => "hostile",
             Guest::Bench => "bench",
+            Guest::Spin => "spinner",
         }
     }
 

@@ -152,14 +152,26 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
     let binaries = build::build_dom0_userspace()?;
     // The example configs in /etc/dom0/examples start these.
     provision::ensure_target()?;
-    let example = build::Artifact::Guest(build::Guest::Hello);
-    build::build(Profile::Release, &[example])?;
+    let examples = [build::Guest::Hello, build::Guest::Spin];
+    let artifacts: Vec<_> = examples
+        .iter()
+        .map(|&g| build::Artifact::Guest(g))
+        .collect();
+    build::build(Profile::Release, &artifacts)?;
     let inputs = initramfs::Inputs {
         tree,
         kmod,
         binaries,
         overlay: initramfs::overlay_dir(),
-        guests: vec![("hello", build::artifact_path(Profile::Release, example))],
+        guests: examples
+            .iter()
+            .map(|&g| {
+                (
+                    g.name(),
+                    build::artifact_path(Profile::Release, build::Artifact::Guest(g)),
+                )
+            })
+            .collect(),
     };
     let initramfs = initramfs::build(&inputs)?;
     let path = initramfs_path();
