@@ -95,11 +95,13 @@ pub fn read_file(what: ImageKind, path: &str, max: u64) -> Result<Vec<u8>, Creat
     };
     let file = std::fs::File::open(path).map_err(io_error)?;
     let meta = file.metadata().map_err(io_error)?;
-    if meta.is_dir() {
-        return Err(unreadable(
-            "it is a directory".to_owned(),
-            FileProblem::Other,
-        ));
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "it is a directory"
+        } else {
+            "it is not a regular file"
+        };
+        return Err(unreadable(what.to_owned(), FileProblem::Other));
     }
     if meta.len() > max {
         return Err(unreadable(
@@ -1210,6 +1212,12 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             format!("cannot read ramdisk {dir}: it is a directory")
+        );
+        assert_eq!(
+            read_file(ImageKind::Kernel, "/dev/zero", 100)
+                .unwrap_err()
+                .to_string(),
+            "cannot read kernel /dev/zero: it is not a regular file"
         );
         let big = files.put("big", &[0; 2 << 20]);
         assert_eq!(
