@@ -1233,17 +1233,19 @@ mod tests {
 
     #[test]
     fn the_example_configs_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config-examples");
+        // The examples Dom0 ships in /etc/dom0/examples (dom0/initramfs).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("initramfs/etc/dom0/examples");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let c = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert_eq!(Path::new(&c.kernel), dir.join("hello.elf"));
+                c.check().unwrap();
+                assert!(c.kernel.starts_with('/'), "{}", c.kernel);
                 seen += 1;
             }
         }
-        assert!(seen >= 2, "{seen}");
+        assert!(seen >= 1, "no example configs in {}", dir.display());
     }
 
     #[test]

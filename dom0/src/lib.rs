@@ -193,8 +193,8 @@
 //! cmdline='console=hvc0 quiet'`). Unknown keys are errors that name the file and line
 //! (`web.toml:3: unknown key "colour"`, with a "did you mean" hint for near misses), xl
 //! keys that are not supported yet say so (`"maxmem" is not supported yet`), and errors in
-//! an override name it (`--set vcpus=2: ...`). Example configs are in
-//! `dom0/config-examples/` (meant for `/etc/dom0/examples/`, next to `hello.elf`).
+//! an override name it (`--set vcpus=2: ...`). Dom0 ships example configs in
+//! `/etc/dom0/examples/` (`dom0/initramfs/etc/dom0/examples/`, checked by a host test).
 //!
 //! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
 //! `--json` (short for `-o json`), `--socket PATH` (env `DOM0_SOCKET`, default
