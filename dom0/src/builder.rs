@@ -36,8 +36,7 @@ use std::time::{Duration, Instant};
 use ::microvisor::domain::BuildError;
 use ::microvisor::elf::PvhImage;
 use shared_abi::control::{ControlOp, DomainCreateRequest, HostInfo, VcpuEntry, fill_fixed_str};
-use shared_abi::pvh::{HvmModlistEntry, HvmStartInfo};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::config::DomainConfig;
 use crate::log::{self, Level};
@@ -49,10 +48,6 @@ use crate::proto::{
 
 /// Guest-physical address of the boot page (`hvm_start_info`), as for boot-time DomUs.
 pub const BOOT_INFO_GPA: u64 = ::microvisor::domain::BOOT_INFO_GPA;
-/// Where in the boot page the module list (the ramdisk's entry) goes: in the gap between
-/// the memory map (0x40..0x58) and the command line (0x100..) of
-/// `microvisor::domain::boot_info_page`.
-pub const MODLIST_OFFSET: usize = 0x80;
 /// Largest kernel file dom0d reads.
 pub const MAX_KERNEL_BYTES: u64 = 256 << 20;
 /// Foreign-window slots one build uses at a time (a batch of pages).
@@ -273,10 +268,11 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
         )?),
         _ => None,
     };
-    let mut boot_page = ::microvisor::domain::boot_info_page(mem, cmdline);
-    if let Some(r) = ramdisk_plan {
-        add_module(&mut boot_page, r);
-    }
+    let boot_page = ::microvisor::domain::boot_info_page(
+        mem,
+        cmdline,
+        ramdisk_plan.map(|r| (r.paddr, r.bytes)),
+    );
     Ok(Layout {
         image,
         ramdisk: images.ramdisk.as_deref(),
@@ -322,25 +318,6 @@ fn place_ramdisk(
         ));
     }
     Ok(RamdiskPlan { paddr, bytes: size })
-}
-
-/// Adds the ramdisk as the one module of the start info in `page` (a page from
-/// `boot_info_page`, whose bytes at [`MODLIST_OFFSET`] are free).
-fn add_module(page: &mut [u8; 4096], r: RamdiskPlan) {
-    let entry = HvmModlistEntry {
-        paddr: r.paddr,
-        size: r.bytes,
-        cmdline_paddr: 0,
-        reserved: 0,
-    };
-    let size = size_of::<HvmModlistEntry>();
-    page[MODLIST_OFFSET..MODLIST_OFFSET + size].copy_from_slice(entry.as_bytes());
-    let info_size = size_of::<HvmStartInfo>();
-    if let Ok(mut info) = HvmStartInfo::read_from_bytes(&page[..info_size]) {
-        info.nr_modules = 1;
-        info.modlist_paddr = BOOT_INFO_GPA + MODLIST_OFFSET as u64;
-        page[..info_size].copy_from_slice(info.as_bytes());
-    }
 }
 
 fn failed(step: &str, e: &ApiError) -> CreateError {
@@ -893,7 +870,10 @@ pub(crate) mod test_elf {
 #[cfg(test)]
 mod tests {
     use shared_abi::control::{DomainState, EVENT_DOMAIN_STATE};
-    use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry};
+    use shared_abi::pvh::{
+        E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo,
+    };
+    use zerocopy::FromBytes;
 
     use super::test_elf::{Seg, bytes, elf_without_note, pvh_elf};
     use super::*;
@@ -984,20 +964,6 @@ mod tests {
     }
 
     #[test]
-    fn the_boot_page_is_the_microvisors_with_a_free_gap_for_the_module_list() {
-        let page = ::microvisor::domain::boot_info_page(16 << 20, &"x".repeat(MAX_CMDLINE_LEN));
-        let after_memmap = 0x40 + size_of::<HvmMemmapEntry>();
-        assert!(after_memmap <= MODLIST_OFFSET);
-        assert!(
-            page[after_memmap..0x100].iter().all(|&b| b == 0),
-            "the module list would overwrite something"
-        );
-        assert!(MODLIST_OFFSET + size_of::<HvmModlistEntry>() <= 0x100);
-    }
-
-    const MAX_CMDLINE_LEN: usize = ::microvisor::domain::MAX_CMDLINE;
-
-    #[test]
     fn layout_plans_segments_entry_and_boot_page() {
         let images = Images {
             kernel: kernel(),
@@ -1028,7 +994,7 @@ mod tests {
         );
         assert_eq!(
             *l.boot_page(),
-            ::microvisor::domain::boot_info_page(16 << 20, "console=hvc0 quiet")
+            ::microvisor::domain::boot_info_page(16 << 20, "console=hvc0 quiet", None)
         );
         let w = l.writes();
         assert_eq!(w.len(), 3);
@@ -1055,7 +1021,10 @@ mod tests {
         let info = HvmStartInfo::read_from_bytes(&l.boot_page()[..56]).unwrap();
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.modlist_paddr, 0x1080);
-        let m = HvmModlistEntry::read_from_bytes(&l.boot_page()[0x80..0xa0]).unwrap();
+        let m = HvmModlistEntry::read_from_bytes(
+            &l.boot_page()[::microvisor::domain::MODLIST_OFFSET as usize..][..32],
+        )
+        .unwrap();
         assert_eq!((m.paddr, m.size, m.cmdline_paddr), (top - 0x2000, 5000, 0));
         assert_eq!(l.writes().last().unwrap().0, top - 0x2000);
     }

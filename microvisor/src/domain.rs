@@ -15,12 +15,14 @@
 use crate::elf::PvhImage;
 use crate::mm::PhysMemory;
 use crate::mm::npt::{Access, MapError, Npt, Ownership, copy};
-use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmStartInfo};
+use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use zerocopy::IntoBytes;
 
 /// Guest-physical address of the boot-information page (`EBX` at entry).
 pub const BOOT_INFO_GPA: u64 = 0x1000;
 const MEMMAP_OFFSET: u64 = 0x40;
+/// Offset of the module list (one [`HvmModlistEntry`]) in the boot page.
+pub const MODLIST_OFFSET: u64 = 0x80;
 const CMDLINE_OFFSET: u64 = 0x100;
 /// Longest kernel command line (without the NUL).
 pub const MAX_CMDLINE: usize = 0xEFF;
@@ -96,15 +98,20 @@ pub fn check(image: &PvhImage<'_>, mem_mib: u32, cmdline: &str) -> Result<u64, B
     Ok(mem)
 }
 
-/// The boot-information page: `hvm_start_info`, a one-entry memory map, the command line.
-pub fn boot_info_page(mem: u64, cmdline: &str) -> [u8; 4096] {
+/// The boot-information page: `hvm_start_info`, a one-entry memory map, the command line,
+/// and, with `module` = `(paddr, size)`, a one-entry module list (a ramdisk).
+pub fn boot_info_page(mem: u64, cmdline: &str, module: Option<(u64, u64)>) -> [u8; 4096] {
     let mut page = [0u8; 4096];
     let info = HvmStartInfo {
         magic: HVM_START_MAGIC,
         version: 1,
         flags: 0,
-        nr_modules: 0,
-        modlist_paddr: 0,
+        nr_modules: u32::from(module.is_some()),
+        modlist_paddr: if module.is_some() {
+            BOOT_INFO_GPA + MODLIST_OFFSET
+        } else {
+            0
+        },
         cmdline_paddr: if cmdline.is_empty() {
             0
         } else {
@@ -124,6 +131,16 @@ pub fn boot_info_page(mem: u64, cmdline: &str) -> [u8; 4096] {
     };
     let m = MEMMAP_OFFSET as usize;
     page[m..m + 24].copy_from_slice(ram.as_bytes());
+    if let Some((paddr, size)) = module {
+        let entry = HvmModlistEntry {
+            paddr,
+            size,
+            cmdline_paddr: 0,
+            reserved: 0,
+        };
+        let o = MODLIST_OFFSET as usize;
+        page[o..o + 32].copy_from_slice(entry.as_bytes());
+    }
     let c = CMDLINE_OFFSET as usize;
     page[c..c + cmdline.len()].copy_from_slice(cmdline.as_bytes());
     page
@@ -176,7 +193,7 @@ pub fn build(
         &npt,
         mem_phys,
         BOOT_INFO_GPA,
-        &boot_info_page(mem, cmdline),
+        &boot_info_page(mem, cmdline, None),
     ));
     if result.is_err() {
         npt.destroy(mem_phys);
