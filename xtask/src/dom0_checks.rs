@@ -311,7 +311,8 @@ fn judge_destroyed(run: &CheckRun, _env: &Env) -> Result<(), String> {
     Ok(())
 }
 
-/// `hello` ran to its poweroff, and destroying it left free memory exactly where it was.
+/// `hello` (with `on_poweroff = "preserve"`) ran to its poweroff and stayed listed, and
+/// destroying it left free memory exactly where it was.
 fn judge_created_hello(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;
     let doc = tagged_json(run)?;
@@ -421,7 +422,7 @@ const DOM0_CREATE: Dom0Scenario = Dom0Scenario {
             "create-hello",
             "set -e\n\
              echo \"before $(dom0 host info -o jsonl)\"\n\
-             dom0 create /etc/dom0/examples/hello.toml\n\
+             dom0 create --set on_poweroff=preserve /etc/dom0/examples/hello.toml\n\
              i=0\n\
              while [ $i -lt 300 ]; do\n\
                case \"$(dom0 info hello -o jsonl)\" in *'\"shutdown\"'*) break;; esac\n\
