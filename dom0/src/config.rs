@@ -86,8 +86,8 @@ const NOT_YET: [&str; 21] = [
 
 /// What to do when the domain powers off, reboots or crashes (xl's `on_*` actions).
 ///
-/// Stored with the config; dom0d does not act on them yet (a domain that ends stays
-/// listed until destroyed, as with `preserve`).
+/// dom0d applies them to the domains it built; see [`crate::supervisor`] for which key
+/// applies to which way of ending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnEvent {

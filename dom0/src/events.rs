@@ -78,6 +78,8 @@ pub fn describe(mask: u64) -> String {
 #[derive(Debug)]
 pub struct EventMonitor {
     inner: Mutex<Inner>,
+    /// Notified by [`EventMonitor::record`], for the sweeps of `on_*` actions.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -99,6 +101,7 @@ impl EventMonitor {
                 last_mask: 0,
                 last: None,
             }),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -131,7 +134,16 @@ impl EventMonitor {
         inner.count = inner.count.saturating_add(1);
         inner.last_mask = mask;
         inner.last = Some((unix_ms, Instant::now()));
-        inner.count
+        let count = inner.count;
+        drop(inner);
+        self.changed.notify_one();
+        count
+    }
+
+    /// Waits until [`Self::record`] is called (returns at once if it was called since the
+    /// last wait ended).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The report for [`Request::Events`](crate::proto::Request::Events), ages counted

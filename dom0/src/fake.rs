@@ -318,6 +318,39 @@ impl FakeMicrovisor {
         }
     }
 
+    /// Test hook: domain `domid` shuts itself down with `reason` (a
+    /// `shared_abi::sched::ShutdownReason` number), as after `SCHEDOP_shutdown`, and the
+    /// microvisor raises `EVENT_DOMAIN_STATE`. `false` if there is no such domain.
+    pub fn shut_down(&self, domid: u32, reason: u32) -> bool {
+        self.end(domid, DomainState::Shutdown, reason)
+    }
+
+    /// Test hook: domain `domid` crashes (state `crashed`), and the microvisor raises
+    /// `EVENT_DOMAIN_STATE`. `false` if there is no such domain.
+    pub fn crash(&self, domid: u32) -> bool {
+        self.end(domid, DomainState::Crashed, 0)
+    }
+
+    fn end(&self, domid: u32, state: DomainState, reason: u32) -> bool {
+        let found = match self.lock_domains().get_mut(&domid) {
+            Some(d) => {
+                d.state = state as u32;
+                d.shutdown_reason = reason;
+                true
+            }
+            None => false,
+        };
+        if found {
+            self.raise(shared_abi::control::EVENT_DOMAIN_STATE);
+        }
+        found
+    }
+
+    /// Takes the pending event bits, as `EventsTake` does (0 if none).
+    pub fn take_events(&self) -> u64 {
+        self.events.swap(0, Ordering::AcqRel) & !(1 << 63)
+    }
+
     /// Raises event bits, as the microvisor does (`EventsTake` returns and clears them).
     pub fn raise(&self, bits: u64) {
         self.events.fetch_or(bits, Ordering::AcqRel);
@@ -655,7 +688,7 @@ impl Microvisor for FakeMicrovisor {
             DOMAIN_UNPAUSE => self.lifecycle(ControlOp::DomainUnpause, arg),
             DOMAIN_DESTROY => self.lifecycle(ControlOp::DomainDestroy, arg),
             EVENTS_TAKE if arg != 0 => Err(EINVAL),
-            EVENTS_TAKE => Ok(self.events.swap(0, Ordering::AcqRel) & !(1 << 63)),
+            EVENTS_TAKE => Ok(self.take_events()),
             FOREIGN_MAP => self.foreign_map(arg, buf),
             DOMAIN_CREATE => self.domain_create(arg, buf),
             DOMAIN_SET_ENTRY => self.set_entry(arg, buf),

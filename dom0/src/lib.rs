@@ -38,6 +38,12 @@
 //! (UTC). Lines caused by clients are rate-limited. On SIGTERM or SIGINT it removes its
 //! socket and exits 0. Exit codes: 0 after a signal, 1 startup failure, 2 usage error.
 //!
+//! **Domain ends** ([`supervisor`]): once at startup, after each create and after each
+//! event mask, dom0d lists the domains and applies `on_poweroff`/`on_reboot`/`on_crash`
+//! to those it built that have shut down or crashed, once each, logging e.g.
+//! `on_poweroff: domain 3 (hello) destroyed` or `on_crash: domain 4 (x) restarted as
+//! domain 5`.
+//!
 //! **Events** ([`events`]): a task waits (epoll, no polling loop) until the event handle is
 //! readable, reads the 8-byte mask, logs `event: domain state changed (mask 0x1, N so far)`
 //! (rate-limited) and counts it; `Events` requests report the count and the time of the
@@ -185,8 +191,14 @@
 //! | `vcpus` | 1 (more are refused for now) | 1 |
 //! | `on_poweroff`, `on_reboot`, `on_crash` | `"destroy"`, `"restart"` or `"preserve"` | `destroy`, `restart`, `destroy` |
 //!
-//! The `on_*` actions are stored with the config but not acted on yet: a domain that ends
-//! stays listed (as with `preserve`) until `dom0 destroy`. Relative paths in a file start
+//! dom0d applies the `on_*` actions to the domains it built ([`supervisor`]): when one
+//! shuts down with reason `poweroff` it applies `on_poweroff`, with `reboot` `on_reboot`,
+//! and when it crashes or shuts down for any other reason (`crash`, `watchdog`,
+//! `suspend`, `soft_reset`) `on_crash`. `destroy` removes it; `preserve` leaves it listed
+//! until `dom0 destroy`; `restart` destroys it and builds it again from the same config
+//! (same name, usually a new domid), but after 5 restarts within 60 s it is destroyed and
+//! not restarted (an error is logged). The configs live in dom0d's memory only: domains
+//! built by an earlier dom0d, and the boot-time domains, are left alone. Relative paths in a file start
 //! at the file's directory; relative paths in `--set` at the current directory. `--set
 //! KEY=VALUE` (repeatable) overrides a key after the file is read, in order; the value is
 //! read as TOML, or taken as a string if it is not TOML (`--set memory=1G`, `--set
@@ -300,6 +312,7 @@ pub mod output;
 pub mod probe;
 pub mod proto;
 pub mod server;
+pub mod supervisor;
 pub mod version;
 
 use std::ffi::OsString;

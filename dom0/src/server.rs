@@ -33,6 +33,7 @@ use crate::proto::{
     self, ApiError, Cleanup, CreateError, CreateReport, FrameError, Lifecycle, MAX_FRAME,
     PROTOCOL_VERSION, Request, Response, ServiceVersion,
 };
+use crate::supervisor::Supervisor;
 
 /// dom0d's version (the crate version).
 pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -41,14 +42,17 @@ pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_SOCKET: &str = "/run/dom0/control.sock";
 
 /// Answers requests from the microvisor (and, for [`Request::Events`], from what the event
-/// task has seen). Stateless apart from the device handle and the event monitor.
+/// task has seen). Its only state besides the device handle and the event monitor is the
+/// table of domains it built ([`Supervisor`]).
 pub struct Service {
-    mv: Arc<dyn Microvisor>,
-    events: Arc<EventMonitor>,
-    waits: Waits,
+    pub(crate) mv: Arc<dyn Microvisor>,
+    pub(crate) events: Arc<EventMonitor>,
+    pub(crate) waits: Waits,
     /// Held for the whole of a create: one build at a time (they share window slots and
     /// the free memory each one checks).
     create_lock: tokio::sync::Mutex<()>,
+    /// The domains this dom0d built, for their `on_*` actions ([`crate::supervisor`]).
+    pub(crate) supervisor: Supervisor,
 }
 
 impl std::fmt::Debug for Service {
@@ -75,6 +79,7 @@ impl Service {
             events,
             waits: Waits::default(),
             create_lock: tokio::sync::Mutex::new(()),
+            supervisor: Supervisor::default(),
         }
     }
 
@@ -129,16 +134,25 @@ impl Service {
             Request::Destroy { domid } => {
                 lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits)
                     .await
-                    .map(Response::Lifecycle)
+                    .map(|done| {
+                        self.supervisor.forget(domid);
+                        Response::Lifecycle(done)
+                    })
             }
             Request::Create {
                 ref config,
                 dry_run,
                 paused,
             } => self
-                .create(config, dry_run, paused)
+                .create_domain(config, dry_run, paused)
                 .await
-                .map(Response::Created),
+                .map(|report| {
+                    if let Some(domid) = report.domid {
+                        self.supervisor.adopt(domid, report.config.clone());
+                        self.supervisor.wake();
+                    }
+                    Response::Created(report)
+                }),
         };
         result.unwrap_or_else(|e| {
             // Unknown domains are routine; lifecycle timeouts were logged as errors already,
@@ -158,8 +172,9 @@ impl Service {
 
 impl Service {
     /// [`Request::Create`]: one at a time, on a blocking thread (reading the kernel and
-    /// writing the domain's memory take many system calls), see [`builder`].
-    async fn create(
+    /// writing the domain's memory take many system calls), see [`builder`]. The caller
+    /// records the new domain with the [`Supervisor`].
+    pub(crate) async fn create_domain(
         &self,
         config: &DomainConfig,
         dry_run: bool,
