@@ -338,6 +338,15 @@ fn same_free_memory(doc: &std::collections::BTreeMap<String, Value>) -> Result<(
     }
 }
 
+/// With the default `on_poweroff = "destroy"`, dom0d destroys `hello` once it powers off.
+fn judge_gone_by_itself(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    if !run.output.lines().any(|l| l.trim() == "gone yes") {
+        return Err(format!("hello is still listed: {}", one_line(&run.output)));
+    }
+    same_free_memory(&tagged_json(run)?)
+}
+
 /// A created DomU runs, pauses, resumes and is destroyed.
 fn judge_created_lifecycle(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;
@@ -432,6 +441,19 @@ const DOM0_CREATE: Dom0Scenario = Dom0Scenario {
              dom0 destroy hello\n\
              echo \"after $(dom0 host info -o jsonl)\"",
             judge_created_hello,
+        ),
+        check(
+            "on-poweroff-destroy",
+            "set -e\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /etc/dom0/examples/hello.toml\n\
+             i=0\n\
+             while dom0 info hello >/dev/null 2>&1 && [ $i -lt 300 ]; do\n\
+               sleep 0.1; i=$((i + 1))\n\
+             done\n\
+             if dom0 info hello >/dev/null 2>&1; then echo 'gone no'; else echo 'gone yes'; fi\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_gone_by_itself,
         ),
         check(
             "create-pause-unpause-destroy",
