@@ -152,7 +152,11 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
     let binaries = build::build_dom0_userspace()?;
     // The example configs in /etc/dom0/examples start these.
     provision::ensure_target()?;
-    let examples = [build::Guest::Hello, build::Guest::Spin];
+    let examples = [
+        build::Guest::Hello,
+        build::Guest::Spin,
+        build::Guest::Hostile,
+    ];
     let artifacts: Vec<_> = examples
         .iter()
         .map(|&g| build::Artifact::Guest(g))

@@ -512,6 +512,79 @@ const DOM0_CREATE: Dom0Scenario = Dom0Scenario {
     raw: None,
 };
 
+/// What `on_crash` does with a DomU that triple-faults.
+const DOM0_ON_CRASH: Dom0Scenario = Dom0Scenario {
+    name: "dom0-on-crash",
+    guests: &[],
+    checks: &[
+        check(
+            "crash-preserved",
+            "set -e\n\
+             dom0 create /etc/dom0/examples/crash.toml\n\
+             i=0\n\
+             while [ $i -lt 300 ]; do\n\
+               case \"$(dom0 info crash -o jsonl)\" in *'\"crashed\"'*) break;; esac\n\
+               sleep 0.1; i=$((i + 1))\n\
+             done\n\
+             echo \"crash $(dom0 info crash -o jsonl)\"\n\
+             dom0 list\n\
+             dom0 destroy crash",
+            judge_crash_preserved,
+        ),
+        check(
+            "crash-loop-restarts-then-stops",
+            "set -e\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create --set on_crash=restart /etc/dom0/examples/crash.toml\n\
+             i=0\n\
+             while ! grep -q 'not restarted' /var/log/dom0d.log && [ $i -lt 600 ]; do\n\
+               sleep 0.1; i=$((i + 1))\n\
+             done\n\
+             echo \"restarts $(grep -c 'on_crash: domain .* (crash) restarted' /var/log/dom0d.log)\"\n\
+             grep 'not restarted' /var/log/dom0d.log\n\
+             if dom0 info crash >/dev/null 2>&1; then echo 'gone no'; else echo 'gone yes'; fi\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_crash_loop,
+        ),
+    ],
+    raw: None,
+};
+
+/// `on_crash = "preserve"`: the crashed DomU stays listed as crashed.
+fn judge_crash_preserved(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    if field_str(&doc, "crash", "state")? != "crashed" {
+        return Err(format!(
+            "crash is not listed as crashed: {}",
+            one_line(&run.output)
+        ));
+    }
+    Ok(())
+}
+
+/// `on_crash = "restart"` restarts a crashing DomU five times, then stops, destroys it,
+/// and gives every frame back.
+fn judge_crash_loop(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let restarts = run
+        .output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("restarts "))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .ok_or_else(|| format!("no restart count: {}", one_line(&run.output)))?;
+    if restarts != 5 {
+        return Err(format!(
+            "{restarts} restarts, expected 5: {}",
+            one_line(&run.output)
+        ));
+    }
+    if !run.output.lines().any(|l| l.trim() == "gone yes") {
+        return Err(format!("crash is still listed: {}", one_line(&run.output)));
+    }
+    same_free_memory(&tagged_json(run)?)
+}
+
 /// Fifty create/destroy cycles leave free memory exactly where it was.
 fn judge_cycles(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;
@@ -659,6 +732,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
         raw: None,
     },
     DOM0_CREATE,
+    DOM0_ON_CRASH,
     Dom0Scenario {
         name: "dom0-exec-false",
         guests: &[],
