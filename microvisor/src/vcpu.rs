@@ -87,6 +87,8 @@ pub trait Host: crate::control::ControlSource {
     fn set_entry(&mut self, domid: u32, entry: u64, start_info: u64) -> Result<(), Errno>;
     /// Pauses, unpauses or destroys DomU `domid` (see [`crate::lifecycle`]).
     fn lifecycle(&mut self, op: crate::control::LifecycleOp, domid: u32) -> Result<(), Errno>;
+    /// Whether `[gpa, gpa + len)` lies in domain 0's RAM (not its MMIO).
+    fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool;
     /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
     /// `Some(value read)` if handled, `None` to deny it like any intercepted port.
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32>;
@@ -473,11 +475,22 @@ impl Vcpu {
         let gpa = self.regs.rsi;
         let npt = self.npt;
         let mut out = [0u8; MAX_BUFFER];
+        // Domain 0's NPT also maps its devices: a buffer must be its RAM, or the microvisor
+        // would read or write device registers on its behalf.
+        let ram = |len: u64| !self.privileged || host.is_dom0_ram(gpa, len);
+        let buffer_ok = ram(call.buf_len);
         let phys = host.phys();
-        let read_input =
-            |buf: &mut [u8]| copy::from_gpa(&npt, phys, gpa, buf).map_err(|_| Errno::EFAULT);
+        let read_input = |buf: &mut [u8]| {
+            if !buffer_ok {
+                return Err(Errno::EFAULT);
+            }
+            copy::from_gpa(&npt, phys, gpa, buf).map_err(|_| Errno::EFAULT)
+        };
         match crate::control::dispatch(&call, &*host, read_input, &mut out)? {
             Action::Reply { ret, len } => {
+                if !buffer_ok {
+                    return Err(Errno::EFAULT);
+                }
                 let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
                 let mut page = gpa & !0xFFF;
                 while page < end {
@@ -732,6 +745,10 @@ mod tests {
         fn set_entry(&mut self, _: u32, _: u64, _: u64) -> Result<(), Errno> {
             Err(Errno::EBUSY)
         }
+        fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool {
+            // The fake Dom0 owns the low 2 MiB.
+            gpa.checked_add(len).is_some_and(|end| end <= 2 << 20)
+        }
         fn dom0_port(&mut self, port: u16, _: u8, is_in: bool, value: u32) -> Option<u32> {
             // A proxied port that echoes writes back as 0x5A5A_0000 | value.
             (port == 0xCFC).then_some(if is_in {
@@ -927,6 +944,20 @@ mod tests {
         );
         copy::from_gpa(&v.npt, &host.mem, edge, &mut buf).unwrap();
         assert_eq!(buf, [0; 8]);
+        // Mapped for Dom0 but not its RAM (its devices): refused before anything is touched.
+        v.npt
+            .map_4k(
+                &mut host.mem,
+                0x30_0000,
+                0x30_0000,
+                Access::ReadWriteExec,
+                Ownership::Foreign,
+            )
+            .unwrap();
+        assert_eq!(
+            control(&mut v, &mut vmcb, &mut host, 1, 0x30_0000, 96),
+            Errno::EFAULT.to_ret()
+        );
         assert_eq!(
             control(&mut v, &mut vmcb, &mut host, 42, 0x5000, 80),
             Errno::ENOSYS.to_ret()

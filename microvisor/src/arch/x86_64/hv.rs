@@ -157,6 +157,8 @@ const DOM0_DENIED_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0
 /// Ports of Dom0 that the microvisor proxies: PCI configuration (for the event function).
 const DOM0_PROXIED_PORTS: core::ops::RangeInclusive<u16> = 0xCF8..=0xCFF;
 
+/// Dom0's RAM (the control hypercall's buffers must lie in it).
+static DOM0_RAM: Mutex<Option<Dom0Memory>> = Mutex::new(None);
 /// Dom0's view of the PCI configuration ports, with the event function.
 static DOM0_PCI: Mutex<Option<ConfigPorts>> = Mutex::new(None);
 /// Where the event function's MSI goes: `MSI_VALID | vector`, or 0 before Dom0 enables it.
@@ -615,6 +617,7 @@ fn create_dom0(
         cmdline
     );
     record(0, "Domain-0", mem_mib, 0);
+    *DOM0_RAM.lock() = Some(*ram);
     ALIVE.fetch_add(1, Ordering::AcqRel);
     Ok(Dom0 {
         vcpu: Vcpu::new(0, true, npt, regs),
@@ -1193,6 +1196,16 @@ impl Host for ExitHost<'_> {
             return Err(Errno::EPERM);
         }
         set_domain_entry(domid, entry, start_info)
+    }
+
+    fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        DOM0_RAM
+            .lock()
+            .as_ref()
+            .is_some_and(|ram| len == 0 || ram.holds(Range::new(gpa, end)))
     }
 
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
