@@ -3,10 +3,9 @@
 
 use super::memory::HostMem;
 use super::{MAX_CPUS, apic, cpu, desc, entry, memory, svm};
-use crate::bundle::{Bundle, Dom0Images};
+use crate::bundle::Bundle;
 use crate::control::LifecycleOp;
-use crate::dom0::{self, Dom0Memory, Range};
-use crate::dom0_pci::{ConfigPorts, PortIo};
+use crate::dom0::{self, Range};
 use crate::domain::{self, BOOT_INFO_GPA};
 use crate::elf::PvhImage;
 use crate::lifecycle::{AtExit, Effect, RunState, SchedState};
@@ -26,6 +25,12 @@ use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry
 use shared_abi::sched::ShutdownReason;
 use spin::Mutex;
 use zerocopy::FromBytes;
+
+mod dom0_host;
+use dom0_host::{
+    DOM0_DENIED_PORTS, DOM0_EVENTS, DOM0_PROXIED_PORTS, DOMAIN_NPT, create_dom0, end_run,
+    plan_dom0_memory, raise_dom0_event, release_foreign_frames, run_dom0,
+};
 
 /// Most domains at once.
 pub const MAX_DOMAINS: usize = 32;
@@ -150,67 +155,6 @@ const SLICE_MS: u64 = 10;
 
 /// TSC cycles each domain's vCPU spent in guest mode, indexed by domid.
 static CPU_CYCLES: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
-
-/// Ports domain 0 may not reach: the microvisor's log (COM2) and QEMU's debug-exit port,
-/// which carries the microvisor's verdicts.
-const DOM0_DENIED_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0xF4..=0xF7];
-/// Ports of Dom0 that the microvisor proxies: PCI configuration (for the event function).
-const DOM0_PROXIED_PORTS: core::ops::RangeInclusive<u16> = 0xCF8..=0xCFF;
-
-/// Dom0's RAM (the control hypercall's buffers must lie in it).
-static DOM0_RAM: Mutex<Option<Dom0Memory>> = Mutex::new(None);
-/// Dom0's view of the PCI configuration ports, with the event function.
-static DOM0_PCI: Mutex<Option<ConfigPorts>> = Mutex::new(None);
-/// Where the event function's MSI goes: `MSI_VALID | vector`, or 0 before Dom0 enables it.
-static DOM0_MSI: AtomicU32 = AtomicU32::new(0);
-const MSI_VALID: u32 = 1 << 31;
-/// Dom0's pending `EVENT_*` bits.
-static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
-
-/// NPT root of each live DomU, by domid (0: none). Read under [`FOREIGN`].
-static DOMAIN_NPT: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
-
-/// A filled slot of Dom0's foreign window.
-#[derive(Clone, Copy)]
-struct ForeignSlot {
-    domid: u16,
-    gfn: u64,
-    hpa: u64,
-    /// Its domain has ended: the frame is Dom0's to release, and is freed when it does.
-    orphan: bool,
-}
-
-/// Dom0's foreign-window slots. A domain's end and a new mapping both hold this lock, so a
-/// frame is never handed to Dom0 as its domain is torn down.
-static FOREIGN: Mutex<[Option<ForeignSlot>; dom0::FOREIGN_WINDOW_PAGES as usize]> =
-    Mutex::new([None; dom0::FOREIGN_WINDOW_PAGES as usize]);
-
-/// The machine's real I/O ports.
-struct RealPorts;
-
-impl PortIo for RealPorts {
-    fn port_in(&mut self, port: u16, size: u8) -> u32 {
-        // SAFETY: only the PCI configuration ports reach here, on behalf of Dom0, which
-        // owns the PCI bus; the access is the one Dom0 itself made.
-        unsafe { cpu::port_in(port, size) }
-    }
-
-    fn port_out(&mut self, port: u16, size: u8, value: u32) {
-        // SAFETY: as for `port_in`.
-        unsafe { cpu::port_out(port, size, value) }
-    }
-}
-
-/// Raises Dom0 event bits and interrupts Dom0 if it has enabled the event function's MSI.
-/// The interrupt always goes to Dom0's pCPU, whatever APIC id Dom0 put in the message.
-fn raise_dom0_event(bits: u64) {
-    DOM0_EVENTS.fetch_or(bits, Ordering::AcqRel);
-    let msi = DOM0_MSI.load(Ordering::Acquire);
-    if msi & MSI_VALID != 0 {
-        let dom0_apic = super::APIC_IDS[0].load(Ordering::Relaxed);
-        apic::send_ipi(dom0_apic, msi as u8);
-    }
-}
 
 fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
     let mut info = DomainInfo {
@@ -520,159 +464,6 @@ fn boot_bundle(module: Option<(u64, u64)>) -> Option<Bundle<'static>> {
             None
         }
     }
-}
-
-/// Chooses Dom0's RAM and takes it out of the frame allocator.
-fn plan_dom0_memory(boot: &BootInfo, mem_mib: u32) -> Option<Dom0Memory> {
-    let image = Range::new(
-        (&raw const __image_start) as u64,
-        (&raw const __image_end) as u64,
-    );
-    let module = boot.module.map_or(Range::default(), |(pa, size)| {
-        Range::new(pa, pa.saturating_add(size))
-    });
-    let memmap = &boot.memmap[..boot.memmap_len];
-    match dom0::plan_memory(memmap, &[image, module], mem_mib) {
-        Ok(ram) => {
-            let mut frames = memory::FRAMES.lock();
-            if let Some(f) = frames.as_mut() {
-                for r in ram.ranges() {
-                    f.reserve_range(r.start, r.end);
-                }
-            }
-            Some(ram)
-        }
-        Err(why) => {
-            mvlog!("d0 (dom0) not created: {why}");
-            None
-        }
-    }
-}
-
-/// Domain 0 and its exit-handling state; lives on pCPU 0's stack for the whole run.
-struct Dom0 {
-    vcpu: Vcpu,
-    vmcb_pa: u64,
-    console: ConsoleLine,
-    notes: u32,
-}
-
-/// Builds domain 0: identity NPT, kernel, initramfs and boot pages in its RAM, VMCB.
-fn create_dom0(
-    boot: &BootInfo,
-    images: Dom0Images<'_>,
-    ram: &Dom0Memory,
-) -> Result<Dom0, CreateError> {
-    let kernel = PvhImage::parse(images.kernel.payload).map_err(CreateError::Elf)?;
-    let cmdline = images.kernel.cmdline;
-    let initrd = images.initrd.map(|i| i.payload);
-    let placement = dom0::place(ram, &kernel, initrd.map(|i| i.len() as u64), cmdline)
-        .map_err(CreateError::Dom0)?;
-    let machine_map = &boot.memmap[..boot.memmap_len];
-    let mut memmap = [HvmMemmapEntry::default(); dom0::MAX_MEMMAP];
-    let entries = dom0::memory_map(machine_map, ram, &mut memmap).map_err(CreateError::Dom0)?;
-    let phys_bits = cpu::cpuid(0x8000_0008, 0).eax & 0xFF;
-    let phys_limit = 1u64 << phys_bits.clamp(32, 48);
-    let classes = dom0::Classifier::new(machine_map, ram);
-    let npt = dom0::build_npt(&mut HostMem, &classes, phys_limit).map_err(CreateError::Dom0)?;
-    dom0::load(
-        &mut HostMem,
-        &kernel,
-        initrd.zip(placement.initrd),
-        cmdline,
-        &memmap[..entries],
-        boot.rsdp,
-    );
-    let Some(vmcb_pa) = HostMem.alloc_zeroed_frame() else {
-        npt.destroy(&mut HostMem);
-        return Err(CreateError::NoMemory);
-    };
-    // SAFETY: `vmcb_pa` is a fresh zeroed frame, identity-mapped, owned by Dom0.
-    let vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
-    let maps = PermissionMaps {
-        iopm: DOM0_IOPM_PA.load(Ordering::Relaxed),
-        msrpm: DOM0_MSRPM_PA.load(Ordering::Relaxed),
-    };
-    let regs = vcpu::init_pvh_vmcb(
-        vmcb,
-        &npt,
-        1,
-        maps,
-        kernel.entry,
-        dom0::START_INFO_GPA,
-        true,
-    );
-    match crate::dom0_pci::free_slot(&mut RealPorts) {
-        Some(device) => {
-            *DOM0_PCI.lock() = Some(ConfigPorts::new(device));
-            mvlog!("d0: event function at PCI 00:{device:02x}.0");
-        }
-        None => mvlog!("d0: no free PCI slot on bus 0: Dom0 gets no event interrupts"),
-    }
-    let mem_mib = u32::try_from(ram.total() >> 20).unwrap_or(u32::MAX);
-    mvlog!(
-        "d0 (dom0) created: {mem_mib} MiB in {} ranges, pCPU 0, initramfs {} KiB, cmdline {:?}",
-        ram.ranges().len(),
-        initrd.map_or(0, |i| i.len() / 1024),
-        cmdline
-    );
-    record(0, "Domain-0", mem_mib, 0);
-    *DOM0_RAM.lock() = Some(*ram);
-    ALIVE.fetch_add(1, Ordering::AcqRel);
-    Ok(Dom0 {
-        vcpu: Vcpu::new(0, true, npt, regs),
-        vmcb_pa,
-        console: ConsoleLine::EMPTY,
-        notes: 0,
-    })
-}
-
-/// Runs domain 0 on pCPU 0 for the rest of the machine's life. Its end ends the run.
-fn run_dom0(mut d: Dom0) -> ! {
-    let host_state = HOST_STATE[0].load(Ordering::Relaxed);
-    // SAFETY: the VMCB frame belongs to Dom0, which only this pCPU runs.
-    let vmcb = unsafe { &mut *(d.vmcb_pa as *mut Vmcb) };
-    loop {
-        let start = cpu::rdtsc();
-        // SAFETY: VMCB, NPT and permission maps are Dom0's and valid; `regs` is its vCPU's;
-        // `host_state` is this CPU's VMSAVE page.
-        unsafe { svm::run(d.vmcb_pa, &raw mut d.vcpu.regs, host_state) };
-        CPU_CYCLES[0].fetch_add(cpu::rdtsc().wrapping_sub(start), Ordering::Relaxed);
-        vmcb.control.tlb_control = 0;
-        vmcb.control.event_inj = 0;
-        let mut host = ExitHost {
-            mem: HostMem,
-            domid: 0,
-            console: &mut d.console,
-            notes: &mut d.notes,
-        };
-        match d.vcpu.handle_exit(vmcb, &mut host) {
-            // Dom0 has its pCPU to itself: yielding or blocking just resumes it.
-            ExitAction::Resume | ExitAction::Yield | ExitAction::Block => {}
-            ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
-            ExitAction::Shutdown(reason) => {
-                d.console.flush(0);
-                mvlog!("d0 (dom0) shut down: {}", reason.name());
-                set_state(0, DomainState::Shutdown, reason as u32);
-                end_run(reason == ShutdownReason::Poweroff);
-            }
-            ExitAction::Crash(why) => {
-                d.console.flush(0);
-                mvlog!("d0 (dom0) crashed: {why}");
-                set_state(0, DomainState::Crashed, 0);
-                end_run(false);
-            }
-        }
-    }
-}
-
-/// Ends the machine's run with a verdict (Dom0 is gone, or could not start). Under QEMU
-/// this leaves through the debug-exit port; the equivalent of a host reset.
-fn end_run(pass: bool) -> ! {
-    mvlog!("machine stops: {}", if pass { "pass" } else { "fail" });
-    // SAFETY: the debug-exit port belongs to the microvisor.
-    unsafe { cpu::outl(super::DEBUG_EXIT_PORT, if pass { 0x10 } else { 0x11 }) };
-    cpu::halt_forever()
 }
 
 /// IOPM (every port intercepted) and MSRPM (every MSR intercepted except the ones
@@ -1134,47 +925,22 @@ impl Host for ExitHost<'_> {
     }
 
     fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
-        let mut slots = FOREIGN.lock();
-        let entry = usize::try_from(slot)
-            .ok()
-            .and_then(|i| slots.get_mut(i))
-            .ok_or(Errno::EINVAL)?;
-        if entry.is_some() {
-            return Err(Errno::EBUSY);
-        }
-        let root = usize::try_from(domid)
-            .ok()
-            .filter(|&d| d != 0)
-            .and_then(|d| DOMAIN_NPT.get(d))
-            .map(|r| r.load(Ordering::Acquire))
-            .filter(|&r| r != 0)
-            .ok_or(Errno::ESRCH)?;
-        let gpa = gfn.checked_mul(4096).ok_or(Errno::EINVAL)?;
-        let (hpa, _) = Npt::from_root(root)
-            .translate(&HostMem, gpa)
-            .ok_or(Errno::EINVAL)?;
-        *entry = Some(ForeignSlot {
-            domid: domid as u16,
-            gfn,
-            hpa: hpa & !0xFFF,
-            orphan: false,
-        });
-        Ok(hpa & !0xFFF)
+        dom0_host::foreign_acquire(slot, domid, gfn)
     }
 
     fn foreign_release(&mut self, slot: u64) {
-        let mut slots = FOREIGN.lock();
-        let taken = usize::try_from(slot)
-            .ok()
-            .and_then(|i| slots.get_mut(i).and_then(Option::take));
-        // An ended domain's frame goes back to the pool with its last mapping (Dom0 may
-        // have mapped the same frame into several slots).
-        if let Some(s) = taken
-            && s.orphan
-            && !slots.iter().flatten().any(|other| other.hpa == s.hpa)
-        {
-            HostMem.free_frame(s.hpa);
+        dom0_host::foreign_release(slot);
+    }
+
+    fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool {
+        dom0_host::is_dom0_ram(gpa, len)
+    }
+
+    fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
+        if self.domid != 0 {
+            return None;
         }
+        dom0_host::port_access(port, size, is_in, value)
     }
 
     fn lifecycle(&mut self, op: LifecycleOp, domid: u32) -> Result<(), Errno> {
@@ -1196,31 +962,6 @@ impl Host for ExitHost<'_> {
             return Err(Errno::EPERM);
         }
         set_domain_entry(domid, entry, start_info)
-    }
-
-    fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        DOM0_RAM
-            .lock()
-            .as_ref()
-            .is_some_and(|ram| len == 0 || ram.holds(Range::new(gpa, end)))
-    }
-
-    fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
-        if self.domid != 0 || !DOM0_PROXIED_PORTS.contains(&port) {
-            return None;
-        }
-        let mut pci = DOM0_PCI.lock();
-        let ports = pci.as_mut()?;
-        let v = ports.access(&mut RealPorts, port, size, is_in, value);
-        let msi = ports
-            .function
-            .msi_target()
-            .map_or(0, |t| MSI_VALID | u32::from(t.vector));
-        DOM0_MSI.store(msi, Ordering::Release);
-        Some(v)
     }
 
     fn note(&mut self, what: Note) {
@@ -1448,28 +1189,6 @@ fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
         fpu_switch(&mut d.fpu, true);
     }
     leave
-}
-
-/// Hands the frames of `domid` that Dom0 has mapped to Dom0 (they are freed when it unmaps
-/// them) by taking them out of the domain's NPT, and forgets the domain for new mappings.
-/// Returns how many frames were handed over.
-fn release_foreign_frames(domid: u16, npt: Npt) -> u64 {
-    let mut slots = FOREIGN.lock();
-    DOMAIN_NPT[usize::from(domid)].store(0, Ordering::Release);
-    let mut pinned = 0;
-    for s in slots
-        .iter_mut()
-        .flatten()
-        .filter(|s| s.domid == domid && !s.orphan)
-    {
-        s.orphan = true;
-        // The domain never runs again: no flush is needed.
-        if let Some((_, flush)) = npt.unmap_4k(&mut HostMem, s.gfn * 4096) {
-            flush.flushed();
-        }
-        pinned += 1;
-    }
-    pinned
 }
 
 /// Logs the end of a domain, frees all its memory and drops it. A destroyed domain's
