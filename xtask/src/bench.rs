@@ -30,7 +30,13 @@ pub(crate) enum Benchmark {
     /// Dom0 boot time (QEMU start to Dom0's ready line), directly under QEMU and under the
     /// microvisor, alternating.
     Dom0Boot,
+    /// DomU create and destroy times and per-DomU memory, measured in Dom0 under the
+    /// microvisor.
+    Lifecycle,
 }
+
+/// Default boots of each variant of `bench dom0-boot`.
+pub(crate) const DEFAULT_BOOT_REPS: u32 = 3;
 
 impl Benchmark {
     /// The name on the command line and in file names.
@@ -38,6 +44,7 @@ impl Benchmark {
         match self {
             Benchmark::Hypercall => "hypercall",
             Benchmark::Dom0Boot => "dom0-boot",
+            Benchmark::Lifecycle => "lifecycle",
         }
     }
 
@@ -45,7 +52,7 @@ impl Benchmark {
     fn required(self) -> &'static [&'static str] {
         match self {
             Benchmark::Hypercall => &["hypercall_null", "cpuid_exit"],
-            Benchmark::Dom0Boot => &[],
+            Benchmark::Dom0Boot | Benchmark::Lifecycle => &[],
         }
     }
 
@@ -53,7 +60,7 @@ impl Benchmark {
     fn ratios(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Benchmark::Hypercall => &[("hypercall_null", "cpuid_exit")],
-            Benchmark::Dom0Boot => &[],
+            Benchmark::Dom0Boot | Benchmark::Lifecycle => &[],
         }
     }
 
