@@ -43,7 +43,7 @@
 //! | 18 | `console_io`   | [`console`] | write |
 //! | 29 | `sched_op`     | [`sched`]   | yield, shutdown |
 //!
-//! | `0x4d56_0000` | microvisor control | [`control`] | host info, domain list, domain info (domain 0 only) |
+//! | `0x4d56_0000` | microvisor control | [`control`] | host info, domain list/info, events, foreign map/unmap, create, set entry, pause, unpause, destroy (domain 0 only) |
 //!
 //! Numbers of the rest of the planned subset are listed in [`Hypercall`]; until a call is
 //! implemented it returns `-ENOSYS` so that guests can probe for it.
