@@ -760,6 +760,13 @@ fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno> {
         // pCPU 0 belongs to Dom0.
         return Err(Errno::ENOSPC);
     }
+    // Refuse before touching anything: zeroing frames only to free them again would stall
+    // Dom0 (this runs in its hypercall) for a request that cannot succeed. The NPT needs
+    // about one table frame per 512 pages, plus the VMCB.
+    let pages = u64::from(mem_mib) * 256;
+    if memory::free_frames() < pages + pages / 512 + 8 {
+        return Err(Errno::ENOMEM);
+    }
     let pcpu = 1 + NEXT_PCPU.fetch_add(1, Ordering::Relaxed) % (online - 1);
     let npt = domain::build_empty(&mut HostMem, mem_mib).map_err(|e| match e {
         domain::BuildError::BadMemorySize(_) => Errno::EINVAL,
