@@ -326,13 +326,35 @@ pub(crate) struct BootStats {
     pub(crate) uptime_median_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Median, min and max.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Spread {
+    /// Median.
+    pub(crate) median: f64,
+    /// Smallest.
+    pub(crate) min: f64,
+    /// Largest.
+    pub(crate) max: f64,
+}
+
+/// The spread of `values` (NaN for none).
+pub(crate) fn spread(values: &[f64]) -> Spread {
+    let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    match v.len() {
+    let median = match v.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
     }
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    spread(&v).median
 }
 
 /// Statistics of the samples of `host`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench::TCG_CAVEAT;
+use crate::bench::{Spread, TCG_CAVEAT, spread};
 use crate::build::{Profile, display_path, xtask_dir};
 use crate::dom0::{self, Dom0Options, Host};
 use crate::qemu;
@@ -265,33 +265,6 @@ pub(crate) fn parse(output: &str, reps: u32) -> Result<Lifecycle> {
         free_end_kib: mem_free_kib(&facts, "host_end", 0)?,
         free_start_kib: mem_free_kib(&facts, "host_start", 0)?,
     })
-}
-
-/// Median, min and max.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Spread {
-    /// Median.
-    pub(crate) median: f64,
-    /// Smallest.
-    pub(crate) min: f64,
-    /// Largest.
-    pub(crate) max: f64,
-}
-
-/// The spread of `values` (NaN for none).
-pub(crate) fn spread(values: &[f64]) -> Spread {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let median = match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    };
-    Spread {
-        median,
-        min: v.first().copied().unwrap_or(f64::NAN),
-        max: v.last().copied().unwrap_or(f64::NAN),
-    }
 }
 
 impl Lifecycle {

@@ -3,7 +3,7 @@
 
 use super::{
     APIC_TICKS_PER_MS, AtExit, CPU_CYCLES, CrashReason, DOMAINS, Domain, DomainState, ExitAction,
-    ExitHost, FpuArea, HOST_STATE, HostMem, LAST_SLOT, Ordering, RUNQ, SCHED, SLICE_MS,
+    ExitHost, FpuArea, HOST_STATE, HostMem, LAST_SLOT, Ordering, RUNQ, SCHED, SLICE_MS, SchedState,
     ShutdownReason, TSC_KHZ, Vmcb, XSAVE, apic, cpu, end_domain, mvlog, set_state, svm,
 };
 
@@ -81,21 +81,19 @@ pub(super) enum Ending {
 
 /// Applies Dom0's pending request, if any, at an exit (or before a run).
 pub(super) fn requested_leave(domid: u16) -> Option<Leave> {
-    let mut sched = SCHED[usize::from(domid)].lock();
-    match sched.at_exit() {
-        AtExit::Continue => None,
-        AtExit::Destroy => Some(Leave::End(Ending::Destroyed)),
-        AtExit::Pause => {
-            set_state(domid, DomainState::Paused, 0);
-            Some(Leave::Pause)
-        }
-    }
+    apply_request(domid, SchedState::at_exit)
 }
 
 /// As [`requested_leave`], before a run: a vCPU that runs counts as started.
 pub(super) fn begin_run(domid: u16) -> Option<Leave> {
+    apply_request(domid, SchedState::begin_run)
+}
+
+/// Runs `check` on the domain's scheduling state (under its lock, where a pause also
+/// shows in the record) and turns the verdict into a reason to leave.
+fn apply_request(domid: u16, check: fn(&mut SchedState) -> AtExit) -> Option<Leave> {
     let mut sched = SCHED[usize::from(domid)].lock();
-    match sched.begin_run() {
+    match check(&mut sched) {
         AtExit::Continue => None,
         AtExit::Destroy => Some(Leave::End(Ending::Destroyed)),
         AtExit::Pause => {
