@@ -45,6 +45,12 @@
 //! | [`ControlOp::DomainDestroy`] | domid | nothing | 0; its memory is back in the pool |
 //! | [`ControlOp::DomainCreate`] | 0 | in: one [`DomainCreateRequest`] | the new domid |
 //! | [`ControlOp::DomainSetEntry`] | domid | in: one [`VcpuEntry`] | 0 |
+//! | [`ControlOp::EvtchnAllocUnbound`] | domid | nothing | a new port of DomU `domid`, unbound, that domain 0 may bind |
+//! | [`ControlOp::EvtchnBindInterdomain`] | `domid << 32 \| port` | nothing | domain 0's new port, connected to that unbound port |
+//! | [`ControlOp::EvtchnSend`] | domain 0 port | nothing | 0 |
+//! | [`ControlOp::EvtchnClose`] | domain 0 port | nothing | 0 |
+//! | [`ControlOp::EvtchnTakePending`] | 0 | as many `u32` pending domain 0 ports as fit, ascending | number of ports written, each now cleared (0: none pending) |
+//! | [`ControlOp::DomainSetParam`] | domid | in: one [`DomainParam`] | 0 |
 //!
 //! ## Building a domain
 //!
@@ -65,6 +71,30 @@
 //! | `ENOMEM` | create: not enough free memory (see [`HostInfo::mem_free_kib`]) |
 //! | `ENOSPC` | create: no free domain id |
 //! | `EBUSY` | set-entry: the domain has already run |
+//!
+//! ## Event channels of domain 0
+//!
+//! Domain 0 has ports like any domain (`1..`[`MAX_PORTS`](crate::event_channel::MAX_PORTS)),
+//! but no `shared_info`: when a DomU sends on a channel whose other end is a domain 0 port,
+//! the microvisor marks that port pending and raises [`EVENT_EVTCHN`]; Dom0 then takes the
+//! pending ports with [`ControlOp::EvtchnTakePending`] until it returns 0. A back-end
+//! connects to a DomU the Xen way: the builder allocates an unbound DomU port for domain 0
+//! ([`ControlOp::EvtchnAllocUnbound`]) and tells the guest (an HVM parameter or xenstore);
+//! Dom0 binds to it ([`ControlOp::EvtchnBindInterdomain`]). When the DomU goes, domain 0's
+//! port becomes unbound (sends are dropped) until Dom0 closes it.
+//!
+//! | errno | when |
+//! |-------|------|
+//! | `ESRCH` | no such DomU (alloc, bind), or domid 0 |
+//! | `EINVAL` | bind: the port is not an unbound port for domain 0; send/close: the domain 0 port is not allocated |
+//! | `ENOSPC` | no free port in the domain |
+//!
+//! ## HVM parameters
+//!
+//! [`ControlOp::DomainSetParam`] sets the parameters a guest reads with `HVMOP_get_param`
+//! ([`crate::hvm`]): `STORE_PFN`, `STORE_EVTCHN`, `CONSOLE_PFN` and `CONSOLE_EVTCHN`.
+//! `EINVAL` for another index, a non-zero reserved field, a frame outside the domain's RAM
+//! or a port outside `1..MAX_PORTS`; `ESRCH` no such DomU.
 //!
 //! ## Lifecycle errors
 //!
@@ -139,6 +169,18 @@ pub enum ControlOp {
     DomainCreate = 10,
     /// Set the entry state of a domain that has not run yet.
     DomainSetEntry = 11,
+    /// Allocate an unbound port in a DomU for domain 0 to bind.
+    EvtchnAllocUnbound = 12,
+    /// Bind a new domain 0 port to a DomU's unbound port.
+    EvtchnBindInterdomain = 13,
+    /// Signal the peer of a domain 0 port.
+    EvtchnSend = 14,
+    /// Close a domain 0 port.
+    EvtchnClose = 15,
+    /// Take (and clear) domain 0's pending ports.
+    EvtchnTakePending = 16,
+    /// Set an HVM parameter of a DomU.
+    DomainSetParam = 17,
 }
 
 /// Smallest DomU memory, MiB.
@@ -191,8 +233,26 @@ pub struct ForeignMapRequest {
 }
 const _: () = assert!(core::mem::size_of::<ForeignMapRequest>() == 16);
 
+/// Input of [`ControlOp::DomainSetParam`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DomainParam {
+    /// `HVM_PARAM_STORE_PFN`, `STORE_EVTCHN`, `CONSOLE_PFN` or `CONSOLE_EVTCHN`.
+    pub index: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The value.
+    pub value: u64,
+}
+const _: () = assert!(core::mem::size_of::<DomainParam>() == 16);
+
 /// Event bit: a domain was created, changed state (blocked, shut down, crashed) or went.
 pub const EVENT_DOMAIN_STATE: u64 = 1 << 0;
+/// Event bit: some domain 0 event-channel ports are pending
+/// ([`ControlOp::EvtchnTakePending`]).
+pub const EVENT_EVTCHN: u64 = 1 << 1;
 /// PCI vendor id of the event function ("MV").
 pub const EVENT_VENDOR_ID: u16 = 0x4D56;
 /// PCI device id of the event function.
@@ -213,6 +273,12 @@ impl TryFrom<u64> for ControlOp {
             9 => ControlOp::DomainDestroy,
             10 => ControlOp::DomainCreate,
             11 => ControlOp::DomainSetEntry,
+            12 => ControlOp::EvtchnAllocUnbound,
+            13 => ControlOp::EvtchnBindInterdomain,
+            14 => ControlOp::EvtchnSend,
+            15 => ControlOp::EvtchnClose,
+            16 => ControlOp::EvtchnTakePending,
+            17 => ControlOp::DomainSetParam,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -401,6 +467,12 @@ mod tests {
             ControlOp::DomainDestroy,
             ControlOp::DomainCreate,
             ControlOp::DomainSetEntry,
+            ControlOp::EvtchnAllocUnbound,
+            ControlOp::EvtchnBindInterdomain,
+            ControlOp::EvtchnSend,
+            ControlOp::EvtchnClose,
+            ControlOp::EvtchnTakePending,
+            ControlOp::DomainSetParam,
         ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }

@@ -9,9 +9,9 @@ use crate::Errno;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u64)]
 pub enum Hypercall {
-    /// `memory_op(cmd, arg)`: not implemented.
+    /// `memory_op(cmd, arg)`: add_to_physmap for `shared_info`. See [`crate::memory`].
     MemoryOp = 12,
-    /// `set_timer_op(deadline_ns)`: not implemented.
+    /// `set_timer_op(deadline_ns)`: the single-shot timer. See [`crate::vcpu`].
     SetTimerOp = 15,
     /// `xen_version(cmd, arg)`: version information. See [`crate::version`].
     XenVersion = 17,
@@ -21,13 +21,13 @@ pub enum Hypercall {
     GrantTableOp = 20,
     /// `vm_assist(cmd, type)`: not implemented.
     VmAssist = 21,
-    /// `vcpu_op(cmd, vcpuid, arg)`: not implemented.
+    /// `vcpu_op(cmd, vcpuid, arg)`: single-shot timer. See [`crate::vcpu`].
     VcpuOp = 24,
-    /// `sched_op(cmd, arg)`: yield, block, shutdown. See [`crate::sched`].
+    /// `sched_op(cmd, arg)`: yield, block, poll, shutdown. See [`crate::sched`].
     SchedOp = 29,
-    /// `event_channel_op(cmd, arg)`: not implemented.
+    /// `event_channel_op(cmd, arg)`: 2-level event channels. See [`crate::event_channel`].
     EventChannelOp = 32,
-    /// `hvm_op(cmd, arg)`: not implemented.
+    /// `hvm_op(cmd, arg)`: HVM parameters. See [`crate::hvm`].
     HvmOp = 34,
 }
 

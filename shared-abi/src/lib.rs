@@ -39,14 +39,26 @@
 //!
 //! | number | call | module | status |
 //! |--------|------|--------|--------|
+//! | 12 | `memory_op`    | [`memory`]  | add_to_physmap (shared_info) |
+//! | 15 | `set_timer_op` | [`vcpu`]    | single-shot timer |
 //! | 17 | `xen_version`  | [`version`] | version, extraversion, get_features, pagesize |
 //! | 18 | `console_io`   | [`console`] | write |
-//! | 29 | `sched_op`     | [`sched`]   | yield, shutdown |
+//! | 24 | `vcpu_op`      | [`vcpu`]    | set/stop_singleshot_timer, stop_periodic_timer |
+//! | 29 | `sched_op`     | [`sched`]   | yield, block, poll, shutdown |
+//! | 32 | `event_channel_op` | [`event_channel`] | alloc_unbound, bind_interdomain, bind_virq, close, send, status, unmask |
+//! | 34 | `hvm_op`       | [`hvm`]     | set_param (callback vector), get_param |
 //!
 //! | `0x4d56_0000` | microvisor control | [`control`] | host info, domain list/info, events, foreign map/unmap, create, set entry, pause, unpause, destroy (domain 0 only) |
 //!
 //! Numbers of the rest of the planned subset are listed in [`Hypercall`]; until a call is
 //! implemented it returns `-ENOSYS` so that guests can probe for it.
+//!
+//! ## Events, time and the console
+//!
+//! A guest places its [`shared_info`] page, sets its callback vector
+//! ([`hvm::HVM_PARAM_CALLBACK_IRQ`]), binds [`event_channel::VIRQ_TIMER`] and sleeps with
+//! the single-shot timer and `SCHEDOP_block`. Its PV console is the ring page
+//! ([`io::console`]) and event channel named by the console HVM parameters.
 //!
 //! ## Boot
 //!
@@ -60,9 +72,15 @@ pub mod console;
 pub mod control;
 pub mod cpuid;
 pub mod errno;
+pub mod event_channel;
+pub mod hvm;
 pub mod hypercall;
+pub mod io;
+pub mod memory;
 pub mod pvh;
 pub mod sched;
+pub mod shared_info;
+pub mod vcpu;
 pub mod version;
 
 #[cfg(feature = "guest")]

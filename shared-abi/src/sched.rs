@@ -13,20 +13,50 @@
 //! - **Errors:** `EFAULT` if the structure cannot be read; `EINVAL` for an unknown reason;
 //!   `ENOSYS` for `Suspend` and `SoftReset` (not implemented).
 //!
-//! ## Other sub-operations
+//! ## `sched_op(SCHEDOP_block, 0)`
 //!
-//! `SCHEDOP_block` and `SCHEDOP_poll` need event channels and return `ENOSYS` until they land.
+//! - **Returns:** `0` once the vCPU has an event pending (`evtchn_upcall_pending` in its
+//!   `vcpu_info`), at once if it already has one. The single-shot timer (see
+//!   [`crate::vcpu`]) with `VIRQ_TIMER` bound is how a guest sleeps until a time.
+//!
+//! ## `sched_op(SCHEDOP_poll, &SchedPoll)`
+//!
+//! - **Arguments:** `RSI` = linear address of a [`SchedPoll`].
+//! - **Returns:** `0` when one of the ports is pending, when `timeout` (absolute ns of
+//!   system time; 0 = none) has passed, or spuriously when any event reaches the domain:
+//!   the caller re-checks its ports. Pending ports are not cleared.
+//! - **Errors:** `EFAULT` the structure or the port list is not readable; `EINVAL` more
+//!   than [`SCHEDOP_POLL_MAX_PORTS`] ports or a port outside `1..MAX_PORTS`.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Sub-operation: give up the pCPU to another runnable vCPU.
 pub const SCHEDOP_YIELD: u64 = 0;
-/// Sub-operation: block until an event is pending (not implemented).
+/// Sub-operation: block until an event is pending.
 pub const SCHEDOP_BLOCK: u64 = 1;
 /// Sub-operation: shut the calling domain down; argument is a [`SchedShutdown`].
 pub const SCHEDOP_SHUTDOWN: u64 = 2;
-/// Sub-operation: poll a set of event channels (not implemented).
+/// Sub-operation: wait for one of a set of event channels, with a timeout.
 pub const SCHEDOP_POLL: u64 = 3;
+/// The most ports one `SCHEDOP_poll` may name.
+pub const SCHEDOP_POLL_MAX_PORTS: u32 = 128;
+
+/// Argument of `SCHEDOP_poll` (`struct sched_poll`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct SchedPoll {
+    /// Linear address of `nr_ports` `u32` ports.
+    pub ports: u64,
+    /// Number of ports.
+    pub nr_ports: u32,
+    /// Padding.
+    pub pad: u32,
+    /// Absolute deadline in ns of system time; 0 waits without one.
+    pub timeout: u64,
+}
+const _: () = assert!(core::mem::size_of::<SchedPoll>() == 24);
 
 /// Argument of `SCHEDOP_shutdown` (`struct sched_shutdown`).
 #[derive(

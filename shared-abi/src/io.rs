@@ -1,0 +1,4 @@
+//! Layouts of the shared pages of the PV device protocols (`xen/include/public/io/`).
+//! The ring logic that uses them is in the `pv-drivers` crate.
+
+pub mod console;
