@@ -15,6 +15,8 @@
 //!   Every entry is copied into a private value before the caller sees it, a peer whose
 //!   producer index runs ahead of what the ring can hold disables the ring with one
 //!   [`ring::RingError::Overrun`], and notification decisions follow ring.h's rule.
+//! - [`console`]: the PV console's byte rings, front ([`console::ConsoleFront`]) and back
+//!   ([`console::ConsoleBack`]).
 //! - `mock` (feature `test-utils`, and in this crate's own tests) scripts the other end of
 //!   a ring, optionally as a hostile peer. See `TESTING.md`.
 //!
@@ -46,6 +48,7 @@ extern crate std;
     reason = "raw-pointer access to a mapping; the crate's one unsafe module"
 )]
 pub mod mapped;
+pub mod console;
 pub mod mem;
 pub mod ring;
 #[cfg(any(test, feature = "alloc"))]
