@@ -15,6 +15,7 @@ use core::fmt;
 
 use shared_abi::io::console as layout;
 
+use crate::byte_ring::{self, ByteRing, ByteRingError};
 use crate::mem::{MemError, SharedMem};
 
 /// Which of the two rings.
@@ -67,109 +68,56 @@ impl From<MemError> for ConsoleError {
     }
 }
 
-/// Where one ring lives in the page.
-#[derive(Debug, Clone, Copy)]
-struct ByteRing {
-    dir: Direction,
-    data: usize,
-    size: u32,
-    cons: usize,
-    prod: usize,
-}
-
 const IN: ByteRing = ByteRing {
-    dir: Direction::Input,
     data: layout::IN,
     size: layout::IN_SIZE,
     cons: layout::IN_CONS,
     prod: layout::IN_PROD,
 };
 const OUT: ByteRing = ByteRing {
-    dir: Direction::Output,
     data: layout::OUT,
     size: layout::OUT_SIZE,
     cons: layout::OUT_CONS,
     prod: layout::OUT_PROD,
 };
 
-/// One side's private view of one ring: its own index, and whether the ring broke.
+/// One side's view of one console ring, with the ring's name for errors.
 #[derive(Debug, Clone, Copy)]
 struct End {
-    ring: ByteRing,
-    /// Our index (a producer's `prod` or a consumer's `cons`).
-    ours: u32,
-    broken: Option<ConsoleError>,
+    dir: Direction,
+    inner: byte_ring::End,
 }
 
 impl End {
-    fn new(ring: ByteRing, mem: &impl SharedMem, own_offset: usize) -> Result<Self, MemError> {
+    fn new(
+        dir: Direction,
+        ring: ByteRing,
+        mem: &impl SharedMem,
+        own: usize,
+    ) -> Result<Self, MemError> {
         Ok(Self {
-            ring,
-            ours: mem.load_acquire_u32(own_offset)?,
-            broken: None,
+            dir,
+            inner: byte_ring::End::attach(ring, mem, own)?,
         })
     }
 
-    fn fail(&mut self, e: ConsoleError) -> ConsoleError {
-        if matches!(e, ConsoleError::Overrun { .. }) {
-            self.broken = Some(e);
-        }
-        e
-    }
-
-    /// Bytes between `prod` and `cons`, checked against the ring size.
-    fn used(&self, prod: u32, cons: u32) -> Result<u32, ConsoleError> {
-        let used = prod.wrapping_sub(cons);
-        if used > self.ring.size {
-            return Err(ConsoleError::Overrun {
-                ring: self.ring.dir,
+    fn map(&self, e: ByteRingError) -> ConsoleError {
+        match e {
+            ByteRingError::Overrun { prod, cons } => ConsoleError::Overrun {
+                ring: self.dir,
                 prod,
                 cons,
-            });
+            },
+            ByteRingError::Mem(m) => ConsoleError::Mem(m),
         }
-        Ok(used)
     }
 
-    /// Consumer: copies up to `buf.len()` bytes out and publishes the new `cons`.
     fn consume(&mut self, mem: &impl SharedMem, buf: &mut [u8]) -> Result<usize, ConsoleError> {
-        if let Some(e) = self.broken {
-            return Err(e);
-        }
-        let r = self.ring;
-        let prod = mem.load_acquire_u32(r.prod)?;
-        let avail = self.used(prod, self.ours).map_err(|e| self.fail(e))?;
-        let n = (avail as usize).min(buf.len());
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            let idx = self.ours.wrapping_add(i as u32) & (r.size - 1);
-            let mut one = [0u8];
-            mem.read_bytes(r.data + idx as usize, &mut one)?;
-            *b = one[0];
-        }
-        if n > 0 {
-            self.ours = self.ours.wrapping_add(n as u32);
-            mem.store_release_u32(r.cons, self.ours)?;
-        }
-        Ok(n)
+        self.inner.consume(mem, buf).map_err(|e| self.map(e))
     }
 
-    /// Producer: copies as many of `data` as fit in and publishes the new `prod`.
     fn produce(&mut self, mem: &impl SharedMem, data: &[u8]) -> Result<usize, ConsoleError> {
-        if let Some(e) = self.broken {
-            return Err(e);
-        }
-        let r = self.ring;
-        let cons = mem.load_acquire_u32(r.cons)?;
-        let used = self.used(self.ours, cons).map_err(|e| self.fail(e))?;
-        let n = ((r.size - used) as usize).min(data.len());
-        for (i, b) in data[..n].iter().enumerate() {
-            let idx = self.ours.wrapping_add(i as u32) & (r.size - 1);
-            mem.write_bytes(r.data + idx as usize, &[*b])?;
-        }
-        if n > 0 {
-            self.ours = self.ours.wrapping_add(n as u32);
-            mem.store_release_u32(r.prod, self.ours)?;
-        }
-        Ok(n)
+        self.inner.produce(mem, data).map_err(|e| self.map(e))
     }
 }
 
@@ -188,8 +136,8 @@ impl<M: SharedMem> ConsoleFront<M> {
     /// [`ConsoleError::Mem`] if the page is smaller than the console layout.
     pub fn new(mem: M) -> Result<Self, ConsoleError> {
         Ok(Self {
-            out: End::new(OUT, &mem, layout::OUT_PROD)?,
-            input: End::new(IN, &mem, layout::IN_CONS)?,
+            out: End::new(Direction::Output, OUT, &mem, layout::OUT_PROD)?,
+            input: End::new(Direction::Input, IN, &mem, layout::IN_CONS)?,
             mem,
         })
     }
@@ -228,8 +176,8 @@ impl<M: SharedMem> ConsoleBack<M> {
     /// [`ConsoleError::Mem`] if the page is smaller than the console layout.
     pub fn new(mem: M) -> Result<Self, ConsoleError> {
         Ok(Self {
-            out: End::new(OUT, &mem, layout::OUT_CONS)?,
-            input: End::new(IN, &mem, layout::IN_PROD)?,
+            out: End::new(Direction::Output, OUT, &mem, layout::OUT_CONS)?,
+            input: End::new(Direction::Input, IN, &mem, layout::IN_PROD)?,
             mem,
         })
     }
@@ -263,7 +211,11 @@ mod tests {
     use alloc::sync::Arc;
     use alloc::vec::Vec;
 
-    fn pair() -> (ConsoleFront<Arc<VecMem>>, ConsoleBack<Arc<VecMem>>, Arc<VecMem>) {
+    fn pair() -> (
+        ConsoleFront<Arc<VecMem>>,
+        ConsoleBack<Arc<VecMem>>,
+        Arc<VecMem>,
+    ) {
         let page = Arc::new(VecMem::new(4096));
         let front = ConsoleFront::new(Arc::clone(&page)).unwrap();
         let back = ConsoleBack::new(Arc::clone(&page)).unwrap();
@@ -319,7 +271,14 @@ mod tests {
         page.store_release_u32(layout::OUT_PROD, 4096).unwrap();
         let mut buf = [0u8; 16];
         let e = back.read_output(&mut buf).unwrap_err();
-        assert!(matches!(e, ConsoleError::Overrun { ring: Direction::Output, prod: 4096, cons: 0 }));
+        assert!(matches!(
+            e,
+            ConsoleError::Overrun {
+                ring: Direction::Output,
+                prod: 4096,
+                cons: 0
+            }
+        ));
         // Even if the guest puts the index back, the ring stays off.
         page.store_release_u32(layout::OUT_PROD, 0).unwrap();
         assert_eq!(back.read_output(&mut buf).unwrap_err(), e);
@@ -334,11 +293,15 @@ mod tests {
         page.store_release_u32(layout::IN_CONS, 5000).unwrap();
         assert!(matches!(
             back.write_input(b"x"),
-            Err(ConsoleError::Overrun { ring: Direction::Input, .. })
+            Err(ConsoleError::Overrun {
+                ring: Direction::Input,
+                ..
+            })
         ));
         // The back-end rewriting out_cons backwards is caught by the front-end.
         front.write(b"hi").unwrap();
-        page.store_release_u32(layout::OUT_CONS, 0u32.wrapping_sub(4000)).unwrap();
+        page.store_release_u32(layout::OUT_CONS, 0u32.wrapping_sub(4000))
+            .unwrap();
         assert!(front.write(b"x").is_err());
     }
 

@@ -17,6 +17,8 @@
 //!   [`ring::RingError::Overrun`], and notification decisions follow ring.h's rule.
 //! - [`console`]: the PV console's byte rings, front ([`console::ConsoleFront`]) and back
 //!   ([`console::ConsoleBack`]).
+//! - [`xenstore`]: the xenstore page's message streams, guest end ([`xenstore::XsFront`])
+//!   and store end ([`xenstore::XsBack`]); [`byte_ring`] is the index logic both share.
 //! - `mock` (feature `test-utils`, and in this crate's own tests) scripts the other end of
 //!   a ring, optionally as a hostile peer. See `TESTING.md`.
 //!
@@ -43,16 +45,18 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod byte_ring;
+pub mod console;
 #[allow(
     unsafe_code,
     reason = "raw-pointer access to a mapping; the crate's one unsafe module"
 )]
 pub mod mapped;
-pub mod console;
 pub mod mem;
 pub mod ring;
 #[cfg(any(test, feature = "alloc"))]
 pub mod vec_mem;
+pub mod xenstore;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;

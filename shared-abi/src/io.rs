@@ -2,3 +2,4 @@
 //! The ring logic that uses them is in the `pv-drivers` crate.
 
 pub mod console;
+pub mod xenstore;

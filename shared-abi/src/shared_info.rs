@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn scale_is_precise_and_inverse_never_early() {
-        for khz in [1, 999, 1_000_000, 2_000_000, 2_893_012, 3_700_000, 10_000_000] {
+        for khz in [
+            1, 999, 1_000_000, 2_000_000, 2_893_012, 3_700_000, 10_000_000,
+        ] {
             let s = PvclockScale::for_khz(khz);
             assert!(s.mul >= 1 << 31 || s.shift == 31, "{khz}: {s:?}");
             // One second of ticks is one second, to within 2 ns.
@@ -179,7 +181,10 @@ mod tests {
             for want in [1, 999, 1_000_000, 10_000_000_000, 1 << 50] {
                 let t = s.ns_to_ticks(want);
                 assert!(s.ticks_to_ns(t) >= want, "{khz} {want}");
-                assert!(t == 0 || s.ticks_to_ns(t - 1) < want, "{khz} {want} not minimal");
+                assert!(
+                    t == 0 || s.ticks_to_ns(t - 1) < want,
+                    "{khz} {want} not minimal"
+                );
             }
         }
     }

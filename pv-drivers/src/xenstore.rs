@@ -1,0 +1,338 @@
+//! The xenstore page ([`shared_abi::io::xenstore`]): two byte streams of
+//! [`MsgHeader`]-framed messages. [`XsFront`] is the guest's end (writes requests, reads
+//! responses and watch events); [`XsBack`] is the store's end in Dom0.
+//!
+//! Messages are reassembled by [`Assembler`] from however the bytes arrive. A header that
+//! announces more than [`PAYLOAD_MAX`] bytes is [`XsError::TooLong`]: the stream cannot be
+//! resynchronised after that, so the connection is broken, as is one whose indices
+//! overrun ([`XsError::Overrun`]).
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use shared_abi::io::xenstore::{self as layout, MsgHeader, PAYLOAD_MAX};
+use zerocopy::FromBytes;
+
+use crate::byte_ring::{ByteRing, ByteRingError, End};
+use crate::mem::{MemError, SharedMem};
+
+const HEADER: usize = core::mem::size_of::<MsgHeader>();
+
+const REQ: ByteRing = ByteRing {
+    data: layout::REQ,
+    size: layout::RING_SIZE,
+    cons: layout::REQ_CONS,
+    prod: layout::REQ_PROD,
+};
+const RSP: ByteRing = ByteRing {
+    data: layout::RSP,
+    size: layout::RING_SIZE,
+    cons: layout::RSP_CONS,
+    prod: layout::RSP_PROD,
+};
+
+/// Why a xenstore ring call failed. Every variant means the connection is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XsError {
+    /// The peer moved an index more than the ring size past the other.
+    Overrun {
+        /// The producer index.
+        prod: u32,
+        /// The consumer index.
+        cons: u32,
+    },
+    /// A header announced a payload longer than [`PAYLOAD_MAX`].
+    TooLong(u32),
+    /// The page is smaller than the layout.
+    Mem(MemError),
+}
+
+impl fmt::Display for XsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Overrun { prod, cons } => write!(
+                f,
+                "xenstore ring overrun: producer {prod} is more than the ring size past consumer {cons}"
+            ),
+            Self::TooLong(n) => write!(
+                f,
+                "xenstore message announces {n} payload bytes, more than the {PAYLOAD_MAX} allowed"
+            ),
+            Self::Mem(e) => write!(f, "xenstore page: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for XsError {}
+
+impl From<ByteRingError> for XsError {
+    fn from(e: ByteRingError) -> Self {
+        match e {
+            ByteRingError::Overrun { prod, cons } => Self::Overrun { prod, cons },
+            ByteRingError::Mem(m) => Self::Mem(m),
+        }
+    }
+}
+
+impl From<MemError> for XsError {
+    fn from(e: MemError) -> Self {
+        Self::Mem(e)
+    }
+}
+
+/// Reassembles messages from a byte stream, with no allocation.
+#[derive(Debug)]
+pub struct Assembler {
+    buf: [u8; HEADER + PAYLOAD_MAX as usize],
+    have: usize,
+    broken: Option<XsError>,
+}
+
+impl Default for Assembler {
+    fn default() -> Self {
+        Self {
+            buf: [0; HEADER + PAYLOAD_MAX as usize],
+            have: 0,
+            broken: None,
+        }
+    }
+}
+
+impl Assembler {
+    fn want(&self) -> Result<usize, XsError> {
+        if self.have < HEADER {
+            return Ok(HEADER);
+        }
+        let h = self.header();
+        if h.len > PAYLOAD_MAX {
+            return Err(XsError::TooLong(h.len));
+        }
+        Ok(HEADER + h.len as usize)
+    }
+
+    fn header(&self) -> MsgHeader {
+        MsgHeader::read_from_bytes(&self.buf[..HEADER]).unwrap_or_default()
+    }
+
+    /// Pulls bytes from `end` until one message is complete; `None` if the ring ran dry
+    /// first (what arrived is kept for the next call).
+    ///
+    /// # Errors
+    /// [`XsError`]; after one, every call fails with it.
+    fn next(
+        &mut self,
+        end: &mut End,
+        mem: &impl SharedMem,
+    ) -> Result<Option<(MsgHeader, &[u8])>, XsError> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        if self.have > 0 && self.have == self.want().unwrap_or(0) {
+            // The previous message was handed out: start the next one.
+            self.have = 0;
+        }
+        loop {
+            let want = match self.want() {
+                Ok(w) => w,
+                Err(e) => {
+                    self.broken = Some(e);
+                    return Err(e);
+                }
+            };
+            if self.have == want {
+                // `want` covers the header and, once the header is in, its payload.
+                return Ok(Some((self.header(), &self.buf[HEADER..want])));
+            }
+            let n = end
+                .consume(mem, &mut self.buf[self.have..want])
+                .map_err(|e| {
+                    let e = XsError::from(e);
+                    self.broken = Some(e);
+                    e
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.have += n;
+        }
+    }
+}
+
+/// The guest's end of the xenstore page.
+#[derive(Debug)]
+pub struct XsFront<M> {
+    mem: M,
+    req: End,
+    rsp: End,
+    asm: Assembler,
+}
+
+impl<M: SharedMem> XsFront<M> {
+    /// Takes over the page, continuing from its indices.
+    ///
+    /// # Errors
+    /// [`XsError::Mem`] if the page is smaller than the layout.
+    pub fn new(mem: M) -> Result<Self, XsError> {
+        Ok(Self {
+            req: End::attach(REQ, &mem, layout::REQ_PROD)?,
+            rsp: End::attach(RSP, &mem, layout::RSP_CONS)?,
+            mem,
+            asm: Assembler::default(),
+        })
+    }
+
+    /// Queues as much of `bytes` (part of a request stream) as fits; returns how many.
+    /// The caller notifies the store's port when this is non-zero.
+    ///
+    /// # Errors
+    /// [`XsError`].
+    pub fn write(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
+        Ok(self.req.produce(&self.mem, bytes)?)
+    }
+
+    /// The next complete response or watch event, if one has fully arrived.
+    ///
+    /// # Errors
+    /// [`XsError`].
+    pub fn next_message(&mut self) -> Result<Option<(MsgHeader, &[u8])>, XsError> {
+        self.asm.next(&mut self.rsp, &self.mem)
+    }
+}
+
+/// The store's end of a guest's xenstore page.
+#[derive(Debug)]
+pub struct XsBack<M> {
+    mem: M,
+    req: End,
+    rsp: End,
+    asm: Assembler,
+}
+
+impl<M: SharedMem> XsBack<M> {
+    /// Takes over the page, continuing from its indices (a restarted store resumes).
+    ///
+    /// # Errors
+    /// [`XsError::Mem`] if the page is smaller than the layout.
+    pub fn new(mem: M) -> Result<Self, XsError> {
+        Ok(Self {
+            req: End::attach(REQ, &mem, layout::REQ_CONS)?,
+            rsp: End::attach(RSP, &mem, layout::RSP_PROD)?,
+            mem,
+            asm: Assembler::default(),
+        })
+    }
+
+    /// The next complete request, if one has fully arrived.
+    ///
+    /// # Errors
+    /// [`XsError`].
+    pub fn next_request(&mut self) -> Result<Option<(MsgHeader, &[u8])>, XsError> {
+        self.asm.next(&mut self.req, &self.mem)
+    }
+
+    /// Queues as much of `bytes` (part of the response stream) as fits; returns how many.
+    ///
+    /// # Errors
+    /// [`XsError`].
+    pub fn write(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
+        Ok(self.rsp.produce(&self.mem, bytes)?)
+    }
+}
+
+/// The 16 header bytes of a message.
+pub fn header_bytes(h: &MsgHeader) -> [u8; HEADER] {
+    let mut out = [0u8; HEADER];
+    out[..4].copy_from_slice(&h.msg_type.to_le_bytes());
+    out[4..8].copy_from_slice(&h.req_id.to_le_bytes());
+    out[8..12].copy_from_slice(&h.tx_id.to_le_bytes());
+    out[12..].copy_from_slice(&h.len.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VecMem;
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use shared_abi::io::xenstore::{XS_READ, XS_WRITE};
+
+    fn msg(t: u32, id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = header_bytes(&MsgHeader {
+            msg_type: t,
+            req_id: id,
+            tx_id: 0,
+            len: payload.len() as u32,
+        })
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn messages_cross_the_ring_in_pieces_and_wrap() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut front = XsFront::new(Arc::clone(&page)).unwrap();
+        let mut back = XsBack::new(Arc::clone(&page)).unwrap();
+        // 3000 bytes of payload: more than the ring, so it goes over in several writes.
+        let big: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let stream = [
+            msg(XS_WRITE, 1, &big),
+            msg(XS_READ, 2, b"name\0"),
+            msg(XS_READ, 3, b""),
+        ]
+        .concat();
+        let mut sent = 0;
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            sent += front.write(&stream[sent..]).unwrap();
+            while let Some((h, p)) = back.next_request().unwrap() {
+                got.push((h.req_id, p.to_vec()));
+            }
+        }
+        assert_eq!(got[0], (1, big));
+        assert_eq!(got[1], (2, b"name\0".to_vec()));
+        assert_eq!(got[2], (3, Vec::new()));
+        assert_eq!(back.next_request().unwrap(), None);
+        // Responses the other way.
+        back.write(&msg(XS_READ, 2, b"vm1")).unwrap();
+        let (h, p) = front.next_message().unwrap().unwrap();
+        assert_eq!((h.req_id, p), (2, &b"vm1"[..]));
+    }
+
+    #[test]
+    fn oversized_header_breaks_the_connection() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut front = XsFront::new(Arc::clone(&page)).unwrap();
+        let mut back = XsBack::new(Arc::clone(&page)).unwrap();
+        front
+            .write(&header_bytes(&MsgHeader {
+                msg_type: XS_READ,
+                req_id: 1,
+                tx_id: 0,
+                len: 5000,
+            }))
+            .unwrap();
+        assert_eq!(back.next_request(), Err(XsError::TooLong(5000)));
+        assert_eq!(back.next_request(), Err(XsError::TooLong(5000)));
+    }
+
+    #[test]
+    fn overrun_is_caught() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut back = XsBack::new(Arc::clone(&page)).unwrap();
+        page.store_release_u32(layout::REQ_PROD, 2000).unwrap();
+        assert!(matches!(back.next_request(), Err(XsError::Overrun { .. })));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_page_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 4096)) {
+            let mut back = XsBack::new(VecMem::from_bytes(&bytes)).unwrap();
+            for _ in 0..4 {
+                let _ = back.next_request();
+            }
+            let _ = back.write(&bytes);
+        }
+    }
+}
