@@ -314,6 +314,7 @@ pub mod proto;
 pub mod server;
 pub mod supervisor;
 pub mod version;
+pub mod xenstore;
 
 use std::ffi::OsString;
 use std::io::Write;
