@@ -230,6 +230,11 @@ impl<M: SharedMem> XsBack<M> {
         self.asm.next(&mut self.req, &self.mem)
     }
 
+    /// Gives the page back (for unmapping).
+    pub fn into_mem(self) -> M {
+        self.mem
+    }
+
     /// Queues as much of `bytes` (part of the response stream) as fits; returns how many.
     ///
     /// # Errors

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod path;
+pub mod service;
 pub mod store;
 
 pub use store::{Access, ConnId, Perms, Store};

@@ -1,0 +1,273 @@
+//! The store's side of every DomU's xenstore page: requests in, replies and watch events
+//! out, with a bounded queue per domain for what does not fit in its ring yet.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use pv_drivers::SharedMem;
+use pv_drivers::xenstore::XsBack;
+
+use super::store::{ConnId, Store};
+
+/// Reply and event bytes queued for one domain before it is cut off as not reading them.
+pub const MAX_QUEUED: usize = 64 * 1024;
+
+/// One DomU's connection.
+#[derive(Debug)]
+struct Ring<M> {
+    back: XsBack<M>,
+    out: VecDeque<u8>,
+    broken: Option<String>,
+}
+
+/// What a pump did for the caller to act on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pumped {
+    /// Domains whose ring received bytes: signal their store port.
+    pub notify: Vec<u32>,
+    /// Domains whose connection just broke, with why (log it once).
+    pub broke: Vec<(u32, String)>,
+}
+
+/// The store and the DomU connections it serves.
+#[derive(Debug, Default)]
+pub struct Service<M> {
+    store: Store,
+    rings: BTreeMap<u32, Ring<M>>,
+}
+
+fn conn(domid: u32) -> ConnId {
+    ConnId { domid, index: 0 }
+}
+
+impl<M: SharedMem> Service<M> {
+    /// An empty store with no connections.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            store: Store::new(),
+            rings: BTreeMap::new(),
+        }
+    }
+
+    /// The store, for dom0d's own reads and writes; call [`Self::flush`] after writes so
+    /// the watch events they cause are delivered.
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Introduces DomU `domid` named `name`, served over its store page `page`.
+    ///
+    /// # Errors
+    /// The page is too small for the layout.
+    pub fn add_domain(
+        &mut self,
+        domid: u32,
+        name: &str,
+        page: M,
+    ) -> Result<(), pv_drivers::xenstore::XsError> {
+        let back = XsBack::new(page)?;
+        self.store.introduce_domain(domid, name);
+        self.store.connect(conn(domid));
+        self.rings.insert(
+            domid,
+            Ring {
+                back,
+                out: VecDeque::new(),
+                broken: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets DomU `domid`: its subtree, watches and connection (`@releaseDomain` fires).
+    /// Returns its page so the caller can unmap it.
+    pub fn remove_domain(&mut self, domid: u32) -> Option<M> {
+        self.store.release_domain(domid);
+        self.rings.remove(&domid).map(|r| r.back.into_mem())
+    }
+
+    /// Whether `domid` has a working connection.
+    #[must_use]
+    pub fn is_connected(&self, domid: u32) -> bool {
+        self.rings.get(&domid).is_some_and(|r| r.broken.is_none())
+    }
+
+    /// Serves every complete request in `domid`'s ring, then delivers queued output to
+    /// every domain.
+    pub fn pump(&mut self, domid: u32) -> Pumped {
+        let mut broke = Vec::new();
+        if let Some(ring) = self.rings.get_mut(&domid).filter(|r| r.broken.is_none()) {
+            loop {
+                match ring.back.next_request() {
+                    Ok(Some((h, payload))) => {
+                        let payload = payload.to_vec();
+                        let reply = self.store.handle(conn(domid), &h, &payload);
+                        ring.out.extend(reply);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let why = format!("xenstore connection of domain {domid} broken: {e}");
+                        ring.broken = Some(why.clone());
+                        self.store.disconnect(conn(domid));
+                        broke.push((domid, why));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut p = self.flush();
+        p.broke.extend(broke);
+        p
+    }
+
+    /// Queues pending watch events and writes what fits into each ring.
+    pub fn flush(&mut self) -> Pumped {
+        let mut p = Pumped::default();
+        for (id, msg) in self.store.take_events() {
+            if let Some(ring) = self.rings.get_mut(&id.domid).filter(|_| id.index == 0) {
+                ring.out.extend(msg);
+            }
+        }
+        for (&domid, ring) in &mut self.rings {
+            if ring.broken.is_some() {
+                ring.out.clear();
+                continue;
+            }
+            let mut wrote = false;
+            while !ring.out.is_empty() {
+                let (a, _) = ring.out.as_slices();
+                match ring.back.write(a) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        ring.out.drain(..n);
+                        wrote = true;
+                    }
+                    Err(e) => {
+                        ring.broken =
+                            Some(format!("xenstore connection of domain {domid} broken: {e}"));
+                        break;
+                    }
+                }
+            }
+            if ring.broken.is_none() && ring.out.len() > MAX_QUEUED {
+                ring.broken = Some(format!(
+                    "xenstore connection of domain {domid} cut off: it left more than {MAX_QUEUED} bytes of replies unread"
+                ));
+            }
+            if let Some(why) = ring.broken.as_ref() {
+                ring.out.clear();
+                p.broke.push((domid, why.clone()));
+                self.store.disconnect(conn(domid));
+            } else if wrote {
+                p.notify.push(domid);
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pv_drivers::VecMem;
+    use pv_drivers::xenstore::{XsFront, header_bytes};
+    use shared_abi::io::xenstore::{MsgHeader, XS_READ, XS_WATCH, XS_WATCH_EVENT, XS_WRITE};
+    use std::sync::Arc;
+
+    fn send(front: &mut XsFront<Arc<VecMem>>, t: u32, id: u32, payload: &[u8]) {
+        let mut m = header_bytes(&MsgHeader {
+            msg_type: t,
+            req_id: id,
+            tx_id: 0,
+            len: payload.len() as u32,
+        })
+        .to_vec();
+        m.extend_from_slice(payload);
+        assert_eq!(front.write(&m).unwrap(), m.len());
+    }
+
+    fn recv(front: &mut XsFront<Arc<VecMem>>) -> Vec<(u32, u32, Vec<u8>)> {
+        let mut v = Vec::new();
+        while let Some((h, p)) = front.next_message().unwrap() {
+            v.push((h.msg_type, h.req_id, p.to_vec()));
+        }
+        v
+    }
+
+    #[test]
+    fn guest_request_reply_and_watch_event() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut svc = Service::new();
+        svc.add_domain(5, "vm5", Arc::clone(&page)).unwrap();
+        let mut front = XsFront::new(Arc::clone(&page)).unwrap();
+        send(&mut front, XS_READ, 1, b"name\0");
+        send(&mut front, XS_WATCH, 2, b"control/shutdown\0t\0");
+        let p = svc.pump(5);
+        assert_eq!(p.notify, [5]);
+        let got = recv(&mut front);
+        assert_eq!(got[0], (XS_READ, 1, b"vm5".to_vec()));
+        assert_eq!(got[1], (XS_WATCH, 2, b"OK\0".to_vec()));
+        assert_eq!(
+            got[2],
+            (XS_WATCH_EVENT, 0, b"control/shutdown\0t\0".to_vec())
+        );
+        // Dom0 asks it to power off: the event reaches the guest on flush.
+        svc.store()
+            .write(0, "/local/domain/5/control/shutdown", b"poweroff")
+            .unwrap();
+        assert_eq!(svc.flush().notify, [5]);
+        assert_eq!(recv(&mut front)[0].0, XS_WATCH_EVENT);
+        assert!(svc.remove_domain(5).is_some());
+        assert!(!svc.is_connected(5));
+    }
+
+    #[test]
+    fn a_guest_that_never_reads_is_cut_off_alone() {
+        let bad = Arc::new(VecMem::new(4096));
+        let good = Arc::new(VecMem::new(4096));
+        let mut svc = Service::new();
+        svc.add_domain(6, "bad", Arc::clone(&bad)).unwrap();
+        svc.add_domain(7, "good", Arc::clone(&good)).unwrap();
+        let mut fb = XsFront::new(Arc::clone(&bad)).unwrap();
+        let mut fg = XsFront::new(Arc::clone(&good)).unwrap();
+        let mut broke = Vec::new();
+        // Keep asking for a 900-byte value and never read the replies.
+        send(
+            &mut fb,
+            XS_WRITE,
+            1,
+            &[b"v\0".as_slice(), &[b'x'; 900]].concat(),
+        );
+        svc.pump(6);
+        for i in 0..200 {
+            send(&mut fb, XS_READ, i, b"v\0");
+            broke.extend(svc.pump(6).broke);
+            if !svc.is_connected(6) {
+                break;
+            }
+        }
+        assert!(!svc.is_connected(6));
+        assert!(
+            broke
+                .iter()
+                .any(|(d, why)| *d == 6 && why.contains("cut off")),
+            "{broke:?}"
+        );
+        send(&mut fg, XS_READ, 9, b"name\0");
+        svc.pump(7);
+        assert_eq!(recv(&mut fg)[0], (XS_READ, 9, b"good".to_vec()));
+    }
+
+    #[test]
+    fn a_hostile_ring_breaks_only_its_connection() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut svc = Service::new();
+        svc.add_domain(8, "h", Arc::clone(&page)).unwrap();
+        page.store_release_u32(shared_abi::io::xenstore::REQ_PROD, 9999)
+            .unwrap();
+        let p = svc.pump(8);
+        assert_eq!(p.broke.len(), 1);
+        assert!(!svc.is_connected(8));
+    }
+}
