@@ -244,6 +244,150 @@ impl<M: SharedMem> XsBack<M> {
     }
 }
 
+/// What a [`XsClient`] needs from its environment.
+pub trait XsIo {
+    /// Signals the store's event channel.
+    fn notify(&mut self);
+    /// Waits until the store may have answered (an event arrived, or a short while passed).
+    fn wait(&mut self);
+}
+
+/// Why a [`XsClient`] call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XsCallError {
+    /// The store answered with this errno name (as sent, e.g. `ENOENT`), truncated to 16
+    /// bytes.
+    Store([u8; 16]),
+    /// The reply does not fit the caller's buffer.
+    TooLong,
+    /// The request is larger than [`PAYLOAD_MAX`].
+    RequestTooLong,
+    /// The connection broke.
+    Ring(XsError),
+}
+
+/// A synchronous xenstore client for guests: one request at a time; watch events that
+/// arrive meanwhile are counted, the latest one's token kept.
+#[derive(Debug)]
+pub struct XsClient<M> {
+    front: XsFront<M>,
+    next_id: u32,
+    watch_events: u32,
+    last_token: [u8; 32],
+    last_token_len: usize,
+}
+
+impl<M: SharedMem> XsClient<M> {
+    /// Connects over the store page.
+    ///
+    /// # Errors
+    /// [`XsError::Mem`] if the page is smaller than the layout.
+    pub fn new(mem: M) -> Result<Self, XsError> {
+        Ok(Self {
+            front: XsFront::new(mem)?,
+            next_id: 1,
+            watch_events: 0,
+            last_token: [0; 32],
+            last_token_len: 0,
+        })
+    }
+
+    /// Watch events seen so far (the store sends one when a watch is registered).
+    pub fn watch_events(&self) -> u32 {
+        self.watch_events
+    }
+
+    /// The token of the latest watch event (truncated to 32 bytes).
+    pub fn last_token(&self) -> &[u8] {
+        &self.last_token[..self.last_token_len]
+    }
+
+    /// Takes any messages that have arrived, counting watch events; returns the reply to
+    /// `req_id` if it came, copied into `out`.
+    fn drain(&mut self, req_id: Option<u32>, out: &mut [u8]) -> Result<Option<usize>, XsCallError> {
+        loop {
+            let Some((h, payload)) = self.front.next_message().map_err(XsCallError::Ring)? else {
+                return Ok(None);
+            };
+            if h.msg_type == layout::XS_WATCH_EVENT {
+                self.watch_events = self.watch_events.wrapping_add(1);
+                let token = payload.split(|b| *b == 0).nth(1).unwrap_or(&[]);
+                let n = token.len().min(self.last_token.len());
+                self.last_token[..n].copy_from_slice(&token[..n]);
+                self.last_token_len = n;
+                continue;
+            }
+            if Some(h.req_id) != req_id {
+                continue; // a stale reply: not ours
+            }
+            if h.msg_type == layout::XS_ERROR {
+                let mut name = [0u8; 16];
+                let text = payload.split(|b| *b == 0).next().unwrap_or(&[]);
+                let n = text.len().min(16);
+                name[..n].copy_from_slice(&text[..n]);
+                return Err(XsCallError::Store(name));
+            }
+            let dst = out.get_mut(..payload.len()).ok_or(XsCallError::TooLong)?;
+            dst.copy_from_slice(payload);
+            return Ok(Some(payload.len()));
+        }
+    }
+
+    /// Processes messages that arrived without waiting (watch events).
+    ///
+    /// # Errors
+    /// The connection broke.
+    pub fn poll(&mut self) -> Result<(), XsCallError> {
+        self.drain(None, &mut []).map(|_| ())
+    }
+
+    /// Sends request `msg_type` with the payload made of `parts` concatenated, waits for
+    /// its reply and copies the reply payload into `out`; returns its length.
+    ///
+    /// # Errors
+    /// [`XsCallError`].
+    pub fn call(
+        &mut self,
+        io: &mut impl XsIo,
+        msg_type: u32,
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<usize, XsCallError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|l| *l <= PAYLOAD_MAX)
+            .ok_or(XsCallError::RequestTooLong)?;
+        let req_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let header = header_bytes(&MsgHeader {
+            msg_type,
+            req_id,
+            tx_id: 0,
+            len,
+        });
+        for part in core::iter::once(&header[..]).chain(parts.iter().copied()) {
+            let mut sent = 0;
+            while sent < part.len() {
+                let n = self.front.write(&part[sent..]).map_err(XsCallError::Ring)?;
+                if n > 0 {
+                    io.notify();
+                    sent += n;
+                } else {
+                    io.wait();
+                    self.poll()?;
+                }
+            }
+        }
+        loop {
+            if let Some(n) = self.drain(Some(req_id), out)? {
+                return Ok(n);
+            }
+            io.wait();
+        }
+    }
+}
+
 /// The 16 header bytes of a message.
 pub fn header_bytes(h: &MsgHeader) -> [u8; HEADER] {
     let mut out = [0u8; HEADER];
@@ -328,6 +472,81 @@ mod tests {
         let mut back = XsBack::new(Arc::clone(&page)).unwrap();
         page.store_release_u32(layout::REQ_PROD, 2000).unwrap();
         assert!(matches!(back.next_request(), Err(XsError::Overrun { .. })));
+    }
+
+    /// A store scripted in the test: answers each request with `reply(header, payload)`.
+    struct Scripted<F> {
+        back: XsBack<Arc<VecMem>>,
+        reply: F,
+        notified: u32,
+    }
+
+    impl<F: FnMut(MsgHeader, &[u8]) -> Vec<u8>> XsIo for Scripted<F> {
+        fn notify(&mut self) {
+            self.notified += 1;
+        }
+        fn wait(&mut self) {
+            while let Some((h, p)) = self.back.next_request().unwrap() {
+                let p = p.to_vec();
+                let r = (self.reply)(h, &p);
+                assert_eq!(self.back.write(&r).unwrap(), r.len());
+            }
+        }
+    }
+
+    #[test]
+    fn client_calls_and_counts_watch_events() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut client = XsClient::new(Arc::clone(&page)).unwrap();
+        let mut io = Scripted {
+            back: XsBack::new(Arc::clone(&page)).unwrap(),
+            notified: 0,
+            reply: |h: MsgHeader, p: &[u8]| -> Vec<u8> {
+                let mut out = Vec::new();
+                if h.msg_type == layout::XS_WATCH {
+                    out.extend(msg(layout::XS_WATCH, h.req_id, b"OK\0"));
+                    out.extend(msg(layout::XS_WATCH_EVENT, 0, b"control/shutdown\0tok\0"));
+                } else if p == b"missing\0" {
+                    out.extend(msg(layout::XS_ERROR, h.req_id, b"ENOENT\0"));
+                } else {
+                    // A stale reply first, which the client must skip.
+                    out.extend(msg(XS_READ, h.req_id.wrapping_add(100), b"stale"));
+                    out.extend(msg(XS_READ, h.req_id, b"poweroff"));
+                }
+                out
+            },
+        };
+        let mut buf = [0u8; 64];
+        let n = client
+            .call(
+                &mut io,
+                layout::XS_WATCH,
+                &[b"control/shutdown\0", b"tok\0"],
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(&buf[..n], b"OK\0");
+        client.poll().unwrap();
+        assert_eq!(client.watch_events(), 1);
+        assert_eq!(client.last_token(), b"tok");
+        let n = client
+            .call(&mut io, XS_READ, &[b"control/shutdown\0"], &mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], b"poweroff");
+        let e = client
+            .call(&mut io, XS_READ, &[b"missing\0"], &mut buf)
+            .unwrap_err();
+        assert!(matches!(e, XsCallError::Store(name) if name.starts_with(b"ENOENT")));
+        assert!(matches!(
+            client.call(&mut io, XS_READ, &[b"control/shutdown\0"], &mut [0u8; 2]),
+            Err(XsCallError::TooLong)
+        ));
+        assert!(io.notified >= 4);
+        let big = [b'x'; 5000];
+        assert_eq!(
+            client.call(&mut io, XS_WRITE, &[&big], &mut buf),
+            Err(XsCallError::RequestTooLong)
+        );
     }
 
     proptest::proptest! {
