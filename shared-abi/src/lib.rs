@@ -73,6 +73,7 @@ pub mod control;
 pub mod cpuid;
 pub mod errno;
 pub mod event_channel;
+pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
 pub mod io;
