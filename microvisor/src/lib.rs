@@ -19,6 +19,7 @@ pub mod dom0_pci;
 pub mod domain;
 pub mod elf;
 pub mod exit;
+pub mod grant;
 pub mod guest_walk;
 pub mod hypercall;
 pub mod lifecycle;
