@@ -76,11 +76,19 @@ pub(crate) enum Guest {
     Bench,
     /// Runs until stopped, printing a counter every second of guest time.
     Spin,
+    /// Echoes its PV console input back until destroyed.
+    Echo,
 }
 
 impl Guest {
     /// Every guest, in build order.
-    pub(crate) const ALL: [Guest; 4] = [Guest::Hello, Guest::Hostile, Guest::Bench, Guest::Spin];
+    pub(crate) const ALL: [Guest; 5] = [
+        Guest::Hello,
+        Guest::Hostile,
+        Guest::Bench,
+        Guest::Spin,
+        Guest::Echo,
+    ];
 
     /// Package and bin name.
     pub(crate) fn name(self) -> &'static str {
@@ -89,6 +97,7 @@ impl Guest {
             Guest::Hostile => "hostile",
             Guest::Bench => "bench",
             Guest::Spin => "spinner",
+            Guest::Echo => "echo",
         }
     }
 

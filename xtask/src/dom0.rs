@@ -156,6 +156,7 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
         build::Guest::Hello,
         build::Guest::Spin,
         build::Guest::Hostile,
+        build::Guest::Echo,
     ];
     let artifacts: Vec<_> = examples
         .iter()

@@ -4,6 +4,10 @@
 //! unknown hypercall returns `-ENOSYS`, reports RAM from the memory map, and powers off.
 //! Without a hypervisor (bare QEMU) it says so, reports RAM, and powers off.
 //!
+//! When the domain has a PV console (a DomU built by Dom0), everything it prints goes to
+//! the console ring (`dom0 logs hello`); otherwise (boot-time DomUs) to `console_io`, the
+//! microvisor log, as before.
+//!
 //! With `wait-for-dom0` on its command line it then waits, before powering off, until
 //! domain 0 writes [`RELEASE_MAGIC`] into its memory at guest-physical
 //! [`RELEASE_GPA`] through a foreign mapping (the Dom0 scenario tests use this to exercise
@@ -11,6 +15,7 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::console::{self, PvStatus};
 use guest_rt::fmt::{HypercallRet, Size};
 use guest_rt::shared_abi::Errno;
 use guest_rt::shared_abi::guest::{hypercall_raw, xen_features, xen_version};
@@ -27,7 +32,15 @@ const RELEASE_GPA: u64 = 0x2000;
 const RELEASE_MAGIC: u64 = 0x4F47_564D;
 
 fn main(boot: &BootInfo) -> ShutdownReason {
+    let pv = console::init_pv();
     println!("Hello, world! from a PVH guest on the microvisor");
+    match pv {
+        Ok(PvStatus::Active { paddr, port }) => {
+            println!("hello: PV console ring at {paddr:#x}, event channel {port}");
+        }
+        Ok(PvStatus::Absent) => {}
+        Err(e) => println!("hello: PV console unusable ({e}); printing through console_io"),
+    }
     let ok = match guest_rt::xen_cpuid_base() {
         Some(base) => {
             println!("hello: Xen CPUID leaves at {base:#x}");

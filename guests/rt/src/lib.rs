@@ -35,6 +35,24 @@
 //! [`ShutdownReason::Crash`]; so does a panic (`panic: <location> <message>`).
 //! [`expect_fault`] runs code that must fault and returns the fault instead.
 //!
+//! ## Events, time and the PV console (opt-in)
+//!
+//! Nothing of this runs unless the guest asks for it, so guests that do not (`hostile`,
+//! `bench`) keep interrupts disabled and print through `console_io` as before.
+//!
+//! - [`console::init_pv`]: if the domain has a PV console (`HVM_PARAM_CONSOLE_PFN` is not
+//!   0), sets up events and sends `print!`/`println!` to the console ring; otherwise changes
+//!   nothing. [`console::read`] / [`console::read_blocking`] read its input. Panics,
+//!   exceptions and shutdown messages always go to `console_io` too (the emergency path,
+//!   which never waits on the ring).
+//! - [`events::init`]: places `shared_info`, installs the upcall vector, binds
+//!   `VIRQ_TIMER`, enables interrupts; [`events::wait_for_event`] blocks until an event.
+//! - [`time::now_ns`] (pvclock system time, TSC fallback), [`time::sleep_until`] /
+//!   [`time::sleep_ns`] (blocked on the timer when events are set up, spinning otherwise).
+//!
+//! When `main` returns, the runtime waits (at most about a second) until the console
+//! back-end has consumed the queued output, then shuts down.
+//!
 //! ## Without a hypervisor
 //!
 //! When the Xen CPUID signature is absent (plain QEMU), the console falls back to QEMU's
@@ -46,7 +64,9 @@
 //!
 //! Everything outside [`arch`], the console and the runtime core is plain Rust that builds
 //! and is unit-tested on the host (`cargo test -p guest-rt`): command-line parsing, the
-//! memory map, boot-info validation, formatting, statistics, fault-probe bookkeeping.
+//! memory map, boot-info validation, formatting, statistics, fault-probe bookkeeping, the
+//! `shared_info` layout and pvclock read, the upcall's 2-level scan, the PV console's
+//! write/wait/flush logic and page checks.
 #![no_std]
 
 #[cfg(any(test, not(target_os = "none")))]
@@ -54,12 +74,16 @@ extern crate std;
 
 pub mod boot;
 pub mod cmdline;
+pub mod events;
 pub mod exception;
 pub mod fmt;
 pub mod hv;
 pub mod memmap;
 pub mod probe;
+pub mod pvconsole;
+pub mod shared_info;
 pub mod stats;
+pub mod time;
 
 #[cfg(not(target_os = "none"))]
 pub mod build;
@@ -85,7 +109,8 @@ pub use rt::__rt_main;
 #[cfg(target_os = "none")]
 pub use rt::{GuestMain, hypervisor_present, shutdown, xen_cpuid_base};
 
-/// Prints to the console (hypervisor console, or port 0xE9 without a hypervisor).
+/// Prints to the console (the PV console ring once [`console::init_pv`] found one, else
+/// the hypervisor console, or port 0xE9 without a hypervisor).
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {
@@ -93,7 +118,7 @@ macro_rules! print {
     };
 }
 
-/// Prints a line to the console (hypervisor console, or port 0xE9 without a hypervisor).
+/// Prints a line to the console (see [`print!`]).
 #[macro_export]
 macro_rules! println {
     () => {

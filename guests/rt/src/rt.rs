@@ -41,10 +41,17 @@ pub fn hypervisor_present() -> bool {
 
 /// Shuts the domain down with `reason` and never returns.
 ///
+/// First gives the PV console's back-end a bounded time to take queued output
+/// ([`crate::console::flush`]); from then on the console only uses the emergency path.
+///
 /// Under a hypervisor: `sched_op(SCHEDOP_shutdown)`. Without one: writes 0x10 (poweroff)
 /// or 0x11 (anything else) to QEMU's `isa-debug-exit` port. If either returns, the vCPU
 /// halts forever.
 pub fn shutdown(reason: ShutdownReason) -> ! {
+    // Let the PV console back-end take what is queued (bounded; skipped on the emergency
+    // path), then never wait on the ring again.
+    crate::console::flush();
+    crate::console::emergency();
     if hypervisor_present() {
         let err = sched_shutdown(reason);
         println!(
@@ -71,6 +78,7 @@ static FATAL_DEPTH: AtomicU32 = AtomicU32::new(0);
 
 /// Reports an unexpected exception and crashes the domain.
 pub(crate) fn fatal_exception(frame: &ExceptionFrame) -> ! {
+    crate::console::emergency();
     match FATAL_DEPTH.fetch_add(1, Ordering::Relaxed) {
         0 => {
             let vector = u8::try_from(frame.vector).unwrap_or(u8::MAX);
@@ -95,6 +103,7 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    crate::console::emergency();
     if !PANICKING.swap(true, Ordering::Relaxed) {
         match info.location() {
             Some(loc) => println!("panic: {loc} {}", info.message()),

@@ -1,42 +1,42 @@
 //! spinner: runs until stopped, printing a counter once per second of guest time.
 //!
-//! Guest time is the TSC, at the frequency the hypervisor reports in CPUID leaf
-//! `base + 3` (ECX, kHz). The guest never halts, so it keeps its pCPU busy: the DomU to
-//! watch preemption, pause and unpause with. After a pause it resumes counting from where it
+//! With events (a DomU built by Dom0, or any domain whose hypervisor implements them),
+//! guest time is the pvclock system time and the guest sleeps on the single-shot timer
+//! between prints, blocked and off its pCPU; its output goes to the PV console ring when
+//! it has one (`dom0 logs spin`). Without events it falls back to what it always did: the
+//! TSC at the frequency the hypervisor reports in CPUID leaf `base + 3` (ECX, kHz), busy
+//! waiting, so it keeps its pCPU busy. After a pause it resumes counting from where it
 //! stopped, one line per second, without catching up.
 #![no_std]
 #![no_main]
 
-use guest_rt::arch::cpu::{cpuid, rdtsc_fenced};
-use guest_rt::{BootInfo, ShutdownReason, println};
+use guest_rt::console::{self, PvStatus};
+use guest_rt::time::{self, Clock, NS_PER_SEC, deadline_after};
+use guest_rt::{BootInfo, ShutdownReason, events, println};
 
 guest_rt::entry!(main);
 
-/// TSC ticks per second used when the hypervisor does not say (no Xen leaves).
-const FALLBACK_TSC_KHZ: u64 = 1_000_000;
-
-fn tsc_khz() -> u64 {
-    match guest_rt::xen_cpuid_base() {
-        Some(base) => match u64::from(cpuid(base + 3, 0).ecx) {
-            0 => FALLBACK_TSC_KHZ,
-            khz => khz,
-        },
-        None => FALLBACK_TSC_KHZ,
-    }
-}
-
 fn main(_boot: &BootInfo) -> ShutdownReason {
-    let second = tsc_khz() * 1000;
-    println!("spinner: counting once per second of guest time");
+    let pv = console::init_pv();
+    // The timer needs events even without a console.
+    let have_events = guest_rt::hypervisor_present() && events::init().is_ok();
+    let how = match (time::clock(), have_events && events::timer_port().is_some()) {
+        (Clock::Pvclock, true) => "pvclock, sleeping on the timer",
+        (Clock::Pvclock, false) => "pvclock, busy-waiting",
+        (Clock::Tsc, _) => "TSC, busy-waiting",
+    };
+    println!("spinner: counting once per second of guest time ({how})");
+    if let Err(e) = pv {
+        println!("spinner: PV console unusable ({e}); printing through console_io");
+    } else if let Ok(PvStatus::Active { port, .. }) = pv {
+        println!("spinner: PV console on event channel {port}");
+    }
     let mut count: u64 = 0;
-    let mut next = rdtsc_fenced() + second;
+    let mut next = deadline_after(time::now_ns(), NS_PER_SEC);
     loop {
-        let now = rdtsc_fenced();
-        if now >= next {
-            count += 1;
-            println!("spin: {count}");
-            next = now + second;
-        }
-        core::hint::spin_loop();
+        time::sleep_until(next);
+        count += 1;
+        println!("spin: {count}");
+        next = deadline_after(time::now_ns(), NS_PER_SEC);
     }
 }

@@ -1,4 +1,4 @@
-//! CPU instructions: CPUID, the TSC, MSRs, CR2, halting.
+//! CPU instructions: CPUID, the TSC, MSRs, CR2, interrupts, halting.
 
 use core::arch::asm;
 
@@ -110,4 +110,47 @@ pub fn halt_forever() -> ! {
         // returns except on NMI/SMI, and the loop halts again.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
     }
+}
+
+/// Sets `RFLAGS.IF` (`sti`). Only [`crate::events`] enables interrupts, once the upcall
+/// vector's gate is installed; every vector that can then be raised has a handler.
+///
+/// A `nop` follows the `sti`, so an interrupt that is already pending is taken before this
+/// function returns (`sti` delays interrupts by one instruction).
+#[inline(always)]
+pub(crate) fn enable_interrupts() {
+    // SAFETY: STI at CPL 0 only sets IF. The runtime's IDT has a gate for every vector
+    // that can be raised once events are set up (exceptions and the callback vector), and
+    // the handlers preserve every register; the asm is a compiler barrier (no `nomem`),
+    // so memory the handler writes is re-read afterwards.
+    unsafe { asm!("sti", "nop", options(nostack)) };
+}
+
+/// Clears `RFLAGS.IF` (`cli`): the upcall handler cannot run until the next
+/// [`enable_interrupts`].
+#[inline(always)]
+pub(crate) fn disable_interrupts() {
+    // SAFETY: CLI at CPL 0 only clears IF; it is a compiler barrier (no `nomem`) so no
+    // memory access moves across it.
+    unsafe { asm!("cli", options(nostack)) };
+}
+
+/// `sti; hlt`: enables interrupts and halts until the next one, with no window between
+/// the two (`sti` holds off interrupts for exactly one instruction, the `hlt`). A caller
+/// that checked for work with interrupts disabled therefore cannot miss a wakeup.
+#[inline(always)]
+pub(crate) fn enable_interrupts_and_halt() {
+    // SAFETY: as for `enable_interrupts`; HLT at CPL 0 only stops the vCPU until the next
+    // interrupt, whose handler runs and returns here.
+    unsafe { asm!("sti", "hlt", options(nostack)) };
+}
+
+/// Whether `RFLAGS.IF` is set.
+#[inline(always)]
+pub fn interrupts_enabled() -> bool {
+    let rflags: u64;
+    // SAFETY: PUSHFQ; POP reads RFLAGS through the stack slot it pushes and pops; no other
+    // memory is touched.
+    unsafe { asm!("pushfq", "pop {}", out(reg) rflags, options(nomem, preserves_flags)) };
+    rflags & (1 << 9) != 0
 }

@@ -1,18 +1,22 @@
-//! Exception handling: 32 entry stubs, the IDT, and the dispatcher.
+//! Exception handling: 32 entry stubs, the event-channel upcall stub, the IDT, and the
+//! dispatcher.
 //!
 //! Every stub pushes a dummy error code when the CPU does not push one, then the vector,
 //! and jumps to a common path that saves all general-purpose registers, calls
 //! [`dispatch`] with a pointer to the resulting [`ExceptionFrame`], restores the registers
 //! (possibly modified) and returns with IRETQ. `guest_rt_isr_table` lists the stubs'
-//! addresses.
+//! addresses; `guest_rt_upcall_stub` is the stub of
+//! [`CALLBACK_VECTOR`](crate::events::CALLBACK_VECTOR).
 //!
-//! Exceptions run on the interrupted stack (there is no TSS, hence no IST). Vectors 32–255
-//! are not present: interrupts are never enabled.
+//! Handlers run on the interrupted stack (there is no TSS, hence no IST; the target has no
+//! red zone). The IDT has 256 entries; vectors 32–255 are not present except the callback
+//! vector, whose gate [`install_callback_gate`] adds when the guest opts into events.
 
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 
 use crate::arch::entry::CODE64_SELECTOR;
+use crate::events::CALLBACK_VECTOR;
 use crate::exception::{ERROR_CODE_VECTORS, EXCEPTION_VECTORS};
 use crate::probe::FAULT_PROBE;
 
@@ -40,6 +44,14 @@ global_asm!(
     "jmp guest_rt_isr_common",
     "guest_rt_isr_vector = guest_rt_isr_vector + 1",
     ".endr",
+    //
+    // The event-channel upcall: an external interrupt, so no error code.
+    ".balign 16",
+    ".globl guest_rt_upcall_stub",
+    "guest_rt_upcall_stub:",
+    "pushq $0",
+    "pushq ${callback_vector}",
+    "jmp guest_rt_isr_common",
     //
     "guest_rt_isr_common:",
     "pushq %r15",
@@ -82,6 +94,7 @@ global_asm!(
     ".popsection",
     vectors = const EXCEPTION_VECTORS,
     error_code_vectors = const ERROR_CODE_VECTORS,
+    callback_vector = const CALLBACK_VECTOR,
     dispatch = sym dispatch,
     options(att_syntax),
 );
@@ -89,6 +102,8 @@ global_asm!(
 unsafe extern "C" {
     /// Address of the stub of each vector, emitted by the assembly above.
     static guest_rt_isr_table: [u64; EXCEPTION_VECTORS];
+    /// The stub of the callback vector (code; only its address is used).
+    static guest_rt_upcall_stub: u8;
 }
 
 /// The state saved on exception entry, in stack order (lowest address first).
@@ -146,6 +161,10 @@ const _: () = assert!(core::mem::offset_of!(ExceptionFrame, rip) == 17 * 8);
 
 /// Called by the common stub with the saved frame, on the interrupted stack.
 extern "C" fn dispatch(frame: &mut ExceptionFrame) {
+    if frame.vector == u64::from(CALLBACK_VECTOR) {
+        crate::events::upcall();
+        return;
+    }
     let vector = u8::try_from(frame.vector).unwrap_or(u8::MAX);
     if let Some(len) = FAULT_PROBE.on_exception(vector, frame.error_code, frame.rip) {
         frame.rip = frame.rip.wrapping_add(u64::from(len));
@@ -200,16 +219,21 @@ struct DescriptorTablePointer {
     base: u64,
 }
 
-type Idt = [IdtEntry; EXCEPTION_VECTORS];
+/// Number of IDT entries: every vector.
+const IDT_ENTRIES: usize = 256;
+
+type Idt = [IdtEntry; IDT_ENTRIES];
 
 /// The IDT's storage.
 struct IdtStorage(UnsafeCell<Idt>);
 
-// SAFETY: there is one vCPU, and the table is written only by `install`, which runs with
-// interrupts disabled and no exception handler active (it is called once at boot).
+// SAFETY: there is one vCPU. The table is written only by `install` (once at boot, with
+// interrupts disabled and no handler active) and by `install_callback_gate` (with
+// interrupts disabled, writing only the callback vector's entry, which no handler reads;
+// exception handlers never touch the table). No Rust reference to it is ever formed.
 unsafe impl Sync for IdtStorage {}
 
-static IDT: IdtStorage = IdtStorage(UnsafeCell::new([IdtEntry::MISSING; EXCEPTION_VECTORS]));
+static IDT: IdtStorage = IdtStorage(UnsafeCell::new([IdtEntry::MISSING; IDT_ENTRIES]));
 
 /// Fills the IDT with the 32 exception stubs and loads it.
 pub(crate) fn install() {
@@ -217,7 +241,10 @@ pub(crate) fn install() {
     // one 8-byte address per vector (the `.rept` runs EXCEPTION_VECTORS times); it is
     // never written.
     let stubs = unsafe { guest_rt_isr_table };
-    let table = stubs.map(IdtEntry::interrupt_gate);
+    let mut table = [IdtEntry::MISSING; IDT_ENTRIES];
+    for (entry, stub) in table.iter_mut().zip(stubs) {
+        *entry = IdtEntry::interrupt_gate(stub);
+    }
     let idt = IDT.0.get();
     // SAFETY: `idt` points to the static table, valid for writes; see `IdtStorage`'s Sync
     // argument for why no other reference to it exists while we write.
@@ -231,4 +258,18 @@ pub(crate) fn install() {
     unsafe {
         core::arch::asm!("lidt [{}]", in(reg) &raw const pointer, options(readonly, nostack, preserves_flags));
     }
+}
+
+/// Adds the interrupt gate of `vector` (the event-channel callback vector) to the loaded
+/// IDT. Call it with interrupts disabled, before the vector can be raised.
+pub(crate) fn install_callback_gate(vector: u8) {
+    debug_assert!(!crate::arch::cpu::interrupts_enabled());
+    let stub = (&raw const guest_rt_upcall_stub).addr() as u64;
+    let idt = IDT.0.get().cast::<IdtEntry>();
+    let entry = idt.wrapping_add(usize::from(vector));
+    // SAFETY: `vector < 256 = IDT_ENTRIES`, so `entry` is inside the static table, valid
+    // and aligned for writes; interrupts are off and only this entry is written (see
+    // `IdtStorage`'s Sync argument). The table is already loaded, so the gate takes effect
+    // at once.
+    unsafe { entry.write(IdtEntry::interrupt_gate(stub)) };
 }

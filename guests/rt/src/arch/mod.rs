@@ -3,14 +3,15 @@
 //!
 //! - [`entry`]: the PVH note and the 32-bit entry that switches to long mode;
 //! - [`paging`]: the identity page tables (0..4 GiB, 2 MiB pages) and their builder;
-//! - [`idt`]: the exception stubs and IDT;
+//! - [`idt`]: the exception stubs, the event-channel upcall stub, and the IDT;
 //! - [`port`]: port I/O;
 //! - [`cpu`]: CPUID, TSC, MSRs, control registers, halt;
 //! - [`phys`]: reads of guest-physical memory through the identity map.
 //!
-//! Assumptions, for every module here: CPL 0, one vCPU, interrupts disabled for the life
-//! of the guest (nothing ever sets RFLAGS.IF), one address space that identity-maps
-//! guest-physical 0..4 GiB.
+//! Assumptions, for every module here: CPL 0, one vCPU, one address space that
+//! identity-maps guest-physical 0..4 GiB. Interrupts stay disabled unless the guest opts
+//! into events ([`crate::events::init`]): only then, after the callback vector's gate is
+//! installed, is RFLAGS.IF set, and the only interrupt ever raised is that upcall.
 
 pub mod cpu;
 pub(crate) mod entry;
