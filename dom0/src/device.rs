@@ -29,7 +29,9 @@ use tokio::io::unix::AsyncFd;
 use shared_abi::control::CONTROL_VERSION;
 use shared_abi::control::ioctl::{IOCTL_CONTROL, IOCTL_TYPE, IoctlControl};
 
-use crate::microvisor::{Microvisor, WindowMap};
+use pv_drivers::{MappedMem, MemError, SharedMem};
+
+use crate::microvisor::{Microvisor, PageMap, WindowMap};
 
 /// Default path of the device node.
 pub const DEVICE_PATH: &str = "/dev/microvisor";
@@ -496,6 +498,75 @@ impl WindowMap for Mapping {
     }
 }
 
+/// One foreign-window slot mapped read-write and shared, reached only through
+/// [`SharedMem`] ([`pv_drivers::MappedMem`]): for ring pages the other domain writes while
+/// dom0d reads them. The process mapping is removed when this is dropped.
+#[derive(Debug)]
+pub struct SharedPage {
+    /// Declared before `mapping`, so it is dropped first (it holds no resources, but it
+    /// must never outlive the mapping it points into).
+    mem: MappedMem,
+    /// Owned only to keep the mapping alive (and unmap it on drop).
+    _mapping: Mapping,
+}
+
+// SAFETY: `SharedPage` owns its mapping (a pointer and a length that no other value in
+// the program uses) and reaches it only through `MappedMem`, whose accesses are volatile
+// or atomic and whose contract already allows concurrent writers (the other domain), so
+// moving it to another thread adds no hazard.
+unsafe impl Send for SharedPage {}
+// SAFETY: as for `Send`: `&SharedPage` only permits `MappedMem`'s volatile/atomic
+// accesses, which may overlap with any other agent's.
+unsafe impl Sync for SharedPage {}
+
+impl SharedPage {
+    /// Wraps a one-slot read-write shared `mapping`.
+    fn new(mapping: Mapping) -> Result<Self, i32> {
+        let base = core::ptr::NonNull::new(mapping.ptr).ok_or(EINVAL)?;
+        if !mapping.writable {
+            return Err(EINVAL);
+        }
+        // SAFETY: `MappedMem::new`'s contract, for as long as the `MappedMem` lives:
+        // 1. `base..base + len` is exactly the range `mmap` returned (read-write, one
+        //    mapping), mapped until `mapping` is dropped, which happens only after `mem`
+        //    (field order) since both live in this struct and neither is handed out;
+        // 2. nothing else in the program touches those bytes: the `Mapping`'s own
+        //    accessors are not used once it is inside a `SharedPage`, and no reference
+        //    into the mapping is ever formed;
+        // 3. the mapping is unmapped only by `mapping`'s drop, after `mem` is gone.
+        // A slot that holds no frame faults on access and the kernel kills the process;
+        // callers map only slots that `ForeignMap` filled.
+        let mem = unsafe { MappedMem::new(base, mapping.len) };
+        Ok(Self {
+            mem,
+            _mapping: mapping,
+        })
+    }
+}
+
+impl SharedMem for SharedPage {
+    fn len(&self) -> usize {
+        self.mem.len()
+    }
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.mem.read_bytes(offset, buf)
+    }
+    fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
+        self.mem.write_bytes(offset, data)
+    }
+    fn load_acquire_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.mem.load_acquire_u32(offset)
+    }
+    fn store_release_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.mem.store_release_u32(offset, value)
+    }
+    fn full_fence(&self) {
+        self.mem.full_fence();
+    }
+}
+
+impl PageMap for SharedPage {}
+
 impl Microvisor for Device {
     fn control(&self, op: u64, arg: u64, buf: &mut [u8]) -> Result<u64, i32> {
         self.raw(RawCall {
@@ -511,5 +582,10 @@ impl Microvisor for Device {
     fn map_window(&self, first_slot: u64, pages: usize) -> Result<Box<dyn WindowMap + '_>, i32> {
         let mapping = self.map_slots(first_slot, pages, Access::ReadWrite, Sharing::Shared)?;
         Ok(Box::new(mapping))
+    }
+
+    fn map_page(&self, slot: u64) -> Result<Arc<dyn PageMap>, i32> {
+        let mapping = self.map_slots(slot, 1, Access::ReadWrite, Sharing::Shared)?;
+        Ok(Arc::new(SharedPage::new(mapping)?))
     }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use shared_abi::control::EVENT_DOMAIN_STATE;
+use shared_abi::control::{EVENT_DOMAIN_STATE, EVENT_EVTCHN};
 
 use crate::device::EventFd;
 use crate::log::{self, Level};
@@ -55,15 +55,18 @@ pub fn decode_mask(bytes: &[u8]) -> Result<u64, MaskError> {
     }
 }
 
-/// What a mask says, for the log: `domain state changed`, plus `unknown bits 0x..` for
-/// bits this dom0d does not know.
+/// What a mask says, for the log: `domain state changed`, `event channels pending`, plus
+/// `unknown bits 0x..` for bits this dom0d does not know.
 #[must_use]
 pub fn describe(mask: u64) -> String {
     let mut parts = Vec::new();
     if mask & EVENT_DOMAIN_STATE != 0 {
         parts.push("domain state changed".to_owned());
     }
-    let unknown = mask & !EVENT_DOMAIN_STATE;
+    if mask & EVENT_EVTCHN != 0 {
+        parts.push("event channels pending".to_owned());
+    }
+    let unknown = mask & !(EVENT_DOMAIN_STATE | EVENT_EVTCHN);
     if unknown != 0 {
         parts.push(format!("unknown bits {unknown:#x}"));
     }
@@ -78,8 +81,12 @@ pub fn describe(mask: u64) -> String {
 #[derive(Debug)]
 pub struct EventMonitor {
     inner: Mutex<Inner>,
-    /// Notified by [`EventMonitor::record`], for the sweeps of `on_*` actions.
+    /// Notified by [`EventMonitor::record`] for a mask with any bit but `EVENT_EVTCHN`,
+    /// for the sweeps of `on_*` actions.
     changed: tokio::sync::Notify,
+    /// Notified by [`EventMonitor::record`] for a mask with `EVENT_EVTCHN`, for the task
+    /// that takes the pending ports.
+    evtchn: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -102,6 +109,7 @@ impl EventMonitor {
                 last: None,
             }),
             changed: tokio::sync::Notify::new(),
+            evtchn: tokio::sync::Notify::new(),
         }
     }
 
@@ -136,14 +144,25 @@ impl EventMonitor {
         inner.last = Some((unix_ms, Instant::now()));
         let count = inner.count;
         drop(inner);
-        self.changed.notify_one();
+        if mask & !EVENT_EVTCHN != 0 {
+            self.changed.notify_one();
+        }
+        if mask & EVENT_EVTCHN != 0 {
+            self.evtchn.notify_one();
+        }
         count
     }
 
-    /// Waits until [`Self::record`] is called (returns at once if it was called since the
-    /// last wait ended).
+    /// Waits until [`Self::record`] is called with a mask that has a bit other than
+    /// `EVENT_EVTCHN` (returns at once if that happened since the last wait ended).
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Waits until [`Self::record`] is called with `EVENT_EVTCHN` in the mask (returns at
+    /// once if that happened since the last wait ended).
+    pub async fn evtchn(&self) {
+        self.evtchn.notified().await;
     }
 
     /// The report for [`Request::Events`](crate::proto::Request::Events), ages counted
@@ -198,8 +217,14 @@ pub async fn listen(mut fd: EventFd, monitor: Arc<EventMonitor>) {
             Ok(n) => match decode_mask(&buf[..n]) {
                 Ok(mask) => {
                     let count = monitor.record(mask);
+                    // Console traffic raises EVENT_EVTCHN all the time: only at debug.
+                    let level = if mask == EVENT_EVTCHN {
+                        Level::Debug
+                    } else {
+                        Level::Info
+                    };
                     log::limited(
-                        Level::Info,
+                        level,
                         format_args!("event: {} (mask {mask:#x}, {count} so far)", describe(mask)),
                     );
                 }
@@ -243,6 +268,10 @@ mod tests {
     fn masks_are_described() {
         assert_eq!(describe(EVENT_DOMAIN_STATE), "domain state changed");
         assert_eq!(
+            describe(EVENT_DOMAIN_STATE | EVENT_EVTCHN),
+            "domain state changed, event channels pending"
+        );
+        assert_eq!(
             describe(EVENT_DOMAIN_STATE | 0x30),
             "domain state changed, unknown bits 0x30"
         );
@@ -265,6 +294,19 @@ mod tests {
             (r.status, r.count, r.last_mask),
             (EventStatus::Listening, 2, 3)
         );
+        // Each mask wakes the waiters its bits concern.
+        let rt = runtime();
+        rt.block_on(async {
+            let soon = Duration::from_millis(50);
+            assert!(tokio::time::timeout(soon, m.changed()).await.is_ok());
+            assert!(tokio::time::timeout(soon, m.evtchn()).await.is_ok());
+            m.record(EVENT_EVTCHN);
+            assert!(tokio::time::timeout(soon, m.changed()).await.is_err());
+            assert!(tokio::time::timeout(soon, m.evtchn()).await.is_ok());
+            m.record(EVENT_DOMAIN_STATE);
+            assert!(tokio::time::timeout(soon, m.evtchn()).await.is_err());
+            assert!(tokio::time::timeout(soon, m.changed()).await.is_ok());
+        });
         assert!(r.last_unix_ms.is_some_and(|ms| ms > 1_600_000_000_000));
         assert!(r.last_age_ms.is_some_and(|ms| ms < 10_000));
     }

@@ -22,20 +22,41 @@
 //! As in the microvisor, a frame that is still mapped when its domain is destroyed stays
 //! allocated (out of the free memory) until its last slot is unmapped.
 //! [`FakeMicrovisor::fail_nth`] makes one particular call fail.
+//!
+//! Event channels follow "Event channels of domain 0" of the ABI: `EvtchnAllocUnbound`
+//! gives a DomU port (the lowest free one) unbound for domain 0, `EvtchnBindInterdomain`
+//! connects a new domain 0 port to it (`EINVAL` unless it is such an unbound port),
+//! `EvtchnSend` counts a notification for the DomU port ([`FakeMicrovisor::notified`]),
+//! `EvtchnClose` frees the domain 0 port and leaves the DomU port unbound again, and
+//! `EvtchnTakePending` hands out and clears the pending domain 0 ports, ascending. When a
+//! DomU sends ([`FakeMicrovisor::guest_send`]) on a port bound to domain 0, that port
+//! becomes pending and `EVENT_EVTCHN` is raised. Destroying a DomU frees its ports; domain
+//! 0's ports to it stay allocated, unbound, until closed. `DomainSetParam` keeps the four
+//! parameters the ABI names ([`FakeMicrovisor::param`]). Guest pages are shared memory
+//! ([`pv_drivers::VecMem`]): [`Microvisor::map_page`] maps a filled slot's frame, which
+//! stays alive while mapped, also after its domain is gone, and
+//! [`FakeMicrovisor::console_write`] plays a guest console front-end on the page named by
+//! `CONSOLE_PFN`.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use pv_drivers::console::ConsoleFront;
+use pv_drivers::{MemError, SharedMem, VecMem};
 use shared_abi::control::{
     CONTROL_VERSION, ControlOp, DOMAIN_FLAG_PRIVILEGED, DomainCreateRequest, DomainInfo,
-    DomainState, ForeignMapRequest, HostInfo, MAX_BUFFER, MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB,
-    VcpuEntry, fill_fixed_str, fixed_str,
+    DomainParam, DomainState, EVENT_EVTCHN, ForeignMapRequest, HostInfo, MAX_BUFFER,
+    MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fill_fixed_str, fixed_str,
+};
+use shared_abi::event_channel::MAX_PORTS;
+use shared_abi::hvm::{
+    HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::microvisor::{Microvisor, WindowMap};
+use crate::microvisor::{Microvisor, PageMap, WindowMap};
 
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
@@ -71,6 +92,9 @@ pub const FAKE_WINDOW_PAGES: u64 = 4096;
 /// The "operation" [`FakeMicrovisor::fail_nth`] uses for `mmap` of the window
 /// ([`Microvisor::map_window`]).
 pub const OP_MMAP: u64 = u64::MAX;
+/// The "operation" [`FakeMicrovisor::fail_nth`] uses for `mmap` of one shared page
+/// ([`Microvisor::map_page`]).
+pub const OP_MAP_PAGE: u64 = u64::MAX - 1;
 
 /// A filled foreign-window slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +106,51 @@ struct SlotEntry {
 }
 
 /// What the fake keeps of a domain beyond its record: whether it has run, its entry
-/// state, and the RAM pages written so far (absent pages are zero).
+/// state, its HVM parameters, and the RAM pages touched so far (absent pages are zero).
 #[derive(Debug, Default)]
 struct Guest {
     fresh: bool,
     entry: Option<VcpuEntry>,
-    pages: BTreeMap<u64, Box<[u8; 4096]>>,
+    params: BTreeMap<u32, u64>,
+    pages: BTreeMap<u64, Arc<VecMem>>,
+}
+
+impl Guest {
+    /// The page `gfn`, made (zeroed) on first use.
+    fn page(&mut self, gfn: u64) -> Arc<VecMem> {
+        Arc::clone(
+            self.pages
+                .entry(gfn)
+                .or_insert_with(|| Arc::new(VecMem::new(4096))),
+        )
+    }
+}
+
+/// A DomU port that domain 0 may bind or has bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DomuPort {
+    /// Allocated by `EvtchnAllocUnbound`, waiting for domain 0.
+    Unbound,
+    /// Connected to this domain 0 port.
+    Bound(u32),
+}
+
+/// The event channels between domain 0 and the DomUs.
+#[derive(Debug, Default)]
+struct Channels {
+    /// (domid, port) of DomU ports made for domain 0.
+    domu: BTreeMap<(u32, u32), DomuPort>,
+    /// Domain 0 ports and their peer (domid, port); `None` once the peer is gone.
+    dom0: BTreeMap<u32, Option<(u32, u32)>>,
+    /// Pending domain 0 ports.
+    pending: BTreeSet<u32>,
+    /// Notifications sent to each DomU port.
+    sent: BTreeMap<(u32, u32), u64>,
+}
+
+/// The lowest port in `1..MAX_PORTS` that `used` does not contain.
+fn free_port(used: impl Fn(u32) -> bool) -> Result<u32, i32> {
+    (1..MAX_PORTS).find(|&p| !used(p)).ok_or(ENOSPC)
 }
 
 /// A call [`FakeMicrovisor::fail_nth`] will fail.
@@ -109,6 +172,10 @@ pub struct FakeMicrovisor {
     slots: Mutex<BTreeMap<u64, SlotEntry>>,
     /// Guest state and RAM by domid.
     guests: Mutex<BTreeMap<u32, Guest>>,
+    /// Event channels with domain 0.
+    channels: Mutex<Channels>,
+    /// Pages mapped by [`Microvisor::map_page`] and not dropped yet.
+    page_maps: Arc<AtomicUsize>,
     /// Memory of domains created by `DomainCreate`, KiB, taken from the free memory.
     used_kib: AtomicU64,
     /// Largest domid `DomainCreate` hands out.
@@ -192,6 +259,8 @@ impl FakeMicrovisor {
             domains: Mutex::new(BTreeMap::new()),
             slots: Mutex::new(BTreeMap::new()),
             guests: Mutex::new(BTreeMap::new()),
+            channels: Mutex::new(Channels::default()),
+            page_maps: Arc::new(AtomicUsize::new(0)),
             used_kib: AtomicU64::new(0),
             domid_limit: AtomicU32::new(0x7FEF),
             injected: Mutex::new(Vec::new()),
@@ -265,6 +334,14 @@ impl FakeMicrovisor {
                 self.freed_kib
                     .fetch_add(d.mem_kib.saturating_sub(held_kib), Ordering::Relaxed);
                 self.lock_guests().remove(&domid);
+                let mut ch = self.lock_channels();
+                ch.domu.retain(|&(d, _), _| d != domid);
+                ch.sent.retain(|&(d, _), _| d != domid);
+                for peer in ch.dom0.values_mut() {
+                    if peer.is_some_and(|(d, _)| d == domid) {
+                        *peer = None;
+                    }
+                }
             }
         }
     }
@@ -377,6 +454,232 @@ impl FakeMicrovisor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_channels(&self) -> std::sync::MutexGuard<'_, Channels> {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The DomU `domid`, if it exists (`ESRCH` for domain 0 and unknown ids).
+    fn domu(&self, arg: u64) -> Result<(u32, DomainInfo), i32> {
+        let domid = u32::try_from(arg).map_err(|_| ESRCH)?;
+        if domid == 0 {
+            return Err(ESRCH);
+        }
+        let d = *self.lock_domains().get(&domid).ok_or(ESRCH)?;
+        Ok((domid, d))
+    }
+
+    /// `EvtchnAllocUnbound`.
+    fn evtchn_alloc_unbound(&self, arg: u64) -> Result<u64, i32> {
+        let (domid, _) = self.domu(arg)?;
+        let mut ch = self.lock_channels();
+        let port = free_port(|p| ch.domu.contains_key(&(domid, p)))?;
+        ch.domu.insert((domid, port), DomuPort::Unbound);
+        Ok(u64::from(port))
+    }
+
+    /// `EvtchnBindInterdomain`.
+    fn evtchn_bind(&self, arg: u64) -> Result<u64, i32> {
+        let (domid, _) = self.domu(arg >> 32)?;
+        let remote = u32::try_from(arg & 0xffff_ffff).map_err(|_| EINVAL)?;
+        let mut ch = self.lock_channels();
+        if ch.domu.get(&(domid, remote)) != Some(&DomuPort::Unbound) {
+            return Err(EINVAL);
+        }
+        let local = free_port(|p| ch.dom0.contains_key(&p))?;
+        ch.dom0.insert(local, Some((domid, remote)));
+        ch.domu.insert((domid, remote), DomuPort::Bound(local));
+        Ok(u64::from(local))
+    }
+
+    fn dom0_port(arg: u64, ch: &Channels) -> Result<u32, i32> {
+        u32::try_from(arg)
+            .ok()
+            .filter(|p| ch.dom0.contains_key(p))
+            .ok_or(EINVAL)
+    }
+
+    /// `EvtchnSend`: counted for the DomU port; dropped if the peer is gone.
+    fn evtchn_send(&self, arg: u64) -> Result<u64, i32> {
+        let mut ch = self.lock_channels();
+        let port = Self::dom0_port(arg, &ch)?;
+        if let Some(peer) = ch.dom0.get(&port).copied().flatten() {
+            *ch.sent.entry(peer).or_insert(0) += 1;
+        }
+        Ok(0)
+    }
+
+    /// `EvtchnClose`: the DomU port becomes unbound again.
+    fn evtchn_close(&self, arg: u64) -> Result<u64, i32> {
+        let mut ch = self.lock_channels();
+        let port = Self::dom0_port(arg, &ch)?;
+        if let Some(peer) = ch.dom0.remove(&port).flatten()
+            && let Some(p) = ch.domu.get_mut(&peer)
+        {
+            *p = DomuPort::Unbound;
+        }
+        ch.pending.remove(&port);
+        Ok(0)
+    }
+
+    /// `EvtchnTakePending`.
+    fn evtchn_take_pending(&self, arg: u64, buf: &mut [u8]) -> Result<u64, i32> {
+        if arg != 0 {
+            return Err(EINVAL);
+        }
+        if buf.len() < 4 {
+            return Err(ENOSPC);
+        }
+        let mut ch = self.lock_channels();
+        let mut n = 0u64;
+        for slot in buf.chunks_exact_mut(4) {
+            let Some(port) = ch.pending.pop_first() else {
+                break;
+            };
+            slot.copy_from_slice(&port.to_le_bytes());
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// `DomainSetParam`.
+    fn set_param(&self, arg: u64, buf: &[u8]) -> Result<u64, i32> {
+        let (domid, d) = self.domu(arg)?;
+        let raw = buf.get(..size_of::<DomainParam>()).ok_or(EINVAL)?;
+        let p = DomainParam::read_from_bytes(raw).map_err(|_| EINVAL)?;
+        if p.reserved != 0 {
+            return Err(EINVAL);
+        }
+        let ok = match p.index {
+            HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN => {
+                p.value.checked_mul(4096).is_some_and(|gpa| gpa < d.mem_kib * 1024)
+            }
+            HVM_PARAM_STORE_EVTCHN | HVM_PARAM_CONSOLE_EVTCHN => {
+                (1..u64::from(MAX_PORTS)).contains(&p.value)
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(EINVAL);
+        }
+        self.lock_guests()
+            .entry(domid)
+            .or_default()
+            .params
+            .insert(p.index, p.value);
+        Ok(0)
+    }
+
+    /// Test hook: DomU `domid` sends on its port `port`, as with `EVTCHNOP_send`: if the
+    /// port is bound to domain 0, that port becomes pending and `EVENT_EVTCHN` is raised.
+    /// Returns whether it reached domain 0.
+    pub fn guest_send(&self, domid: u32, port: u32) -> bool {
+        let mut ch = self.lock_channels();
+        match ch.domu.get(&(domid, port)) {
+            Some(&DomuPort::Bound(local)) => {
+                ch.pending.insert(local);
+                drop(ch);
+                self.raise(EVENT_EVTCHN);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// HVM parameter `index` of `domid`, as `DomainSetParam` set it.
+    #[must_use]
+    pub fn param(&self, domid: u32, index: u32) -> Option<u64> {
+        self.lock_guests()
+            .get(&domid)
+            .and_then(|g| g.params.get(&index).copied())
+    }
+
+    /// How many times domain 0 signalled DomU `domid`'s port `port`.
+    #[must_use]
+    pub fn notified(&self, domid: u32, port: u32) -> u64 {
+        self.lock_channels()
+            .sent
+            .get(&(domid, port))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Domain 0's allocated ports and their peers (`None` once the DomU is gone).
+    #[must_use]
+    pub fn dom0_ports(&self) -> Vec<(u32, Option<(u32, u32)>)> {
+        self.lock_channels()
+            .dom0
+            .iter()
+            .map(|(&p, &peer)| (p, peer))
+            .collect()
+    }
+
+    /// DomU `domid`'s ports made for domain 0, and whether each is bound.
+    #[must_use]
+    pub fn domu_ports(&self, domid: u32) -> Vec<(u32, bool)> {
+        self.lock_channels()
+            .domu
+            .iter()
+            .filter(|((d, _), _)| *d == domid)
+            .map(|(&(_, p), &s)| (p, s != DomuPort::Unbound))
+            .collect()
+    }
+
+    /// Pages mapped with [`Microvisor::map_page`] and not dropped yet.
+    #[must_use]
+    pub fn page_maps(&self) -> usize {
+        self.page_maps.load(Ordering::Relaxed)
+    }
+
+    /// The shared page `gfn` of DomU `domid` (made zeroed on first use); `None` if there
+    /// is no such domain or the frame is not in its RAM.
+    #[must_use]
+    pub fn guest_page(&self, domid: u32, gfn: u64) -> Option<Arc<VecMem>> {
+        let mem = self.lock_domains().get(&domid)?.mem_kib * 1024;
+        if gfn.checked_mul(4096)? >= mem {
+            return None;
+        }
+        Some(self.lock_guests().entry(domid).or_default().page(gfn))
+    }
+
+    /// The console page and port of `domid`, from its `CONSOLE_PFN`/`CONSOLE_EVTCHN`.
+    fn console_of(&self, domid: u32) -> Option<(ConsoleFront<Arc<VecMem>>, u32)> {
+        let pfn = self.param(domid, HVM_PARAM_CONSOLE_PFN)?;
+        let port = u32::try_from(self.param(domid, HVM_PARAM_CONSOLE_EVTCHN)?).ok()?;
+        let front = ConsoleFront::new(self.guest_page(domid, pfn)?).ok()?;
+        Some((front, port))
+    }
+
+    /// Test hook: DomU `domid`'s console front-end writes as much of `bytes` as fits in
+    /// the output ring and, if it wrote any, signals its console port. Returns how many
+    /// bytes it wrote; `None` if the domain has no console parameters or its ring is
+    /// broken.
+    #[must_use]
+    pub fn console_write(&self, domid: u32, bytes: &[u8]) -> Option<usize> {
+        let (mut front, port) = self.console_of(domid)?;
+        let n = front.write(bytes).ok()?;
+        if n > 0 {
+            self.guest_send(domid, port);
+        }
+        Some(n)
+    }
+
+    /// Test hook: DomU `domid`'s console front-end takes the input waiting in its ring
+    /// (signalling its port if there was any, as a front-end does to make room); `None`
+    /// without a console.
+    #[must_use]
+    pub fn console_read_input(&self, domid: u32) -> Option<Vec<u8>> {
+        let (mut front, port) = self.console_of(domid)?;
+        let mut buf = vec![0u8; 2048];
+        let n = front.read(&mut buf).ok()?;
+        buf.truncate(n);
+        if n > 0 {
+            self.guest_send(domid, port);
+        }
+        Some(buf)
+    }
+
     /// Makes the `nth` (1-based) next call of `op` (a `ControlOp` number, or [`OP_MMAP`])
     /// fail with `errno`, once. Several can be pending.
     pub fn fail_nth(&self, op: u64, nth: u32, errno: i32) {
@@ -444,7 +747,11 @@ impl FakeMicrovisor {
             let offset = usize::try_from(at % 4096).ok()?;
             let n = usize::try_from((end - at).min(4096 - at % 4096)).ok()?;
             match pages.and_then(|p| p.get(&(at / 4096))) {
-                Some(page) => out.extend_from_slice(&page[offset..offset + n]),
+                Some(page) => {
+                    let mut chunk = vec![0u8; n];
+                    page.read_bytes(offset, &mut chunk).ok()?;
+                    out.extend_from_slice(&chunk);
+                }
                 None => out.resize(out.len() + n, 0),
             }
             at += n as u64;
@@ -463,11 +770,14 @@ impl FakeMicrovisor {
     pub fn write_guest(&self, domid: u32, gpa: u64, bytes: &[u8]) {
         let mut guests = self.lock_guests();
         let g = guests.entry(domid).or_default();
-        for (i, b) in (gpa..).zip(bytes) {
-            g.pages
-                .entry(i / 4096)
-                .or_insert_with(|| Box::new([0; 4096]))[usize::try_from(i % 4096).unwrap_or(0)] =
-                *b;
+        let mut at = gpa;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let offset = usize::try_from(at % 4096).unwrap_or(0);
+            let (now, later) = rest.split_at(rest.len().min(4096 - offset));
+            let _ = g.page(at / 4096).write_bytes(offset, now);
+            at += now.len() as u64;
+            rest = later;
         }
     }
 
@@ -680,6 +990,12 @@ impl Microvisor for FakeMicrovisor {
         const DOMAIN_DESTROY: u64 = ControlOp::DomainDestroy as u64;
         const DOMAIN_CREATE: u64 = ControlOp::DomainCreate as u64;
         const DOMAIN_SET_ENTRY: u64 = ControlOp::DomainSetEntry as u64;
+        const EVTCHN_ALLOC_UNBOUND: u64 = ControlOp::EvtchnAllocUnbound as u64;
+        const EVTCHN_BIND_INTERDOMAIN: u64 = ControlOp::EvtchnBindInterdomain as u64;
+        const EVTCHN_SEND: u64 = ControlOp::EvtchnSend as u64;
+        const EVTCHN_CLOSE: u64 = ControlOp::EvtchnClose as u64;
+        const EVTCHN_TAKE_PENDING: u64 = ControlOp::EvtchnTakePending as u64;
+        const DOMAIN_SET_PARAM: u64 = ControlOp::DomainSetParam as u64;
         if matches!(op, DOMAIN_INFO | DOMAIN_LIST) {
             self.tick();
         }
@@ -693,6 +1009,12 @@ impl Microvisor for FakeMicrovisor {
             DOMAIN_CREATE => self.domain_create(arg, buf),
             DOMAIN_SET_ENTRY => self.set_entry(arg, buf),
             FOREIGN_UNMAP => self.foreign_unmap(arg),
+            EVTCHN_ALLOC_UNBOUND => self.evtchn_alloc_unbound(arg),
+            EVTCHN_BIND_INTERDOMAIN => self.evtchn_bind(arg),
+            EVTCHN_SEND => self.evtchn_send(arg),
+            EVTCHN_CLOSE => self.evtchn_close(arg),
+            EVTCHN_TAKE_PENDING => self.evtchn_take_pending(arg, buf),
+            DOMAIN_SET_PARAM => self.set_param(arg, buf),
             HOST_INFO => {
                 let mut host = self.host;
                 host.mem_free_kib = self.mem_free_kib();
@@ -749,7 +1071,61 @@ impl Microvisor for FakeMicrovisor {
             pages,
         }))
     }
+
+    /// Maps the frame slot `slot` holds now. (The real `mmap` succeeds on an empty slot
+    /// and the first access kills the process; the fake answers `EFAULT` instead.)
+    fn map_page(&self, slot: u64) -> Result<Arc<dyn PageMap>, i32> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(errno) = self.injected_failure(OP_MAP_PAGE) {
+            return Err(errno);
+        }
+        self.window_slot(slot)?;
+        // Lock order: slots, guests.
+        let slots = self.lock_slots();
+        let e = slots.get(&slot).filter(|e| !e.orphan).ok_or(EFAULT)?;
+        let page = self.lock_guests().entry(e.domid).or_default().page(e.gfn);
+        self.page_maps.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(FakePage {
+            page,
+            live: Arc::clone(&self.page_maps),
+        }))
+    }
 }
+
+/// A guest frame "mapped into the process" by [`Microvisor::map_page`]: it keeps the
+/// frame alive (as the real mapping does) and counts itself in
+/// [`FakeMicrovisor::page_maps`] until dropped.
+#[derive(Debug)]
+struct FakePage {
+    page: Arc<VecMem>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for FakePage {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SharedMem for FakePage {
+    fn len(&self) -> usize {
+        self.page.len()
+    }
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
+        self.page.read_bytes(offset, buf)
+    }
+    fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
+        self.page.write_bytes(offset, data)
+    }
+    fn load_acquire_u32(&self, offset: usize) -> Result<u32, MemError> {
+        self.page.load_acquire_u32(offset)
+    }
+    fn store_release_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+        self.page.store_release_u32(offset, value)
+    }
+}
+
+impl PageMap for FakePage {}
 
 /// Slots of the fake's window "mapped into the process": writes go to whatever frames
 /// the slots hold at the time of the write, as with the real `mmap`.
@@ -769,24 +1145,191 @@ impl WindowMap for FakeWindow<'_> {
         // Lock order: slots, guests.
         let slots = self.fake.lock_slots();
         let mut guests = self.fake.lock_guests();
-        for (at, b) in (offset..).zip(bytes) {
+        let mut at = offset;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(4096 - at % 4096));
             let slot = self.first_slot + (at / 4096) as u64;
             // The real device kills the process (SIGSEGV) here.
             let e = slots.get(&slot).ok_or(EFAULT)?;
             if !e.orphan {
-                let page = guests
-                    .entry(e.domid)
-                    .or_default()
-                    .pages
-                    .entry(e.gfn)
-                    .or_insert_with(|| Box::new([0; 4096]));
-                page[at % 4096] = *b;
+                let page = guests.entry(e.domid).or_default().page(e.gfn);
+                page.write_bytes(at % 4096, now).map_err(|_| EINVAL)?;
             }
+            at += now.len();
+            rest = later;
         }
         Ok(())
     }
 
     fn unmap(self: Box<Self>) -> Result<(), i32> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_abi::control::{ControlOp, DomainParam, EVENT_EVTCHN};
+    use shared_abi::hvm::{HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN};
+    use zerocopy::IntoBytes;
+
+    use super::*;
+    use crate::microvisor::{
+        self, domain_set_param, evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close,
+        evtchn_send, evtchn_take_pending,
+    };
+
+    #[test]
+    fn event_channels_follow_the_abi() {
+        let fake = FakeMicrovisor::new();
+        assert_eq!(evtchn_alloc_unbound(&fake, 0), Err(ESRCH));
+        assert_eq!(evtchn_alloc_unbound(&fake, 77), Err(ESRCH));
+        let remote = evtchn_alloc_unbound(&fake, 1).unwrap();
+        assert_eq!(remote, 1);
+        assert_eq!(evtchn_alloc_unbound(&fake, 1), Ok(2));
+        assert_eq!(evtchn_bind_interdomain(&fake, 1, 9), Err(EINVAL));
+        assert_eq!(evtchn_bind_interdomain(&fake, 0, 1), Err(ESRCH));
+        let local = evtchn_bind_interdomain(&fake, 1, remote).unwrap();
+        assert_eq!(local, 1);
+        assert_eq!(
+            evtchn_bind_interdomain(&fake, 1, remote),
+            Err(EINVAL),
+            "bound already"
+        );
+        assert_eq!(fake.domu_ports(1), [(1, true), (2, false)]);
+
+        // The guest signals: the port is pending and EVENT_EVTCHN raised, until taken.
+        fake.take_events();
+        assert!(fake.guest_send(1, remote));
+        assert!(!fake.guest_send(1, 2), "unbound: nobody to signal");
+        assert_eq!(fake.take_events() & EVENT_EVTCHN, EVENT_EVTCHN);
+        assert_eq!(evtchn_take_pending(&fake), Ok(vec![local]));
+        assert_eq!(evtchn_take_pending(&fake), Ok(vec![]));
+        assert_eq!(
+            fake.control(ControlOp::EvtchnTakePending as u64, 0, &mut [0; 3]),
+            Err(ENOSPC)
+        );
+
+        // Dom0 signals the guest.
+        evtchn_send(&fake, local).unwrap();
+        evtchn_send(&fake, local).unwrap();
+        assert_eq!(fake.notified(1, remote), 2);
+        assert_eq!(evtchn_send(&fake, 99), Err(EINVAL));
+
+        // Destroying the DomU leaves domain 0's port unbound; sends are dropped.
+        fake.control(ControlOp::DomainDestroy as u64, 1, &mut [])
+            .unwrap();
+        assert_eq!(fake.dom0_ports(), [(local, None)]);
+        assert_eq!(evtchn_send(&fake, local), Ok(()));
+        assert!(fake.domu_ports(1).is_empty());
+        evtchn_close(&fake, local).unwrap();
+        assert_eq!(evtchn_close(&fake, local), Err(EINVAL));
+        assert!(fake.dom0_ports().is_empty());
+    }
+
+    #[test]
+    fn closing_leaves_the_domu_port_unbound_for_a_rebind() {
+        let fake = FakeMicrovisor::new();
+        let remote = evtchn_alloc_unbound(&fake, 2).unwrap();
+        let local = evtchn_bind_interdomain(&fake, 2, remote).unwrap();
+        assert!(fake.guest_send(2, remote));
+        evtchn_close(&fake, local).unwrap();
+        assert_eq!(evtchn_take_pending(&fake), Ok(vec![]), "closed ports are not pending");
+        assert_eq!(fake.domu_ports(2), [(remote, false)]);
+        assert_eq!(evtchn_bind_interdomain(&fake, 2, remote), Ok(local));
+    }
+
+    #[test]
+    fn many_pending_ports_take_several_calls() {
+        let fake = FakeMicrovisor::new();
+        let mut locals = Vec::new();
+        for _ in 0..1023 {
+            let remote = evtchn_alloc_unbound(&fake, 1).unwrap();
+            locals.push(evtchn_bind_interdomain(&fake, 1, remote).unwrap());
+            assert!(fake.guest_send(1, remote));
+        }
+        assert_eq!(evtchn_alloc_unbound(&fake, 1), Err(ENOSPC));
+        assert_eq!(evtchn_take_pending(&fake).unwrap(), locals);
+    }
+
+    #[test]
+    fn parameters_are_checked_and_kept() {
+        let fake = FakeMicrovisor::new();
+        let set = |domid: u64, p: DomainParam| {
+            let mut buf = [0u8; 16];
+            buf.copy_from_slice(p.as_bytes());
+            fake.control(ControlOp::DomainSetParam as u64, domid, &mut buf)
+        };
+        let p = |index, value| DomainParam {
+            index,
+            reserved: 0,
+            value,
+        };
+        // hello1 has 16 MiB: frames 0..4096.
+        assert_eq!(set(1, p(HVM_PARAM_CONSOLE_PFN, 4096)), Err(EINVAL));
+        assert_eq!(set(1, p(HVM_PARAM_CONSOLE_EVTCHN, 0)), Err(EINVAL));
+        assert_eq!(set(1, p(HVM_PARAM_CONSOLE_EVTCHN, 1024)), Err(EINVAL));
+        assert_eq!(set(1, p(HVM_PARAM_CALLBACK_IRQ, 1)), Err(EINVAL));
+        assert_eq!(
+            set(
+                1,
+                DomainParam {
+                    reserved: 1,
+                    ..p(HVM_PARAM_CONSOLE_PFN, 1)
+                }
+            ),
+            Err(EINVAL)
+        );
+        assert_eq!(set(0, p(HVM_PARAM_CONSOLE_PFN, 1)), Err(ESRCH));
+        assert_eq!(set(9, p(HVM_PARAM_CONSOLE_PFN, 1)), Err(ESRCH));
+        assert_eq!(fake.param(1, HVM_PARAM_CONSOLE_PFN), None);
+        domain_set_param(&fake, 1, HVM_PARAM_CONSOLE_PFN, 4095).unwrap();
+        domain_set_param(&fake, 1, HVM_PARAM_CONSOLE_EVTCHN, 1023).unwrap();
+        assert_eq!(fake.param(1, HVM_PARAM_CONSOLE_PFN), Some(4095));
+        assert_eq!(fake.param(1, HVM_PARAM_CONSOLE_EVTCHN), Some(1023));
+    }
+
+    #[test]
+    fn a_mapped_page_outlives_its_domain() {
+        let fake = FakeMicrovisor::new();
+        let free = fake.mem_free_kib();
+        microvisor::foreign_map(&fake, 7, 1, 5).unwrap();
+        let page = fake.map_page(7).unwrap();
+        assert_eq!(fake.page_maps(), 1);
+        fake.write_guest(1, 5 * 4096, b"last words");
+        fake.control(ControlOp::DomainDestroy as u64, 1, &mut [])
+            .unwrap();
+        let mut buf = [0u8; 10];
+        page.read_bytes(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"last words");
+        assert_eq!(fake.mem_free_kib(), free + 16 * 1024 - 4);
+        drop(page);
+        assert_eq!(fake.page_maps(), 0);
+        microvisor::foreign_unmap(&fake, 7).unwrap();
+        assert_eq!(fake.mem_free_kib(), free + 16 * 1024);
+        // An empty slot cannot be mapped (the real device would fault on access).
+        assert_eq!(fake.map_page(7).unwrap_err(), EFAULT);
+        assert_eq!(fake.map_page(FAKE_WINDOW_PAGES).unwrap_err(), EINVAL);
+    }
+
+    #[test]
+    fn the_fake_guest_console_writes_and_reads_its_rings() {
+        let fake = FakeMicrovisor::new();
+        assert_eq!(fake.console_write(1, b"x"), None, "no console parameters yet");
+        let remote = evtchn_alloc_unbound(&fake, 1).unwrap();
+        let local = evtchn_bind_interdomain(&fake, 1, remote).unwrap();
+        domain_set_param(&fake, 1, HVM_PARAM_CONSOLE_PFN, 4095).unwrap();
+        domain_set_param(&fake, 1, HVM_PARAM_CONSOLE_EVTCHN, u64::from(remote)).unwrap();
+        assert_eq!(fake.console_write(1, &[b'a'; 3000]), Some(2048));
+        assert_eq!(fake.console_write(1, b"more"), Some(0), "full");
+        assert_eq!(evtchn_take_pending(&fake), Ok(vec![local]));
+        // Dom0's side of the same page.
+        microvisor::foreign_map(&fake, 3, 1, 4095).unwrap();
+        let mut back = pv_drivers::console::ConsoleBack::new(fake.map_page(3).unwrap()).unwrap();
+        let mut buf = [0u8; 4096];
+        assert_eq!(back.read_output(&mut buf).unwrap(), 2048);
+        assert_eq!(back.write_input(b"typed").unwrap(), 5);
+        assert_eq!(fake.console_read_input(1).unwrap(), b"typed");
+        assert_eq!(fake.console_read_input(1).unwrap(), b"");
     }
 }

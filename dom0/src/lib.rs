@@ -309,6 +309,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod microvisor;
 pub mod output;
+pub mod pages;
 pub mod probe;
 pub mod proto;
 pub mod server;

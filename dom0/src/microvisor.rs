@@ -14,6 +14,10 @@ use shared_abi::control::{
     MAX_BUFFER, fixed_str,
 };
 use shared_abi::sched::ShutdownReason;
+use std::sync::Arc;
+
+use pv_drivers::SharedMem;
+use shared_abi::control::DomainParam;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::proto::{ApiError, Domain, Host, MAX_DOMAINS_PER_REPLY, Reason, State};
@@ -43,6 +47,18 @@ pub trait Microvisor: Send + Sync {
         let _ = (first_slot, pages);
         Err(ENODEV)
     }
+
+    /// Maps foreign-window slot `slot` read-write into this process as memory the other
+    /// domain shares ([`PageMap`]), for ring pages kept mapped for a domain's life (its
+    /// console). Map only a slot that `ForeignMap` filled.
+    ///
+    /// # Errors
+    /// The errno of the failed `mmap`; [`ENODEV`] (the default) where the implementation
+    /// cannot map the window.
+    fn map_page(&self, slot: u64) -> Result<Arc<dyn PageMap>, i32> {
+        let _ = slot;
+        Err(ENODEV)
+    }
 }
 
 impl<M: Microvisor + ?Sized> Microvisor for std::sync::Arc<M> {
@@ -52,7 +68,17 @@ impl<M: Microvisor + ?Sized> Microvisor for std::sync::Arc<M> {
     fn map_window(&self, first_slot: u64, pages: usize) -> Result<Box<dyn WindowMap + '_>, i32> {
         (**self).map_window(first_slot, pages)
     }
+    fn map_page(&self, slot: u64) -> Result<Arc<dyn PageMap>, i32> {
+        (**self).map_page(slot)
+    }
 }
+
+/// One foreign-window slot mapped into this process as shared memory
+/// ([`Microvisor::map_page`]): the other domain may write it at any time, so it is only
+/// reached through [`SharedMem`] (copies and acquire/release index accesses). The process
+/// mapping goes when the last reference is dropped; the slot itself stays filled until
+/// `ForeignUnmap` (see [`crate::pages`]).
+pub trait PageMap: SharedMem + Send + Sync + std::fmt::Debug {}
 
 /// `ENODEV`: what [`Microvisor::map_window`] answers where nothing can be mapped.
 pub const ENODEV: i32 = 19;
@@ -157,6 +183,113 @@ pub fn foreign_map(mv: &dyn Microvisor, slot: u64, domid: u32, gfn: u64) -> Resu
 /// The errno of the failed call.
 pub fn foreign_unmap(mv: &dyn Microvisor, slot: u64) -> Result<u64, i32> {
     mv.control(ControlOp::ForeignUnmap as u64, slot, &mut [])
+}
+
+/// `EvtchnAllocUnbound`: a new port of DomU `domid`, unbound, that domain 0 may bind.
+/// Errnos as the ABI documents them: `ESRCH` (no such DomU, or 0), `ENOSPC`.
+///
+/// # Errors
+/// The errno of the failed call (also `ERANGE` for a result that is not a port).
+pub fn evtchn_alloc_unbound(mv: &dyn Microvisor, domid: u32) -> Result<u32, i32> {
+    let port = mv.control(ControlOp::EvtchnAllocUnbound as u64, u64::from(domid), &mut [])?;
+    port_of(port)
+}
+
+/// `EvtchnBindInterdomain`: a new domain 0 port connected to DomU `domid`'s unbound
+/// `port`. `ESRCH` (no such DomU), `EINVAL` (not an unbound port for domain 0), `ENOSPC`.
+///
+/// # Errors
+/// The errno of the failed call (also `ERANGE` for a result that is not a port).
+pub fn evtchn_bind_interdomain(mv: &dyn Microvisor, domid: u32, port: u32) -> Result<u32, i32> {
+    let arg = (u64::from(domid) << 32) | u64::from(port);
+    let local = mv.control(ControlOp::EvtchnBindInterdomain as u64, arg, &mut [])?;
+    port_of(local)
+}
+
+fn port_of(raw: u64) -> Result<u32, i32> {
+    u32::try_from(raw)
+        .ok()
+        .filter(|p| (1..shared_abi::event_channel::MAX_PORTS).contains(p))
+        .ok_or(ERANGE)
+}
+
+/// `ERANGE`: a result outside what the ABI allows.
+pub const ERANGE: i32 = 34;
+
+/// `EvtchnSend`: signals the peer of domain 0 port `port` (dropped if the peer is gone).
+/// `EINVAL` if the port is not allocated.
+///
+/// # Errors
+/// The errno of the failed call.
+pub fn evtchn_send(mv: &dyn Microvisor, port: u32) -> Result<(), i32> {
+    mv.control(ControlOp::EvtchnSend as u64, u64::from(port), &mut [])
+        .map(|_| ())
+}
+
+/// `EvtchnClose`: frees domain 0 port `port`. `EINVAL` if it is not allocated.
+///
+/// # Errors
+/// The errno of the failed call.
+pub fn evtchn_close(mv: &dyn Microvisor, port: u32) -> Result<(), i32> {
+    mv.control(ControlOp::EvtchnClose as u64, u64::from(port), &mut [])
+        .map(|_| ())
+}
+
+/// Most `EvtchnTakePending` calls one [`evtchn_take_pending`] makes: a microvisor that
+/// never runs out of pending ports cannot keep dom0d in a loop.
+pub const MAX_TAKE_PENDING_CALLS: usize = 16;
+
+/// `EvtchnTakePending` until it returns 0: the domain 0 ports that were pending (each now
+/// cleared), ascending and without duplicates. Ports outside `1..MAX_PORTS` are dropped.
+///
+/// # Errors
+/// The errno of the failed call; ports taken by earlier calls are lost then (their
+/// owners catch up on their next event or poll).
+pub fn evtchn_take_pending(mv: &dyn Microvisor) -> Result<Vec<u32>, i32> {
+    let mut buf = vec![0u8; MAX_BUFFER];
+    let mut ports = Vec::new();
+    for _ in 0..MAX_TAKE_PENDING_CALLS {
+        buf.fill(0);
+        let n = mv.control(ControlOp::EvtchnTakePending as u64, 0, &mut buf)?;
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(MAX_BUFFER / 4);
+        if n == 0 {
+            break;
+        }
+        ports.extend(
+            buf.chunks_exact(4)
+                .take(n)
+                .filter_map(|c| c.try_into().ok().map(u32::from_le_bytes))
+                .filter(|p| (1..shared_abi::event_channel::MAX_PORTS).contains(p)),
+        );
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+/// `DomainSetParam`: sets HVM parameter `index` (`shared_abi::hvm::HVM_PARAM_*`) of DomU
+/// `domid` to `value`. `EINVAL` (another index, a frame outside the domain's RAM, a port
+/// outside `1..MAX_PORTS`), `ESRCH` (no such DomU).
+///
+/// # Errors
+/// The errno of the failed call.
+pub fn domain_set_param(
+    mv: &dyn Microvisor,
+    domid: u32,
+    index: u32,
+    value: u64,
+) -> Result<(), i32> {
+    let mut buf = [0u8; size_of::<DomainParam>()];
+    buf.copy_from_slice(
+        DomainParam {
+            index,
+            reserved: 0,
+            value,
+        }
+        .as_bytes(),
+    );
+    mv.control(ControlOp::DomainSetParam as u64, u64::from(domid), &mut buf)
+        .map(|_| ())
 }
 
 /// Validates a raw [`HostInfo`].
