@@ -552,9 +552,10 @@ impl FakeMicrovisor {
             return Err(EINVAL);
         }
         let ok = match p.index {
-            HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN => {
-                p.value.checked_mul(4096).is_some_and(|gpa| gpa < d.mem_kib * 1024)
-            }
+            HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN => p
+                .value
+                .checked_mul(4096)
+                .is_some_and(|gpa| gpa < d.mem_kib * 1024),
             HVM_PARAM_STORE_EVTCHN | HVM_PARAM_CONSOLE_EVTCHN => {
                 (1..u64::from(MAX_PORTS)).contains(&p.value)
             }
@@ -1170,7 +1171,9 @@ impl WindowMap for FakeWindow<'_> {
 #[cfg(test)]
 mod tests {
     use shared_abi::control::{ControlOp, DomainParam, EVENT_EVTCHN};
-    use shared_abi::hvm::{HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN};
+    use shared_abi::hvm::{
+        HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
+    };
     use zerocopy::IntoBytes;
 
     use super::*;
@@ -1234,7 +1237,11 @@ mod tests {
         let local = evtchn_bind_interdomain(&fake, 2, remote).unwrap();
         assert!(fake.guest_send(2, remote));
         evtchn_close(&fake, local).unwrap();
-        assert_eq!(evtchn_take_pending(&fake), Ok(vec![]), "closed ports are not pending");
+        assert_eq!(
+            evtchn_take_pending(&fake),
+            Ok(vec![]),
+            "closed ports are not pending"
+        );
         assert_eq!(fake.domu_ports(2), [(remote, false)]);
         assert_eq!(evtchn_bind_interdomain(&fake, 2, remote), Ok(local));
     }
@@ -1315,7 +1322,11 @@ mod tests {
     #[test]
     fn the_fake_guest_console_writes_and_reads_its_rings() {
         let fake = FakeMicrovisor::new();
-        assert_eq!(fake.console_write(1, b"x"), None, "no console parameters yet");
+        assert_eq!(
+            fake.console_write(1, b"x"),
+            None,
+            "no console parameters yet"
+        );
         let remote = evtchn_alloc_unbound(&fake, 1).unwrap();
         let local = evtchn_bind_interdomain(&fake, 1, remote).unwrap();
         domain_set_param(&fake, 1, HVM_PARAM_CONSOLE_PFN, 4095).unwrap();

@@ -191,7 +191,11 @@ pub fn foreign_unmap(mv: &dyn Microvisor, slot: u64) -> Result<u64, i32> {
 /// # Errors
 /// The errno of the failed call (also `ERANGE` for a result that is not a port).
 pub fn evtchn_alloc_unbound(mv: &dyn Microvisor, domid: u32) -> Result<u32, i32> {
-    let port = mv.control(ControlOp::EvtchnAllocUnbound as u64, u64::from(domid), &mut [])?;
+    let port = mv.control(
+        ControlOp::EvtchnAllocUnbound as u64,
+        u64::from(domid),
+        &mut [],
+    )?;
     port_of(port)
 }
 

@@ -83,7 +83,12 @@ impl PagePool {
         };
         let slot = (first..end)
             .find(|s| !inner.used.contains(s))
-            .ok_or_else(|| format!("all {} page slots of the foreign window are in use", end - first))?;
+            .ok_or_else(|| {
+                format!(
+                    "all {} page slots of the foreign window are in use",
+                    end - first
+                )
+            })?;
         inner.used.insert(slot);
         Ok(slot)
     }
@@ -215,7 +220,10 @@ mod tests {
         let pool = PagePool::default();
         fake.fail_nth(OP_MAP_PAGE, 1, 12);
         let e = pool.map(&fake, 1, 0).unwrap_err();
-        assert_eq!(e, "mmap of window slot 2112 failed with ENOMEM (Cannot allocate memory)");
+        assert_eq!(
+            e,
+            "mmap of window slot 2112 failed with ENOMEM (Cannot allocate memory)"
+        );
         assert!(fake.foreign_slots().is_empty());
         assert_eq!(pool.in_use(), 0);
         // An earlier dom0d left slot 2112 filled.
