@@ -59,7 +59,7 @@ impl Waker for EventWaker {
             return false;
         }
         let deadline = crate::time::deadline_after(crate::time::now_ns(), WAIT_SLICE_NS);
-        if crate::time::wait_event_until(deadline) {
+        if crate::time::wait_event_until(deadline).is_some() {
             return true;
         }
         // No timer: rely on the back-end's notification alone.

@@ -31,7 +31,7 @@ mod bare {
 
     use super::{FALLBACK_TSC_KHZ, deadline_after};
     use crate::arch::cpu::{cpuid, rdtsc_fenced};
-    use crate::events;
+    use crate::events::{self, Ports};
 
     /// Which clock [`now_ns`] reads.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,21 +88,20 @@ mod bare {
     }
 
     /// Arms the timer for `deadline_ns` and waits for one batch of events (the timer's or
-    /// any other), so the caller can re-check its condition. Returns whether it could
-    /// block; `false` means there are no timer events and the caller must poll.
-    pub fn wait_event_until(deadline_ns: u64) -> bool {
+    /// any other), so the caller can re-check its condition. Returns the ports that
+    /// fired, or `None` if it cannot block (no timer events: the caller must poll).
+    pub fn wait_event_until(deadline_ns: u64) -> Option<Ports> {
         if !timer_usable() || set_timer_op(deadline_ns).is_err() {
-            return false;
+            return None;
         }
-        events::wait_for_event();
-        true
+        Some(events::wait_for_event())
     }
 
     /// Sleeps until [`now_ns`] reaches `deadline_ns`: blocked on the timer when events
     /// are set up, spinning otherwise. Other events wake it early; it goes back to sleep.
     pub fn sleep_until(deadline_ns: u64) {
         while now_ns() < deadline_ns {
-            if !wait_event_until(deadline_ns) {
+            if wait_event_until(deadline_ns).is_none() {
                 core::hint::spin_loop();
             }
         }
