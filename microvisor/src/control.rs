@@ -6,8 +6,12 @@
 
 use shared_abi::Errno;
 use shared_abi::control::{
-    CONTROL_VERSION, ControlOp, DomainCreateRequest, DomainInfo, ForeignMapRequest, HostInfo,
-    MAX_BUFFER, MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fixed_str,
+    CONTROL_VERSION, ControlOp, DomainCreateRequest, DomainInfo, DomainParam, ForeignMapRequest,
+    HostInfo, MAX_BUFFER, MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fixed_str,
+};
+use shared_abi::event_channel::MAX_PORTS;
+use shared_abi::hvm::{
+    HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -84,6 +88,52 @@ pub enum Action {
         op: LifecycleOp,
         /// The domain.
         domid: u32,
+    },
+    /// An event-channel operation of domain 0; return what it returns.
+    Evtchn(Dom0Evtchn),
+    /// Write up to `max` pending domain 0 ports (`u32`s, ascending) to the buffer, clearing
+    /// them, then return how many.
+    TakePending {
+        /// How many fit in the buffer (at least 1).
+        max: usize,
+    },
+    /// Set HVM parameter `index` of DomU `domid` (checked: one of the store and console
+    /// parameters; a port in range; the frame is checked against the domain's RAM by the
+    /// caller), then return 0.
+    SetParam {
+        /// The DomU.
+        domid: u16,
+        /// `HVM_PARAM_*`.
+        index: u32,
+        /// The value.
+        value: u64,
+    },
+}
+
+/// Domain 0's event-channel operations (arguments checked for range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dom0Evtchn {
+    /// A new port of DomU `domid`, unbound for domain 0.
+    AllocUnbound {
+        /// The DomU (not 0).
+        domid: u16,
+    },
+    /// A new domain 0 port connected to `port` of DomU `domid`.
+    Bind {
+        /// The DomU (not 0).
+        domid: u16,
+        /// Its unbound port (`1..MAX_PORTS`).
+        port: u32,
+    },
+    /// Signal the peer of domain 0's `port`.
+    Send {
+        /// `1..MAX_PORTS`.
+        port: u32,
+    },
+    /// Close domain 0's `port`.
+    Close {
+        /// `1..MAX_PORTS`.
+        port: u32,
     },
 }
 
@@ -215,6 +265,54 @@ pub fn dispatch(
             };
             Ok(Action::Lifecycle { op, domid })
         }
+        ControlOp::EvtchnAllocUnbound => Ok(Action::Evtchn(Dom0Evtchn::AllocUnbound {
+            domid: domu(src, call.arg)?,
+        })),
+        ControlOp::EvtchnBindInterdomain => {
+            let domid = domu(src, call.arg >> 32)?;
+            let port = port(call.arg & 0xFFFF_FFFF)?;
+            Ok(Action::Evtchn(Dom0Evtchn::Bind { domid, port }))
+        }
+        ControlOp::EvtchnSend => Ok(Action::Evtchn(Dom0Evtchn::Send {
+            port: port(call.arg)?,
+        })),
+        ControlOp::EvtchnClose => Ok(Action::Evtchn(Dom0Evtchn::Close {
+            port: port(call.arg)?,
+        })),
+        ControlOp::EvtchnTakePending => {
+            if call.arg != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let max = len / size_of::<u32>();
+            if max == 0 {
+                return Err(Errno::ENOSPC);
+            }
+            Ok(Action::TakePending { max })
+        }
+        ControlOp::DomainSetParam => {
+            let domid = domu(src, call.arg)?;
+            let mut raw = [0u8; size_of::<DomainParam>()];
+            if len < raw.len() {
+                return Err(Errno::EINVAL);
+            }
+            read_input(&mut raw)?;
+            let p = DomainParam::read_from_bytes(&raw).map_err(|_| Errno::EINVAL)?;
+            if p.reserved != 0 {
+                return Err(Errno::EINVAL);
+            }
+            match p.index {
+                HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN => {}
+                HVM_PARAM_STORE_EVTCHN | HVM_PARAM_CONSOLE_EVTCHN => {
+                    port(p.value)?;
+                }
+                _ => return Err(Errno::EINVAL),
+            }
+            Ok(Action::SetParam {
+                domid,
+                index: p.index,
+                value: p.value,
+            })
+        }
         ControlOp::DomainList => {
             const REC: usize = size_of::<DomainInfo>();
             if len < REC {
@@ -245,6 +343,27 @@ fn existing_domu(src: &impl ControlSource, arg: u64) -> Result<u32, Errno> {
         .filter(|d| d.domid == domid)
         .ok_or(Errno::ESRCH)?;
     Ok(domid)
+}
+
+/// `arg` names an existing DomU for an event or parameter operation: `ESRCH` for none and
+/// for domain 0.
+fn domu(src: &impl ControlSource, arg: u64) -> Result<u16, Errno> {
+    let domid = u16::try_from(arg)
+        .ok()
+        .filter(|&d| d != 0)
+        .ok_or(Errno::ESRCH)?;
+    src.domain_from(u32::from(domid))
+        .filter(|d| d.domid == u32::from(domid))
+        .ok_or(Errno::ESRCH)?;
+    Ok(domid)
+}
+
+/// A port number in `1..MAX_PORTS`, else `EINVAL`.
+fn port(arg: u64) -> Result<u32, Errno> {
+    u32::try_from(arg)
+        .ok()
+        .filter(|p| (1..MAX_PORTS).contains(p))
+        .ok_or(Errno::EINVAL)
 }
 
 fn reply(ret: i64, len: usize) -> Action {
@@ -481,6 +600,106 @@ mod tests {
         assert_eq!(go(7, 1), Err(Errno::ESRCH));
         assert_eq!(go(9, 1 << 40), Err(Errno::ESRCH));
         let _ = &mut out;
+    }
+
+    #[test]
+    fn event_channel_op_checks() {
+        let t = Table(std::vec![0, 2]);
+        let go = |op, len, arg| {
+            dispatch(
+                &call(op, len, arg),
+                &t,
+                |_| Err(Errno::EFAULT),
+                &mut [0; MAX_BUFFER],
+            )
+        };
+        assert_eq!(
+            go(12, 0, 2),
+            Ok(Action::Evtchn(Dom0Evtchn::AllocUnbound { domid: 2 }))
+        );
+        for bad in [0, 1, 3, 1 << 16, (2 << 32) | 2, u64::MAX] {
+            assert_eq!(go(12, 0, bad), Err(Errno::ESRCH), "{bad:#x}");
+        }
+        assert_eq!(
+            go(13, 0, (2 << 32) | 5),
+            Ok(Action::Evtchn(Dom0Evtchn::Bind { domid: 2, port: 5 }))
+        );
+        assert_eq!(go(13, 0, 5), Err(Errno::ESRCH), "domid 0");
+        assert_eq!(go(13, 0, (1 << 32) | 5), Err(Errno::ESRCH));
+        assert_eq!(go(13, 0, 2 << 32), Err(Errno::EINVAL), "port 0");
+        assert_eq!(go(13, 0, (2 << 32) | 1024), Err(Errno::EINVAL));
+        assert_eq!(go(13, 0, (0x1_0002 << 32) | 5), Err(Errno::ESRCH));
+        assert_eq!(
+            go(14, 0, 1023),
+            Ok(Action::Evtchn(Dom0Evtchn::Send { port: 1023 }))
+        );
+        assert_eq!(
+            go(15, 0, 1),
+            Ok(Action::Evtchn(Dom0Evtchn::Close { port: 1 }))
+        );
+        for bad in [0, 1024, 1 << 32 | 1, u64::MAX] {
+            assert_eq!(go(14, 0, bad), Err(Errno::EINVAL));
+            assert_eq!(go(15, 0, bad), Err(Errno::EINVAL));
+        }
+        assert_eq!(go(16, 4096, 0), Ok(Action::TakePending { max: 1024 }));
+        assert_eq!(go(16, 7, 0), Ok(Action::TakePending { max: 1 }));
+        assert_eq!(go(16, 3, 0), Err(Errno::ENOSPC));
+        assert_eq!(go(16, 8, 1), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn set_param_checks() {
+        let t = Table(std::vec![0, 2]);
+        let with = |p: DomainParam| {
+            move |buf: &mut [u8]| {
+                buf.copy_from_slice(p.as_bytes());
+                Ok(())
+            }
+        };
+        let go = |arg, len, p| dispatch(&call(17, len, arg), &t, with(p), &mut [0; MAX_BUFFER]);
+        let p = |index, value| DomainParam {
+            index,
+            reserved: 0,
+            value,
+        };
+        assert_eq!(
+            go(2, 16, p(HVM_PARAM_STORE_PFN, 1 << 40)),
+            Ok(Action::SetParam {
+                domid: 2,
+                index: HVM_PARAM_STORE_PFN,
+                value: 1 << 40
+            }),
+            "the frame is checked against the domain's RAM later"
+        );
+        assert!(go(2, 16, p(HVM_PARAM_CONSOLE_EVTCHN, 1023)).is_ok());
+        assert_eq!(
+            go(2, 16, p(HVM_PARAM_CONSOLE_EVTCHN, 1024)),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(go(2, 16, p(HVM_PARAM_STORE_EVTCHN, 0)), Err(Errno::EINVAL));
+        assert_eq!(go(2, 16, p(0, 0x20)), Err(Errno::EINVAL), "CALLBACK_IRQ");
+        assert_eq!(go(2, 16, p(99, 1)), Err(Errno::EINVAL));
+        assert_eq!(
+            go(
+                2,
+                16,
+                DomainParam {
+                    reserved: 1,
+                    ..p(HVM_PARAM_STORE_PFN, 1)
+                }
+            ),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(go(2, 15, p(HVM_PARAM_STORE_PFN, 1)), Err(Errno::EINVAL));
+        assert_eq!(go(0, 16, p(HVM_PARAM_STORE_PFN, 1)), Err(Errno::ESRCH));
+        assert_eq!(go(3, 16, p(HVM_PARAM_STORE_PFN, 1)), Err(Errno::ESRCH));
+        let fault = dispatch(
+            &call(17, 16, 2),
+            &t,
+            |_| Err(Errno::EFAULT),
+            &mut [0; MAX_BUFFER],
+        );
+        assert_eq!(fault, Err(Errno::EFAULT));
     }
 
     #[test]

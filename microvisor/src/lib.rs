@@ -18,6 +18,7 @@ pub mod dom0;
 pub mod dom0_pci;
 pub mod domain;
 pub mod elf;
+pub mod evtchn;
 pub mod exit;
 pub mod grant;
 pub mod guest_walk;

@@ -7,6 +7,11 @@
 //! IPI makes immediate. A vCPU that is not on a run queue (blocked, paused) is acted on at
 //! once. Portable and host-tested; `arch::x86_64::hv` keeps one [`SchedState`] per domain
 //! under a short lock.
+//!
+//! Events wake a blocked vCPU ([`SchedState::wake`]). To never lose a wake-up, the sender
+//! makes the event visible (pending bit, upcall byte, event counter) *before* it takes the
+//! lock, and the vCPU checks for it *under* the lock before it blocks: either the check
+//! sees the event or the sender sees the vCPU blocked.
 
 use shared_abi::Errno;
 
@@ -26,11 +31,45 @@ pub enum RunState {
     Ended,
 }
 
+/// What a blocked vCPU waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// An upcall (HLT with interrupts enabled, `SCHEDOP_block`).
+    Upcall,
+    /// Any event reaching the domain, or the poll's timeout (`SCHEDOP_poll`).
+    Poll,
+    /// Nothing: HLT with interrupts disabled. Only Dom0's requests move it.
+    Forever,
+}
+
+/// Why a vCPU is being woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Its upcall became pending.
+    Upcall,
+    /// One of its ports became pending without an upcall (masked, or already selected).
+    Event,
+    /// Its poll timed out.
+    PollTimeout,
+}
+
+impl Wait {
+    fn woken_by(self, why: Wake) -> bool {
+        match self {
+            Wait::Upcall => why == Wake::Upcall,
+            Wait::Poll => true,
+            Wait::Forever => false,
+        }
+    }
+}
+
 /// A DomU's scheduling state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedState {
     /// Where the vCPU is.
     pub run: RunState,
+    /// While blocked (or paused while blocked): what it waits for.
+    pub wait: Wait,
     /// Dom0 asked for a pause the pCPU has not applied yet.
     pub pause_requested: bool,
     /// Dom0 asked for destruction the pCPU has not applied yet.
@@ -76,6 +115,7 @@ impl SchedState {
     pub const fn new() -> Self {
         Self {
             run: RunState::Queued,
+            wait: Wait::Upcall,
             pause_requested: false,
             destroy_requested: false,
             started: false,
@@ -184,9 +224,16 @@ impl SchedState {
         }
     }
 
-    /// The vCPU halted. A request that arrived meanwhile wins: the vCPU is then paused
-    /// (and stays blocked underneath) or destroyed.
+    /// The vCPU halted (waiting for an upcall). See [`SchedState::block_on`].
     pub fn block(&mut self) -> AtExit {
+        self.block_on(Wait::Upcall)
+    }
+
+    /// The vCPU blocks until `wait` is satisfied; the caller has checked under the lock
+    /// that it is not satisfied already. A request that arrived meanwhile wins: the vCPU
+    /// is then paused (and stays blocked underneath) or destroyed.
+    pub fn block_on(&mut self, wait: Wait) -> AtExit {
+        self.wait = wait;
         if self.destroy_requested {
             return AtExit::Destroy;
         }
@@ -197,6 +244,28 @@ impl SchedState {
         }
         self.run = RunState::Blocked;
         AtExit::Continue
+    }
+
+    /// An event for the vCPU. A blocked vCPU whose wait it satisfies becomes runnable
+    /// ([`Effect::Requeue`]); one that is paused while blocked will run when unpaused; a
+    /// runnable one is interrupted for an upcall ([`Effect::Kick`]) so the callback vector
+    /// is injected at once if it is running on another pCPU.
+    pub fn wake(&mut self, why: Wake) -> Effect {
+        if self.destroy_requested {
+            return Effect::None;
+        }
+        match self.run {
+            RunState::Blocked if self.wait.woken_by(why) => {
+                self.run = RunState::Queued;
+                Effect::Requeue
+            }
+            RunState::Paused { was_blocked: true } if self.wait.woken_by(why) => {
+                self.run = RunState::Paused { was_blocked: false };
+                Effect::None
+            }
+            RunState::Queued if why == Wake::Upcall => Effect::Kick,
+            _ => Effect::None,
+        }
     }
 
     /// The domain shut down or crashed.
@@ -272,6 +341,73 @@ mod tests {
         assert_eq!(s.destroy(), Ok(Effect::DestroyNow));
         assert_eq!(s.destroy(), Err(Errno::ESRCH), "already being destroyed");
         assert_eq!(s.pause(), Err(Errno::ESRCH));
+    }
+
+    #[test]
+    fn wake_requeues_only_what_the_wait_allows() {
+        let mut s = SchedState::new();
+        assert_eq!(s.wake(Wake::Upcall), Effect::Kick, "runnable: inject now");
+        assert_eq!(s.wake(Wake::Event), Effect::None);
+        assert_eq!(s.block_on(Wait::Upcall), AtExit::Continue);
+        assert_eq!(
+            s.wake(Wake::Event),
+            Effect::None,
+            "masked events do not wake"
+        );
+        assert_eq!(
+            s.wake(Wake::PollTimeout),
+            Effect::None,
+            "stale poll timeout"
+        );
+        assert_eq!(s.wake(Wake::Upcall), Effect::Requeue);
+        assert_eq!(s.run, RunState::Queued);
+        assert_eq!(s.wake(Wake::Upcall), Effect::Kick, "woken once");
+
+        assert_eq!(s.block_on(Wait::Poll), AtExit::Continue);
+        assert_eq!(
+            s.wake(Wake::Event),
+            Effect::Requeue,
+            "a poll wakes on any event"
+        );
+        s.block_on(Wait::Poll);
+        assert_eq!(s.wake(Wake::PollTimeout), Effect::Requeue);
+
+        s.block_on(Wait::Forever);
+        for why in [Wake::Upcall, Wake::Event, Wake::PollTimeout] {
+            assert_eq!(s.wake(why), Effect::None);
+        }
+        assert_eq!(s.run, RunState::Blocked);
+    }
+
+    #[test]
+    fn wake_while_paused_or_dying() {
+        let mut s = SchedState::new();
+        s.block_on(Wait::Upcall);
+        s.pause().unwrap();
+        assert_eq!(
+            s.wake(Wake::Upcall),
+            Effect::None,
+            "paused: stays off the queue"
+        );
+        assert_eq!(s.run, RunState::Paused { was_blocked: false });
+        assert_eq!(s.unpause(), Ok(Effect::Requeue), "runs once unpaused");
+
+        let mut s = SchedState::new();
+        s.block_on(Wait::Upcall);
+        assert_eq!(s.destroy(), Ok(Effect::DestroyNow));
+        assert_eq!(
+            s.wake(Wake::Upcall),
+            Effect::None,
+            "never requeue a dying vCPU"
+        );
+        assert_eq!(s.run, RunState::Blocked);
+
+        let mut s = SchedState::new();
+        s.pause().unwrap();
+        assert_eq!(s.wake(Wake::Upcall), Effect::Kick, "pause not applied yet");
+        assert_eq!(s.block_on(Wait::Upcall), AtExit::Pause);
+        s.end();
+        assert_eq!(s.wake(Wake::Upcall), Effect::None);
     }
 
     #[test]

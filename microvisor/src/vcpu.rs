@@ -4,7 +4,8 @@
 //! the host against a fake VMCB and fake memory. The world switch itself is in
 //! `arch::x86_64::svm`.
 
-use crate::control::{Action, ControlCall};
+use crate::control::{Action, ControlCall, Dom0Evtchn};
+use crate::evtchn::{Hub, Platform};
 use crate::exit::{IoAccess, NpfInfo, SvmExit};
 use crate::guest_walk::{self, PagingMode};
 use crate::hypercall::{self, GuestEnv, HypercallArgs, Outcome};
@@ -13,12 +14,14 @@ use crate::mm::npt::{Access, Ownership};
 use crate::mm::npt::{Npt, copy};
 use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
 use crate::vmcb::{
-    EventInj, INT_CTL_V_INTR_MASKING, Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
+    EventInj, INT_CTL_V_IGN_TPR, INT_CTL_V_INTR_MASKING, INT_CTL_V_INTR_PRIO_MASK, INT_CTL_V_IRQ,
+    Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
 };
 use shared_abi::Errno;
 use shared_abi::control::{CONTROL_HYPERCALL, MAX_BUFFER};
 use shared_abi::cpuid::XEN_HYPERCALL_MSR;
 use shared_abi::sched::ShutdownReason;
+use shared_abi::shared_info::VcpuTimeInfo;
 
 /// Guest general-purpose registers the world switch saves (RAX and RSP live in the VMCB).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +95,18 @@ pub trait Host: crate::control::ControlSource {
     /// Domain 0's access to a port the microvisor proxies (the PCI configuration ports):
     /// `Some(value read)` if handled, `None` to deny it like any intercepted port.
     fn dom0_port(&mut self, port: u16, size: u8, is_in: bool, value: u32) -> Option<u32>;
+    /// The machine behind the event channels.
+    type Events: Platform;
+    /// Every domain's event channels.
+    fn hub(&self) -> Hub<'_, Self::Events>;
+    /// System time: nanoseconds since the microvisor booted.
+    fn now_ns(&self) -> u64;
+    /// The pvclock record a `shared_info` page gets.
+    fn time_info(&self) -> VcpuTimeInfo;
+    /// The exiting domain's event counter (changes whenever an event reaches it).
+    fn event_seq(&self) -> u64;
+    /// Sets or cancels the exiting vCPU's single-shot timer (absolute ns).
+    fn set_timer(&mut self, deadline_ns: Option<u64>);
 }
 
 /// Guest actions worth a (rate-limited) log line.
@@ -130,14 +145,44 @@ pub enum ExitAction {
     Resume,
     /// Re-enter later: let other vCPUs on this pCPU run first.
     Yield,
-    /// The vCPU halted; it stays off the run queue until an event arrives.
-    Block,
+    /// The vCPU halted or blocked; it stays off the run queue until what it waits for
+    /// arrives (the scheduler checks under its lock that it has not already).
+    Block(BlockOn),
     /// A physical interrupt is pending: take it, then re-enter.
     HostInterrupt,
     /// The domain asked to shut down.
     Shutdown(ShutdownReason),
     /// The domain broke the rules: crash it.
     Crash(CrashReason),
+}
+
+/// What a blocking vCPU waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOn {
+    /// An upcall: HLT with interrupts enabled, `SCHEDOP_block`.
+    Upcall,
+    /// `SCHEDOP_poll`: any event reaching the domain after the event counter read `seq`,
+    /// or `deadline_ns` (0: none).
+    Poll {
+        /// The domain's event counter when the call began.
+        seq: u64,
+        /// Absolute ns of system time, or 0.
+        deadline_ns: u64,
+    },
+    /// Nothing: HLT with interrupts disabled (only Dom0's requests move the vCPU).
+    Forever,
+}
+
+/// Programs the virtual interrupt for the next VMRUN: the callback vector while an upcall
+/// is pending (`V_IRQ`, top priority, TPR ignored), nothing otherwise. The CPU clears
+/// `V_IRQ` when it delivers the interrupt, so this runs before every entry.
+pub fn set_upcall_irq(vmcb: &mut Vmcb, vector: Option<u8>) {
+    let c = &mut vmcb.control;
+    c.int_ctl &= !(INT_CTL_V_IRQ | INT_CTL_V_IGN_TPR | INT_CTL_V_INTR_PRIO_MASK);
+    if let Some(v) = vector {
+        c.int_ctl |= INT_CTL_V_IRQ | INT_CTL_V_IGN_TPR | INT_CTL_V_INTR_PRIO_MASK;
+        c.int_vector = u32::from(v);
+    }
 }
 
 /// Why a domain was crashed.
@@ -283,6 +328,9 @@ pub fn init_pvh_vmcb(
     }
 }
 
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
+
 fn advance(vmcb: &mut Vmcb, len: u64) {
     vmcb.save.rip = vmcb.save.rip.wrapping_add(len);
     vmcb.control.int_state = 0;
@@ -296,6 +344,7 @@ fn inject(vmcb: &mut Vmcb, event: EventInj) {
 /// then guest-physical through the NPT.
 struct CallEnv<'a, H: Host> {
     host: &'a mut H,
+    domid: u16,
     npt: Npt,
     mode: PagingMode,
 }
@@ -352,6 +401,40 @@ impl<H: Host> GuestEnv for CallEnv<'_, H> {
     fn console_write(&mut self, bytes: &[u8]) {
         self.host.console(bytes);
     }
+
+    type Events = H::Events;
+
+    fn domid(&self) -> u16 {
+        self.domid
+    }
+
+    fn hub(&self) -> Hub<'_, H::Events> {
+        self.host.hub()
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.host.now_ns()
+    }
+
+    fn time_info(&self) -> VcpuTimeInfo {
+        self.host.time_info()
+    }
+
+    fn event_seq(&self) -> u64 {
+        self.host.event_seq()
+    }
+
+    fn set_timer(&mut self, deadline_ns: Option<u64>) {
+        self.host.set_timer(deadline_ns);
+    }
+
+    fn ram_frame(&mut self, gpfn: u64) -> Option<u64> {
+        let gpa = gpfn.checked_mul(0x1000)?;
+        match self.npt.translate(self.host.mem(), gpa)? {
+            (hpa, true) => Some(hpa & !0xFFF),
+            _ => None,
+        }
+    }
 }
 
 impl Vcpu {
@@ -381,7 +464,12 @@ impl Vcpu {
             SvmExit::Ioio => self.port_io(vmcb, host),
             SvmExit::Hlt => {
                 advance(vmcb, 1);
-                ExitAction::Block
+                // With interrupts off only an NMI would end the halt, and none comes.
+                ExitAction::Block(if vmcb.save.rflags & RFLAGS_IF != 0 {
+                    BlockOn::Upcall
+                } else {
+                    BlockOn::Forever
+                })
             }
             SvmExit::Intr | SvmExit::Nmi | SvmExit::Smi | SvmExit::Init => {
                 ExitAction::HostInterrupt
@@ -443,6 +531,7 @@ impl Vcpu {
         };
         let mut env = CallEnv {
             host,
+            domid: self.domid,
             npt: self.npt,
             mode: Self::paging_mode(vmcb),
         };
@@ -458,12 +547,20 @@ impl Vcpu {
                 ExitAction::Yield
             }
             Outcome::Shutdown(reason) => ExitAction::Shutdown(reason),
+            Outcome::Block => {
+                vmcb.save.rax = 0;
+                ExitAction::Block(BlockOn::Upcall)
+            }
+            Outcome::Poll { seq, deadline_ns } => {
+                vmcb.save.rax = 0;
+                ExitAction::Block(BlockOn::Poll { seq, deadline_ns })
+            }
         }
     }
 
     /// The control hypercall: `RDI` op, `RSI` buffer GPA, `RDX` length, `R10` argument,
     /// `R8` version. The buffer is checked writable as a whole before anything is written.
-    fn control(&mut self, vmcb: &mut Vmcb, host: &mut impl Host) -> Result<i64, Errno> {
+    fn control<H: Host>(&mut self, vmcb: &mut Vmcb, host: &mut H) -> Result<i64, Errno> {
         let call = ControlCall {
             op: self.regs.rdi,
             buf_len: self.regs.rdx,
@@ -486,22 +583,59 @@ impl Vcpu {
             }
             copy::from_gpa(&npt, phys, gpa, buf).map_err(|_| Errno::EFAULT)
         };
+        // The whole buffer is Dom0's writable RAM, checked before anything is written.
+        let writable = |npt: &Npt, host: &mut H| -> Result<(), Errno> {
+            if !buffer_ok {
+                return Err(Errno::EFAULT);
+            }
+            let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
+            let mut page = gpa & !0xFFF;
+            while page < end {
+                match npt.translate(host.mem(), page) {
+                    Some((_, true)) => page += 0x1000,
+                    _ => return Err(Errno::EFAULT),
+                }
+            }
+            Ok(())
+        };
         match crate::control::dispatch(&call, &*host, read_input, &mut out)? {
             Action::Reply { ret, len } => {
-                if !buffer_ok {
-                    return Err(Errno::EFAULT);
-                }
-                let end = gpa.checked_add(call.buf_len).ok_or(Errno::EFAULT)?;
-                let mut page = gpa & !0xFFF;
-                while page < end {
-                    match self.npt.translate(host.mem(), page) {
-                        Some((_, true)) => page += 0x1000,
-                        _ => return Err(Errno::EFAULT),
-                    }
-                }
+                writable(&self.npt, host)?;
                 copy::to_gpa(&self.npt, host.mem(), gpa, &out[..len]).map_err(|_| Errno::EFAULT)?;
                 Ok(ret)
             }
+            Action::TakePending { max } => {
+                // Checked first: taken ports are cleared, so they must reach the buffer.
+                writable(&self.npt, host)?;
+                let mut ports = [0u32; MAX_BUFFER / 4];
+                let n = host
+                    .hub()
+                    .take_dom0_pending(&mut ports[..max.min(MAX_BUFFER / 4)]);
+                for (i, p) in ports[..n].iter().enumerate() {
+                    out[i * 4..i * 4 + 4].copy_from_slice(&p.to_le_bytes());
+                }
+                copy::to_gpa(&self.npt, host.mem(), gpa, &out[..n * 4])
+                    .map_err(|_| Errno::EFAULT)?;
+                Ok(n as i64)
+            }
+            Action::Evtchn(op) => {
+                let hub = host.hub();
+                match op {
+                    Dom0Evtchn::AllocUnbound { domid } => hub.alloc_unbound(domid, 0),
+                    Dom0Evtchn::Bind { domid, port } => hub.bind_interdomain(0, domid, port),
+                    Dom0Evtchn::Send { port } => hub.send(0, port).map(|()| 0),
+                    Dom0Evtchn::Close { port } => hub.close(0, port).map(|()| 0),
+                }
+                .map(i64::from)
+            }
+            Action::SetParam {
+                domid,
+                index,
+                value,
+            } => host
+                .hub()
+                .set_builder_param(domid, index, value)
+                .map(|()| 0),
             Action::Map { slot, domid, gfn } => {
                 let window = host.host_info().foreign_window_gpa;
                 let hpa = host.foreign_acquire(slot, domid, gfn)?;
@@ -665,6 +799,7 @@ mod tests {
     use super::*;
     use crate::domain;
     use crate::elf::{PvhImage, tests::tiny_pvh};
+    use crate::evtchn::fake::FakePlatform;
     use crate::mm::fake::FakeMem;
     use zerocopy::FromZeros;
 
@@ -673,7 +808,15 @@ mod tests {
         pinned: std::collections::BTreeMap<u64, u64>,
         console: std::vec::Vec<u8>,
         notes: std::vec::Vec<Note>,
+        events: std::vec::Vec<spin::Mutex<crate::evtchn::DomainEvents>>,
+        plat: FakePlatform,
+        timer: Option<Option<u64>>,
     }
+
+    /// Machine address of the fake shared pages: they cover the fake RAM frames, and the
+    /// own `shared_info` frames of domains 1 and 2 are at the top.
+    const SHARED_BASE: u64 = 0x10_0000;
+    const OWN_FRAMES: u64 = SHARED_BASE + 1000 * 4096;
 
     impl crate::control::ControlSource for FakeHost {
         fn host_info(&self) -> shared_abi::control::HostInfo {
@@ -694,6 +837,22 @@ mod tests {
 
     impl Host for FakeHost {
         type Mem = FakeMem;
+        type Events = FakePlatform;
+        fn hub(&self) -> Hub<'_, FakePlatform> {
+            Hub::new(&self.events, &self.plat)
+        }
+        fn now_ns(&self) -> u64 {
+            5_000
+        }
+        fn time_info(&self) -> VcpuTimeInfo {
+            VcpuTimeInfo::default()
+        }
+        fn event_seq(&self) -> u64 {
+            3
+        }
+        fn set_timer(&mut self, deadline_ns: Option<u64>) {
+            self.timer = Some(deadline_ns);
+        }
         fn mem(&mut self) -> &mut FakeMem {
             &mut self.mem
         }
@@ -780,16 +939,19 @@ mod tests {
             privileged,
         );
         let vcpu = Vcpu::new(if privileged { 0 } else { 1 }, privileged, npt, regs);
-        (
-            vcpu,
-            vmcb,
-            FakeHost {
-                mem,
-                pinned: Default::default(),
-                console: std::vec::Vec::new(),
-                notes: std::vec::Vec::new(),
-            },
-        )
+        let host = FakeHost {
+            mem,
+            pinned: Default::default(),
+            console: std::vec::Vec::new(),
+            notes: std::vec::Vec::new(),
+            events: crate::evtchn::fake::tables(3),
+            plat: FakePlatform::new(SHARED_BASE, 1024),
+            timer: None,
+        };
+        host.hub().open_dom0();
+        host.hub().open_domu(1, OWN_FRAMES, 512);
+        host.hub().open_domu(2, OWN_FRAMES + 0x1000, 512);
+        (vcpu, vmcb, host)
     }
 
     #[test]
@@ -967,6 +1129,180 @@ mod tests {
         assert_eq!(
             control(&mut v, &mut vmcb, &mut host, 1, 0x5000, 4096),
             Errno::EPERM.to_ret()
+        );
+    }
+
+    #[test]
+    fn hlt_blocks_on_upcalls_only_with_interrupts_on() {
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x78;
+        vmcb.save.rflags = 0x202;
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Block(BlockOn::Upcall)
+        );
+        assert_eq!(vmcb.save.rip, 0x10_0001);
+        vmcb.save.rflags = 0x2;
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Block(BlockOn::Forever)
+        );
+    }
+
+    #[test]
+    fn sched_block_and_poll_become_block_exits() {
+        let (mut v, mut vmcb, mut host) = setup();
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = 29;
+        (v.regs.rdi, v.regs.rsi) = (1, 0);
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Block(BlockOn::Upcall)
+        );
+        assert_eq!(vmcb.save.rax, 0);
+        let poll = shared_abi::sched::SchedPoll {
+            ports: 0,
+            nr_ports: 0,
+            pad: 0,
+            timeout: 9_000,
+        };
+        copy::to_gpa(
+            &v.npt,
+            &mut host.mem,
+            0x5000,
+            zerocopy::IntoBytes::as_bytes(&poll),
+        )
+        .unwrap();
+        vmcb.save.rax = 29;
+        (v.regs.rdi, v.regs.rsi) = (3, 0x5000);
+        assert_eq!(
+            v.handle_exit(&mut vmcb, &mut host),
+            ExitAction::Block(BlockOn::Poll {
+                seq: 3,
+                deadline_ns: 9_000
+            })
+        );
+        // set_timer_op reaches the host.
+        vmcb.save.rax = 15;
+        v.regs.rdi = 123;
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(host.timer, Some(Some(123)));
+    }
+
+    #[test]
+    fn shared_info_lands_in_the_guest_frame() {
+        let (mut v, mut vmcb, mut host) = setup();
+        let req = shared_abi::memory::XenAddToPhysmap {
+            domid: shared_abi::DomId::SELF.0,
+            size: 0,
+            space: 0,
+            idx: 0,
+            gpfn: 0x1F0,
+        };
+        copy::to_gpa(
+            &v.npt,
+            &mut host.mem,
+            0x5000,
+            zerocopy::IntoBytes::as_bytes(&req),
+        )
+        .unwrap();
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = 12;
+        (v.regs.rdi, v.regs.rsi) = (7, 0x5000);
+        assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+        assert_eq!(vmcb.save.rax, 0);
+        assert_eq!(
+            host.hub()
+                .inspect(1, crate::evtchn::DomainEvents::placed_gpfn),
+            Some(Some(0x1F0))
+        );
+        // The page's pvclock version (the hub writes through the shared memory, which
+        // shadows the guest frame's machine address here) is even and non-zero.
+        let (hpa, _) = v.npt.translate(&host.mem, 0x1F_0000).unwrap();
+        let version = crate::evtchn::SharedMem::load(&host.plat.mem, hpa + 32);
+        assert!(version >= 2 && version.is_multiple_of(2));
+        // Beyond RAM: EINVAL.
+        let req = shared_abi::memory::XenAddToPhysmap { gpfn: 0x200, ..req };
+        copy::to_gpa(
+            &v.npt,
+            &mut host.mem,
+            0x5000,
+            zerocopy::IntoBytes::as_bytes(&req),
+        )
+        .unwrap();
+        vmcb.save.rax = 12;
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax as i64, Errno::EINVAL.to_ret());
+    }
+
+    #[test]
+    fn upcall_irq_programming() {
+        let (_, mut vmcb, _) = setup();
+        let base = vmcb.control.int_ctl;
+        set_upcall_irq(&mut vmcb, Some(0xF3));
+        assert_eq!(vmcb.control.int_vector, 0xF3);
+        assert_eq!(
+            vmcb.control.int_ctl,
+            base | (1 << 8) | (1 << 20) | (0xF << 16)
+        );
+        assert_ne!(vmcb.control.int_ctl & INT_CTL_V_INTR_MASKING, 0, "kept");
+        set_upcall_irq(&mut vmcb, None);
+        assert_eq!(vmcb.control.int_ctl, base);
+    }
+
+    #[test]
+    fn dom0_event_channel_control_ops() {
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        // Domain 1 exists for domain_from only as domid 0 in FakeHost: use the hub
+        // directly for its side, the control call for Dom0's.
+        let domu_port = host.hub().alloc_unbound(1, 0).unwrap();
+        let r = control_with(
+            &mut v,
+            &mut vmcb,
+            &mut host,
+            13,
+            0,
+            0,
+            (1 << 32) | u64::from(domu_port),
+        );
+        assert_eq!(r, Errno::ESRCH.to_ret(), "FakeHost lists no DomU 1");
+        // Take-pending: the bind in the hub marks Dom0's port pending.
+        let d0 = host.hub().bind_interdomain(0, 1, domu_port).unwrap();
+        host.hub().send(1, domu_port).unwrap();
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 8, 0),
+            1
+        );
+        let mut got = [0u8; 4];
+        copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut got).unwrap();
+        assert_eq!(u32::from_le_bytes(got), d0);
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 8, 0),
+            0
+        );
+        // A buffer outside Dom0's RAM takes nothing.
+        host.hub().send(1, domu_port).unwrap();
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 16, (2 << 20) - 2, 8, 0),
+            Errno::EFAULT.to_ret()
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 4, 0),
+            1
+        );
+        // Send and close on Dom0's port.
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 14, 0, 0, u64::from(d0)),
+            0
+        );
+        assert!(host.hub().port_pending(1, domu_port));
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 15, 0, 0, u64::from(d0)),
+            0
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 14, 0, 0, u64::from(d0)),
+            Errno::EINVAL.to_ret()
         );
     }
 

@@ -372,6 +372,11 @@ impl VmcbControl {
     }
 }
 
+/// `int_ctl`: a virtual interrupt (`int_vector`) is pending; the CPU clears it when it
+/// delivers the interrupt.
+pub const INT_CTL_V_IRQ: u32 = 1 << 8;
+/// `int_ctl`: the priority of the virtual interrupt (bits 19:16).
+pub const INT_CTL_V_INTR_PRIO_MASK: u32 = 0xF << 16;
 /// `int_ctl`: ignore the virtual TPR when delivering V_IRQ.
 pub const INT_CTL_V_IGN_TPR: u32 = 1 << 20;
 /// `int_ctl`: virtualise RFLAGS.IF/TPR masking (host IF governs physical interrupts).

@@ -18,8 +18,8 @@ use crate::vmcb::Vmcb;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use shared_abi::Errno;
 use shared_abi::control::{
-    CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, EVENT_DOMAIN_STATE, HostInfo,
-    fill_fixed_str,
+    CONTROL_VERSION, DOMAIN_FLAG_PRIVILEGED, DomainInfo, DomainState, EVENT_DOMAIN_STATE,
+    EVENT_EVTCHN, HostInfo, fill_fixed_str,
 };
 use shared_abi::pvh::{E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo};
 use shared_abi::sched::ShutdownReason;
@@ -28,6 +28,7 @@ use zerocopy::FromBytes;
 
 mod dom0_host;
 mod domains;
+mod events;
 mod run;
 use dom0_host::{
     DOM0_DENIED_PORTS, DOM0_EVENTS, DOM0_PROXIED_PORTS, DOMAIN_NPT, create_dom0, end_run,
@@ -302,6 +303,7 @@ extern "C" fn bsp_main(start_info_pa: u64) -> ! {
 
     let khz = apic::calibrate_tsc_khz();
     TSC_KHZ.store(khz, Ordering::Relaxed);
+    events::init_clock(khz);
     APIC_TICKS_PER_MS.store(apic::calibrate_timer(khz), Ordering::Relaxed);
     match svm::enable() {
         Ok(host_state) => HOST_STATE[0].store(host_state, Ordering::Relaxed),
@@ -533,6 +535,29 @@ impl crate::control::ControlSource for ExitHost<'_> {
 
 impl Host for ExitHost<'_> {
     type Mem = HostMem;
+    type Events = events::HvPlatform;
+
+    fn hub(&self) -> crate::evtchn::Hub<'_, events::HvPlatform> {
+        events::hub()
+    }
+
+    fn now_ns(&self) -> u64 {
+        events::now_ns()
+    }
+
+    fn time_info(&self) -> shared_abi::shared_info::VcpuTimeInfo {
+        events::time_info()
+    }
+
+    fn event_seq(&self) -> u64 {
+        events::EVENT_SEQ
+            .get(usize::from(self.domid))
+            .map_or(0, |s| s.load(Ordering::SeqCst))
+    }
+
+    fn set_timer(&mut self, deadline_ns: Option<u64>) {
+        events::set_timer(self.domid, deadline_ns);
+    }
 
     fn mem(&mut self) -> &mut HostMem {
         &mut self.mem

@@ -172,6 +172,8 @@ pub(super) fn create_dom0(
         initrd.map_or(0, |i| i.len() / 1024),
         cmdline
     );
+    // Its event channels: ports served by the control operations, no shared_info.
+    super::events::hub().open_dom0();
     record(0, "Domain-0", mem_mib, 0);
     *DOM0_RAM.lock() = Some(*ram);
     ALIVE.fetch_add(1, Ordering::AcqRel);
@@ -204,7 +206,7 @@ pub(super) fn run_dom0(mut d: Dom0) -> ! {
         };
         match d.vcpu.handle_exit(vmcb, &mut host) {
             // Dom0 has its pCPU to itself: yielding or blocking just resumes it.
-            ExitAction::Resume | ExitAction::Yield | ExitAction::Block => {}
+            ExitAction::Resume | ExitAction::Yield | ExitAction::Block(_) => {}
             ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
             ExitAction::Shutdown(reason) => {
                 d.console.flush(0);

@@ -7,7 +7,7 @@ use super::{
     EXIT_ON_IDLE, Effect, Ending, Errno, FpuArea, HostMem, IOPM_PA, LifecycleOp, MAX_DOMAINS,
     MSRPM_PA, NEXT_PCPU, Npt, ONLINE, Ordering, PermissionMaps, PhysMemory, PvhImage, RECORDS,
     RUNQ, RunState, SCHED, SchedState, ShutdownReason, Vcpu, Vmcb, apic, cpu, desc, dom0, domain,
-    fill_fixed_str, memory, mvlog, raise_dom0_event, release_foreign_frames, vcpu,
+    events, fill_fixed_str, memory, mvlog, raise_dom0_event, release_foreign_frames, vcpu,
 };
 
 /// Publishes a new domain's record (running) and tells Dom0.
@@ -52,6 +52,19 @@ pub(super) fn set_state(domid: u16, state: DomainState, shutdown_reason: u32) {
     }
 }
 
+/// Records a DomU's switch between running and blocked, without telling Dom0: these
+/// follow the guest's own pace (every idle halt, every wake-up), so an event for each
+/// would flood Dom0. `DomainInfo` still shows the state.
+pub(super) fn set_run_state(domid: u16, state: DomainState) {
+    if let Some(Some(info)) = RECORDS
+        .get(usize::from(domid))
+        .map(|r| r.lock())
+        .as_deref_mut()
+    {
+        info.state = state as u32;
+    }
+}
+
 /// Drops a destroyed domain's record: it no longer exists for Dom0.
 pub(super) fn forget_record(domid: u16) {
     if let Some(r) = RECORDS.get(usize::from(domid)) {
@@ -68,6 +81,20 @@ pub(super) fn kick(pcpu: usize) {
         .map(|a| a.load(Ordering::Relaxed))
     {
         apic::send_ipi(id, desc::WAKEUP_VECTOR);
+    }
+}
+
+/// Puts slot `id - 1` (domid `id`) back on pCPU `pcpu`'s run queue and interrupts that
+/// pCPU if it is another one (it may be halted).
+pub(super) fn requeue(id: usize, pcpu: usize) {
+    {
+        let mut q = RUNQ[pcpu].lock();
+        let len = q.len;
+        q.slots[len] = (id - 1) as u8;
+        q.len += 1;
+    }
+    if pcpu != super::super::cpu_index() {
+        kick(pcpu);
     }
 }
 
@@ -101,15 +128,7 @@ pub(super) fn lifecycle(op: LifecycleOp, domid: u32) -> Result<(), Errno> {
     match effect {
         Effect::None => {}
         Effect::Kick => kick(pcpu),
-        Effect::Requeue => {
-            {
-                let mut q = RUNQ[pcpu].lock();
-                let len = q.len;
-                q.slots[len] = (id - 1) as u8;
-                q.len += 1;
-            }
-            kick(pcpu);
-        }
+        Effect::Requeue => requeue(id, pcpu),
         Effect::DestroyNow => {
             // Off every run queue: nothing runs it. Its pCPU may still be leaving its run
             // loop with the lock held; that takes moments.
@@ -226,6 +245,12 @@ pub(super) fn install_domain(
         npt.destroy(&mut HostMem);
         return Err(CreateError::NoMemory);
     };
+    // Holds the domain's shared_info until the guest places it in its RAM.
+    let Some(shared_info) = HostMem.alloc_zeroed_frame() else {
+        HostMem.free_frame(vmcb_pa);
+        npt.destroy(&mut HostMem);
+        return Err(CreateError::NoMemory);
+    };
     let (domid, name, mem_mib, pcpu) = (new.domid, new.name, new.mem_mib, new.pcpu);
     // SAFETY: `vmcb_pa` is a fresh zeroed frame, identity-mapped, owned by this domain.
     let vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
@@ -265,6 +290,9 @@ pub(super) fn install_domain(
         if paused { ", paused" } else { "" }
     );
     let id = usize::from(domid);
+    // Event channels exist from creation: Dom0's builder may allocate ports at once.
+    events::cancel_timers(domid);
+    events::hub().open_domu(domid, shared_info, u64::from(mem_mib) * 256);
     DOMAIN_NPT[id].store(d.vcpu.npt.root(), Ordering::Release);
     DOMAIN_PCPU[id].store(pcpu, Ordering::Relaxed);
     ALIVE.fetch_add(1, Ordering::AcqRel);
@@ -404,6 +432,12 @@ pub(super) fn end_domain(slot: &mut Option<Domain>, how: Ending) {
                 forget_record(d.id);
             }
         }
+    }
+    // No event, timer or shared_info write reaches the domain from here on, so its frames
+    // (the one its shared_info lives in among them) can go.
+    events::cancel_timers(d.id);
+    if let Some(frame) = events::hub().teardown(d.id) {
+        HostMem.free_frame(frame);
     }
     let pinned = release_foreign_frames(d.id, d.vcpu.npt);
     if pinned > 0 {

@@ -1,14 +1,19 @@
-//! The DomU pCPUs' scheduler: per-pCPU run queues, time slices from the local APIC
-//! timer, and the run loop of one vCPU (world switch, exit handling, Dom0's requests).
+//! The DomU pCPUs' scheduler: per-pCPU run queues, time slices and guest timers from the
+//! local APIC timer, and the run loop of one vCPU (world switch, upcall injection, exit
+//! handling, blocking, Dom0's requests).
 
+use super::events::{self, EVENT_SEQ, POLL_TSC};
 use super::{
     APIC_TICKS_PER_MS, AtExit, CPU_CYCLES, CrashReason, DOMAINS, Domain, DomainState, ExitAction,
     ExitHost, FpuArea, HOST_STATE, HostMem, LAST_SLOT, Ordering, RUNQ, SCHED, SLICE_MS, SchedState,
-    ShutdownReason, TSC_KHZ, Vmcb, XSAVE, apic, cpu, end_domain, mvlog, set_state, svm,
+    ShutdownReason, TSC_KHZ, Vmcb, XSAVE, apic, cpu, domains, end_domain, mvlog, set_state, svm,
+    vcpu,
 };
+use crate::lifecycle::Wait;
+use crate::vcpu::BlockOn;
 
-/// pCPU `me`'s scheduler loop: runs the vCPUs on its queue round robin, halts when none
-/// is runnable.
+/// pCPU `me`'s scheduler loop: runs the vCPUs on its queue round robin; when none is
+/// runnable it fires expired guest timers and halts until the next deadline or an IPI.
 pub(super) fn schedule(me: usize) -> ! {
     loop {
         let next = {
@@ -32,7 +37,19 @@ pub(super) fn schedule(me: usize) -> ! {
                     q.len += 1;
                 }
             }
-            None => cpu::wait_for_interrupt(),
+            None => {
+                // A timer may wake a vCPU here: look at the queue again before halting.
+                let next = events::expire_timers(me);
+                if RUNQ[me].lock().len > 0 {
+                    continue;
+                }
+                match next {
+                    Some(t) => arm_timer_at(t),
+                    None => apic::timer_stop(),
+                }
+                // An IPI or the timer arriving since is pending and ends the halt at once.
+                cpu::wait_for_interrupt();
+            }
         }
     }
 }
@@ -63,7 +80,7 @@ pub(super) fn fpu_switch(area: &mut FpuArea, save: bool) {
 pub(super) enum Leave {
     /// Its slice is over (or it yielded): back on the run queue.
     Yield,
-    /// It halted.
+    /// It blocked (its state says so already).
     Block,
     /// Dom0 paused it.
     Pause,
@@ -108,8 +125,8 @@ pub(super) fn slice_cycles() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed) * SLICE_MS
 }
 
-/// Arms this pCPU's timer for the rest of the slice ending at `deadline` (TSC).
-pub(super) fn arm_slice_timer(deadline: u64) {
+/// Arms this pCPU's timer to fire at TSC `deadline` (at once if it has passed).
+pub(super) fn arm_timer_at(deadline: u64) {
     let left = deadline.saturating_sub(cpu::rdtsc());
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);
     let ticks =
@@ -129,29 +146,13 @@ pub(super) fn run_domain(me: usize, slot: usize) -> bool {
         None => run_vcpu(me, slot, d),
     };
     apic::timer_stop();
-    let d_id = d.id;
     match leave {
         Leave::Yield => true,
         Leave::Pause => {
             mvlog!("d{} ({}) paused", d.id, d.name());
             false
         }
-        Leave::Block => {
-            let verdict = SCHED[usize::from(d_id)].lock().block();
-            match verdict {
-                AtExit::Continue => {
-                    set_state(d_id, DomainState::Blocked, 0);
-                    mvlog!(
-                        "d{} ({}) halted; no event source can wake it yet",
-                        d.id,
-                        d.name()
-                    );
-                }
-                AtExit::Pause => set_state(d_id, DomainState::Paused, 0),
-                AtExit::Destroy => end_domain(&mut guard, Ending::Destroyed),
-            }
-            false
-        }
+        Leave::Block => false,
         Leave::End(how) => {
             end_domain(&mut guard, how);
             false
@@ -159,9 +160,54 @@ pub(super) fn run_domain(me: usize, slot: usize) -> bool {
     }
 }
 
+/// The vCPU wants to block until `on`. Under its scheduling lock: if that has already
+/// come (an upcall is pending, an event arrived since the poll began, the timeout
+/// passed), it does not block (`None`: resume it); otherwise it blocks, unless Dom0's
+/// request wins. A sender makes its event visible before it takes the lock, so no wake-up
+/// is lost in between.
+fn block_vcpu(domid: u16, on: BlockOn) -> Option<Leave> {
+    let id = usize::from(domid);
+    let wait = match on {
+        BlockOn::Upcall => Wait::Upcall,
+        BlockOn::Poll { deadline_ns, .. } => {
+            if deadline_ns != 0 {
+                POLL_TSC[id].store(events::ns_to_tsc(deadline_ns), Ordering::SeqCst);
+            }
+            Wait::Poll
+        }
+        BlockOn::Forever => Wait::Forever,
+    };
+    let mut sched = SCHED[id].lock();
+    let due = match on {
+        BlockOn::Upcall => events::hub().upcall_pending(domid),
+        BlockOn::Poll { seq, deadline_ns } => {
+            EVENT_SEQ[id].load(Ordering::SeqCst) != seq
+                || (deadline_ns != 0 && events::now_ns() >= deadline_ns)
+        }
+        BlockOn::Forever => false,
+    };
+    if due {
+        POLL_TSC[id].store(0, Ordering::SeqCst);
+        return None;
+    }
+    match sched.block_on(wait) {
+        AtExit::Continue => {
+            domains::set_run_state(domid, DomainState::Blocked);
+            Some(Leave::Block)
+        }
+        AtExit::Pause => {
+            set_state(domid, DomainState::Paused, 0);
+            Some(Leave::Pause)
+        }
+        AtExit::Destroy => Some(Leave::End(Ending::Destroyed)),
+    }
+}
+
 /// The run loop of one vCPU on pCPU `me`: world switches and exits until it leaves.
 pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
-    let switched = LAST_SLOT[me].swap(slot as u32, Ordering::Relaxed) != slot as u32;
+    // A full barrier: a sender that then reads LAST_SLOT to decide on a kick has made its
+    // upcall visible to the check before our first VMRUN, or sees us here.
+    let switched = LAST_SLOT[me].swap(slot as u32, Ordering::SeqCst) != slot as u32;
     let xsave = XSAVE.load(Ordering::Relaxed);
     if switched {
         if xsave {
@@ -177,15 +223,26 @@ pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
         vmcb.control.tlb_control = 1;
     }
     let host_state = HOST_STATE[me].load(Ordering::Relaxed);
+    // A poll that ended (by an event or its timeout) no longer needs its timeout.
+    POLL_TSC[usize::from(d.id)].store(0, Ordering::SeqCst);
+    let hub = events::hub();
     let mut deadline = cpu::rdtsc() + slice_cycles();
+    let mut armed_for = 0;
     let leave = loop {
         if xsave && cpu::xgetbv0() != d.vcpu.xcr0 {
             // SAFETY: restoring the guest's own XCR0, validated by the CPU when set.
             unsafe { cpu::xsetbv0(d.vcpu.xcr0) };
         }
-        if !apic::timer_armed() {
-            arm_slice_timer(deadline);
+        // Guest timers of every vCPU on this pCPU that have expired fire now (which may
+        // raise this vCPU's upcall); the local APIC timer aims at whichever comes first of
+        // the slice's end and the next deadline.
+        let next = events::expire_timers(me).map_or(deadline, |t| t.min(deadline));
+        if next != armed_for || !apic::timer_armed() {
+            arm_timer_at(next);
+            armed_for = next;
         }
+        // The upcall is level-triggered: V_IRQ is recomputed before every entry.
+        vcpu::set_upcall_irq(vmcb, hub.pending_upcall(d.id));
         let start = cpu::rdtsc();
         // SAFETY: VMCB, NPT, IOPM and MSRPM are valid and owned by this domain / shared
         // read-only; `regs` is this vCPU's; `host_state` is this CPU's VMSAVE page.
@@ -214,7 +271,11 @@ pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
         }
         match action {
             ExitAction::Yield => break Leave::Yield,
-            ExitAction::Block => break Leave::Block,
+            ExitAction::Block(on) => {
+                if let Some(leave) = block_vcpu(d.id, on) {
+                    break leave;
+                }
+            }
             ExitAction::HostInterrupt => cpu::take_pending_interrupt(),
             _ => {}
         }
@@ -226,7 +287,7 @@ pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
         }
     };
     // The vCPU leaves this pCPU: the next one to run here reloads its own state.
-    LAST_SLOT[me].store(u32::MAX, Ordering::Relaxed);
+    LAST_SLOT[me].store(u32::MAX, Ordering::SeqCst);
     if !matches!(leave, Leave::End(_)) {
         fpu_switch(&mut d.fpu, true);
     }
