@@ -8,39 +8,56 @@
 //!    ([`DomainConfig::check`]); the kernel file is readable and at most
 //!    [`MAX_KERNEL_BYTES`]; it is an x86-64 ELF executable with a PVH entry note
 //!    (`microvisor::elf::PvhImage`); every `PT_LOAD` segment lies inside guest RAM, clear
-//!    of page 0 and the boot page, and the entry point inside a segment
-//!    (`microvisor::domain::check`); the command line fits the boot page; the ramdisk fits
-//!    between the kernel's end and the top of RAM; the memory is at most what `HostInfo`
-//!    reports free; no domain has the name; the microvisor has a foreign window.
+//!    of page 0, the boot page and the console page (the last page of RAM), and the entry
+//!    point inside a segment (`microvisor::domain::check`); the command line fits the boot
+//!    page; the ramdisk fits between the kernel's end and the console page; the memory is
+//!    at most what `HostInfo` reports free; no domain has the name; the microvisor has a
+//!    foreign window.
 //! 2. `DomainCreate`: an empty, paused domain with zeroed RAM at `0..memory`.
 //! 3. Its memory is written through [`WINDOW_SLOTS`] foreign-window slots, reused in
 //!    batches: `ForeignMap` each page of a batch into a slot, `mmap` the slots, copy,
 //!    `munmap`, `ForeignUnmap` ([`write_memory`]). What is written: the kernel's segments
 //!    (the bytes from the file; the rest of each segment is already zero), the boot page
-//!    at [`BOOT_INFO_GPA`] (`hvm_start_info`, a one-entry memory map `0..memory` and the
-//!    command line, exactly as `microvisor::domain::boot_info_page` lays it out) and the
-//!    ramdisk, page-aligned at the top of RAM, as the start info's one module.
-//! 4. `DomainSetEntry { entry, start_info: 0x1000 }`.
-//! 5. `DomainUnpause`, unless the request asks for a paused domain.
+//!    at [`BOOT_INFO_GPA`] (`hvm_start_info`, the command line and the memory map, as
+//!    `microvisor::domain::boot_info_page` lays them out, with the map split in two: RAM
+//!    `0..memory - 4 KiB` and the console page as `E820_RESERVED`, so the guest never
+//!    uses it as memory) and the ramdisk, page-aligned just below the console page, as
+//!    the start info's one module.
+//! 4. The PV console ([`setup_console`]): the console page is the last page of RAM (zero,
+//!    like all fresh RAM). `EvtchnAllocUnbound` makes the DomU's console port,
+//!    `EvtchnBindInterdomain` binds a domain 0 port to it, the page is mapped into dom0d
+//!    for the domain's life ([`PagePool`]), and `DomainSetParam` sets `CONSOLE_PFN` and
+//!    `CONSOLE_EVTCHN` for the guest to read. A microvisor without event channels
+//!    (`ENOSYS`) builds domains without a console (logged once).
+//! 5. `DomainSetEntry { entry, start_info: 0x1000 }`.
+//! 6. `DomainUnpause`, unless the request asks for a paused domain.
 //!
-//! On any failure after step 2 the domain is destroyed (and dom0d waits until it is gone),
-//! so nothing is left half-made and the free memory is what it was before; only if that
-//! destroy fails too does the error say which domain is left. The window slots are
-//! unmapped on every path. Each create is logged with its duration.
+//! On any failure after step 2 the console's port is closed and its page unmapped, the
+//! domain is destroyed (and dom0d waits until it is gone), so nothing is left half-made and
+//! the free memory is what it was before; only if that destroy fails too does the error say
+//! which domain is left. The window slots are unmapped on every path. Each create is
+//! logged with its duration.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ::microvisor::domain::BuildError;
 use ::microvisor::elf::PvhImage;
 use shared_abi::control::{ControlOp, DomainCreateRequest, HostInfo, VcpuEntry, fill_fixed_str};
-use zerocopy::IntoBytes;
+use shared_abi::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN};
+use shared_abi::pvh::{E820_RAM, E820_RESERVED, HvmMemmapEntry, HvmStartInfo};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::config::DomainConfig;
 use crate::log::{self, Level};
-use crate::microvisor::{self, ESRCH, Microvisor, foreign_map, foreign_unmap};
+use crate::microvisor::{
+    self, ESRCH, Microvisor, domain_set_param, evtchn_alloc_unbound, evtchn_bind_interdomain,
+    evtchn_close, foreign_map, foreign_unmap,
+};
+use crate::pages::{MappedPage, PagePool};
 use crate::proto::{
     ApiError, Cleanup, CreateError, CreateReport, FileProblem, ImageKind, Plan, RamdiskPlan,
     SegmentPlan, domain_label, errno_text, os_error_text,
@@ -55,6 +72,7 @@ pub const WINDOW_SLOTS: u64 = 64;
 
 const PAGE: u64 = 4096;
 const ENOMEM: i32 = 12;
+const ENOSYS: i32 = 38;
 const EBUSY: i32 = 16;
 const EEXIST: i32 = 17;
 const EINVAL: i32 = 22;
@@ -244,6 +262,24 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
             reason: other.to_string(),
         },
     })?;
+    let console = console_gpa(mem);
+    if let Some(s) = image
+        .segments()
+        .find(|s| s.paddr.saturating_add(s.mem_size) > console)
+    {
+        let end = s.paddr.saturating_add(s.mem_size);
+        return Err(bad_kernel(
+            config,
+            format!(
+                "its segment at {:#x}..{end:#x} overlaps the console page ({console:#x}..{mem:#x}, the last page of RAM)",
+                s.paddr
+            ),
+            Some(format!(
+                "raise \"memory\" to at least {} MiB",
+                mib_up(end + PAGE)
+            )),
+        ));
+    }
     let segments: Vec<SegmentPlan> = image
         .segments()
         .map(|s| SegmentPlan {
@@ -262,17 +298,18 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
         (Some(r), Some(path)) => Some(place_ramdisk(
             path,
             r.len() as u64,
-            mem,
+            console,
             kernel_end,
             config,
         )?),
         _ => None,
     };
-    let boot_page = ::microvisor::domain::boot_info_page(
+    let mut boot_page = ::microvisor::domain::boot_info_page(
         mem,
         cmdline,
         ramdisk_plan.map(|r| (r.paddr, r.bytes)),
     );
+    reserve_console_page(&mut boot_page, mem);
     Ok(Layout {
         image,
         ramdisk: images.ramdisk.as_deref(),
@@ -287,11 +324,61 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
     })
 }
 
-/// The ramdisk goes page-aligned at the top of RAM, above the kernel.
+/// Guest-physical address of the console page of a domain with `mem` bytes of RAM: its
+/// last page.
+#[must_use]
+pub fn console_gpa(mem: u64) -> u64 {
+    mem.saturating_sub(PAGE)
+}
+
+/// Rewrites the boot page's memory map (one RAM entry `0..mem`, as
+/// `microvisor::domain::boot_info_page` writes it) into two entries: RAM up to the console
+/// page, and the console page as `E820_RESERVED`. The map has room for both before the
+/// module list.
+pub fn reserve_console_page(page: &mut [u8; 4096], mem: u64) {
+    let Ok(mut info) = HvmStartInfo::read_from_bytes(&page[..size_of::<HvmStartInfo>()]) else {
+        return;
+    };
+    let Some(at) = info
+        .memmap_paddr
+        .checked_sub(BOOT_INFO_GPA)
+        .and_then(|o| usize::try_from(o).ok())
+        .filter(|&o| o + 2 * size_of::<HvmMemmapEntry>() <= MODLIST_OFFSET)
+    else {
+        return;
+    };
+    let console = console_gpa(mem);
+    let entries = [
+        HvmMemmapEntry {
+            addr: 0,
+            size: console,
+            kind: E820_RAM,
+            reserved: 0,
+        },
+        HvmMemmapEntry {
+            addr: console,
+            size: PAGE,
+            kind: E820_RESERVED,
+            reserved: 0,
+        },
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        let o = at + i * size_of::<HvmMemmapEntry>();
+        page[o..o + size_of::<HvmMemmapEntry>()].copy_from_slice(e.as_bytes());
+    }
+    info.memmap_entries = 2;
+    page[..size_of::<HvmStartInfo>()].copy_from_slice(info.as_bytes());
+}
+
+/// Offset of the module list in the boot page: the memory map must end before it.
+const MODLIST_OFFSET: usize = ::microvisor::domain::MODLIST_OFFSET as usize;
+
+/// The ramdisk goes page-aligned at the top of RAM below the console page (`top`), above
+/// the kernel.
 fn place_ramdisk(
     path: &str,
     size: u64,
-    mem: u64,
+    top: u64,
     kernel_end: u64,
     config: &DomainConfig,
 ) -> Result<RamdiskPlan, CreateError> {
@@ -303,17 +390,17 @@ fn place_ramdisk(
     if size == 0 {
         return Err(bad("it is empty".to_owned(), None));
     }
-    let room = mem.saturating_sub(kernel_end.next_multiple_of(PAGE));
-    let paddr = mem.saturating_sub(size) & !(PAGE - 1);
+    let room = top.saturating_sub(kernel_end.next_multiple_of(PAGE));
+    let paddr = top.saturating_sub(size) & !(PAGE - 1);
     if size > room || paddr < kernel_end {
         return Err(bad(
             format!(
-                "it is {size} bytes, but only {room} bytes of the domain's {} MiB lie above the kernel",
+                "it is {size} bytes, but only {room} bytes of the domain's {} MiB lie between the kernel and the console page",
                 config.memory_mib
             ),
             Some(format!(
                 "raise \"memory\" to at least {} MiB",
-                mib_up(kernel_end.next_multiple_of(PAGE) + size.next_multiple_of(PAGE))
+                mib_up(kernel_end.next_multiple_of(PAGE) + size.next_multiple_of(PAGE) + PAGE)
             )),
         ));
     }
@@ -586,6 +673,159 @@ pub fn destroy_and_wait(
     }
 }
 
+/// A new domain's PV console, as [`setup_console`] made it: the DomU's port, domain 0's
+/// port bound to it, and the console page mapped into dom0d. Whoever takes it over
+/// (dom0d's console back-end) closes the port and releases the page when the domain is
+/// gone ([`undo_console`]).
+#[derive(Debug)]
+pub struct ConsoleSetup {
+    /// The domain.
+    pub domid: u32,
+    /// The console page's frame in the domain (`CONSOLE_PFN`): its last page of RAM.
+    pub gfn: u64,
+    /// The DomU's port (`CONSOLE_EVTCHN`).
+    pub remote_port: u32,
+    /// Domain 0's port, bound to `remote_port`.
+    pub port: u32,
+    /// The console page, mapped.
+    pub page: MappedPage,
+}
+
+/// A failed step: what, the errno if a call failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    /// What dom0d was doing.
+    pub step: String,
+    /// The errno of the failed call.
+    pub errno: Option<i32>,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl StepError {
+    fn call(step: &str, errno: i32) -> Self {
+        Self {
+            step: step.to_owned(),
+            errno: Some(errno),
+            reason: format!("the microvisor answered {}", errno_text(errno)),
+        }
+    }
+}
+
+static NO_CONSOLES_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Step 4 of the module docs: the PV console of `domid` (which has `mem` bytes of RAM and
+/// has not run). Returns `None`, building no console, if the microvisor has no event
+/// channels (`ENOSYS`).
+///
+/// # Errors
+/// The failed step; everything this function made is undone first (the domain itself is
+/// the caller's to destroy).
+pub fn setup_console(
+    mv: &dyn Microvisor,
+    pool: &PagePool,
+    domid: u32,
+    mem: u64,
+) -> Result<Option<ConsoleSetup>, StepError> {
+    let gfn = console_gpa(mem) / PAGE;
+    let remote_port = match evtchn_alloc_unbound(mv, domid) {
+        Ok(p) => p,
+        Err(ENOSYS) => {
+            if !NO_CONSOLES_LOGGED.swap(true, Ordering::Relaxed) {
+                log::write(
+                    Level::Warn,
+                    format_args!(
+                        "create: the microvisor has no event channels (EvtchnAllocUnbound: ENOSYS); domains are built without a PV console"
+                    ),
+                );
+            }
+            return Ok(None);
+        }
+        Err(errno) => {
+            return Err(StepError::call(
+                "allocating the console's event channel (EvtchnAllocUnbound)",
+                errno,
+            ));
+        }
+    };
+    let port = evtchn_bind_interdomain(mv, domid, remote_port).map_err(|errno| {
+        StepError::call(
+            "binding the console's event channel (EvtchnBindInterdomain)",
+            errno,
+        )
+    })?;
+    let page = match pool.map(mv, domid, gfn) {
+        Ok(page) => page,
+        Err(reason) => {
+            close_port(mv, port);
+            return Err(StepError {
+                step: "mapping the console page".to_owned(),
+                errno: None,
+                reason,
+            });
+        }
+    };
+    let setup = ConsoleSetup {
+        domid,
+        gfn,
+        remote_port,
+        port,
+        page,
+    };
+    for (index, value, what) in [
+        (HVM_PARAM_CONSOLE_PFN, gfn, "CONSOLE_PFN"),
+        (
+            HVM_PARAM_CONSOLE_EVTCHN,
+            u64::from(remote_port),
+            "CONSOLE_EVTCHN",
+        ),
+    ] {
+        if let Err(errno) = domain_set_param(mv, domid, index, value) {
+            undo_console(mv, pool, setup);
+            return Err(StepError::call(
+                &format!("setting {what} (DomainSetParam)"),
+                errno,
+            ));
+        }
+    }
+    Ok(Some(setup))
+}
+
+fn close_port(mv: &dyn Microvisor, port: u32) {
+    if let Err(errno) = evtchn_close(mv, port) {
+        log::limited(
+            Level::Warn,
+            format_args!(
+                "EvtchnClose of domain 0 port {port} failed with {}",
+                errno_text(errno)
+            ),
+        );
+    }
+}
+
+/// Closes the console's domain 0 port and releases its page (its domain may be gone).
+pub fn undo_console(mv: &dyn Microvisor, pool: &PagePool, console: ConsoleSetup) {
+    close_port(mv, console.port);
+    if let Err(page) = pool.release(mv, console.page) {
+        log::write(
+            Level::Error,
+            format_args!(
+                "the console page of domain {} (slot {}) is still in use; it stays mapped (a dom0d bug)",
+                page.domid, page.slot
+            ),
+        );
+    }
+}
+
+/// What [`create`] built.
+#[derive(Debug)]
+pub struct Built {
+    /// The report for the client.
+    pub report: CreateReport,
+    /// The new domain's console (`None` for a dry run, or without event channels).
+    pub console: Option<ConsoleSetup>,
+}
+
 /// How a create runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -611,27 +851,31 @@ impl Default for Options {
 }
 
 /// Builds (or, for a dry run, plans) the domain `config` describes, as the module docs
-/// say. `created` receives the new domain's id as soon as it exists, so a caller can
-/// clean up even if this thread dies.
+/// say, mapping its console page through `pool`. `created` receives the new domain's id as
+/// soon as it exists, so a caller can clean up even if this thread dies.
 ///
 /// # Errors
 /// [`CreateError`]; after a failure nothing is left behind unless
 /// [`CreateError::Failed::cleanup`] says otherwise.
 pub fn create(
     mv: &dyn Microvisor,
+    pool: &PagePool,
     config: &DomainConfig,
     opts: Options,
     created: &Mutex<Option<u32>>,
-) -> Result<CreateReport, CreateError> {
+) -> Result<Built, CreateError> {
     let started = Instant::now();
-    let result = build(mv, config, opts, created, started);
+    let result = build(mv, pool, config, opts, created, started);
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match &result {
         Ok(_) if opts.dry_run => log::limited(
             Level::Debug,
             format_args!("create --dry-run: \"{}\" would fit; {ms} ms", config.name),
         ),
-        Ok(r) => {
+        Ok(Built { report: r, console }) => {
+            let console = console.as_ref().map_or(String::new(), |c| {
+                format!(", console port {} (DomU port {})", c.port, c.remote_port)
+            });
             let label = domain_label(r.domid.unwrap_or(0), &config.name);
             let ramdisk = r.plan.ramdisk.map_or(String::new(), |rd| {
                 format!(", ramdisk {} KiB", rd.bytes.div_ceil(1024))
@@ -639,7 +883,7 @@ pub fn create(
             log::limited(
                 Level::Info,
                 format_args!(
-                    "create: {label} {}: {} MiB, entry {:#x}, {} segment(s){ramdisk}; {ms} ms",
+                    "create: {label} {}: {} MiB, entry {:#x}, {} segment(s){ramdisk}{console}; {ms} ms",
                     r.state.map_or("built", |s| s.name()),
                     r.plan.memory_mib,
                     r.plan.entry,
@@ -655,19 +899,20 @@ pub fn create(
             ),
         ),
     }
-    result.map(|mut r| {
-        r.took_ms = ms;
-        r
+    result.map(|mut b| {
+        b.report.took_ms = ms;
+        b
     })
 }
 
 fn build(
     mv: &dyn Microvisor,
+    pool: &PagePool,
     config: &DomainConfig,
     opts: Options,
     created: &Mutex<Option<u32>>,
     started: Instant,
-) -> Result<CreateReport, CreateError> {
+) -> Result<Built, CreateError> {
     config
         .check()
         .map_err(|reason| CreateError::InvalidConfig { reason })?;
@@ -683,13 +928,20 @@ fn build(
         took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     if opts.dry_run {
-        return Ok(report(None, None));
+        return Ok(Built {
+            report: report(None, None),
+            console: None,
+        });
     }
     let domid = create_empty(mv, config)?;
     *created
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(domid);
-    let fail = |step: String, errno: Option<i32>, reason: String| {
+    let fail = |StepError {
+                    step,
+                    errno,
+                    reason,
+                }| {
         let cleanup = destroy_and_wait(mv, domid, opts.destroy_wait, opts.poll);
         if cleanup == Cleanup::Destroyed {
             *created
@@ -705,12 +957,29 @@ fn build(
         }
     };
     if let Err(e) = write_memory(mv, domid, window, &layout.writes()) {
-        return Err(fail(
-            "writing the domain's memory".to_owned(),
-            Some(e.errno),
-            format!("{} failed with {}", e.what, errno_text(e.errno)),
-        ));
+        return Err(fail(StepError {
+            step: "writing the domain's memory".to_owned(),
+            errno: Some(e.errno),
+            reason: format!("{} failed with {}", e.what, errno_text(e.errno)),
+        }));
     }
+    let mem = u64::from(config.memory_mib) << 20;
+    let console = setup_console(mv, pool, domid, mem).map_err(fail)?;
+    if let Err(e) = start(mv, domid, &plan, opts.paused) {
+        if let Some(c) = console {
+            undo_console(mv, pool, c);
+        }
+        return Err(fail(e));
+    }
+    let state = microvisor::domain_info(mv, domid).ok().map(|d| d.state);
+    Ok(Built {
+        report: report(Some(domid), state),
+        console,
+    })
+}
+
+/// Steps 5 and 6: the entry state, and the unpause unless `paused`.
+fn start(mv: &dyn Microvisor, domid: u32, plan: &Plan, paused: bool) -> Result<(), StepError> {
     let mut entry = [0u8; size_of::<VcpuEntry>()];
     entry.copy_from_slice(
         VcpuEntry {
@@ -719,28 +988,17 @@ fn build(
         }
         .as_bytes(),
     );
-    if let Err(errno) = mv.control(
+    mv.control(
         ControlOp::DomainSetEntry as u64,
         u64::from(domid),
         &mut entry,
-    ) {
-        return Err(fail(
-            "setting the entry point (DomainSetEntry)".to_owned(),
-            Some(errno),
-            format!("the microvisor answered {}", errno_text(errno)),
-        ));
+    )
+    .map_err(|errno| StepError::call("setting the entry point (DomainSetEntry)", errno))?;
+    if !paused {
+        mv.control(ControlOp::DomainUnpause as u64, u64::from(domid), &mut [])
+            .map_err(|errno| StepError::call("starting the domain (DomainUnpause)", errno))?;
     }
-    if !opts.paused
-        && let Err(errno) = mv.control(ControlOp::DomainUnpause as u64, u64::from(domid), &mut [])
-    {
-        return Err(fail(
-            "starting the domain (DomainUnpause)".to_owned(),
-            Some(errno),
-            format!("the microvisor answered {}", errno_text(errno)),
-        ));
-    }
-    let state = microvisor::domain_info(mv, domid).ok().map(|d| d.state);
-    Ok(report(Some(domid), state))
+    Ok(())
 }
 
 /// `DomainCreate`, its errno turned into a typed error.
@@ -870,15 +1128,14 @@ pub(crate) mod test_elf {
 #[cfg(test)]
 mod tests {
     use shared_abi::control::{DomainState, EVENT_DOMAIN_STATE};
-    use shared_abi::pvh::{
-        E820_RAM, HVM_START_MAGIC, HvmMemmapEntry, HvmModlistEntry, HvmStartInfo,
-    };
-    use zerocopy::FromBytes;
+    use shared_abi::pvh::{HVM_START_MAGIC, HvmModlistEntry};
+
+    use std::sync::Arc;
 
     use super::test_elf::{Seg, bytes, elf_without_note, pvh_elf};
     use super::*;
     use crate::config::OnEvent;
-    use crate::fake::{FakeMicrovisor, OP_MMAP, domain_record};
+    use crate::fake::{FakeMicrovisor, OP_MAP_PAGE, OP_MMAP, domain_record};
     use crate::proto::State;
 
     struct Files {
@@ -941,12 +1198,19 @@ mod tests {
         }
     }
 
+    /// Builds with a pool of its own and hands the console back at once (closing its port
+    /// and unmapping its page), so only what the build itself leaves shows.
     fn run(
         fake: &FakeMicrovisor,
         c: &DomainConfig,
         o: Options,
     ) -> Result<CreateReport, CreateError> {
-        create(fake, c, o, &Mutex::new(None))
+        let pool = PagePool::default();
+        let built = create(fake, &pool, c, o, &Mutex::new(None))?;
+        if let Some(console) = built.console {
+            undo_console(fake, &pool, console);
+        }
+        Ok(built.report)
     }
 
     fn names(fake: &FakeMicrovisor) -> Vec<String> {
@@ -992,10 +1256,10 @@ mod tests {
                 ramdisk: None,
             }
         );
-        assert_eq!(
-            *l.boot_page(),
-            ::microvisor::domain::boot_info_page(16 << 20, "console=hvc0 quiet", None)
-        );
+        let mut expected =
+            ::microvisor::domain::boot_info_page(16 << 20, "console=hvc0 quiet", None);
+        reserve_console_page(&mut expected, 16 << 20);
+        assert_eq!(*l.boot_page(), expected);
         let w = l.writes();
         assert_eq!(w.len(), 3);
         assert_eq!(w[2], (BOOT_INFO_GPA, &l.boot_page()[..]));
@@ -1010,7 +1274,8 @@ mod tests {
         let mut c = config("/k".into());
         c.ramdisk = Some("/r".into());
         let l = layout(&c, &images).unwrap();
-        let top = 16u64 << 20;
+        // Below the console page, the last page of RAM.
+        let top = (16u64 << 20) - 0x1000;
         assert_eq!(
             l.plan().ramdisk,
             Some(RamdiskPlan {
@@ -1137,8 +1402,9 @@ mod tests {
             )
             .map(|l| l.plan().ramdisk)
         };
-        // Above the kernel (which ends at 1 MiB + 20 KiB) there are 1 MiB - 20 KiB.
-        let room = (1 << 20) - 0x5000;
+        // Above the kernel (which ends at 1 MiB + 20 KiB) and below the console page there
+        // are 1 MiB - 24 KiB.
+        let room = (1 << 20) - 0x6000;
         assert_eq!(
             check(room).unwrap(),
             Some(RamdiskPlan {
@@ -1150,7 +1416,7 @@ mod tests {
             CreateError::BadRamdisk { reason, fix, .. } => {
                 assert_eq!(
                     reason,
-                    "it is 1028097 bytes, but only 1028096 bytes of the domain's 2 MiB lie above the kernel"
+                    "it is 1024001 bytes, but only 1024000 bytes of the domain's 2 MiB lie between the kernel and the console page"
                 );
                 assert_eq!(fix.as_deref(), Some("raise \"memory\" to at least 3 MiB"));
             }
@@ -1250,17 +1516,29 @@ mod tests {
             fake.read_guest(domid, 0x1100, 19).unwrap(),
             b"console=hvc0 quiet\0"
         );
-        assert_eq!(info.memmap_entries, 1);
-        let mm = fake.read_guest(domid, info.memmap_paddr, 24).unwrap();
-        let mm = HvmMemmapEntry::read_from_bytes(&mm).unwrap();
-        assert_eq!((mm.addr, mm.size, mm.kind), (0, 16 << 20, E820_RAM));
+        // RAM up to the console page, which is reserved.
+        assert_eq!(info.memmap_entries, 2);
+        let mm = fake.read_guest(domid, info.memmap_paddr, 48).unwrap();
+        let ram = HvmMemmapEntry::read_from_bytes(&mm[..24]).unwrap();
+        assert_eq!(
+            (ram.addr, ram.size, ram.kind),
+            (0, (16 << 20) - 4096, E820_RAM)
+        );
+        let con = HvmMemmapEntry::read_from_bytes(&mm[24..]).unwrap();
+        assert_eq!(
+            (con.addr, con.size, con.kind),
+            ((16 << 20) - 4096, 4096, E820_RESERVED)
+        );
         // The ramdisk at the top of RAM, named by the module list.
         assert_eq!(info.nr_modules, 1);
         let m = fake.read_guest(domid, info.modlist_paddr, 32).unwrap();
         let m = HvmModlistEntry::read_from_bytes(&m).unwrap();
         assert_eq!(m.size, 70_000);
         assert_eq!(m.paddr % 4096, 0);
-        assert_eq!(m.paddr, (16 << 20) - 70_000u64.next_multiple_of(4096));
+        assert_eq!(
+            m.paddr,
+            (16 << 20) - 4096 - 70_000u64.next_multiple_of(4096)
+        );
         assert_eq!(
             fake.read_guest(domid, m.paddr, 70_000).unwrap(),
             bytes(70_000, 5)
@@ -1459,12 +1737,29 @@ mod tests {
         ));
         c.ramdisk = Some(files.put("r", &bytes(10_000, 6)));
         let map = ControlOp::ForeignMap as u64;
-        let steps: [(&str, u64, u32, i32); 8] = [
+        let param = ControlOp::DomainSetParam as u64;
+        let steps: [(&str, u64, u32, i32); 14] = [
             ("first ForeignMap", map, 1, EINVAL),
             ("ForeignMap in the second batch", map, 70, 3),
-            ("last ForeignMap", map, 103, EINVAL),
+            ("last ForeignMap of the image", map, 103, EINVAL),
             ("first mmap", OP_MMAP, 1, 12),
             ("second mmap", OP_MMAP, 2, 12),
+            (
+                "EvtchnAllocUnbound",
+                ControlOp::EvtchnAllocUnbound as u64,
+                1,
+                ENOSPC,
+            ),
+            (
+                "EvtchnBindInterdomain",
+                ControlOp::EvtchnBindInterdomain as u64,
+                1,
+                ENOSPC,
+            ),
+            ("ForeignMap of the console page", map, 104, EINVAL),
+            ("mmap of the console page", OP_MAP_PAGE, 1, 12),
+            ("DomainSetParam CONSOLE_PFN", param, 1, EINVAL),
+            ("DomainSetParam CONSOLE_EVTCHN", param, 2, EINVAL),
             (
                 "DomainSetEntry",
                 ControlOp::DomainSetEntry as u64,
@@ -1483,7 +1778,8 @@ mod tests {
             let fake = FakeMicrovisor::new();
             let free = fake.mem_free_kib();
             fake.fail_nth(op, nth, errno);
-            let r = run(&fake, &c, opts());
+            let pool = PagePool::default();
+            let r = create(&fake, &pool, &c, opts(), &Mutex::new(None)).map(|b| b.report);
             let after = (fake.mem_free_kib(), fake.foreign_slots(), names(&fake));
             match r {
                 Err(CreateError::Failed {
@@ -1500,6 +1796,13 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
             assert_eq!(after.0, free, "{what}: free memory");
+            assert!(
+                fake.dom0_ports().is_empty(),
+                "{what}: ports {:?}",
+                fake.dom0_ports()
+            );
+            assert_eq!(fake.page_maps(), 0, "{what}: pages still mapped");
+            assert_eq!(pool.in_use(), 0, "{what}: page slots");
             assert!(after.1.is_empty(), "{what}: slots {:?}", after.1);
             assert_eq!(after.2, ["Domain-0", "hello1", "hello2"], "{what}");
         }
@@ -1553,7 +1856,7 @@ mod tests {
         fake.fail_nth(ControlOp::DomainSetEntry as u64, 1, EINVAL);
         fake.fail_nth(ControlOp::DomainDestroy as u64, 1, 5);
         let cell = Mutex::new(None);
-        let e = create(&fake, &c, opts(), &cell).unwrap_err();
+        let e = create(&fake, &PagePool::default(), &c, opts(), &cell).unwrap_err();
         assert_eq!(
             e.to_string(),
             "setting the entry point (DomainSetEntry) failed: the microvisor answered EINVAL (Invalid argument); destroying the half-built domain 3 failed too: DomainDestroy failed with EIO (Input/output error)"
@@ -1627,6 +1930,135 @@ mod tests {
         assert_eq!(fake.mem_free_kib(), free - 4);
         foreign_unmap(&fake, 1).unwrap();
         assert_eq!(fake.mem_free_kib(), free);
+    }
+
+    #[test]
+    fn every_domain_gets_a_console_before_it_runs() {
+        let files = Files::new();
+        let mut c = config(files.put("k", &kernel()));
+        c.ramdisk = Some(files.put("initrd", &bytes(9000, 5)));
+        let fake = FakeMicrovisor::new();
+        let pool = PagePool::default();
+        let built = create(
+            &fake,
+            &pool,
+            &c,
+            Options {
+                paused: true,
+                ..opts()
+            },
+            &Mutex::new(None),
+        )
+        .unwrap();
+        let domid = built.report.domid.unwrap();
+        let console = built.console.unwrap();
+        // The last page of the 16 MiB, zero, reserved in the memory map (checked in
+        // builds_a_domain_end_to_end), named by the parameters; the ramdisk ends below it.
+        let gfn = (16 << 20) / 4096 - 1;
+        assert_eq!((console.domid, console.gfn), (domid, gfn));
+        assert_eq!(fake.param(domid, HVM_PARAM_CONSOLE_PFN), Some(gfn));
+        assert_eq!(
+            fake.param(domid, HVM_PARAM_CONSOLE_EVTCHN),
+            Some(u64::from(console.remote_port))
+        );
+        assert_eq!(
+            fake.read_guest(domid, gfn * 4096, 4096).unwrap(),
+            vec![0; 4096]
+        );
+        let rd = built.report.plan.ramdisk.unwrap();
+        assert!(rd.paddr + rd.bytes <= gfn * 4096);
+        // Domain 0's port is bound to the DomU's, and the page stays mapped in its slot.
+        assert_eq!(
+            fake.dom0_ports(),
+            [(console.port, Some((domid, console.remote_port)))]
+        );
+        assert_eq!(fake.foreign_slots(), [(console.page.slot, domid, gfn)]);
+        assert_eq!(fake.page_maps(), 1);
+        // What the guest writes there, dom0d reads, and the guest's signal reaches it.
+        assert_eq!(fake.console_write(domid, b"hello"), Some(5));
+        let mut back =
+            pv_drivers::console::ConsoleBack::new(Arc::clone(&console.page.mem)).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(back.read_output(&mut buf).unwrap(), 5);
+        assert_eq!(
+            microvisor::evtchn_take_pending(&fake),
+            Ok(vec![console.port])
+        );
+        drop(back);
+        // Handing it back leaves nothing: no port, no slot, no mapping.
+        undo_console(&fake, &pool, console);
+        assert!(fake.dom0_ports().is_empty());
+        assert!(fake.foreign_slots().is_empty());
+        assert_eq!(fake.page_maps(), 0);
+    }
+
+    #[test]
+    fn without_event_channels_domains_have_no_console() {
+        let files = Files::new();
+        let c = config(files.put("k", &kernel()));
+        let fake = FakeMicrovisor::new();
+        fake.fail_nth(ControlOp::EvtchnAllocUnbound as u64, 1, ENOSYS);
+        let pool = PagePool::default();
+        let built = create(&fake, &pool, &c, opts(), &Mutex::new(None)).unwrap();
+        assert!(built.console.is_none());
+        let domid = built.report.domid.unwrap();
+        assert_eq!(fake.param(domid, HVM_PARAM_CONSOLE_PFN), None);
+        assert!(fake.foreign_slots().is_empty());
+        assert_eq!(built.report.state, Some(State::Running));
+    }
+
+    #[test]
+    fn kernels_must_leave_the_console_page_free() {
+        let c = config("/k".into());
+        let k = pvh_elf(
+            0x10_0000,
+            &[Seg {
+                paddr: 0x10_0000,
+                data: vec![1],
+                mem: (15 << 20) - 0x800,
+            }],
+        );
+        let e = layout(
+            &c,
+            &Images {
+                kernel: k,
+                ramdisk: None,
+            },
+        )
+        .map(|_| ())
+        .unwrap_err();
+        match e {
+            CreateError::BadKernel { reason, fix, .. } => {
+                assert_eq!(
+                    reason,
+                    "its segment at 0x100000..0xfff800 overlaps the console page (0xfff000..0x1000000, the last page of RAM)"
+                );
+                assert_eq!(fix.as_deref(), Some("raise \"memory\" to at least 17 MiB"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_console_page_is_reserved_in_the_memory_map() {
+        let mut page = ::microvisor::domain::boot_info_page(2 << 20, "x", Some((0x1000, 1)));
+        let before = page;
+        reserve_console_page(&mut page, 2 << 20);
+        let info = shared_abi::pvh::HvmStartInfo::read_from_bytes(&page[..56]).unwrap();
+        assert_eq!(info.memmap_entries, 2);
+        // Only the memory map changed: the module list and command line are untouched.
+        let map = (info.memmap_paddr - BOOT_INFO_GPA) as usize;
+        assert_eq!(page[MODLIST_OFFSET..], before[MODLIST_OFFSET..]);
+        assert_eq!(page[56..map], before[56..map]);
+        let e = |i: usize| {
+            shared_abi::pvh::HvmMemmapEntry::read_from_bytes(&page[map + i * 24..map + i * 24 + 24])
+                .unwrap()
+        };
+        assert_eq!((e(0).addr, e(0).size, e(0).kind), (0, 0x1f_f000, E820_RAM));
+        assert_eq!(
+            (e(1).addr, e(1).size, e(1).kind),
+            (0x1f_f000, 0x1000, E820_RESERVED)
+        );
     }
 
     #[test]

@@ -163,6 +163,8 @@ pub fn run(args: &Args) -> Result<(), DaemonError> {
         let service = Arc::new(Service::with_events(mv, monitor));
         // on_poweroff / on_reboot / on_crash: a sweep now, after each create and event.
         tokio::spawn(Arc::clone(&service).supervise());
+        // Console output: pending event-channel ports, and a slow poll.
+        tokio::spawn(Arc::clone(&service).pump_evtchn());
         server::serve(listener, service, Limits::default(), async {
             tokio::select! {
                 _ = term.recv() => log::write(Level::Info, format_args!("SIGTERM: stopping")),

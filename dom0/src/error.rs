@@ -218,7 +218,9 @@ fn client_status(e: &ClientError) -> ExitStatus {
         }
         ClientError::Timeout { .. } => ExitStatus::Timeout,
         ClientError::Api(api) => match api {
-            ApiError::NoSuchDomain { .. } => ExitStatus::NotFound,
+            ApiError::NoSuchDomain { .. } | ApiError::UnknownDomain { .. } => ExitStatus::NotFound,
+            ApiError::NoConsole { .. } => ExitStatus::NotSupported,
+            ApiError::ConsoleBusy { .. } => ExitStatus::InvalidState,
             ApiError::DomainZero { .. }
             | ApiError::AlreadyPaused { .. }
             | ApiError::NotPaused { .. }
@@ -255,7 +257,9 @@ fn client_code(e: &ClientError) -> &'static str {
             "protocol_error"
         }
         ClientError::Api(api) => match api {
-            ApiError::NoSuchDomain { .. } => "not_found",
+            ApiError::NoSuchDomain { .. } | ApiError::UnknownDomain { .. } => "not_found",
+            ApiError::NoConsole { .. } => "no_console",
+            ApiError::ConsoleBusy { .. } => "console_busy",
             ApiError::DomainZero { .. } => "domain_0_refused",
             ApiError::AlreadyPaused { .. } => "already_paused",
             ApiError::NotPaused { .. } => "not_paused",
@@ -315,7 +319,20 @@ fn client_hint(e: &ClientError) -> Option<String> {
         }
         ClientError::Unexpected { .. } => "install dom0 and dom0d from the same build".to_owned(),
         ClientError::Api(api) => match api {
-            ApiError::NoSuchDomain { .. } => "`dom0 list` shows the domains".to_owned(),
+            ApiError::NoSuchDomain { .. } | ApiError::UnknownDomain { .. } => {
+                "`dom0 list` shows the domains".to_owned()
+            }
+            ApiError::NoConsole { .. } => "only domains built by `dom0 create` have a console \
+                 dom0d serves; Domain-0's console is COM1 and boot-time DomUs print to the \
+                 microvisor log"
+                .to_owned(),
+            ApiError::ConsoleBusy { domid, name } => format!(
+                "`dom0 console --force {}` takes it over",
+                match domid {
+                    Some(d) => domain_ref(*d, name),
+                    None => name.clone(),
+                }
+            ),
             ApiError::Hypercall { errno: EPERM, .. } => {
                 "the microvisor accepts control calls only from domain 0 at CPL 0".to_owned()
             }

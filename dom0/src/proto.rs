@@ -25,7 +25,21 @@
 //! [`Request::Pause`], [`Request::Unpause`] and [`Request::Destroy`] (with
 //! [`Response::Lifecycle`] and the lifecycle [`ApiError`] variants after
 //! [`ApiError::Busy`]), then [`Request::Create`] (with [`Response::Created`] and
-//! [`ApiError::Create`]).
+//! [`ApiError::Create`]), then the console requests [`Request::ConsoleStatus`],
+//! [`Request::Logs`], [`Request::ConsoleAttach`], [`Request::ConsoleInput`] and
+//! [`Request::ConsoleDetach`] (with [`Response::ConsoleStatus`],
+//! [`Response::ConsoleOpened`], [`Response::ConsoleOutput`], [`Response::ConsoleEnd`] and
+//! [`ApiError::UnknownDomain`], [`ApiError::NoConsole`], [`ApiError::ConsoleBusy`]).
+//!
+//! ## Console streams
+//!
+//! [`Request::Logs`] and [`Request::ConsoleAttach`] turn the connection into a stream:
+//! dom0d answers [`Response::ConsoleOpened`] (or an error, and the conversation goes on
+//! as before), then sends the history and, when following or attached, new output as
+//! [`Response::ConsoleOutput`] frames of raw bytes, and finally one
+//! [`Response::ConsoleEnd`] saying why, after which it closes the connection. While
+//! attached, the client sends [`Request::ConsoleInput`] frames (no replies) and
+//! [`Request::ConsoleDetach`] to end the session; closing the connection ends it too.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -104,6 +118,32 @@ pub enum Request {
         /// Leave the domain paused instead of unpausing it.
         paused: bool,
     },
+    /// The console of a domain: [`Response::ConsoleStatus`] (`None` if dom0d serves no
+    /// console for it). Appended within protocol 1, like the console requests after it.
+    ConsoleStatus {
+        /// The domain id.
+        domid: u32,
+    },
+    /// The console history of a domain, as a stream (see "Console streams").
+    Logs {
+        /// A domid (all digits) or a name; the domain may be gone if dom0d still keeps
+        /// its history.
+        domain: String,
+        /// Go on sending new output until the domain is destroyed.
+        follow: bool,
+    },
+    /// Attach to a domain's console for input and output (see "Console streams"):
+    /// [`ApiError::ConsoleBusy`] if another client is attached.
+    ConsoleAttach {
+        /// A domid (all digits) or a name.
+        domain: String,
+        /// Take the console over from an attached client.
+        force: bool,
+    },
+    /// Bytes for the guest, while attached. Not answered.
+    ConsoleInput(Vec<u8>),
+    /// End the console session: dom0d answers [`ConsoleEnd::Detached`].
+    ConsoleDetach,
 }
 
 impl Request {
@@ -269,6 +309,68 @@ pub enum Response {
     Lifecycle(LifecycleDone),
     /// Answer to [`Request::Create`].
     Created(CreateReport),
+    /// Answer to [`Request::ConsoleStatus`].
+    ConsoleStatus(Option<ConsoleSummary>),
+    /// A console stream starts (answer to [`Request::Logs`] and
+    /// [`Request::ConsoleAttach`]).
+    ConsoleOpened(ConsoleOpened),
+    /// Raw console output, in order.
+    ConsoleOutput(Vec<u8>),
+    /// The console stream is over; dom0d closes the connection.
+    ConsoleEnd(ConsoleEnd),
+}
+
+/// A domain's console, as `dom0 info` shows it ([`Response::ConsoleStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSummary {
+    /// The domain id.
+    pub domid: u32,
+    /// Milliseconds from the create request to the first byte of console output dom0d
+    /// received; `None` before the first byte.
+    pub first_byte_ms: Option<u64>,
+    /// Bytes of output received since the history began (a restart continues it).
+    pub total_bytes: u64,
+    /// Bytes of history kept (at most 64 KiB).
+    pub history_bytes: u64,
+    /// Why the console was disabled (the guest broke the ring protocol), if it was.
+    pub disabled: Option<String>,
+    /// Whether a client is attached for input.
+    pub attached: bool,
+}
+
+/// The start of a console stream ([`Response::ConsoleOpened`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleOpened {
+    /// The domain name (histories are kept per name).
+    pub name: String,
+    /// The domain writing to the console now; `None` if it is gone.
+    pub domid: Option<u32>,
+    /// The last domain that wrote to it.
+    pub last_domid: u32,
+    /// Bytes of history that follow.
+    pub history_bytes: u64,
+    /// Why the console was disabled, if it was.
+    pub disabled: Option<String>,
+    /// Whether this attach took the console over from another client.
+    pub took_over: bool,
+}
+
+/// Why a console stream ended ([`Response::ConsoleEnd`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleEnd {
+    /// The whole history was sent (`logs` without follow).
+    Done,
+    /// The client detached.
+    Detached,
+    /// Another client took the console over (`console --force`).
+    TakenOver,
+    /// The domain was destroyed.
+    DomainGone,
+    /// The console was disabled: the guest broke the ring protocol.
+    Disabled {
+        /// What it did.
+        reason: String,
+    },
 }
 
 impl Response {
@@ -285,6 +387,10 @@ impl Response {
             Self::Events(_) => "events",
             Self::Lifecycle(_) => "lifecycle",
             Self::Created(_) => "create",
+            Self::ConsoleStatus(_) => "console status",
+            Self::ConsoleOpened(_) => "console opened",
+            Self::ConsoleOutput(_) => "console output",
+            Self::ConsoleEnd(_) => "console end",
         }
     }
 }
@@ -391,6 +497,44 @@ pub enum ApiError {
     /// [`CreateError::Failed`] says its cleanup failed.
     #[error(transparent)]
     Create(CreateError),
+    /// No domain (and no kept console history) has this name or id.
+    #[error("no domain {}", reference_text(.reference))]
+    UnknownDomain {
+        /// The reference as given.
+        reference: String,
+    },
+    /// The domain exists, but dom0d serves no console for it (Domain-0, a boot-time
+    /// domain, or one built without event channels).
+    #[error("{} has no console that dom0d serves", domain_label(*.domid, .name))]
+    NoConsole {
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+    },
+    /// Another client is attached to the console.
+    #[error("the console of {} is in use by another `dom0 console`", console_label(*.domid, .name))]
+    ConsoleBusy {
+        /// The domain id, if the domain is still there.
+        domid: Option<u32>,
+        /// Its name.
+        name: String,
+    },
+}
+
+fn reference_text(reference: &str) -> String {
+    if !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_digit()) {
+        format!("with id {reference}")
+    } else {
+        format!("named {reference:?}")
+    }
+}
+
+fn console_label(domid: Option<u32>, name: &str) -> String {
+    match domid {
+        Some(d) => domain_label(d, name),
+        None => format!("\"{name}\""),
+    }
 }
 
 /// Which file of a config.
@@ -1012,6 +1156,17 @@ mod tests {
                 dry_run: true,
                 paused: false,
             },
+            Request::ConsoleStatus { domid: 3 },
+            Request::Logs {
+                domain: "web".into(),
+                follow: true,
+            },
+            Request::ConsoleAttach {
+                domain: "7".into(),
+                force: false,
+            },
+            Request::ConsoleInput(b"ls\r\x1b[A\0\xff".to_vec()),
+            Request::ConsoleDetach,
         ]
     }
 
@@ -1175,6 +1330,37 @@ mod tests {
                 last_unix_ms: None,
                 last_age_ms: None,
             }),
+            Response::ConsoleStatus(None),
+            Response::ConsoleStatus(Some(ConsoleSummary {
+                domid: 3,
+                first_byte_ms: Some(85),
+                total_bytes: 100_000,
+                history_bytes: 65_536,
+                disabled: Some("overrun".into()),
+                attached: true,
+            })),
+            Response::ConsoleOpened(ConsoleOpened {
+                name: "web".into(),
+                domid: None,
+                last_domid: 3,
+                history_bytes: 12,
+                disabled: None,
+                took_over: true,
+            }),
+            Response::ConsoleOutput((0..=255).collect()),
+            Response::ConsoleEnd(ConsoleEnd::Done),
+            Response::ConsoleEnd(ConsoleEnd::Disabled { reason: "x".into() }),
+            Response::Error(ApiError::UnknownDomain {
+                reference: "web".into(),
+            }),
+            Response::Error(ApiError::NoConsole {
+                domid: 0,
+                name: "Domain-0".into(),
+            }),
+            Response::Error(ApiError::ConsoleBusy {
+                domid: Some(3),
+                name: "web".into(),
+            }),
             Response::Events(EventReport {
                 status: EventStatus::Unavailable {
                     reason: "no poll".into(),
@@ -1309,6 +1495,64 @@ mod tests {
         let err = postcard::to_stdvec(&Response::Error(ApiError::Create(CreateError::NoFreeDomid)))
             .unwrap();
         assert_eq!(err, [1, 12, 6]);
+    }
+
+    #[test]
+    fn console_messages_were_appended_after_create() {
+        let req = |r: &Request| postcard::to_stdvec(r).unwrap();
+        assert_eq!(req(&Request::ConsoleStatus { domid: 7 }), [10, 7]);
+        assert_eq!(
+            req(&Request::Logs {
+                domain: "a".into(),
+                follow: true
+            }),
+            [11, 1, b'a', 1]
+        );
+        assert_eq!(
+            req(&Request::ConsoleAttach {
+                domain: "a".into(),
+                force: false
+            }),
+            [12, 1, b'a', 0]
+        );
+        assert_eq!(req(&Request::ConsoleInput(vec![0x1d, 0])), [13, 2, 0x1d, 0]);
+        assert_eq!(req(&Request::ConsoleDetach), [14]);
+        let resp = |r: &Response| postcard::to_stdvec(r).unwrap();
+        assert_eq!(resp(&Response::ConsoleStatus(None)), [9, 0]);
+        assert_eq!(resp(&Response::ConsoleOutput(vec![b'x'])), [11, 1, b'x']);
+        assert_eq!(resp(&Response::ConsoleEnd(ConsoleEnd::TakenOver)), [12, 2]);
+        let e = Response::Error(ApiError::UnknownDomain {
+            reference: "a".into(),
+        });
+        assert_eq!(resp(&e), [1, 13, 1, b'a']);
+    }
+
+    #[test]
+    fn console_error_messages() {
+        let e = ApiError::UnknownDomain {
+            reference: "42".into(),
+        };
+        assert_eq!(e.to_string(), "no domain with id 42");
+        let e = ApiError::UnknownDomain {
+            reference: "web".into(),
+        };
+        assert_eq!(e.to_string(), "no domain named \"web\"");
+        let e = ApiError::NoConsole {
+            domid: 0,
+            name: "Domain-0".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain 0 (Domain-0) has no console that dom0d serves"
+        );
+        let e = ApiError::ConsoleBusy {
+            domid: Some(3),
+            name: "echo".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the console of domain 3 (echo) is in use by another `dom0 console`"
+        );
     }
 
     #[test]

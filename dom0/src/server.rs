@@ -25,10 +25,12 @@ use tokio::sync::Semaphore;
 
 use crate::builder;
 use crate::config::DomainConfig;
+use crate::console::Consoles;
 use crate::events::EventMonitor;
 use crate::lifecycle::{self, Waits};
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
+use crate::pages::PagePool;
 use crate::proto::{
     self, ApiError, Cleanup, CreateError, CreateReport, FrameError, Lifecycle, MAX_FRAME,
     PROTOCOL_VERSION, Request, Response, ServiceVersion,
@@ -53,6 +55,8 @@ pub struct Service {
     create_lock: tokio::sync::Mutex<()>,
     /// The domains this dom0d built, for their `on_*` actions ([`crate::supervisor`]).
     pub(crate) supervisor: Supervisor,
+    /// The consoles of the domains it built ([`crate::console`]).
+    pub(crate) consoles: Arc<Consoles>,
 }
 
 impl std::fmt::Debug for Service {
@@ -80,7 +84,14 @@ impl Service {
             waits: Waits::default(),
             create_lock: tokio::sync::Mutex::new(()),
             supervisor: Supervisor::default(),
+            consoles: Arc::new(Consoles::new(Arc::new(PagePool::default()))),
         }
+    }
+
+    /// The consoles this service serves.
+    #[must_use]
+    pub fn consoles(&self) -> &Arc<Consoles> {
+        &self.consoles
     }
 
     /// The same service with other limits for lifecycle actions to take effect.
@@ -100,8 +111,12 @@ impl Service {
     }
 
     /// Answers one request (after the handshake). Lifecycle requests wait (without
-    /// blocking the runtime) for the action to take effect, see [`lifecycle`].
+    /// blocking the runtime) for the action to take effect, see [`lifecycle`]. The console
+    /// streams ([`Request::Logs`], [`Request::ConsoleAttach`]) are served by the
+    /// connection itself ([`crate::session`]); here they, and input outside a
+    /// session, are refused as malformed.
     pub async fn handle(&self, req: &Request) -> Response {
+        let requested_at = std::time::Instant::now();
         let mv = &*self.mv;
         let result = match *req {
             Request::Hello { .. } => return Self::hello(),
@@ -132,19 +147,21 @@ impl Service {
                     .map(Response::Lifecycle)
             }
             Request::Destroy { domid } => {
-                lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits)
-                    .await
-                    .map(|done| {
-                        self.supervisor.forget(domid);
-                        Response::Lifecycle(done)
-                    })
+                let done = lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits).await;
+                if matches!(done, Ok(_) | Err(ApiError::NoSuchDomain { .. })) {
+                    self.consoles.domain_gone(mv, domid, false);
+                }
+                done.map(|done| {
+                    self.supervisor.forget(domid);
+                    Response::Lifecycle(done)
+                })
             }
             Request::Create {
                 ref config,
                 dry_run,
                 paused,
             } => self
-                .create_domain(config, dry_run, paused)
+                .create_domain(config, dry_run, paused, requested_at, false)
                 .await
                 .map(|report| {
                     if let Some(domid) = report.domid {
@@ -153,6 +170,16 @@ impl Service {
                     }
                     Response::Created(report)
                 }),
+            Request::ConsoleStatus { domid } => {
+                Ok(Response::ConsoleStatus(self.consoles.summary(domid)))
+            }
+            Request::Logs { .. }
+            | Request::ConsoleAttach { .. }
+            | Request::ConsoleInput(_)
+            | Request::ConsoleDetach => Err(ApiError::Malformed {
+                reason: "console input or a console stream request outside a console session"
+                    .to_owned(),
+            }),
         };
         result.unwrap_or_else(|e| {
             // Unknown domains are routine; lifecycle timeouts were logged as errors already,
@@ -171,14 +198,59 @@ impl Service {
 }
 
 impl Service {
+    /// Serves domain 0's event channels until the runtime ends: whenever the event task
+    /// sees `EVENT_EVTCHN` it takes the pending ports ([`Self::take_pending`]), and every
+    /// [`POLL_INTERVAL`](crate::console::POLL_INTERVAL) it drains every console anyway, in
+    /// case an event was lost (or events are unavailable).
+    pub async fn pump_evtchn(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.events.evtchn() => self.take_pending(),
+                () = tokio::time::sleep(crate::console::POLL_INTERVAL) => {
+                    if self.consoles.any_live() {
+                        self.consoles.drain_all(&*self.mv);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes domain 0's pending ports and drains the consoles they belong to. Ports that
+    /// belong to nothing dom0d serves are logged at debug level.
+    pub fn take_pending(&self) {
+        let mv = &*self.mv;
+        match microvisor::evtchn_take_pending(mv) {
+            Ok(ports) => {
+                let others = self.consoles.on_ports(mv, &ports);
+                if !others.is_empty() {
+                    log::limited(
+                        Level::Debug,
+                        format_args!("event channels: no owner for pending port(s) {others:?}"),
+                    );
+                }
+            }
+            Err(errno) => log::limited(
+                Level::Warn,
+                format_args!(
+                    "event channels: EvtchnTakePending failed with {}",
+                    proto::errno_text(errno)
+                ),
+            ),
+        }
+    }
+
     /// [`Request::Create`]: one at a time, on a blocking thread (reading the kernel and
-    /// writing the domain's memory take many system calls), see [`builder`]. The caller
-    /// records the new domain with the [`Supervisor`].
+    /// writing the domain's memory take many system calls), see [`builder`]. The new
+    /// domain's console is handed to [`Consoles`] (`restart`: it continues the name's
+    /// history; `requested_at`: when the create was asked for, for the time to the first
+    /// console byte). The caller records the new domain with the [`Supervisor`].
     pub(crate) async fn create_domain(
         &self,
         config: &DomainConfig,
         dry_run: bool,
         paused: bool,
+        requested_at: std::time::Instant,
+        restart: bool,
     ) -> Result<CreateReport, ApiError> {
         let _one_at_a_time = self.create_lock.lock().await;
         let opts = builder::Options {
@@ -189,10 +261,20 @@ impl Service {
         };
         let created = Arc::new(std::sync::Mutex::new(None));
         let (mv, cell, config) = (Arc::clone(&self.mv), Arc::clone(&created), config.clone());
-        let joined =
-            tokio::task::spawn_blocking(move || builder::create(&*mv, &config, opts, &cell)).await;
+        let pool = Arc::clone(self.consoles.pool());
+        let joined = tokio::task::spawn_blocking(move || {
+            builder::create(&*mv, &pool, &config, opts, &cell).map(|built| (built, config.name))
+        })
+        .await;
         match joined {
-            Ok(result) => result.map_err(ApiError::Create),
+            Ok(Ok((built, name))) => {
+                if let Some(console) = built.console {
+                    self.consoles
+                        .register(&*self.mv, &name, console, requested_at, restart);
+                }
+                Ok(built.report)
+            }
+            Ok(Err(e)) => Err(ApiError::Create(e)),
             Err(e) => {
                 // The builder died (a bug): do not leave its domain behind.
                 log::write(Level::Error, format_args!("create: the builder died: {e}"));
@@ -372,6 +454,15 @@ async fn converse(stream: &mut UnixStream, service: &Service, limits: &Limits, i
             Ok(_) if !greeted => {
                 bad_frames += 1;
                 (Response::Error(ApiError::HandshakeRequired), false)
+            }
+            Ok(req @ (Request::Logs { .. } | Request::ConsoleAttach { .. })) => {
+                log::write(Level::Debug, format_args!("conn {id}: {req:?}"));
+                match service.open_console(&req) {
+                    Ok(session) => {
+                        return crate::session::run(stream, service, session, limits).await;
+                    }
+                    Err(e) => (Response::Error(e), false),
+                }
             }
             Ok(req) => {
                 log::write(Level::Debug, format_args!("conn {id}: {req:?}"));

@@ -44,7 +44,7 @@ use crate::config::{DomainConfig, OnEvent};
 use crate::lifecycle;
 use crate::log::{self, Level};
 use crate::microvisor;
-use crate::proto::{ApiError, Domain, Lifecycle, Reason, State, domain_label};
+use crate::proto::{ApiError, CreateReport, Domain, Lifecycle, Reason, State, domain_label};
 use crate::server::Service;
 
 /// Restarts allowed within [`RESTART_WINDOW`]; the next one within the window is refused.
@@ -230,6 +230,9 @@ impl Service {
                 return Vec::new();
             }
         };
+        // Console output first: a domain that printed and then ended is drained before its
+        // action destroys it (the final drain after a destroy catches the rest).
+        self.consoles.sweep(&*self.mv, &domains);
         let listed: BTreeMap<u32, &Domain> = domains.iter().map(|d| (d.domid, d)).collect();
         let mut due = Vec::new();
         {
@@ -294,6 +297,8 @@ impl Service {
                 return Outcome::Failed(e.to_string());
             }
         }
+        let restarting = restarts.as_ref().is_some_and(|r| r.len() < RESTART_LIMIT);
+        self.consoles.domain_gone(&*self.mv, domid, restarting);
         let Some(mut restarts) = restarts else {
             log::write(Level::Info, format_args!("{key}: {label} destroyed"));
             return Outcome::Destroyed;
@@ -309,7 +314,13 @@ impl Service {
             );
             return Outcome::GaveUp;
         }
-        match self.create_domain(config, false, false).await {
+        let rebuilt = self
+            .create_domain(config, false, false, Instant::now(), true)
+            .await;
+        if !matches!(rebuilt, Ok(CreateReport { domid: Some(_), .. })) {
+            self.consoles.restart_failed(&config.name);
+        }
+        match rebuilt {
             Ok(report) => match report.domid {
                 Some(new) => {
                     restarts.push(Instant::now());

@@ -1662,7 +1662,8 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
         err.contains("hint: a PVH kernel is an x86-64 ELF executable"),
         "{err}"
     );
-    // The smallest domain fits the kernel, and a small ramdisk above it.
+    // The smallest domain fits the kernel, and a small ramdisk above it, below the console
+    // page.
     let cfg = g.config(
         "k.toml",
         "name = \"web\"\nkernel = \"hello.elf\"\nramdisk = \"script\"\nmemory = 2\n",
@@ -1670,7 +1671,7 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     let (status, out, err) = dom0(&["validate", &cfg]);
     assert_eq!(status, ExitStatus::Success, "{err}");
     assert!(
-        out.ends_with("ramdisk_at:  0x1ff000-0x1ff00a (10 bytes)\n"),
+        out.ends_with("ramdisk_at:  0x1fe000-0x1fe00a (10 bytes)\n"),
         "{out}"
     );
     // Relative paths in --set start at the current directory, not the config's.
@@ -1901,7 +1902,15 @@ fn concurrent_creates_are_serialised() {
         "{lost:?}"
     );
     assert_eq!(d.fake.mem_free_kib(), free - 4 * 32 * 1024);
-    assert!(d.fake.foreign_slots().is_empty());
+    // Only the four console pages stay mapped, each in a slot of its own.
+    let slots = d.fake.foreign_slots();
+    assert_eq!(slots.len(), 4, "{slots:?}");
+    assert!(
+        slots
+            .iter()
+            .all(|&(slot, _, gfn)| slot >= 2112 && gfn == 32 * 256 - 1),
+        "{slots:?}"
+    );
 }
 
 #[test]
