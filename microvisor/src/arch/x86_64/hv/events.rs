@@ -5,6 +5,7 @@
 //! A child of `hv`: it shares the scheduler state (`SCHED`, `RUNQ`, `DOMAIN_PCPU`,
 //! `LAST_SLOT`) there.
 
+use super::super::MAX_CPUS;
 use super::{
     DOMAIN_PCPU, DomainState, EVENT_EVTCHN, Effect, LAST_SLOT, MAX_DOMAINS, Mutex, Ordering, SCHED,
     cpu, domains, raise_dom0_event,
@@ -30,6 +31,10 @@ static TIMER_TSC: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; M
 /// The timeout of a DomU vCPU's poll, as TSC (0: none).
 pub(super) static POLL_TSC: [AtomicU64; MAX_DOMAINS + 1] =
     [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
+/// For each pCPU, no later than the earliest timer of the vCPUs it owns (TSC; `u64::MAX`
+/// for none), so most exits skip the scan. Timers are only set on their owner pCPU; a
+/// cancelled one leaves the hint early, which costs one scan.
+static PCPU_NEXT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
 /// The pvclock scale: `mul | shift << 32`, set once the TSC is calibrated.
 static PVCLOCK: AtomicU64 = AtomicU64::new(0);
 
@@ -181,10 +186,28 @@ pub(super) fn ns_to_tsc(ns: u64) -> u64 {
     boot_tsc().saturating_add(scale().ns_to_ticks(ns)).max(1)
 }
 
-/// Sets or cancels DomU `domid`'s single-shot timer.
+/// Sets or cancels DomU `domid`'s single-shot timer (on the vCPU's own pCPU).
 pub(super) fn set_timer(domid: u16, deadline_ns: Option<u64>) {
     if let Some(t) = TIMER_TSC.get(usize::from(domid)).filter(|_| domid != 0) {
-        t.store(deadline_ns.map_or(0, ns_to_tsc), Ordering::SeqCst);
+        let tsc = deadline_ns.map_or(0, ns_to_tsc);
+        t.store(tsc, Ordering::SeqCst);
+        if tsc != 0 {
+            note_deadline(domid, tsc);
+        }
+    }
+}
+
+/// Sets DomU `domid`'s poll timeout (on the vCPU's own pCPU).
+pub(super) fn set_poll_timeout(domid: u16, deadline_ns: u64) {
+    let tsc = ns_to_tsc(deadline_ns);
+    POLL_TSC[usize::from(domid)].store(tsc, Ordering::SeqCst);
+    note_deadline(domid, tsc);
+}
+
+fn note_deadline(domid: u16, tsc: u64) {
+    let pcpu = DOMAIN_PCPU[usize::from(domid)].load(Ordering::Relaxed);
+    if let Some(next) = PCPU_NEXT.get(pcpu) {
+        next.fetch_min(tsc, Ordering::SeqCst);
     }
 }
 
@@ -200,6 +223,11 @@ pub(super) fn cancel_timers(domid: u16) {
 /// earliest deadline still pending (TSC).
 pub(super) fn expire_timers(me: usize) -> Option<u64> {
     let now = cpu::rdtsc();
+    let hint = PCPU_NEXT.get(me)?;
+    let next = hint.load(Ordering::SeqCst);
+    if now < next {
+        return (next != u64::MAX).then_some(next);
+    }
     let mut earliest: Option<u64> = None;
     for id in 1..=MAX_DOMAINS {
         if DOMAIN_PCPU[id].load(Ordering::Relaxed) != me {
@@ -227,5 +255,6 @@ pub(super) fn expire_timers(me: usize) -> Option<u64> {
             }
         }
     }
+    hint.store(earliest.unwrap_or(u64::MAX), Ordering::SeqCst);
     earliest
 }

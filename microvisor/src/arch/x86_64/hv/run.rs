@@ -171,7 +171,7 @@ fn block_vcpu(domid: u16, on: BlockOn) -> Option<Leave> {
         BlockOn::Upcall => Wait::Upcall,
         BlockOn::Poll { deadline_ns, .. } => {
             if deadline_ns != 0 {
-                POLL_TSC[id].store(events::ns_to_tsc(deadline_ns), Ordering::SeqCst);
+                events::set_poll_timeout(domid, deadline_ns);
             }
             Wait::Poll
         }
