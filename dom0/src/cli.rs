@@ -159,6 +159,41 @@ pub enum Command {
         domain: String,
     },
 
+    /// Print a domain's console output (raw bytes)
+    ///
+    /// DOM is a domain id (all digits) or an exact name; a domain that is gone still has
+    /// its history for a while. dom0d keeps the last 64 KiB of output per domain name, also
+    /// across restarts by on_reboot/on_crash. With `-f`, keeps printing new output until
+    /// the domain is destroyed (or Ctrl-C). Exit 3 if there is no such domain, 6 if dom0d
+    /// serves no console for it (Domain-0, boot-time domains).
+    Logs {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+
+        /// Follow new output until the domain is destroyed
+        #[arg(short, long)]
+        follow: bool,
+    },
+
+    /// Attach to a domain's console: its history, then live output, and input to it
+    ///
+    /// DOM is a domain id (all digits) or an exact name. `^]` detaches. On a terminal, it
+    /// is switched to raw mode for the session (restored on every exit path). When stdin
+    /// is not a terminal, it is forwarded until end of file, then output is still printed
+    /// for 1 s, e.g. `printf 'help\r' | dom0 console DOM`. One client may be attached at a
+    /// time: another attach exits 4 unless `--force`, which detaches the first. Exit 3 if
+    /// there is no such domain, 6 if dom0d serves no console for it.
+    Console {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+
+        /// Take the console over from a client that is attached
+        #[arg(long)]
+        force: bool,
+    },
+
     /// Check a domain config and its kernel, without creating anything
     ///
     /// CFG is a config file, or NAME for /etc/dom0/domains/NAME.toml (no slash, no

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::config::DomainConfig;
 use crate::proto::{
-    self, ApiError, CreateReport, Domain, EventReport, FrameError, Host, Lifecycle, LifecycleDone,
-    MAX_FRAME, PROTOCOL_VERSION, Request, Response, ServiceVersion,
+    self, ApiError, ConsoleEnd, ConsoleOpened, ConsoleSummary, CreateReport, Domain, EventReport,
+    FrameError, Host, Lifecycle, LifecycleDone, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
+    ServiceVersion,
 };
 
 /// Why talking to dom0d failed.
@@ -300,6 +301,155 @@ impl Client {
                 other => return Err(unexpected("domain list", other)),
             }
         }
+    }
+}
+
+impl Client {
+    /// The console of `domid` as dom0d serves it; `None` if it serves none, or if this
+    /// dom0d predates the request.
+    ///
+    /// # Errors
+    /// See [`Client::version`].
+    pub fn console_status(&mut self, domid: u32) -> Result<Option<ConsoleSummary>, ClientError> {
+        match self.call(&Request::ConsoleStatus { domid })? {
+            Response::ConsoleStatus(s) => Ok(s),
+            Response::Error(ApiError::Malformed { .. }) => Ok(None),
+            other => Err(unexpected("console status", other)),
+        }
+    }
+
+    /// Starts a console stream (`req` is [`Request::Logs`] or [`Request::ConsoleAttach`]):
+    /// returns what dom0d opened and the stream, which has no read timeout (output may
+    /// take as long as the guest likes).
+    ///
+    /// # Errors
+    /// See [`Client::version`]; dom0d's refusals are [`ClientError::Api`] (e.g.
+    /// [`ApiError::UnknownDomain`], [`ApiError::ConsoleBusy`]), and a dom0d that predates
+    /// console streams is [`ClientError::Unsupported`].
+    pub fn open_console(
+        mut self,
+        req: &Request,
+    ) -> Result<(ConsoleOpened, ConsoleStream), ClientError> {
+        let request = match req {
+            Request::Logs { .. } => "logs",
+            _ => "console",
+        };
+        match self.call(req)? {
+            Response::ConsoleOpened(opened) => {
+                self.stream
+                    .set_read_timeout(None)
+                    .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+                Ok((
+                    opened,
+                    ConsoleStream {
+                        stream: self.stream,
+                        timeout: self.timeout,
+                    },
+                ))
+            }
+            Response::Error(ApiError::Malformed { .. }) => Err(ClientError::Unsupported {
+                socket: self.socket.clone(),
+                server: self.server.clone(),
+                request,
+            }),
+            other => Err(unexpected("console", other)),
+        }
+    }
+}
+
+/// What a console stream delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// Raw console output.
+    Output(Vec<u8>),
+    /// The end, and why; dom0d closes the connection after it.
+    End(ConsoleEnd),
+}
+
+/// A console stream from dom0d ([`Client::open_console`]).
+#[derive(Debug)]
+pub struct ConsoleStream {
+    stream: UnixStream,
+    timeout: Duration,
+}
+
+impl ConsoleStream {
+    /// Waits for the next output or the end.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if dom0d closed the connection without an end,
+    /// [`ClientError::Frame`], or [`ClientError::Unexpected`] for another reply.
+    pub fn next_item(&mut self) -> Result<StreamItem, ClientError> {
+        let payload = match proto::read_frame(&mut self.stream, MAX_FRAME) {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Err(ClientError::Closed),
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return Err(ClientError::Closed);
+            }
+            Err(e) => return Err(ClientError::Frame(e)),
+        };
+        match proto::decode(&payload).map_err(ClientError::Frame)? {
+            Response::ConsoleOutput(bytes) => Ok(StreamItem::Output(bytes)),
+            Response::ConsoleEnd(end) => Ok(StreamItem::End(end)),
+            other => Err(unexpected("console output", other)),
+        }
+    }
+
+    /// A handle that sends input and the detach on the same connection, from another
+    /// thread.
+    ///
+    /// # Errors
+    /// [`ClientError::Frame`] if the socket cannot be duplicated.
+    pub fn input(&self) -> Result<ConsoleInput, ClientError> {
+        let stream = self
+            .stream
+            .try_clone()
+            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        Ok(ConsoleInput {
+            stream,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Sends input to an attached console ([`ConsoleStream::input`]).
+#[derive(Debug)]
+pub struct ConsoleInput {
+    stream: UnixStream,
+    timeout: Duration,
+}
+
+impl ConsoleInput {
+    fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let frame = proto::encode(req).map_err(ClientError::Frame)?;
+        self.stream.write_all(&frame).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                timeout: self.timeout,
+            },
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ClientError::Closed,
+            _ => ClientError::Frame(FrameError::Io(e)),
+        })
+    }
+
+    /// Sends `bytes` for the guest.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] once the session is over, or another send failure.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send(&Request::ConsoleInput(bytes.to_vec()))
+    }
+
+    /// Asks dom0d to end the session; it answers [`ConsoleEnd::Detached`] on the stream.
+    ///
+    /// # Errors
+    /// As [`Self::write`].
+    pub fn detach(&mut self) -> Result<(), ClientError> {
+        self.send(&Request::ConsoleDetach)
     }
 }
 

@@ -86,6 +86,9 @@ pub enum CliError {
     /// line (or the `--set` argument).
     #[error(transparent)]
     Config(ConfigError),
+    /// The terminal could not be switched to raw mode for `dom0 console`.
+    #[error("cannot switch the terminal to raw mode")]
+    Terminal(#[source] io::Error),
     /// `validate` found that a config does not make a domain (its kernel or ramdisk).
     #[error("{what}")]
     Invalid {
@@ -374,7 +377,7 @@ impl CliError {
     #[must_use]
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Output(_) | Self::Json(_) => ExitStatus::Failure,
+            Self::Output(_) | Self::Json(_) | Self::Terminal(_) => ExitStatus::Failure,
             Self::Connection(e) | Self::Request { source: e, .. } => client_status(e),
             Self::NoSuchDomain { .. } => ExitStatus::NotFound,
             Self::Config(e) if e.is_not_found() => ExitStatus::NotFound,
@@ -391,6 +394,7 @@ impl CliError {
         match self {
             Self::Output(_) => "output_failed",
             Self::Json(_) => "encoding_failed",
+            Self::Terminal(_) => "terminal_failed",
             Self::Connection(e) | Self::Request { source: e, .. } => client_code(e),
             Self::NoSuchDomain { .. } => "not_found",
             Self::Config(e) if e.is_not_found() => "file_not_found",
@@ -409,6 +413,9 @@ impl CliError {
                 Some("free some space where stdout is redirected".to_owned())
             }
             Self::Output(_) | Self::Json(_) => None,
+            Self::Terminal(_) => {
+                Some("pipe input into `dom0 console` to use it without a terminal".to_owned())
+            }
             Self::Connection(e) | Self::Request { source: e, .. } => client_hint(e),
             Self::NoSuchDomain { suggestions, .. } => Some(if suggestions.is_empty() {
                 "`dom0 list` shows the domains".to_owned()

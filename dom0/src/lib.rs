@@ -295,6 +295,7 @@
 //! `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
+pub mod attach;
 pub mod builder;
 pub mod cli;
 pub mod client;
@@ -316,16 +317,17 @@ pub mod proto;
 pub mod server;
 pub mod session;
 pub mod supervisor;
+pub mod term;
 pub mod version;
 pub mod xenstore;
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use clap::{CommandFactory, Parser};
 
-use crate::proto::Lifecycle;
+use crate::proto::{Lifecycle, Request};
 
 pub use cli::{Cli, Command, HostCommand};
 pub use client::{Client, ClientError};
@@ -344,12 +346,63 @@ pub const JSON_API_VERSION: &str = "dom0/v1";
 /// The name the CLI is installed and completed under.
 pub const BIN_NAME: &str = "dom0";
 
+/// Standard input, for `dom0 console`.
+pub struct Stdin {
+    /// Where input comes from.
+    pub reader: Box<dyn Read + Send>,
+    /// Whether it is a terminal (then it is switched to raw mode for the session).
+    pub is_tty: bool,
+}
+
+impl Stdin {
+    /// The process's standard input.
+    #[must_use]
+    pub fn process() -> Self {
+        Self {
+            reader: Box::new(std::io::stdin()),
+            is_tty: term::is_tty(0),
+        }
+    }
+
+    /// Input from `reader`, which is not a terminal.
+    #[must_use]
+    pub fn piped(reader: impl Read + Send + 'static) -> Self {
+        Self {
+            reader: Box::new(reader),
+            is_tty: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stdin")
+            .field("is_tty", &self.is_tty)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Parses `args` (including the program name), runs the command, and returns the exit
 /// status. Results go to `stdout`; usage errors, diagnostics and errors go to `stderr`.
+/// `dom0 console` reads the process's standard input.
 ///
 /// Nothing panics on bad input: clap's usage errors exit with [`ExitStatus::Usage`], and
 /// failures are rendered as CLI.md §7 describes.
 pub fn run<I, T>(args: I, stdout: &mut dyn Write, stderr: &mut dyn Write) -> ExitStatus
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with_stdin(args, Stdin::process(), stdout, stderr)
+}
+
+/// [`run`], with `stdin` as standard input.
+pub fn run_with_stdin<I, T>(
+    args: I,
+    stdin: Stdin,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> ExitStatus
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -359,7 +412,7 @@ where
         Err(e) => return report_parse_error(&e, stdout, stderr),
     };
     let format = cli.global.format();
-    match execute(&cli, format, stdout) {
+    match execute(&cli, format, stdin, stdout, stderr) {
         Ok(()) => ExitStatus::Success,
         // The reader went away (`dom0 completions bash | head`). Nothing is left to tell
         // it, and the command itself did not fail, so exit quietly.
@@ -412,6 +465,16 @@ pub fn resolve_domain(client: &mut Client, reference: &str) -> Result<proto::Dom
     if let Some(d) = domains.iter().find(|d| d.name == reference) {
         return Ok(d.clone());
     }
+    Err(CliError::NoSuchDomain {
+        what: format!("no domain named {reference:?}"),
+        suggestions: closest_names(&domains, reference),
+    })
+}
+
+/// Up to three names of `domains` close to `reference` (by edit distance, or containing
+/// it), closest first.
+#[must_use]
+pub fn closest_names(domains: &[proto::Domain], reference: &str) -> Vec<String> {
     let mut close: Vec<(usize, &str)> = domains
         .iter()
         .filter(|d| !d.name.is_empty())
@@ -422,10 +485,7 @@ pub fn resolve_domain(client: &mut Client, reference: &str) -> Result<proto::Dom
         })
         .collect();
     close.sort_unstable();
-    Err(CliError::NoSuchDomain {
-        what: format!("no domain named {reference:?}"),
-        suggestions: close.iter().take(3).map(|(_, n)| (*n).to_owned()).collect(),
-    })
+    close.iter().take(3).map(|(_, n)| (*n).to_owned()).collect()
 }
 
 /// Levenshtein distance between two strings, by characters.
@@ -444,12 +504,19 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Runs a parsed command.
+/// Runs a parsed command. Only `console` reads `stdin` and writes to `stderr` (its banner
+/// and how the session ended).
 ///
 /// # Errors
 /// [`CliError`] if dom0d cannot be reached or refuses, or the output cannot be produced
 /// or written.
-pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Result<(), CliError> {
+pub fn execute(
+    cli: &Cli,
+    format: OutputFormat,
+    stdin: Stdin,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), CliError> {
     match &cli.command {
         Command::Version => {
             version::VersionInfo::gather(&cli.global.socket, cli.global.timeout)
@@ -469,8 +536,47 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
             write_out(stdout, &output::render_list(&domains, format)?)?;
         }
         Command::Info { domain } => {
-            let d = resolve_domain(&mut connect(cli)?, domain)?;
-            write_out(stdout, &output::render_domain(&d, format)?)?;
+            let mut client = connect(cli)?;
+            let d = resolve_domain(&mut client, domain)?;
+            let console = client
+                .console_status(d.domid)
+                .map_err(request(format!("cannot get the console of domain {}", d.domid)))?;
+            write_out(
+                stdout,
+                &output::render_domain(&d, console.as_ref(), format)?,
+            )?;
+        }
+        Command::Logs { domain, follow } => {
+            let req = Request::Logs {
+                domain: domain.clone(),
+                follow: *follow,
+            };
+            let what = format!("cannot read the console of {domain}");
+            let (_, mut stream) = open_console(cli, &req, domain, &what)?;
+            attach::copy_output(&mut stream, stdout, &what)?;
+        }
+        Command::Console { domain, force } => {
+            let req = Request::ConsoleAttach {
+                domain: domain.clone(),
+                force: *force,
+            };
+            let what = format!("cannot attach to the console of {domain}");
+            let (opened, mut stream) = open_console(cli, &req, domain, &what)?;
+            let input = stream.input().map_err(request(what.clone()))?;
+            let _ = writeln!(stderr, "{}", attach::banner(&opened));
+            let raw = if stdin.is_tty {
+                Some(term::RawMode::enable(0).map_err(CliError::Terminal)?)
+            } else {
+                None
+            };
+            let grace = !stdin.is_tty;
+            let reader = stdin.reader;
+            std::thread::spawn(move || attach::forward_input(reader, input, grace));
+            let end = attach::copy_output(&mut stream, stdout, &what);
+            drop(raw);
+            if let Some(message) = attach::end_message(&end?, &opened) {
+                let _ = writeln!(stderr, "{message}");
+            }
         }
         Command::Pause { domain } => lifecycle(cli, Lifecycle::Pause, domain, format, stdout)?,
         Command::Unpause { domain } => {
@@ -523,6 +629,37 @@ pub fn execute(cli: &Cli, format: OutputFormat, stdout: &mut dyn Write) -> Resul
         }
     }
     stdout.flush().map_err(CliError::Output)
+}
+
+/// Opens the console stream `req` asks for. An unknown domain is [`CliError::NoSuchDomain`]
+/// with the closest names as suggestions.
+fn open_console(
+    cli: &Cli,
+    req: &Request,
+    reference: &str,
+    what: &str,
+) -> Result<(proto::ConsoleOpened, client::ConsoleStream), CliError> {
+    match connect(cli)?.open_console(req) {
+        Ok(opened) => Ok(opened),
+        Err(ClientError::Api(proto::ApiError::UnknownDomain { .. })) => {
+            // The suggestions come from a fresh listing (best effort).
+            let suggestions = connect(cli)
+                .and_then(|mut c| c.list_domains().map_err(request("")))
+                .map(|domains| closest_names(&domains, reference))
+                .unwrap_or_default();
+            Err(CliError::NoSuchDomain {
+                what: proto::ApiError::UnknownDomain {
+                    reference: reference.to_owned(),
+                }
+                .to_string(),
+                suggestions,
+            })
+        }
+        Err(source) => Err(CliError::Request {
+            what: what.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// `dom0 pause|unpause|destroy DOM`: resolves DOM, asks dom0d, and prints the result

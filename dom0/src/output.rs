@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use crate::config::DomainConfig;
 use crate::error::CliError;
-use crate::proto::{CreateReport, Domain, EventReport, Host, LifecycleDone, Plan, State};
+use crate::proto::{
+    ConsoleSummary, CreateReport, Domain, EventReport, Host, LifecycleDone, Plan, State,
+};
 
 /// How results are printed on stdout (CLI.md §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -77,12 +79,27 @@ impl<'a> From<&'a Domain> for DomainJson<'a> {
     }
 }
 
-/// `info -o json`: the domain's fields plus `api_version`.
+/// `info -o json`: the domain's fields plus `api_version` and its console.
 #[derive(Debug, Serialize)]
 struct DomainDoc<'a> {
     api_version: &'static str,
     #[serde(flatten)]
     domain: DomainJson<'a>,
+    /// Milliseconds from the create request to the first console byte (`null` without
+    /// a console or before its first byte): what `bench lifecycle` reports.
+    console_first_byte_ms: Option<u64>,
+    /// The console dom0d serves, or `null`.
+    console: Option<ConsoleJson<'a>>,
+}
+
+/// A domain's console in `info -o json`.
+#[derive(Debug, Serialize)]
+struct ConsoleJson<'a> {
+    first_byte_ms: Option<u64>,
+    total_bytes: u64,
+    history_bytes: u64,
+    disabled: Option<&'a str>,
+    attached: bool,
 }
 
 /// The result object of `pause`, `unpause` and `destroy` under `-o json`.
@@ -352,11 +369,23 @@ fn key_values(pairs: &[(&str, String)]) -> String {
 ///
 /// # Errors
 /// [`CliError::Json`].
-pub fn render_domain(d: &Domain, format: OutputFormat) -> Result<String, CliError> {
+pub fn render_domain(
+    d: &Domain,
+    console: Option<&ConsoleSummary>,
+    format: OutputFormat,
+) -> Result<String, CliError> {
     if format.is_json() {
         let doc = DomainDoc {
             api_version: crate::JSON_API_VERSION,
             domain: DomainJson::from(d),
+            console_first_byte_ms: console.and_then(|c| c.first_byte_ms),
+            console: console.map(|c| ConsoleJson {
+                first_byte_ms: c.first_byte_ms,
+                total_bytes: c.total_bytes,
+                history_bytes: c.history_bytes,
+                disabled: c.disabled.as_deref(),
+                attached: c.attached,
+            }),
         };
         return json_doc(&doc, format);
     }
@@ -376,7 +405,31 @@ pub fn render_domain(d: &Domain, format: OutputFormat) -> Result<String, CliErro
         ("vcpus", d.vcpus.to_string()),
         ("pcpu", d.pcpu.to_string()),
         ("cpu_time", format!("{} s", seconds_1dp(d.cpu_time_ns))),
+        ("console", console_text(console)),
     ]))
+}
+
+/// The `console:` line of `info`: `none`, or the bytes received, the time from the create
+/// request to the first byte, and whether it is disabled or attached.
+#[must_use]
+pub fn console_text(console: Option<&ConsoleSummary>) -> String {
+    let Some(c) = console else {
+        return "none".to_owned();
+    };
+    let mut text = match c.first_byte_ms {
+        None => "no output yet".to_owned(),
+        Some(ms) => format!(
+            "{} bytes (first {ms} ms after the create request)",
+            c.total_bytes
+        ),
+    };
+    if let Some(why) = &c.disabled {
+        text.push_str(&format!("; disabled: {why}"));
+    }
+    if c.attached {
+        text.push_str("; a client is attached");
+    }
+    text
 }
 
 /// The `events:` line of `host info`: the count, and why dom0d does not listen.

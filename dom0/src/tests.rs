@@ -75,6 +75,8 @@ fn only_real_commands_exist() {
             "pause",
             "unpause",
             "destroy",
+            "logs",
+            "console",
             "validate",
             "create",
             "host",
@@ -104,6 +106,8 @@ fn help_lists_exactly_the_existing_commands() {
             "pause",
             "unpause",
             "destroy",
+            "logs",
+            "console",
             "validate",
             "create",
             "host",
@@ -572,6 +576,7 @@ memory:     16 MiB
 vcpus:      1
 pcpu:       1
 cpu_time:   1.5 s
+console:    none
 "
     );
 }
@@ -594,9 +599,16 @@ fn info_json_is_one_object() {
         "vcpus",
         "pcpu",
         "cpu_time_ns",
+        "console_first_byte_ms",
+        "console",
     ] {
         assert!(doc.get(key).is_some(), "{key}");
     }
+    assert_eq!(
+        doc["console"],
+        Value::Null,
+        "Domain-0's console is not dom0d's"
+    );
 }
 
 #[test]
