@@ -46,7 +46,7 @@
 //! | [`ControlOp::DomainCreate`] | 0 | in: one [`DomainCreateRequest`] | the new domid |
 //! | [`ControlOp::DomainSetEntry`] | domid | in: one [`VcpuEntry`] | 0 |
 //! | [`ControlOp::EvtchnAllocUnbound`] | domid | nothing | a new port of DomU `domid`, unbound, that domain 0 may bind |
-//! | [`ControlOp::EvtchnBindInterdomain`] | `domid << 32 \| port` | nothing | domain 0's new port, connected to that unbound port |
+//! | [`ControlOp::EvtchnBindInterdomain`] | `domid << 32 \| port` | nothing | domain 0's new port, connected to that unbound port (it starts pending, as in Xen) |
 //! | [`ControlOp::EvtchnSend`] | domain 0 port | nothing | 0 |
 //! | [`ControlOp::EvtchnClose`] | domain 0 port | nothing | 0 |
 //! | [`ControlOp::EvtchnTakePending`] | 0 | as many `u32` pending domain 0 ports as fit, ascending | number of ports written, each now cleared (0: none pending) |
@@ -81,7 +81,8 @@
 //! connects to a DomU the Xen way: the builder allocates an unbound DomU port for domain 0
 //! ([`ControlOp::EvtchnAllocUnbound`]) and tells the guest (an HVM parameter or xenstore);
 //! Dom0 binds to it ([`ControlOp::EvtchnBindInterdomain`]). When the DomU goes, domain 0's
-//! port becomes unbound (sends are dropped) until Dom0 closes it.
+//! port becomes unbound (sends are dropped) until Dom0 closes it. Closing a port clears
+//! its pending bit.
 //!
 //! | errno | when |
 //! |-------|------|
@@ -248,7 +249,9 @@ pub struct DomainParam {
 }
 const _: () = assert!(core::mem::size_of::<DomainParam>() == 16);
 
-/// Event bit: a domain was created, changed state (blocked, shut down, crashed) or went.
+/// Event bit: a domain was created, paused, unpaused, shut down, crashed or went.
+/// Switches between running and blocked do not raise it (they follow the guest's own
+/// pace, every idle halt); [`ControlOp::DomainInfo`] shows them.
 pub const EVENT_DOMAIN_STATE: u64 = 1 << 0;
 /// Event bit: some domain 0 event-channel ports are pending
 /// ([`ControlOp::EvtchnTakePending`]).

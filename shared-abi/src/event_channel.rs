@@ -23,7 +23,11 @@
 //!
 //! ## `EVTCHNOP_bind_interdomain` ([`EvtchnBindInterdomain`])
 //! - **In:** `remote_dom`, `remote_port` (an unbound port of `remote_dom` that names the
-//!   caller as its remote). **Out:** `local_port`.
+//!   caller as its remote; `DOMID_SELF` binds to one of the caller's own ports). **Out:**
+//!   `local_port`.
+//! - As in Xen, the new local port starts **pending** (with the upcall raised if it is
+//!   not masked), so a notification the peer sent before the bind is not lost; expect
+//!   one event on it.
 //! - **Errors:** `ESRCH` no such domain; `EINVAL` the remote port is not unbound for the
 //!   caller; `ENOSPC` no free port.
 //!
@@ -32,15 +36,18 @@
 //! - **Errors:** `EINVAL` unknown virq or vcpu; `EEXIST` already bound; `ENOSPC`.
 //!
 //! ## `EVTCHNOP_close` ([`EvtchnPort`])
-//! - Frees the port. The peer of an interdomain channel becomes unbound (its remote stays
-//!   the caller), so the peer may rebind. **Errors:** `EINVAL` port not allocated.
+//! - Frees the port and clears its pending bit. The peer of an interdomain channel becomes
+//!   unbound (its remote stays the caller), so the peer may rebind. When a domain ends,
+//!   its peers' ports become unbound the same way (sends on them are dropped).
+//!   **Errors:** `EINVAL` port not allocated (or outside `1..MAX_PORTS`).
 //!
 //! ## `EVTCHNOP_send` ([`EvtchnPort`])
 //! - Signals the peer of an interdomain port. Sending on an unbound port is silently
 //!   dropped (returns 0), as in Xen. **Errors:** `EINVAL` port not allocated or a virq.
 //!
 //! ## `EVTCHNOP_status` ([`EvtchnStatus`])
-//! - **In:** `dom` (`SELF` or the caller's id), `port`. **Out:** `status` and `u`.
+//! - **In:** `dom` (`SELF` or the caller's id), `port`. **Out:** `status` and `u` (port 0
+//!   reads as closed).
 //! - **Errors:** `EPERM` another domain; `EINVAL` port out of range.
 //!
 //! ## `EVTCHNOP_unmask` ([`EvtchnPort`])

@@ -16,8 +16,12 @@
 //! ## `sched_op(SCHEDOP_block, 0)`
 //!
 //! - **Returns:** `0` once the vCPU has an event pending (`evtchn_upcall_pending` in its
-//!   `vcpu_info`), at once if it already has one. The single-shot timer (see
-//!   [`crate::vcpu`]) with `VIRQ_TIMER` bound is how a guest sleeps until a time.
+//!   `vcpu_info`), at once if it already has one, whatever the guest's `RFLAGS.IF` (so a
+//!   guest may block with interrupts off and enable them after the call, without a
+//!   lost-wakeup window). The single-shot timer (see [`crate::vcpu`]) with `VIRQ_TIMER`
+//!   bound is how a guest sleeps until a time.
+//! - `HLT` with interrupts enabled blocks the same way; `HLT` with interrupts disabled
+//!   never returns (only Dom0 can pause or destroy the domain).
 //!
 //! ## `sched_op(SCHEDOP_poll, &SchedPoll)`
 //!

@@ -36,6 +36,10 @@
 //! negative)) * tsc_to_system_mul >> 32` ([`VcpuTimeInfo::ns_at`]). `version` is odd while
 //! the microvisor updates the record; read it, the fields, and `version` again, and retry
 //! if it changed or was odd.
+//!
+//! The record (vCPU 0's) is written when the page is placed and may never change after:
+//! `tsc_timestamp` can be the boot-time TSC, so `tsc - tsc_timestamp` grows with uptime.
+//! Do the multiplication in 128 bits, as [`VcpuTimeInfo::ns_at`] does.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -4,8 +4,10 @@
 //! Deadlines are in nanoseconds of *system time*, the clock that
 //! [`shared_info`](crate::shared_info) publishes as pvclock data in `vcpu_info.time`.
 //! When a deadline passes, the microvisor sends [`VIRQ_TIMER`](crate::event_channel::VIRQ_TIMER)
-//! to the vCPU (if the guest bound it) and wakes the vCPU if it is blocked. A vCPU has one
-//! single-shot timer; setting it replaces the previous deadline.
+//! to the vCPU if the guest bound it; that event is what wakes a vCPU blocked in
+//! `SCHEDOP_block` or HLT. Without the binding the expiry has no effect (as in Xen). A
+//! deadline never fires early by the guest's pvclock. A vCPU has one single-shot timer;
+//! setting it replaces the previous deadline.
 //!
 //! ## `set_timer_op(deadline_ns)`
 //! - **Arguments:** `RDI` = absolute deadline in ns; 0 cancels the timer.
