@@ -774,4 +774,25 @@ mod tests {
         assert_eq!(seen, [0, 1, 5, 7, u32::MAX]);
         assert_eq!(run(&call(2, 4096, 1 << 33), &t, &mut out), Ok((0, 0)));
     }
+
+    proptest::proptest! {
+        /// Any operation, argument, length and input bytes: an error or an action, never a
+        /// panic, and a reply never claims more bytes than the buffer holds.
+        #[test]
+        fn garbage_never_panics(
+            op in 0u64..20, arg in proptest::num::u64::ANY, len in 0u64..5000,
+            input in proptest::collection::vec(proptest::num::u8::ANY, 48),
+            privileged in proptest::bool::ANY,
+        ) {
+            let t = Table(std::vec![0, 2, 7]);
+            let c = ControlCall { privileged, ..call(op, len, arg) };
+            let read = |buf: &mut [u8]| {
+                buf.copy_from_slice(&input[..buf.len()]);
+                Ok(())
+            };
+            if let Ok(Action::Reply { len: n, .. }) = dispatch(&c, &t, read, &mut [0; MAX_BUFFER]) {
+                proptest::prop_assert!(n as u64 <= len);
+            }
+        }
+    }
 }

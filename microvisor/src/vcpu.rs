@@ -828,7 +828,11 @@ mod tests {
             }
         }
         fn domain_from(&self, from: u32) -> Option<shared_abi::control::DomainInfo> {
-            (from == 0).then(shared_abi::control::DomainInfo::default)
+            // Domain 0 and DomUs 1 and 2.
+            (from <= 2).then_some(shared_abi::control::DomainInfo {
+                domid: from,
+                ..Default::default()
+            })
         }
         fn take_events(&self) -> u64 {
             0
@@ -1253,57 +1257,99 @@ mod tests {
     #[test]
     fn dom0_event_channel_control_ops() {
         let (mut v, mut vmcb, mut host) = setup_as(true);
-        // Domain 1 exists for domain_from only as domid 0 in FakeHost: use the hub
-        // directly for its side, the control call for Dom0's.
-        let domu_port = host.hub().alloc_unbound(1, 0).unwrap();
-        let r = control_with(
-            &mut v,
-            &mut vmcb,
-            &mut host,
-            13,
-            0,
-            0,
-            (1 << 32) | u64::from(domu_port),
-        );
-        assert_eq!(r, Errno::ESRCH.to_ret(), "FakeHost lists no DomU 1");
-        // Take-pending: the bind in the hub marks Dom0's port pending.
-        let d0 = host.hub().bind_interdomain(0, 1, domu_port).unwrap();
-        host.hub().send(1, domu_port).unwrap();
+        let mut c = |host: &mut FakeHost, op, gpa, len, arg| {
+            control_with(&mut v, &mut vmcb, host, op, gpa, len, arg)
+        };
+        // The builder's steps: a DomU port for Dom0, the console parameters, Dom0's bind.
+        let domu_port = c(&mut host, 12, 0, 0, 1);
+        assert_eq!(domu_port, 1);
+        assert_eq!(c(&mut host, 12, 0, 0, 0), Errno::ESRCH.to_ret(), "not Dom0");
+        assert_eq!(c(&mut host, 12, 0, 0, 3), Errno::ESRCH.to_ret());
+        let param = shared_abi::control::DomainParam {
+            index: shared_abi::hvm::HVM_PARAM_CONSOLE_EVTCHN,
+            reserved: 0,
+            value: domu_port as u64,
+        };
+        copy::to_gpa(
+            &v.npt,
+            &mut host.mem,
+            0x6000,
+            zerocopy::IntoBytes::as_bytes(&param),
+        )
+        .unwrap();
+        let mut c = |host: &mut FakeHost, op, gpa, len, arg| {
+            control_with(&mut v, &mut vmcb, host, op, gpa, len, arg)
+        };
+        assert_eq!(c(&mut host, 17, 0x6000, 16, 1), 0);
         assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 8, 0),
-            1
+            host.hub()
+                .param(1, shared_abi::hvm::HVM_PARAM_CONSOLE_EVTCHN),
+            Ok(domu_port as u64)
         );
-        let mut got = [0u8; 4];
-        copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut got).unwrap();
-        assert_eq!(u32::from_le_bytes(got), d0);
+        let d0 = c(&mut host, 13, 0, 0, (1 << 32) | domu_port as u64);
+        assert_eq!(d0, 1);
         assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 8, 0),
-            0
+            c(&mut host, 13, 0, 0, (1 << 32) | domu_port as u64),
+            Errno::EINVAL.to_ret(),
+            "bound already"
         );
+        // Take-pending: the bind marked Dom0's new port pending.
+        assert_eq!(c(&mut host, 16, 0x5000, 8, 0), 1);
+        assert_eq!(c(&mut host, 16, 0x5000, 8, 0), 0);
+        // DomU -> Dom0.
+        host.hub().send(1, domu_port as u32).unwrap();
         // A buffer outside Dom0's RAM takes nothing.
-        host.hub().send(1, domu_port).unwrap();
         assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 16, (2 << 20) - 2, 8, 0),
+            c(&mut host, 16, (2 << 20) - 2, 8, 0),
             Errno::EFAULT.to_ret()
         );
-        assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 16, 0x5000, 4, 0),
-            1
-        );
-        // Send and close on Dom0's port.
-        assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 14, 0, 0, u64::from(d0)),
-            0
-        );
-        assert!(host.hub().port_pending(1, domu_port));
-        assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 15, 0, 0, u64::from(d0)),
-            0
-        );
-        assert_eq!(
-            control_with(&mut v, &mut vmcb, &mut host, 14, 0, 0, u64::from(d0)),
-            Errno::EINVAL.to_ret()
-        );
+        assert_eq!(c(&mut host, 16, 0x5000, 4, 0), 1);
+        let mut got = [0u8; 4];
+        // Dom0 -> DomU, then close.
+        assert_eq!(c(&mut host, 14, 0, 0, d0 as u64), 0);
+        assert!(host.hub().port_pending(1, domu_port as u32));
+        assert_eq!(c(&mut host, 15, 0, 0, d0 as u64), 0);
+        assert_eq!(c(&mut host, 14, 0, 0, d0 as u64), Errno::EINVAL.to_ret());
+        copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut got).unwrap();
+        assert_eq!(u32::from_le_bytes(got), d0 as u32);
+    }
+
+    proptest::proptest! {
+        /// Hostile control calls for the event and parameter operations (any argument,
+        /// length and buffer contents) never panic and leave the tables consistent.
+        #[test]
+        fn hostile_event_control_calls_never_panic(
+            calls in proptest::collection::vec(
+                (12u64..18, proptest::num::u64::ANY, 0u64..40, proptest::num::u64::ANY,
+                 proptest::sample::select(std::vec![0x5000u64, (2 << 20) - 8, 0x30_0000, u64::MAX])),
+                1..40)
+        ) {
+            let (mut v, mut vmcb, mut host) = setup_as(true);
+            for (op, arg, len, word, gpa) in calls {
+                let arg = match arg % 4 {
+                    0 => arg,
+                    1 => arg % 4,
+                    2 => ((arg % 3) << 32) | ((arg >> 40) % 8),
+                    _ => (arg >> 8) % 1100,
+                };
+                let _ = copy::to_gpa(&v.npt, &mut host.mem, 0x5000, &word.to_le_bytes());
+                let _ = copy::to_gpa(&v.npt, &mut host.mem, 0x5008, &(word >> 50).to_le_bytes());
+                let _ = control_with(&mut v, &mut vmcb, &mut host, op, gpa, len, arg);
+            }
+            for d in 0..3u16 {
+                for p in 1..shared_abi::event_channel::MAX_PORTS {
+                    if let Some(crate::evtchn::Port::Interdomain { remote_dom, remote_port }) =
+                        host.hub().inspect(d, |t| t.port(p))
+                    {
+                        let back = host.hub().inspect(remote_dom, |t| t.port(remote_port));
+                        proptest::prop_assert_eq!(back, Some(crate::evtchn::Port::Interdomain {
+                            remote_dom: d,
+                            remote_port: p,
+                        }));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
