@@ -332,7 +332,8 @@ pub(super) fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno
     }
     // Refuse before touching anything: zeroing frames only to free them again would stall
     // Dom0 (this runs in its hypercall) for a request that cannot succeed. The NPT needs
-    // about one table frame per 512 pages, plus the VMCB.
+    // about one table frame per 512 pages, plus the VMCB and the frame that holds its
+    // shared_info until the guest places it (all within the margin of 8).
     let pages = u64::from(mem_mib) * 256;
     if memory::free_frames() < pages + pages / 512 + 8 {
         return Err(Errno::ENOMEM);
