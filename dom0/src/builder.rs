@@ -1047,23 +1047,29 @@ fn create_empty(mv: &dyn Microvisor, config: &DomainConfig) -> Result<u32, Creat
     }
 }
 
-/// PVH kernel images for tests.
-#[cfg(test)]
-pub(crate) mod test_elf {
+/// PVH kernel images for tests (here and in the integration tests).
+#[doc(hidden)]
+pub mod test_elf {
     /// One `PT_LOAD` segment: load address, file bytes, size in memory.
-    pub(crate) struct Seg {
-        pub(crate) paddr: u64,
-        pub(crate) data: Vec<u8>,
-        pub(crate) mem: u64,
+    #[derive(Debug)]
+    pub struct Seg {
+        /// Load address.
+        pub paddr: u64,
+        /// Bytes in the file.
+        pub data: Vec<u8>,
+        /// Size in memory.
+        pub mem: u64,
     }
 
     /// An x86-64 ELF executable with `segs` and a PVH entry note for `entry`.
-    pub(crate) fn pvh_elf(entry: u32, segs: &[Seg]) -> Vec<u8> {
+    #[must_use]
+    pub fn pvh_elf(entry: u32, segs: &[Seg]) -> Vec<u8> {
         elf(Some(entry), segs)
     }
 
     /// [`pvh_elf`] without the note.
-    pub(crate) fn elf_without_note(segs: &[Seg]) -> Vec<u8> {
+    #[must_use]
+    pub fn elf_without_note(segs: &[Seg]) -> Vec<u8> {
         elf(None, segs)
     }
 
@@ -1080,7 +1086,7 @@ pub(crate) mod test_elf {
         f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
         f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
         f[54..56].copy_from_slice(&56u16.to_le_bytes());
-        f[56..58].copy_from_slice(&u16::try_from(phnum).unwrap().to_le_bytes());
+        f[56..58].copy_from_slice(&u16::try_from(phnum).unwrap_or(u16::MAX).to_le_bytes());
         let ph = |f: &mut Vec<u8>,
                   i: usize,
                   kind: u32,
@@ -1113,11 +1119,12 @@ pub(crate) mod test_elf {
     }
 
     /// Deterministic filler bytes.
-    pub(crate) fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    #[must_use]
+    pub fn bytes(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| {
                 u8::try_from(i % 251)
-                    .unwrap()
+                    .unwrap_or(0)
                     .wrapping_mul(7)
                     .wrapping_add(seed)
             })

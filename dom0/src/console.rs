@@ -65,11 +65,11 @@ pub struct History {
 impl History {
     /// Appends `data`, dropping the oldest bytes beyond [`HISTORY_BYTES`].
     pub fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
         let data = &data[data.len().saturating_sub(HISTORY_BYTES)..];
         let over = (self.bytes.len() + data.len()).saturating_sub(HISTORY_BYTES);
         self.bytes.drain(..over);
         self.bytes.extend(data);
-        self.total += data.len() as u64;
     }
 
     /// Bytes received since the history began (including dropped ones).
@@ -692,5 +692,419 @@ fn notify(mv: &dyn Microvisor, setup: &ConsoleSetup, what: &str) {
                 errno_text(errno)
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use shared_abi::control::ControlOp;
+    use shared_abi::io::console::OUT_PROD;
+
+    use super::*;
+    use crate::builder::test_elf::{Seg, pvh_elf};
+    use crate::builder::{self, Options};
+    use crate::config::{DomainConfig, OnEvent};
+    use crate::fake::FakeMicrovisor;
+    use crate::microvisor::{self, evtchn_take_pending};
+
+    /// A fake microvisor, the consoles, and a kernel to build domains from.
+    struct Rig {
+        fake: FakeMicrovisor,
+        consoles: Consoles,
+        _dir: tempfile::TempDir,
+        kernel: String,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k.elf");
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![0x90; 16],
+            mem: 4096,
+        };
+        std::fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+        Rig {
+            fake: FakeMicrovisor::new(),
+            consoles: Consoles::new(Arc::new(PagePool::default())),
+            kernel: kernel.to_str().unwrap().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    impl Rig {
+        /// Builds `name` (2 MiB) and hands its console over; returns the domid.
+        fn create(&self, name: &str, restart: bool) -> u32 {
+            let config = DomainConfig {
+                name: name.into(),
+                kernel: self.kernel.clone(),
+                ramdisk: None,
+                cmdline: None,
+                memory_mib: 2,
+                vcpus: 1,
+                on_poweroff: OnEvent::Destroy,
+                on_reboot: OnEvent::Restart,
+                on_crash: OnEvent::Destroy,
+            };
+            let built = builder::create(
+                &self.fake,
+                self.consoles.pool(),
+                &config,
+                Options::default(),
+                &StdMutex::new(None),
+            )
+            .unwrap();
+            let domid = built.report.domid.unwrap();
+            self.consoles.register(
+                &self.fake,
+                name,
+                built.console.unwrap(),
+                Instant::now(),
+                restart,
+            );
+            domid
+        }
+
+        /// What dom0d does on EVENT_EVTCHN.
+        fn pump(&self) {
+            let ports = evtchn_take_pending(&self.fake).unwrap();
+            assert!(self.consoles.on_ports(&self.fake, &ports).is_empty());
+        }
+
+        fn history(&self, reference: &str) -> Vec<u8> {
+            let log = self.consoles.resolve(reference).unwrap();
+            let opened = self.consoles.open(&log).unwrap();
+            self.consoles
+                .read_since(&log, opened.start, usize::MAX)
+                .bytes
+        }
+
+        fn destroy(&self, domid: u32) {
+            self.fake
+                .control(ControlOp::DomainDestroy as u64, u64::from(domid), &mut [])
+                .unwrap();
+        }
+
+        /// The DomU's console port.
+        fn guest_port(&self, domid: u32) -> u32 {
+            let p = self
+                .fake
+                .param(domid, shared_abi::hvm::HVM_PARAM_CONSOLE_EVTCHN)
+                .unwrap();
+            u32::try_from(p).unwrap()
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_last_64_kib() {
+        let mut h = History::default();
+        assert!(h.is_empty());
+        h.push(b"abc");
+        assert_eq!(h.since(0, 10), (0, b"abc".to_vec()));
+        assert_eq!(h.since(1, 1), (0, b"b".to_vec()));
+        assert_eq!(h.since(99, 10), (0, Vec::new()));
+        let big: Vec<u8> = (0..HISTORY_BYTES + 100).map(|i| (i % 251) as u8).collect();
+        h.push(&big);
+        assert_eq!(h.len(), HISTORY_BYTES);
+        assert_eq!(h.total(), 3 + big.len() as u64);
+        assert_eq!(h.start(), 103);
+        // A reader at 0 lost what was dropped, and gets the oldest byte kept next.
+        let (skipped, bytes) = h.since(0, 4);
+        assert_eq!(skipped, 103);
+        assert_eq!(bytes, big[100..104]);
+        let (_, all) = h.since(h.start(), usize::MAX);
+        assert_eq!(all, big[100..]);
+        // Oldest first: more pushes drop from the front.
+        h.push(b"tail");
+        assert_eq!(h.len(), HISTORY_BYTES);
+        assert!(h.since(h.total() - 4, 9).1 == b"tail");
+    }
+
+    #[test]
+    fn output_is_drained_on_events_and_the_guest_is_signalled() {
+        let r = rig();
+        let domid = r.create("web", false);
+        let port = r.guest_port(domid);
+        assert_eq!(r.fake.console_write(domid, b"booting\r\n"), Some(9));
+        r.pump();
+        assert_eq!(r.history("web"), b"booting\r\n");
+        assert_eq!(r.history(&domid.to_string()), b"booting\r\n");
+        // The guest is told its ring has room again.
+        assert_eq!(r.fake.notified(domid, port), 1);
+        let s = r.consoles.summary(domid).unwrap();
+        assert_eq!((s.total_bytes, s.history_bytes), (9, 9));
+        assert!(s.first_byte_ms.is_some());
+        assert_eq!(s.disabled, None);
+        // More output than the ring holds arrives as the guest refills it.
+        let mut sent = Vec::new();
+        for round in 0..10u8 {
+            let chunk = vec![b'a' + round; 1500];
+            assert_eq!(r.fake.console_write(domid, &chunk), Some(1500));
+            sent.extend_from_slice(&chunk);
+            r.pump();
+        }
+        assert_eq!(r.history("web")[9..], sent[..]);
+    }
+
+    #[test]
+    fn output_written_before_the_register_is_not_lost() {
+        let r = rig();
+        let domid = r.create("web", false);
+        r.consoles.domain_gone(&r.fake, domid, true);
+        // The builder's console of a restart, before dom0d hands it over: the guest may
+        // already print.
+        let config = DomainConfig {
+            name: "web".into(),
+            kernel: r.kernel.clone(),
+            ramdisk: None,
+            cmdline: None,
+            memory_mib: 2,
+            vcpus: 1,
+            on_poweroff: OnEvent::Destroy,
+            on_reboot: OnEvent::Restart,
+            on_crash: OnEvent::Destroy,
+        };
+        r.destroy(domid);
+        let built = builder::create(
+            &r.fake,
+            r.consoles.pool(),
+            &config,
+            Options::default(),
+            &StdMutex::new(None),
+        )
+        .unwrap();
+        let new = built.report.domid.unwrap();
+        assert_eq!(r.fake.console_write(new, b"early"), Some(5));
+        r.consoles
+            .register(&r.fake, "web", built.console.unwrap(), Instant::now(), true);
+        assert_eq!(r.history("web"), b"early");
+    }
+
+    #[test]
+    fn the_last_output_is_drained_after_the_domain_is_destroyed() {
+        let r = rig();
+        let free = r.fake.mem_free_kib();
+        let domid = r.create("hello", false);
+        // The guest prints and powers off before dom0d saw an event.
+        assert_eq!(r.fake.console_write(domid, b"bye\r\n"), Some(5));
+        r.fake.shut_down(domid, 0);
+        r.destroy(domid);
+        r.consoles.domain_gone(&r.fake, domid, false);
+        assert_eq!(r.history("hello"), b"bye\r\n");
+        // Everything is given back: page, slot, port, memory.
+        assert_eq!(r.fake.page_maps(), 0);
+        assert!(r.fake.foreign_slots().is_empty());
+        assert!(r.fake.dom0_ports().is_empty());
+        assert_eq!(r.consoles.pool().in_use(), 0);
+        assert_eq!(r.fake.mem_free_kib(), free);
+        assert!(!r.consoles.any_live());
+        // The history is still there by name and by the last domid, and says it ended.
+        let log = r.consoles.resolve(&domid.to_string()).unwrap();
+        assert_eq!(log.name, "hello");
+        let opened = r.consoles.open(&log).unwrap();
+        assert_eq!((opened.domid, opened.last_domid), (None, domid));
+        assert_eq!(
+            r.consoles.read_since(&log, 0, 100).end,
+            Some(ConsoleEnd::DomainGone)
+        );
+        assert_eq!(r.consoles.summary(domid), None);
+        // Gone twice is harmless.
+        r.consoles.domain_gone(&r.fake, domid, false);
+    }
+
+    #[test]
+    fn a_sweep_drains_and_ends_consoles_of_vanished_domains() {
+        let r = rig();
+        let a = r.create("a", false);
+        let b = r.create("b", false);
+        assert_eq!(r.fake.console_write(a, b"from a"), Some(6));
+        assert_eq!(r.fake.console_write(b, b"from b"), Some(6));
+        // b is destroyed behind dom0d's back.
+        r.destroy(b);
+        let (listed, _) = microvisor::list_domains(&r.fake, 0).unwrap();
+        r.consoles.sweep(&r.fake, &listed);
+        assert_eq!(r.history("a"), b"from a");
+        assert_eq!(r.history("b"), b"from b");
+        assert!(r.consoles.summary(a).is_some());
+        assert!(r.consoles.summary(b).is_none());
+        assert_eq!(r.fake.page_maps(), 1);
+    }
+
+    #[test]
+    fn a_hostile_ring_disables_only_its_console() {
+        let r = rig();
+        let bad = r.create("bad", false);
+        let good = r.create("good", false);
+        assert_eq!(r.fake.console_write(bad, b"ok so far"), Some(9));
+        r.pump();
+        // The guest claims 3000 bytes in a 2048-byte ring.
+        let page = r.fake.guest_page(bad, 511).unwrap();
+        use pv_drivers::SharedMem;
+        page.store_release_u32(OUT_PROD, 9 + 3000).unwrap();
+        assert!(r.fake.guest_send(bad, r.guest_port(bad)));
+        assert_eq!(r.fake.console_write(good, b"fine"), Some(4));
+        r.pump();
+        let s = r.consoles.summary(bad).unwrap();
+        let why = s.disabled.unwrap();
+        assert!(why.contains("overrun"), "{why}");
+        assert_eq!(r.history("bad"), b"ok so far", "the history stays");
+        // Its page, slot and port are given up at once; the other console goes on.
+        assert_eq!(r.fake.page_maps(), 1);
+        assert_eq!(r.fake.dom0_ports().len(), 1);
+        assert_eq!(r.history("good"), b"fine");
+        let log = r.consoles.resolve("bad").unwrap();
+        assert!(matches!(
+            r.consoles.read_since(&log, 0, 10).end,
+            Some(ConsoleEnd::Disabled { .. })
+        ));
+        // Signals from it go nowhere now; draining everything is harmless.
+        assert!(!r.fake.guest_send(bad, r.guest_port(bad)));
+        r.consoles.drain_all(&r.fake);
+        // Destroying it later still cleans up.
+        r.destroy(bad);
+        r.consoles.domain_gone(&r.fake, bad, false);
+        assert!(r.consoles.summary(bad).is_none());
+    }
+
+    #[test]
+    fn a_hostile_input_index_disables_the_console_too() {
+        let r = rig();
+        let domid = r.create("x", false);
+        let log = r.consoles.resolve("x").unwrap();
+        let (token, _) = r.consoles.attach(&log, false).unwrap();
+        let page = r.fake.guest_page(domid, 511).unwrap();
+        use pv_drivers::SharedMem;
+        page.store_release_u32(shared_abi::io::console::IN_CONS, 77_777)
+            .unwrap();
+        assert_eq!(
+            r.consoles.write_input(&r.fake, &log, token, b"x"),
+            Err(InputRefused::NoConsole)
+        );
+        assert!(r.consoles.summary(domid).unwrap().disabled.is_some());
+        assert_eq!(r.fake.page_maps(), 0);
+    }
+
+    #[test]
+    fn a_restart_continues_the_history_and_a_new_create_starts_one() {
+        let r = rig();
+        let first = r.create("web", false);
+        assert_eq!(r.fake.console_write(first, b"run 1;"), Some(6));
+        r.destroy(first);
+        r.consoles.domain_gone(&r.fake, first, true);
+        let before = r.consoles.resolve("web").unwrap();
+        let second = r.create("web", true);
+        assert_eq!(r.fake.console_write(second, b"run 2;"), Some(6));
+        r.pump();
+        assert_eq!(r.history("web"), b"run 1;run 2;");
+        assert_eq!(r.consoles.resolve("web").unwrap(), before, "same history");
+        // A failed restart ends it.
+        r.destroy(second);
+        r.consoles.domain_gone(&r.fake, second, true);
+        r.consoles.restart_failed("web");
+        assert_eq!(
+            r.consoles.read_since(&before, 0, 1).end,
+            Some(ConsoleEnd::DomainGone)
+        );
+        // A fresh create of the name starts a new history; followers of the old one see
+        // it closed.
+        let old = r.consoles.open(&before).unwrap();
+        let third = r.create("web", false);
+        assert_eq!(r.history("web"), b"");
+        assert_ne!(r.consoles.resolve("web").unwrap(), before);
+        assert!(old.changes.has_changed().is_err());
+        assert_eq!(
+            r.consoles.read_since(&before, 0, 1).end,
+            Some(ConsoleEnd::DomainGone)
+        );
+        assert_eq!(r.consoles.summary(third).unwrap().total_bytes, 0);
+    }
+
+    #[test]
+    fn ended_histories_are_kept_up_to_a_limit() {
+        let r = rig();
+        for i in 0..KEPT_ENDED + 2 {
+            let name = format!("d{i}");
+            let domid = r.create(&name, false);
+            r.destroy(domid);
+            r.consoles.domain_gone(&r.fake, domid, false);
+        }
+        assert!(r.consoles.resolve("d0").is_none());
+        assert!(r.consoles.resolve("d1").is_none());
+        assert!(r.consoles.resolve("d2").is_some());
+        assert!(
+            r.consoles
+                .resolve(&format!("d{}", KEPT_ENDED + 1))
+                .is_some()
+        );
+        assert!(r.consoles.resolve("nope").is_none());
+        assert!(r.consoles.resolve("4000").is_none());
+    }
+
+    #[test]
+    fn one_writer_at_a_time_and_input_reaches_the_guest() {
+        let r = rig();
+        let domid = r.create("echo", false);
+        let port = r.guest_port(domid);
+        let log = r.consoles.resolve("echo").unwrap();
+        let (first, took) = r.consoles.attach(&log, false).unwrap();
+        assert!(!took);
+        assert!(r.consoles.summary(domid).unwrap().attached);
+        assert_eq!(
+            r.consoles.attach(&log, false),
+            Err(Busy { domid: Some(domid) })
+        );
+        assert_eq!(r.consoles.write_input(&r.fake, &log, first, b"hi\r"), Ok(3));
+        assert_eq!(r.fake.notified(domid, port), 1);
+        assert_eq!(r.fake.console_read_input(domid).unwrap(), b"hi\r");
+        // The input ring holds 1024 bytes; the rest waits.
+        assert_eq!(
+            r.consoles.write_input(&r.fake, &log, first, &[b'x'; 1500]),
+            Ok(1024)
+        );
+        assert_eq!(r.consoles.write_input(&r.fake, &log, first, b"y"), Ok(0));
+        // A forced attach takes over: the first client may no longer write.
+        let (second, took) = r.consoles.attach(&log, true).unwrap();
+        assert!(took);
+        assert_eq!(r.consoles.read_since(&log, 0, 0).owner, Some(second));
+        assert_eq!(
+            r.consoles.write_input(&r.fake, &log, first, b"z"),
+            Err(InputRefused::NotOwner)
+        );
+        // The first client's detach does not free the second's hold; the second's does.
+        r.consoles.detach(&log, first);
+        assert_eq!(r.consoles.read_since(&log, 0, 0).owner, Some(second));
+        r.consoles.detach(&log, second);
+        assert_eq!(r.consoles.read_since(&log, 0, 0).owner, None);
+        assert!(r.consoles.attach(&log, false).is_ok());
+        // No input for a domain that is gone.
+        r.destroy(domid);
+        r.consoles.domain_gone(&r.fake, domid, false);
+        let (token, _) = r.consoles.attach(&log, false).unwrap();
+        assert_eq!(
+            r.consoles.write_input(&r.fake, &log, token, b"late"),
+            Err(InputRefused::NoConsole)
+        );
+    }
+
+    #[test]
+    fn a_long_stream_keeps_only_the_last_64_kib() {
+        let r = rig();
+        let domid = r.create("flood", false);
+        let page = r.fake.guest_page(domid, 511).unwrap();
+        use pv_drivers::SharedMem;
+        // A full ring each time dom0d looks, 100 times (the bytes are whatever the ring
+        // holds; only the counts matter here).
+        let mut prod = 0u32;
+        for _ in 0..100 {
+            prod = prod.wrapping_add(2048);
+            page.store_release_u32(OUT_PROD, prod).unwrap();
+            r.consoles.drain_all(&r.fake);
+        }
+        let s = r.consoles.summary(domid).unwrap();
+        assert_eq!(s.total_bytes, 100 * 2048);
+        assert_eq!(s.history_bytes, HISTORY_BYTES as u64);
+        assert_eq!(s.disabled, None);
     }
 }

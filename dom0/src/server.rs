@@ -625,7 +625,8 @@ pub fn spawn_background(
     spawn_service(path, Service::new(mv), limits)
 }
 
-/// Starts `service` on `path` in a new thread; see [`BackgroundServer`].
+/// Starts `service` on `path` in a new thread, with its event-channel pump
+/// ([`Service::pump_evtchn`]); see [`BackgroundServer`].
 ///
 /// # Errors
 /// Building the runtime or binding the socket failed.
@@ -653,9 +654,13 @@ pub fn spawn_service(
             Ok((rt, listener, guard)) => {
                 let _ = ready_tx.send(Ok(()));
                 let service = Arc::new(service);
-                rt.block_on(serve(listener, service, limits, async {
-                    let _ = stop_rx.await;
-                }));
+                rt.block_on(async {
+                    tokio::spawn(Arc::clone(&service).pump_evtchn());
+                    serve(listener, service, limits, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                });
                 drop(guard);
             }
         }

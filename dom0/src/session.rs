@@ -269,3 +269,410 @@ pub async fn run(
         result = serve => result.unwrap_or_else(|e| e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream as StdStream;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::builder::test_elf::{Seg, pvh_elf};
+    use crate::config::{DomainConfig, OnEvent};
+    use crate::console::Consoles;
+    use crate::events::EventMonitor;
+    use crate::fake::FakeMicrovisor;
+    use crate::microvisor::Microvisor;
+    use crate::proto::{PROTOCOL_VERSION, State};
+    use crate::server::{BackgroundServer, spawn_service};
+
+    struct Fixture {
+        fake: Arc<FakeMicrovisor>,
+        consoles: Arc<Consoles>,
+        monitor: Arc<EventMonitor>,
+        server: BackgroundServer,
+        dir: tempfile::TempDir,
+    }
+
+    fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMicrovisor::new());
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let monitor = Arc::new(EventMonitor::unavailable("test"));
+        let service = Service::with_events(mv, Arc::clone(&monitor));
+        let consoles = Arc::clone(service.consoles());
+        let server = spawn_service(&dir.path().join("s.sock"), service, Limits::default()).unwrap();
+        Fixture {
+            fake,
+            consoles,
+            monitor,
+            server,
+            dir,
+        }
+    }
+
+    fn send(s: &mut StdStream, req: &Request) {
+        use std::io::Write;
+        s.write_all(&proto::encode(req).unwrap()).unwrap();
+    }
+
+    fn recv(s: &mut StdStream) -> Option<Response> {
+        proto::read_frame(s, MAX_FRAME)
+            .unwrap()
+            .map(|p| proto::decode(&p).unwrap())
+    }
+
+    fn ask(s: &mut StdStream, req: &Request) -> Response {
+        send(s, req);
+        recv(s).expect("a reply")
+    }
+
+    fn assert_closed(s: &mut StdStream) {
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection still open: {other:?}"),
+        }
+    }
+
+    impl Fixture {
+        fn conn(&self) -> StdStream {
+            let mut s = StdStream::connect(self.server.path()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let hello = Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                software: "test".into(),
+            };
+            assert!(matches!(ask(&mut s, &hello), Response::Hello { .. }));
+            s
+        }
+
+        /// `dom0 create` of a 2 MiB domain `name`; returns its domid.
+        fn create(&self, name: &str) -> u32 {
+            let kernel = self.dir.path().join("k.elf");
+            let seg = Seg {
+                paddr: 0x10_0000,
+                data: vec![0x90; 16],
+                mem: 4096,
+            };
+            std::fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+            let config = DomainConfig {
+                name: name.into(),
+                kernel: kernel.to_str().unwrap().into(),
+                ramdisk: None,
+                cmdline: None,
+                memory_mib: 2,
+                vcpus: 1,
+                on_poweroff: OnEvent::Destroy,
+                on_reboot: OnEvent::Restart,
+                on_crash: OnEvent::Destroy,
+            };
+            let req = Request::Create {
+                config,
+                dry_run: false,
+                paused: false,
+            };
+            match ask(&mut self.conn(), &req) {
+                Response::Created(r) => {
+                    assert_eq!(r.state, Some(State::Running));
+                    r.domid.unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// The guest prints `bytes`, and dom0d drains it (as on its event).
+        fn print(&self, domid: u32, bytes: &[u8]) {
+            assert_eq!(self.fake.console_write(domid, bytes), Some(bytes.len()));
+            self.consoles.drain_all(&*self.fake);
+        }
+    }
+
+    fn opened(s: &mut StdStream) -> ConsoleOpened {
+        match recv(s) {
+            Some(Response::ConsoleOpened(o)) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Reads output frames until `want` bytes arrived.
+    fn output(s: &mut StdStream, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            match recv(s) {
+                Some(Response::ConsoleOutput(b)) => got.extend(b),
+                other => panic!("after {got:?}: {other:?}"),
+            }
+        }
+        got
+    }
+
+    fn end(s: &mut StdStream) -> ConsoleEnd {
+        match recv(s) {
+            Some(Response::ConsoleEnd(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn logs_send_the_history_then_the_end() {
+        let f = start();
+        let domid = f.create("web");
+        f.print(domid, b"hello\r\n");
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: "web".into(),
+                follow: false,
+            },
+        );
+        let o = opened(&mut s);
+        assert_eq!(
+            (o.name.as_str(), o.domid, o.history_bytes, o.took_over),
+            ("web", Some(domid), 7, false)
+        );
+        assert_eq!(output(&mut s, 7), b"hello\r\n");
+        assert_eq!(end(&mut s), ConsoleEnd::Done);
+        assert_closed(&mut s);
+        // By domid too; an empty history is just the end.
+        let other = f.create("quiet");
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: other.to_string(),
+                follow: false,
+            },
+        );
+        assert_eq!(opened(&mut s).history_bytes, 0);
+        assert_eq!(end(&mut s), ConsoleEnd::Done);
+    }
+
+    #[test]
+    fn unknown_domains_and_domains_without_a_console_are_errors() {
+        let f = start();
+        let mut s = f.conn();
+        let logs = |d: &str| Request::Logs {
+            domain: d.into(),
+            follow: false,
+        };
+        assert_eq!(
+            ask(&mut s, &logs("nope")),
+            Response::Error(ApiError::UnknownDomain {
+                reference: "nope".into()
+            })
+        );
+        assert_eq!(
+            ask(&mut s, &logs("4000")),
+            Response::Error(ApiError::UnknownDomain {
+                reference: "4000".into()
+            })
+        );
+        assert_eq!(
+            ask(&mut s, &logs("0")),
+            Response::Error(ApiError::NoConsole {
+                domid: 0,
+                name: "Domain-0".into()
+            })
+        );
+        assert_eq!(
+            ask(
+                &mut s,
+                &Request::ConsoleAttach {
+                    domain: "hello1".into(),
+                    force: true
+                }
+            ),
+            Response::Error(ApiError::NoConsole {
+                domid: 1,
+                name: "hello1".into()
+            })
+        );
+        // The connection goes on as usual after a refusal, and input outside a session is
+        // malformed.
+        assert!(matches!(
+            ask(&mut s, &Request::ConsoleInput(b"x".to_vec())),
+            Response::Error(ApiError::Malformed { .. })
+        ));
+        assert!(matches!(
+            ask(&mut s, &Request::HostInfo),
+            Response::HostInfo(_)
+        ));
+    }
+
+    #[test]
+    fn following_ends_when_the_domain_is_destroyed() {
+        let f = start();
+        let domid = f.create("web");
+        f.print(domid, b"one ");
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: "web".into(),
+                follow: true,
+            },
+        );
+        opened(&mut s);
+        assert_eq!(output(&mut s, 4), b"one ");
+        f.print(domid, b"two ");
+        assert_eq!(output(&mut s, 4), b"two ");
+        // The guest prints its last words and is destroyed before dom0d drains them: the
+        // final drain after the destroy still delivers them, then the end.
+        assert_eq!(f.fake.console_write(domid, b"bye"), Some(3));
+        match ask(&mut f.conn(), &Request::Destroy { domid }) {
+            Response::Lifecycle(done) => assert_eq!(done.state, None),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(output(&mut s, 3), b"bye");
+        assert_eq!(end(&mut s), ConsoleEnd::DomainGone);
+        assert_closed(&mut s);
+        // The history stays readable by name after the destroy, and everything is freed.
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: "web".into(),
+                follow: true,
+            },
+        );
+        let o = opened(&mut s);
+        assert_eq!((o.domid, o.last_domid), (None, domid));
+        assert_eq!(output(&mut s, 11), b"one two bye");
+        assert_eq!(end(&mut s), ConsoleEnd::DomainGone);
+        assert_eq!(f.fake.page_maps(), 0);
+        assert!(f.fake.dom0_ports().is_empty());
+    }
+
+    #[test]
+    fn output_arrives_through_the_event_path() {
+        let f = start();
+        let domid = f.create("web");
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: "web".into(),
+                follow: true,
+            },
+        );
+        opened(&mut s);
+        // The guest prints; the microvisor raises EVENT_EVTCHN, the event task records it
+        // and dom0d takes the pending port (no manual drain here).
+        let started = Instant::now();
+        assert_eq!(f.fake.console_write(domid, b"via event"), Some(9));
+        f.monitor.record(f.fake.take_events());
+        assert_eq!(output(&mut s, 9), b"via event");
+        assert!(
+            started.elapsed() < crate::console::POLL_INTERVAL,
+            "took {:?}: the poll, not the event",
+            started.elapsed()
+        );
+        // Without an event the poll still picks output up.
+        assert_eq!(f.fake.console_write(domid, b"polled"), Some(6));
+        f.fake.take_events();
+        assert_eq!(output(&mut s, 6), b"polled");
+    }
+
+    #[test]
+    fn attach_forwards_input_and_allows_one_writer() {
+        let f = start();
+        let domid = f.create("echo");
+        f.print(domid, b"login: ");
+        let attach = |force| Request::ConsoleAttach {
+            domain: "echo".into(),
+            force,
+        };
+        let mut a = f.conn();
+        send(&mut a, &attach(false));
+        assert!(!opened(&mut a).took_over);
+        assert_eq!(output(&mut a, 7), b"login: ");
+        // Input reaches the guest's ring.
+        send(&mut a, &Request::ConsoleInput(b"root\r".to_vec()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut typed = Vec::new();
+        while typed.len() < 5 {
+            typed.extend(f.fake.console_read_input(domid).unwrap());
+            assert!(Instant::now() < deadline, "input never arrived: {typed:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(typed, b"root\r");
+        // A second client is refused without --force.
+        let mut b = f.conn();
+        assert_eq!(
+            ask(&mut b, &attach(false)),
+            Response::Error(ApiError::ConsoleBusy {
+                domid: Some(domid),
+                name: "echo".into()
+            })
+        );
+        // With --force it takes over: it gets the history, the first client is told.
+        send(&mut b, &attach(true));
+        assert!(opened(&mut b).took_over);
+        assert_eq!(output(&mut b, 7), b"login: ");
+        assert_eq!(end(&mut a), ConsoleEnd::TakenOver);
+        assert_closed(&mut a);
+        // Input larger than the ring arrives as the guest makes room.
+        let big: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        send(&mut b, &Request::ConsoleInput(big.clone()));
+        let mut typed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while typed.len() < big.len() {
+            typed.extend(f.fake.console_read_input(domid).unwrap());
+            assert!(Instant::now() < deadline, "got {} bytes", typed.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(typed, big);
+        // Output still flows while attached; a detach ends the session.
+        f.print(domid, b"# ");
+        assert_eq!(output(&mut b, 2), b"# ");
+        send(&mut b, &Request::ConsoleDetach);
+        assert_eq!(end(&mut b), ConsoleEnd::Detached);
+        assert_closed(&mut b);
+        // The console is free again; a client that just goes away frees it too.
+        let mut c = f.conn();
+        send(&mut c, &attach(false));
+        opened(&mut c);
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut d = f.conn();
+            match ask(&mut d, &attach(false)) {
+                Response::ConsoleOpened(_) => break,
+                Response::Error(ApiError::ConsoleBusy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_replay_is_the_last_64_kib() {
+        let f = start();
+        let domid = f.create("chatty");
+        // 100 KiB of output: the history keeps the last 64 KiB.
+        let mut sent = Vec::new();
+        for i in 0..50u8 {
+            let chunk = [b'a' + i % 26; 2048];
+            f.print(domid, &chunk);
+            sent.extend_from_slice(&chunk);
+        }
+        let mut s = f.conn();
+        send(
+            &mut s,
+            &Request::Logs {
+                domain: "chatty".into(),
+                follow: false,
+            },
+        );
+        let o = opened(&mut s);
+        assert_eq!(o.history_bytes, crate::console::HISTORY_BYTES as u64);
+        let got = output(&mut s, crate::console::HISTORY_BYTES);
+        assert_eq!(got, sent[sent.len() - crate::console::HISTORY_BYTES..]);
+        assert_eq!(end(&mut s), ConsoleEnd::Done);
+    }
+}

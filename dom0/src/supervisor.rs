@@ -467,6 +467,53 @@ mod tests {
         assert_eq!(r.domain(domid), None);
     }
 
+    /// The console history of `name`, as `dom0 logs` would print it.
+    fn history(r: &Rig, name: &str) -> Vec<u8> {
+        let c = &r.service.consoles;
+        let log = c.resolve(name).unwrap();
+        let opened = c.open(&log).unwrap();
+        c.read_since(&log, opened.start, usize::MAX).bytes
+    }
+
+    #[tokio::test]
+    async fn output_printed_just_before_a_poweroff_is_kept() {
+        let r = rig();
+        let free = r.fake.mem_free_kib();
+        let domid = r.create(&r.config("hello")).await;
+        // The guest greets and powers off at once; dom0d sees only the state event.
+        assert_eq!(
+            r.fake.console_write(domid, b"Hello from hello\r\n"),
+            Some(18)
+        );
+        assert!(r.fake.shut_down(domid, POWEROFF));
+        let applied = r.service.supervise_once().await;
+        assert_eq!(one(&applied).outcome, Outcome::Destroyed);
+        assert_eq!(history(&r, "hello"), b"Hello from hello\r\n");
+        // Destroyed, and its console page, slot and port are gone with it.
+        assert_eq!(r.fake.mem_free_kib(), free);
+        assert_eq!(r.fake.page_maps(), 0);
+        assert!(r.fake.dom0_ports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_console_history() {
+        let r = rig();
+        let first = r.create(&r.config("phoenix")).await;
+        assert_eq!(r.fake.console_write(first, b"boot 1\r\n"), Some(8));
+        r.fake.shut_down(first, REBOOT);
+        let applied = r.service.supervise_once().await;
+        let Outcome::Restarted { domid: second } = one(&applied).outcome else {
+            panic!("{applied:?}");
+        };
+        assert_eq!(r.fake.console_write(second, b"boot 2\r\n"), Some(8));
+        r.service.consoles.drain_all(&*r.fake);
+        assert_eq!(history(&r, "phoenix"), b"boot 1\r\nboot 2\r\n");
+        let s = r.service.consoles.summary(second).unwrap();
+        assert_eq!(s.total_bytes, 16);
+        assert!(s.first_byte_ms.is_some());
+        assert_eq!(r.fake.page_maps(), 1, "only the new domain's page");
+    }
+
     #[tokio::test]
     async fn boot_time_domains_are_left_alone() {
         let r = rig();

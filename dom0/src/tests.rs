@@ -13,7 +13,7 @@ use crate::fake::{FakeMicrovisor, Fault, domain_record};
 use crate::lifecycle::Waits;
 use crate::microvisor::Microvisor;
 use crate::proto::EventStatus;
-use crate::server::{BackgroundServer, Limits, Service, spawn_background, spawn_service};
+use crate::server::{BackgroundServer, Limits, Service, spawn_service};
 use crate::{Cli, CliError, Command, ExitStatus, OutputFormat, run};
 
 /// A socket path where nothing listens.
@@ -387,6 +387,7 @@ fn error_messages_are_lowercase_fragments_without_their_source() {
 struct Dom0d {
     server: BackgroundServer,
     fake: Arc<FakeMicrovisor>,
+    consoles: Arc<crate::console::Consoles>,
     _dir: tempfile::TempDir,
 }
 
@@ -396,51 +397,35 @@ impl Dom0d {
     }
 
     fn with_limits(fake: FakeMicrovisor, limits: Limits) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(fake);
         let mv: Arc<dyn Microvisor> = fake.clone();
-        let server = spawn_background(&dir.path().join("dom0d.sock"), mv, limits).unwrap();
+        Self::serve(fake, Service::new(mv), limits)
+    }
+
+    fn serve(fake: Arc<FakeMicrovisor>, service: Service, limits: Limits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let consoles = Arc::clone(service.consoles());
+        let server = spawn_service(&dir.path().join("dom0d.sock"), service, limits).unwrap();
         Self {
             server,
             fake,
+            consoles,
             _dir: dir,
         }
     }
 
     /// A dom0d whose event statistics come from `events`.
     fn with_events(fake: FakeMicrovisor, events: Arc<EventMonitor>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(fake);
         let mv: Arc<dyn Microvisor> = fake.clone();
-        let server = spawn_service(
-            &dir.path().join("dom0d.sock"),
-            Service::with_events(mv, events),
-            Limits::default(),
-        )
-        .unwrap();
-        Self {
-            server,
-            fake,
-            _dir: dir,
-        }
+        Self::serve(fake, Service::with_events(mv, events), Limits::default())
     }
 
     /// A dom0d with other limits for lifecycle actions.
     fn with_waits(fake: FakeMicrovisor, waits: Waits) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(fake);
         let mv: Arc<dyn Microvisor> = fake.clone();
-        let server = spawn_service(
-            &dir.path().join("dom0d.sock"),
-            Service::new(mv).with_waits(waits),
-            Limits::default(),
-        )
-        .unwrap();
-        Self {
-            server,
-            fake,
-            _dir: dir,
-        }
+        Self::serve(fake, Service::new(mv).with_waits(waits), Limits::default())
     }
 
     fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
@@ -1322,7 +1307,8 @@ fn lifecycle_microvisor_failures_keep_their_exit_codes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mv: Arc<dyn Microvisor> = Arc::new(NoLifecycle(lifecycle_fake()));
-    let server = spawn_background(&dir.path().join("s.sock"), mv, Limits::default()).unwrap();
+    let server =
+        crate::server::spawn_background(&dir.path().join("s.sock"), mv, Limits::default()).unwrap();
     let (status, _, err) = dom0_at(server.path(), &["pause", "spin"]);
     assert_eq!(status, ExitStatus::NotSupported, "{err}");
     assert_eq!(
@@ -2024,4 +2010,285 @@ fn the_kernel_module_header_names_every_control_op() {
         seen += 1;
     }
     assert_eq!(seen, 11, "every ControlOp has its MV_OP_");
+}
+
+// ---- console and logs ----
+
+/// Runs the CLI with `stdin`, capturing raw bytes.
+fn dom0_bytes(socket: &Path, args: &[&str], stdin: crate::Stdin) -> (ExitStatus, Vec<u8>, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let socket = socket.to_str().unwrap();
+    let argv = ["dom0", "--socket", socket]
+        .into_iter()
+        .chain(args.iter().copied());
+    let status = crate::run_with_stdin(argv, stdin, &mut out, &mut err);
+    (status, out, String::from_utf8(err).unwrap())
+}
+
+impl Dom0d {
+    /// `dom0 create` of `web.toml` as `name`; returns the domid.
+    fn create(&self, g: &Guest, name: &str) -> u32 {
+        let set = format!("name={name}");
+        let (status, out, err) =
+            self.run(&["create", &g.path("web.toml"), "--set", &set, "-o", "json"]);
+        assert_eq!(status, ExitStatus::Success, "{err}");
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        u32::try_from(doc["domid"].as_u64().unwrap()).unwrap()
+    }
+
+    /// The guest prints `bytes`; dom0d drains them (as on its event).
+    fn print(&self, domid: u32, bytes: &[u8]) {
+        assert_eq!(self.fake.console_write(domid, bytes), Some(bytes.len()));
+        self.consoles.drain_all(&*self.fake);
+    }
+
+    fn bytes(&self, args: &[&str], stdin: crate::Stdin) -> (ExitStatus, Vec<u8>, String) {
+        dom0_bytes(self.server.path(), args, stdin)
+    }
+}
+
+/// A guest that echoes its console input (a terminal would turn `\r` into `\r\n`), until
+/// the returned flag is set.
+fn echo_guest(
+    d: &Dom0d,
+    domid: u32,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let (fake, consoles, flag) = (
+        Arc::clone(&d.fake),
+        Arc::clone(&d.consoles),
+        Arc::clone(&stop),
+    );
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let input = fake.console_read_input(domid).unwrap_or_default();
+            if input.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
+            }
+            let echo: Vec<u8> = input
+                .iter()
+                .flat_map(|&b| {
+                    if b == b'\r' {
+                        vec![b'\r', b'\n']
+                    } else {
+                        vec![b]
+                    }
+                })
+                .collect();
+            let mut at = 0;
+            while at < echo.len() {
+                at += fake.console_write(domid, &echo[at..]).unwrap_or(0);
+                consoles.drain_all(&*fake);
+            }
+        }
+    });
+    (stop, thread)
+}
+
+#[test]
+fn logs_print_the_raw_history() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "web");
+    let raw = b"\x1b[1mboot\x1b[0m\r\n\xff\x00 done\r\n";
+    d.print(domid, raw);
+    let (status, out, err) = d.bytes(&["logs", "web"], crate::Stdin::piped(io::empty()));
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out, raw, "bytes pass unchanged");
+    let (status, by_id, _) = d.bytes(
+        &["logs", &domid.to_string()],
+        crate::Stdin::piped(io::empty()),
+    );
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(by_id, raw);
+    // Unknown domains exit 3 with suggestions, domains without a console 6.
+    let (status, _, err) = d.run(&["logs", "wbe"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert_eq!(
+        err,
+        "error: no domain named \"wbe\"\n  hint: did you mean web?\n"
+    );
+    let (status, _, err) = d.run(&["logs", "77"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(err.starts_with("error: no domain with id 77\n"), "{err}");
+    let (status, _, err) = d.run(&["logs", "Domain-0"]);
+    assert_eq!(status, ExitStatus::NotSupported, "{err}");
+    assert!(
+        err.starts_with(
+            "error: cannot read the console of Domain-0\n  caused by: domain 0 (Domain-0) has no console that dom0d serves\n  hint: only domains built by `dom0 create`"
+        ),
+        "{err}"
+    );
+    let (status, _, err) = d.run(&["console", "hello1"]);
+    assert_eq!(status, ExitStatus::NotSupported, "{err}");
+}
+
+#[test]
+fn logs_follow_until_the_domain_is_destroyed() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "web");
+    d.print(domid, b"one\r\n");
+    let path = d.server.path().to_path_buf();
+    let follower = std::thread::spawn(move || {
+        dom0_bytes(
+            &path,
+            &["logs", "-f", "web"],
+            crate::Stdin::piped(io::empty()),
+        )
+    });
+    // It prints what comes while it follows, and ends with the domain.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    d.print(domid, b"two\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(d.fake.console_write(domid, b"last\r\n"), Some(6));
+    let (status, _, err) = d.run(&["destroy", "web"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let (status, out, err) = follower.join().unwrap();
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(out, b"one\r\ntwo\r\nlast\r\n");
+    // The history outlives the domain.
+    let (status, out, _) = d.bytes(&["logs", "web"], crate::Stdin::piped(io::empty()));
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(out, b"one\r\ntwo\r\nlast\r\n");
+    let (status, _, _) = d.run(&["info", "web"]);
+    assert_eq!(status, ExitStatus::NotFound, "the domain itself is gone");
+}
+
+#[test]
+fn console_forwards_piped_input_and_prints_the_answer() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "echo");
+    d.print(domid, b"echo ready\r\n");
+    let (stop, guest) = echo_guest(&d, domid);
+    let started = std::time::Instant::now();
+    let (status, out, err) = d.bytes(
+        &["console", "echo"],
+        crate::Stdin::piped(io::Cursor::new(b"hello-echo\r".to_vec())),
+    );
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    guest.join().unwrap();
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(
+        out, b"echo ready\r\nhello-echo\r\n",
+        "history, then the echo"
+    );
+    assert_eq!(
+        err, "Connected to echo (domid 3). Escape character is ^]\n",
+        "the banner only"
+    );
+    assert!(
+        took >= crate::attach::GRACE,
+        "output is printed for a while after EOF: {took:?}"
+    );
+    assert!(took < crate::attach::GRACE * 5, "{took:?}");
+    // The console is free again.
+    let (status, _, err) = d.bytes(&["console", "echo"], crate::Stdin::piped(io::empty()));
+    assert_eq!(status, ExitStatus::Success, "{err}");
+}
+
+#[test]
+fn the_escape_detaches_at_once() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "echo");
+    let started = std::time::Instant::now();
+    let (status, out, err) = d.bytes(
+        &["console", "3"],
+        crate::Stdin::piped(io::Cursor::new(b"ab\x1dcd".to_vec())),
+    );
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(out.is_empty());
+    assert!(
+        started.elapsed() < crate::attach::GRACE,
+        "no grace after ^]"
+    );
+    assert_eq!(
+        d.fake.console_read_input(domid).unwrap(),
+        b"ab",
+        "input up to ^]"
+    );
+}
+
+#[test]
+fn one_console_at_a_time_unless_forced() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "echo");
+    // The first client's stdin stays open: it stays attached.
+    let (held, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let path = d.server.path().to_path_buf();
+    let first = std::thread::spawn(move || {
+        dom0_bytes(&path, &["console", "echo"], crate::Stdin::piped(theirs))
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.consoles.summary(domid).unwrap().attached {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first client never attached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (status, _, err) = d.run(&["console", "echo"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert_eq!(
+        err,
+        "error: cannot attach to the console of echo\n  caused by: the console of domain 3 (echo) \
+         is in use by another `dom0 console`\n  hint: `dom0 console --force echo` takes it over\n"
+    );
+    let (_, out, _) = d.run(&["info", "echo"]);
+    assert!(out.contains("; a client is attached\n"), "{out}");
+    // --force takes over; the first client is told and exits 0.
+    let (status, _, err) = d.bytes(
+        &["console", "--force", "echo"],
+        crate::Stdin::piped(io::Cursor::new(b"\x1d".to_vec())),
+    );
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        err.contains("(took the console over from another client)"),
+        "{err}"
+    );
+    let (status, _, err) = first.join().unwrap();
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        err.ends_with("detached: another `dom0 console --force` took over the console of echo\n"),
+        "{err}"
+    );
+    drop(held);
+}
+
+#[test]
+fn info_shows_the_console_and_its_first_byte() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "web");
+    let (_, out, _) = d.run(&["info", "web"]);
+    assert!(out.ends_with("console:    no output yet\n"), "{out}");
+    d.print(domid, b"123456789");
+    let (_, out, _) = d.run(&["info", "web"]);
+    let line = out.lines().last().unwrap();
+    assert!(
+        line.starts_with("console:    9 bytes (first ")
+            && line.ends_with(" ms after the create request)"),
+        "{line}"
+    );
+    let (_, out, _) = d.run(&["info", "web", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert!(doc["console_first_byte_ms"].is_u64(), "{doc}");
+    assert_eq!(doc["console"]["total_bytes"], 9);
+    assert_eq!(doc["console"]["history_bytes"], 9);
+    assert_eq!(doc["console"]["disabled"], Value::Null);
+    assert_eq!(doc["console"]["attached"], false);
+    let (_, out, _) = d.run(&["info", "hello1", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["console_first_byte_ms"], Value::Null);
 }
