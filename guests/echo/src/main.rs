@@ -12,15 +12,16 @@
 
 use guest_rt::console::{self, PvStatus};
 use guest_rt::pvconsole::expand_cr;
-use guest_rt::{BootInfo, ShutdownReason, println};
+use guest_rt::{BootInfo, ShutdownReason, print, println};
 
 guest_rt::entry!(main);
 
 fn main(_boot: &BootInfo) -> ShutdownReason {
     match console::init_pv() {
         Ok(PvStatus::Active { port, .. }) => {
-            println!(
-                "echo: ready on the PV console (event channel {port}); type and it comes back"
+            // CR LF: a terminal attached in raw mode (`dom0 console echo`) needs the CR.
+            print!(
+                "echo: ready on the PV console (event channel {port}); type and it comes back\r\n"
             );
         }
         Ok(PvStatus::Absent) => {
