@@ -278,7 +278,7 @@ impl ConfigError {
             Self::Renamed { instead, .. } => Some(format!("use \"{instead}\"")),
             Self::Missing { key, .. } => Some(format!("add a line like {}", example(key))),
             Self::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => Some(format!(
-                "a bare name (no slash, no .toml) is looked up as {DEFAULT_CONFIG_DIR}/NAME.toml"
+                "check the path (a bare name, without a slash or .toml, is looked up as {DEFAULT_CONFIG_DIR}/NAME.toml)"
             )),
             _ => None,
         }

@@ -427,6 +427,43 @@ impl CliError {
         }
     }
 
+    /// Whether this is bad input to `create` or `validate`: the config file (missing,
+    /// unreadable, invalid), its kernel or ramdisk, or what dom0d refused in the request
+    /// itself (the name is taken, the memory does not fit). Such errors are rendered on
+    /// one line ([`render`]).
+    #[must_use]
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Invalid { .. } => true,
+            Self::Request {
+                source: ClientError::Api(ApiError::Create(e)),
+                ..
+            } => !matches!(
+                e,
+                CreateError::Failed { .. }
+                    | CreateError::NoFreeDomid
+                    | CreateError::NoForeignWindow
+            ),
+            _ => false,
+        }
+    }
+
+    /// The error on one line: what failed, each cause after a colon, and the hint after a
+    /// semicolon.
+    #[must_use]
+    pub fn one_line(&self) -> String {
+        let mut line = self.to_string();
+        for cause in self.causes() {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+        if let Some(hint) = self.hint() {
+            line.push_str("; ");
+            line.push_str(&hint);
+        }
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
     /// Whether this is a write to a pipe whose reader has gone.
     #[must_use]
     pub fn is_broken_pipe(&self) -> bool {
@@ -465,7 +502,8 @@ struct JsonError<'a> {
     exit_code: u8,
 }
 
-/// Writes `e` to `stderr` in the layout of CLI.md §7, or as one JSON object for
+/// Writes `e` to `stderr` in the layout of CLI.md §7 (bad input to `create` and
+/// `validate` on one line, [`CliError::one_line`]), or as one JSON object for
 /// machine-readable formats.
 ///
 /// # Errors
@@ -481,6 +519,8 @@ pub fn render(e: &CliError, format: OutputFormat, stderr: &mut dyn Write) -> io:
         };
         let line = serde_json::to_string(&doc).map_err(io::Error::other)?;
         writeln!(stderr, "{line}")?;
+    } else if e.is_bad_input() {
+        writeln!(stderr, "error: {}", e.one_line())?;
     } else {
         writeln!(stderr, "error: {e}")?;
         for cause in e.causes() {

@@ -1516,6 +1516,8 @@ fn refused(cfg: &str, extra: &[&str]) -> (ExitStatus, String) {
     args.extend_from_slice(extra);
     let (status, out, err) = dom0(&args);
     assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "bad input is one line: {err}");
+    assert!(err.ends_with('\n'), "{err}");
     (status, err)
 }
 
@@ -1534,7 +1536,7 @@ fn bad_configs_exit_7_with_file_and_line() {
         assert_eq!(
             err,
             format!(
-                "error: {cfg}:3: unknown key \"colour\"\n  hint: the keys are: name, type, \
+                "error: {cfg}:3: unknown key \"colour\"; the keys are: name, type, \
                  kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash\n"
             ),
             "{cmd}"
@@ -1583,7 +1585,7 @@ fn bad_configs_exit_7_with_file_and_line() {
     let (status, err) = refused(&g.path("web.toml"), &["--set", "colour=red"]);
     assert_eq!(status, ExitStatus::ConfigInvalid);
     assert!(
-        err.starts_with("error: --set colour=red: unknown key \"colour\"\n"),
+        err.starts_with("error: --set colour=red: unknown key \"colour\"; the keys are: "),
         "{err}"
     );
     // A --set without '=' is a usage error.
@@ -1601,8 +1603,8 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     assert_eq!(
         err,
         format!(
-            "error: cannot read config {}\n  caused by: No such file or directory\n  hint: a bare \
-             name (no slash, no .toml) is looked up as /etc/dom0/domains/NAME.toml\n",
+            "error: cannot read config {}: No such file or directory; check the path (a bare \
+             name, without a slash or .toml, is looked up as /etc/dom0/domains/NAME.toml)\n",
             g.path("nope.toml")
         )
     );
@@ -1611,7 +1613,7 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     assert_eq!(status, ExitStatus::NotFound);
     assert!(
         err.starts_with(
-            "error: cannot read config /etc/dom0/domains/surely-not-a-domain-here.toml\n"
+            "error: cannot read config /etc/dom0/domains/surely-not-a-domain-here.toml: "
         ),
         "{err}"
     );
@@ -1622,8 +1624,8 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     assert_eq!(
         err,
         format!(
-            "error: {cfg} does not make a valid domain\n  caused by: cannot read kernel {}: No \
-             such file or directory\n  hint: check \"kernel\" in the config (a path in Dom0; \
+            "error: {cfg} does not make a valid domain: cannot read kernel {}: No \
+             such file or directory; check \"kernel\" in the config (a path in Dom0; \
              relative paths start at the config's directory)\n",
             g.path("missing.elf")
         )
@@ -1635,7 +1637,7 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     assert_eq!(status, ExitStatus::ConfigInvalid);
     assert!(
         err.contains(&format!(
-            "caused by: kernel {} cannot be used: not an ELF file\n",
+            ": kernel {} cannot be used: not an ELF file; ",
             g.path("script")
         )),
         "{err}"
@@ -1653,11 +1655,11 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     let (status, err) = refused(&cfg, &[]);
     assert_eq!(status, ExitStatus::ConfigInvalid);
     assert!(
-        err.contains("cannot be used: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)\n"),
+        err.contains("cannot be used: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "),
         "{err}"
     );
     assert!(
-        err.contains("hint: a PVH kernel is an x86-64 ELF executable"),
+        err.contains("; a PVH kernel is an x86-64 ELF executable"),
         "{err}"
     );
     // The smallest domain fits the kernel, and a small ramdisk above it, below the console
@@ -1718,8 +1720,8 @@ fn create_prints_the_new_domain_and_it_is_built() {
     assert!(out.is_empty());
     assert_eq!(
         err,
-        "error: cannot create domain \"web\"\n  caused by: a domain named \"web\" already exists \
-         (domain 3)\n  hint: choose another name (--set name=NEW), or remove the other domain \
+        "error: cannot create domain \"web\": a domain named \"web\" already exists \
+         (domain 3); choose another name (--set name=NEW), or remove the other domain \
          first: `dom0 destroy web`\n"
     );
     // Another name, paused, as JSON.
@@ -1800,8 +1802,8 @@ fn create_needs_free_memory_and_says_how_much_there_is() {
     assert!(out.is_empty());
     assert_eq!(
         err,
-        "error: cannot create domain \"web\"\n  caused by: domain \"web\" needs 32 MiB of \
-         memory, but the host has only 20 MiB free\n  hint: lower \"memory\" (e.g. --set \
+        "error: cannot create domain \"web\": domain \"web\" needs 32 MiB of \
+         memory, but the host has only 20 MiB free; lower \"memory\" (e.g. --set \
          memory=20) or destroy a domain; `dom0 host info` shows the free memory\n"
     );
     assert_eq!(d.fake.mem_free_kib(), 20 * 1024);
@@ -1820,14 +1822,13 @@ fn create_errors_found_by_dom0d() {
     let (status, _, err) = d.run(&["create", &cfg]);
     assert_eq!(status, ExitStatus::NotFound);
     assert_eq!(
-        err.lines().take(2).collect::<Vec<_>>(),
-        [
-            "error: cannot create domain \"gone\"".to_owned(),
-            format!(
-                "  caused by: cannot read kernel {}: No such file or directory",
-                g.path("gone.elf")
-            )
-        ]
+        err,
+        format!(
+            "error: cannot create domain \"gone\": cannot read kernel {}: No such file or \
+             directory; check \"kernel\" in the config (a path in Dom0; relative paths start \
+             at the config's directory)\n",
+            g.path("gone.elf")
+        )
     );
     // A failure in the middle: nothing left behind, and the JSON error names it.
     let free = d.fake.mem_free_kib();

@@ -347,3 +347,169 @@ fn probe_foreign_commands_fail_cleanly_without_the_module() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ---- bad input, and consoles through the binary ----
+
+#[test]
+fn a_missing_config_is_one_line_on_stderr() {
+    for cmd in ["create", "validate"] {
+        let out = dom0(&[cmd, "/nonexistent.toml"]).unwrap();
+        assert_eq!(out.status.code(), Some(3), "{cmd}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err,
+            "error: cannot read config /nonexistent.toml: No such file or directory; check the \
+             path (a bare name, without a slash or .toml, is looked up as \
+             /etc/dom0/domains/NAME.toml)\n",
+            "{cmd}"
+        );
+    }
+}
+
+/// Test fixtures (`#[cfg(test)]`, so clippy treats them as test code).
+#[cfg(test)]
+mod echo_host {
+    use super::*;
+
+    /// A dom0d (in this process) on the fake microvisor, with a domain `echo` whose guest echoes
+    /// its console input.
+    pub(crate) struct EchoHost {
+        _dir: tempfile::TempDir,
+        server: dom0::server::BackgroundServer,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        guest: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl EchoHost {
+        pub(crate) fn start() -> Self {
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicBool, Ordering};
+
+            use dom0::builder::test_elf::{Seg, pvh_elf};
+            use dom0::fake::FakeMicrovisor;
+            use dom0::microvisor::Microvisor;
+            use dom0::server::{Limits, Service, spawn_service};
+
+            let dir = tempfile::tempdir().unwrap();
+            let fake = Arc::new(FakeMicrovisor::new());
+            let mv: Arc<dyn Microvisor> = fake.clone();
+            let service = Service::new(mv);
+            let consoles = Arc::clone(service.consoles());
+            let server =
+                spawn_service(&dir.path().join("dom0d.sock"), service, Limits::default()).unwrap();
+            let kernel = dir.path().join("echo.elf");
+            let seg = Seg {
+                paddr: 0x10_0000,
+                data: vec![0x90; 16],
+                mem: 4096,
+            };
+            std::fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+            let config = dir.path().join("echo.toml");
+            std::fs::write(
+                &config,
+                format!("name = \"echo\"\nkernel = {:?}\nmemory = 2\n", kernel),
+            )
+            .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_dom0"))
+                .arg("create")
+                .arg(&config)
+                .arg("--socket")
+                .arg(server.path())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            let domid = 3;
+            assert_eq!(fake.console_write(domid, b"echo> "), Some(6));
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            let guest = std::thread::spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    let input = fake.console_read_input(domid).unwrap_or_default();
+                    if input.is_empty() {
+                        // Without the event path here, dom0d's poll drains the output.
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    let echo: Vec<u8> = input
+                        .iter()
+                        .flat_map(|&b| {
+                            if b == b'\r' {
+                                vec![b'\r', b'\n']
+                            } else {
+                                vec![b]
+                            }
+                        })
+                        .collect();
+                    let mut at = 0;
+                    while at < echo.len() {
+                        at += fake.console_write(domid, &echo[at..]).unwrap_or(0);
+                        consoles.drain_all(&*fake);
+                    }
+                }
+            });
+            Self {
+                _dir: dir,
+                server,
+                stop,
+                guest: Some(guest),
+            }
+        }
+
+        pub(crate) fn dom0(&self, args: &[&str], stdin: &[u8]) -> Output {
+            use std::io::Write;
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dom0"))
+                .args(args)
+                .arg("--socket")
+                .arg(self.server.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin).unwrap();
+            drop(input);
+            child.wait_with_output().unwrap()
+        }
+    }
+
+    impl Drop for EchoHost {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(g) = self.guest.take() {
+                let _ = g.join();
+            }
+        }
+    }
+}
+
+use echo_host::EchoHost;
+
+#[test]
+fn piped_input_reaches_the_console_and_the_echo_is_printed() {
+    let host = EchoHost::start();
+    // `printf 'hello-echo\r' | dom0 console echo`
+    let started = Instant::now();
+    let out = host.dom0(&["console", "echo"], b"hello-echo\r");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the grace period"
+    );
+    assert_eq!(out.stdout, b"echo> hello-echo\r\n");
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "Connected to echo (domid 3). Escape character is ^]\n"
+    );
+    // The history has it all; `logs` prints it raw.
+    let out = host.dom0(&["logs", "echo"], b"");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"echo> hello-echo\r\n");
+    assert!(out.stderr.is_empty());
+    // Unknown domains exit 3.
+    let out = host.dom0(&["console", "nope"], b"");
+    assert_eq!(out.status.code(), Some(3));
+    let out = host.dom0(&["logs", "nope"], b"");
+    assert_eq!(out.status.code(), Some(3));
+}
