@@ -44,9 +44,19 @@
 //! `on_poweroff: domain 3 (hello) destroyed` or `on_crash: domain 4 (x) restarted as
 //! domain 5`.
 //!
+//! **Consoles** ([`console`]): every domain dom0d builds has a PV console; dom0d keeps its
+//! page mapped for the domain's life and drains the guest's output into a history of the
+//! last 64 KiB per domain *name* (oldest bytes dropped; continued across `on_reboot`/
+//! `on_crash` restarts; kept after the domain is gone, for the 16 most recent such names,
+//! until a new create of the name). Output is taken on `EVENT_EVTCHN` (the pending ports,
+//! [`Service::pump_evtchn`](server::Service::pump_evtchn)), on every domain-state sweep,
+//! and by a 500 ms poll; the last output is drained after a destroy. A guest that breaks
+//! its ring gets `WARN console: domain 3 (x) broke its console ring (...); its console is
+//! disabled`, and only its console stops.
+//!
 //! **Events** ([`events`]): a task waits (epoll, no polling loop) until the event handle is
 //! readable, reads the 8-byte mask, logs `event: domain state changed (mask 0x1, N so far)`
-//! (rate-limited) and counts it; `Events` requests report the count and the time of the
+//! (rate-limited; a mask of only `EVENT_EVTCHN` at debug level) and counts it; `Events` requests report the count and the time of the
 //! last one. If the device cannot be polled (a `microvisor.ko` without events) dom0d logs
 //! `WARN events unavailable: ...` once and serves on; if the handle fails later it logs an
 //! `ERROR stopped listening ...` line and reports `stopped`.
@@ -79,6 +89,21 @@
 //! | `Unpause { domid }` | `Lifecycle(..)` with the state after the unpause (`running` or `blocked`) |
 //! | `Destroy { domid }` | `Lifecycle(..)` with `state: None` once the domain is gone from the list |
 //! | `Create { config, dry_run, paused }` | `Created(CreateReport { domid, config, plan, state, took_ms })` once the domain runs (or is built and paused; `domid: None` for a dry run), or `Error(Create(CreateError))` |
+//! | `ConsoleStatus { domid }` | `ConsoleStatus(Option<ConsoleSummary { domid, first_byte_ms, total_bytes, history_bytes, disabled, attached }>)`; `None` for a domain without a console dom0d serves |
+//! | `Logs { domain, follow }` | a console stream (below): the history, and with `follow` new output until the domain is destroyed |
+//! | `ConsoleAttach { domain, force }` | a console stream with input: the history, new output, and `ConsoleInput(bytes)` frames from the client into the guest; `Error(ConsoleBusy)` while another client is attached, unless `force` (which ends the other session with `TakenOver`) |
+//! | `ConsoleInput(bytes)`, `ConsoleDetach` | only inside an attach stream (no reply; the detach is answered with `ConsoleEnd(Detached)`) |
+//!
+//! **Console streams** ([`session`]): `domain` is a domid or a name (a domain that is gone
+//! still has its kept history). dom0d answers `ConsoleOpened { name, domid, last_domid,
+//! history_bytes, disabled, took_over }`, then raw output as `ConsoleOutput(bytes)` frames
+//! (at most 16 KiB each), then one `ConsoleEnd` (`Done`, `Detached`, `TakenOver`,
+//! `DomainGone`, `Disabled { reason }`), and closes the connection. A refusal
+//! (`UnknownDomain { reference }`, `NoConsole { domid, name }`, `ConsoleBusy { domid, name
+//! }`) is an ordinary error reply. A client that reads too slowly skips what the bounded
+//! history dropped; one that stops reading is disconnected after 10 s. These requests were
+//! appended within protocol 1 (an older dom0d answers `Malformed`, shown as "does not know
+//! the logs request", exit 69).
 //!
 //! The three lifecycle requests were appended after `Events` within protocol 1 (an older
 //! dom0d answers `Error(Malformed)`, which the CLI reports as "dom0d ... does not know the
@@ -117,23 +142,29 @@
 //! 1. everything is checked before the domain exists: the config, the kernel file (at most
 //!    256 MiB; an x86-64 ELF executable with the PVH entry note, parsed by
 //!    `microvisor::elf::PvhImage`), every `PT_LOAD` segment inside the domain's RAM and
-//!    clear of page 0 and the boot page, the entry inside a segment, the command line
-//!    (`microvisor::domain::check`), the ramdisk between the kernel's end and the top of
-//!    RAM, the memory against `HostInfo`'s free memory, the name against every domain's,
-//!    and the foreign window;
+//!    clear of page 0, the boot page and the console page (the last page of RAM), the entry
+//!    inside a segment, the command line (`microvisor::domain::check`), the ramdisk between
+//!    the kernel's end and the console page, the memory against `HostInfo`'s free memory,
+//!    the name against every domain's, and the foreign window;
 //! 2. `DomainCreate` (a paused domain with zeroed RAM);
 //! 3. its memory is written through 64 foreign-window slots from the middle of the window
 //!    (`ForeignMap` each page of a batch, `mmap`, copy, `munmap`, `ForeignUnmap`): the
 //!    segments' file bytes, the boot page at 0x1000 (`microvisor::domain::boot_info_page`:
-//!    `hvm_start_info`, one RAM entry `0..memory`, the command line at 0x1100) and the
-//!    ramdisk, page-aligned at the top of RAM, as the start info's one module (its
+//!    `hvm_start_info`, the command line at 0x1100, and a memory map of two entries: RAM
+//!    `0..memory - 4 KiB` and the console page as `E820_RESERVED`) and the ramdisk,
+//!    page-aligned below the console page, as the start info's one module (its
 //!    `hvm_modlist_entry` at 0x1080);
-//! 4. `DomainSetEntry { entry, start_info: 0x1000 }`;
-//! 5. `DomainUnpause`, unless `paused`.
+//! 4. the PV console: `EvtchnAllocUnbound` (the DomU's port), `EvtchnBindInterdomain`
+//!    (domain 0's port), the console page `ForeignMap`ped into a slot of its own and
+//!    `mmap`ed for the domain's life ([`pages`]), and `DomainSetParam` of `CONSOLE_PFN` and
+//!    `CONSOLE_EVTCHN`; a microvisor without event channels (`ENOSYS`) builds domains
+//!    without a console (one warning);
+//! 5. `DomainSetEntry { entry, start_info: 0x1000 }`;
+//! 6. `DomainUnpause`, unless `paused`.
 //!
-//! If any step after `DomainCreate` fails, dom0d destroys the domain and waits until it is
-//! gone, so the free memory is what it was before; only if that fails too does the error
-//! name the domain left behind. The microvisor's errnos become typed errors (`ENOMEM`
+//! If any step after `DomainCreate` fails, dom0d closes the console's port, unmaps its page,
+//! destroys the domain and waits until it is gone, so the free memory is what it was
+//! before; only if that fails too does the error name the domain left behind. The microvisor's errnos become typed errors (`ENOMEM`
 //! `NotEnoughMemory`, `EEXIST` `NameInUse`, `ENOSPC` `NoFreeDomid`, `EINVAL`
 //! `InvalidConfig`). Each create is logged with its duration, e.g. `create: domain 3
 //! (web) running: 16 MiB, entry 0x100000, 2 segment(s); 14 ms`; failures at WARN.
@@ -154,7 +185,9 @@
 //! | command | output |
 //! |---------|--------|
 //! | `dom0 list` | one line per domain: `ID NAME STATE MEM(MiB) VCPUS PCPU TIME(s)`, STATE being xl's flags (`r` running, `b` blocked, `p` paused, `s` shut down + reason letter `o`/`r`/`s`/`c`/`w`, `c` in the fifth column for crashed) |
-//! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name |
+//! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name. `console:` is `none`, `no output yet`, or the bytes received and the time from the create request to the first byte (`-o json`: `console_first_byte_ms`, `console {first_byte_ms, total_bytes, history_bytes, disabled, attached}`) |
+//! | `dom0 logs DOM [-f]` | the console history (raw bytes, unchanged); `-f` goes on printing new output until the domain is destroyed or Ctrl-C. DOM may be a domain that is gone whose history dom0d still keeps |
+//! | `dom0 console DOM [--force]` | attaches: `Connected to NAME (domid N). Escape character is ^]` on stderr, the history and live output on stdout, stdin to the guest; `^]` detaches. A terminal is put in raw mode (restored on every exit path: return, error, panic, SIGTERM/SIGHUP/SIGINT/SIGQUIT); piped stdin is sent until end of file, then output is printed for 1 s more. One client at a time: another gets exit 4, `--force` takes over (the first prints `detached: another ... took over` and exits 0) |
 //! | `dom0 pause DOM` | stops scheduling the domain; returns once it is paused |
 //! | `dom0 unpause DOM` (alias `resume`) | resumes a paused domain |
 //! | `dom0 destroy DOM` | tears the domain down at once, in any state, and frees its memory; returns once it is gone from the list |
@@ -222,7 +255,10 @@
 //!   `paused`, `shutdown`, `crashed`), `reason` (for `shutdown`: `poweroff`, `reboot`,
 //!   `suspend`, `crash`, `watchdog`, `soft_reset`; otherwise `null`), `mem_kib`, `mem_mib`,
 //!   `vcpus`, `pcpu`, `cpu_time_ns`, `privileged`.
-//! - `info`: one domain object, plus `api_version` (`"dom0/v1"`).
+//! - `info`: one domain object, plus `api_version` (`"dom0/v1"`), `console_first_byte_ms`
+//!   (milliseconds from the create request to the first console byte dom0d received;
+//!   `null` without a console or before the first byte) and `console` (`null`, or
+//!   `{first_byte_ms, total_bytes, history_bytes, disabled, attached}`).
 //! - `pause`, `unpause`, `destroy`: `api_version`, `action` (`pause`, `unpause`,
 //!   `destroy`), `domid`, `name`, `state` (the state afterwards: `paused`; `running` or
 //!   `blocked`; `null` after `destroy`).
@@ -250,10 +286,10 @@
 //! | 0 | success |
 //! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno; `create` with more memory than the host has free, or no domain id left) |
 //! | 2 | usage error |
-//! | 3 | no such domain, or a file not found: the config, its kernel or ramdisk |
-//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed; `create` with a name another domain has |
+//! | 3 | no such domain (for `logs`/`console`: nor a kept history), or a file not found: the config, its kernel or ramdisk |
+//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed; `create` with a name another domain has; `console` while another client is attached |
 //! | 5 | dom0d did not answer within `--timeout`, or a pause or destroy did not take effect within dom0d's limit (2 s, 5 s) |
-//! | 6 | the microvisor does not implement the operation (`ENOSYS`), or offers no foreign window to build domains through |
+//! | 6 | the microvisor does not implement the operation (`ENOSYS`), or offers no foreign window to build domains through; `logs`/`console` of a domain without a console dom0d serves (Domain-0, boot-time DomUs) |
 //! | 7 | invalid config: a syntax error, unknown or unsupported key, bad value (zero or several vCPUs, memory out of range, a bad name), a kernel that is not an x86-64 ELF, has no PVH note or does not fit the memory, a ramdisk that does not fit |
 //! | 8 | permission denied: the socket is root-only, the microvisor refused (`EPERM`), or a file could not be read |
 //! | 69 | dom0d unreachable, busy, speaking another protocol version, or too old for the request |
@@ -270,12 +306,13 @@
 //!   hint: is dom0d running? start it with `dom0d &` (it needs /dev/microvisor)
 //! ```
 //!
-//! A config error is one line naming the file and line, with a hint when there is a
-//! concrete fix:
+//! Bad input to `create` and `validate` (the config, its kernel or ramdisk, and what dom0d
+//! refuses about them: the name is taken, the memory does not fit) is exactly one line:
+//! what failed, each cause after a colon, the hint after a semicolon:
 //!
 //! ```text
-//! error: /etc/dom0/domains/web.toml:3: unknown key "memroy"
-//!   hint: did you mean "memory"?
+//! error: /etc/dom0/domains/web.toml:3: unknown key "memroy"; did you mean "memory"?
+//! error: cannot read config /nonexistent.toml: No such file or directory; check the path (a bare name, without a slash or .toml, is looked up as /etc/dom0/domains/NAME.toml)
 //! ```
 //!
 //! Under `-o json`/`jsonl` the same content is one JSON object on stderr with `code`,
@@ -290,9 +327,10 @@
 //! ## Unsafe code
 //!
 //! Only [`device`] (the ioctl, poll, mmap and munmap system calls, the copy into a
-//! foreign-window mapping, and the reactor registration of the event handle) contains
-//! unsafe code; every other module is
-//! `#![forbid(unsafe_code)]`.
+//! foreign-window mapping, a shared page as `pv_drivers::MappedMem`, and the reactor
+//! registration of the event handle) and [`term`] (`isatty`, the termios calls for raw
+//! mode, the signal handlers that restore the terminal) contain unsafe code; every other
+//! module is `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
 pub mod attach;
@@ -538,9 +576,10 @@ pub fn execute(
         Command::Info { domain } => {
             let mut client = connect(cli)?;
             let d = resolve_domain(&mut client, domain)?;
-            let console = client
-                .console_status(d.domid)
-                .map_err(request(format!("cannot get the console of domain {}", d.domid)))?;
+            let console = client.console_status(d.domid).map_err(request(format!(
+                "cannot get the console of domain {}",
+                d.domid
+            )))?;
             write_out(
                 stdout,
                 &output::render_domain(&d, console.as_ref(), format)?,
