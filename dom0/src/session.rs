@@ -3,9 +3,9 @@
 //! input from an attached client into the guest, and the end.
 //!
 //! A session costs one connection and no queue: it follows the history by position
-//! ([`Consoles::read_since`](crate::console::Consoles::read_since)), so a client that reads slowly skips what the bounded history
-//! dropped, and one that stops reading is disconnected after
-//! [`Limits::write_timeout`]. Input is written into the guest's ring as room appears; while
+//! ([`Consoles::read_since`](crate::console::Consoles::read_since)), so a client that
+//! reads slowly skips what the bounded history dropped, and one that stops reading is
+//! disconnected after [`Limits::write_timeout`]. Input is written into the guest's ring as room appears; while
 //! a frame of input waits, the session reads no further frames from the client, so input is
 //! bounded by one frame.
 #![forbid(unsafe_code)]
