@@ -376,7 +376,8 @@ mod echo_host {
     /// its console input.
     pub(crate) struct EchoHost {
         _dir: tempfile::TempDir,
-        server: dom0::server::BackgroundServer,
+        pub(crate) server: dom0::server::BackgroundServer,
+        pub(crate) consoles: std::sync::Arc<dom0::console::Consoles>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
         guest: Option<std::thread::JoinHandle<()>>,
     }
@@ -396,6 +397,7 @@ mod echo_host {
             let mv: Arc<dyn Microvisor> = fake.clone();
             let service = Service::new(mv);
             let consoles = Arc::clone(service.consoles());
+            let shared = Arc::clone(&consoles);
             let server =
                 spawn_service(&dir.path().join("dom0d.sock"), service, Limits::default()).unwrap();
             let kernel = dir.path().join("echo.elf");
@@ -451,6 +453,7 @@ mod echo_host {
             Self {
                 _dir: dir,
                 server,
+                consoles: shared,
                 stop,
                 guest: Some(guest),
             }
@@ -512,4 +515,88 @@ fn piped_input_reaches_the_console_and_the_echo_is_printed() {
     assert_eq!(out.status.code(), Some(3));
     let out = host.dom0(&["logs", "nope"], b"");
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Runs `script` (util-linux) so that `command` gets a terminal; `None` without `script`.
+fn in_a_terminal(command: &str) -> Option<std::process::Child> {
+    Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()
+}
+
+#[test]
+fn a_terminal_is_raw_for_the_session_and_restored_on_every_exit() {
+    use std::io::{Read, Write};
+    let host = EchoHost::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stty = |name: &str| dir.path().join(name).display().to_string();
+    let attach = |prefix: &str| {
+        format!(
+            "stty -g > {}; {prefix}{} console echo --socket {}; echo \"rc=$?\"; stty -g > {}",
+            stty("before"),
+            env!("CARGO_BIN_EXE_dom0"),
+            host.server.path().display(),
+            stty("after")
+        )
+    };
+    let attached = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !host.consoles.summary(3).unwrap().attached {
+            assert!(Instant::now() < deadline, "never attached");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // Typed bytes reach the guest unchanged and are not echoed by the terminal (raw
+    // mode): "typed" shows once, from the guest's echo. ^] detaches, exit 0.
+    let Some(mut child) = in_a_terminal(&attach("")) else {
+        eprintln!("skipped: no script(1) to give dom0 a terminal");
+        return;
+    };
+    attached();
+    let mut keys = child.stdin.take().unwrap();
+    keys.write_all(b"typed").unwrap();
+    // Once the guest's echo is in the history, it is on its way to the terminal.
+    let log = host.consoles.resolve("echo").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host
+        .consoles
+        .read_since(&log, 0, usize::MAX)
+        .bytes
+        .ends_with(b"typed")
+    {
+        assert!(Instant::now() < deadline, "the guest never echoed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    keys.write_all(b"\x1d").unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    drop(keys);
+    child.wait().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("typed").count(), 1, "{text}");
+    assert!(text.contains("rc=0"), "{text}");
+    let before = std::fs::read(stty("before")).unwrap();
+    assert_eq!(
+        std::fs::read(stty("after")).unwrap(),
+        before,
+        "terminal restored"
+    );
+    // SIGTERM in the middle of a session restores the terminal too.
+    std::fs::remove_file(stty("after")).unwrap();
+    let mut child = in_a_terminal(&attach("timeout --foreground -s TERM 1 ")).unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child.wait().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("rc=124"), "killed by the timeout: {text}");
+    assert_eq!(
+        std::fs::read(stty("after")).unwrap(),
+        before,
+        "terminal restored"
+    );
 }
