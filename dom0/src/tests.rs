@@ -2293,3 +2293,34 @@ fn info_shows_the_console_and_its_first_byte() {
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["console_first_byte_ms"], Value::Null);
 }
+
+#[test]
+fn logs_and_console_need_a_dom0d_that_knows_them() {
+    use crate::proto::{ApiError, Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // A dom0d of an earlier protocol 1 release cannot decode the console requests.
+    let old = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME)
+            {
+                let reply = match crate::proto::decode::<Request>(&payload) {
+                    Ok(Request::Hello { .. }) => Service::hello(),
+                    _ => Response::Error(ApiError::Malformed {
+                        reason: "cannot decode message".into(),
+                    }),
+                };
+                s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+            }
+        }
+    });
+    let (status, _, err) = dom0_at(&path, &["logs", "web"]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(err.contains("does not know the logs request"), "{err}");
+    let (status, _, err) = dom0_at(&path, &["console", "web"]);
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(err.contains("does not know the console request"), "{err}");
+    old.join().unwrap();
+}
