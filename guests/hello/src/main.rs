@@ -13,6 +13,10 @@
 //! its upcall handler, and a 100 ms sleep on the single-shot timer must take at least
 //! 100 ms of pvclock time. Each step prints one `hello: events: ...` line.
 //!
+//! With `flood=N` it then prints `N` numbered lines of 64 bytes
+//! (`hello: flood <i>/<N> ...`) as fast as it can: far more than the PV console ring holds,
+//! so it exercises the wait for the back-end while the ring is full.
+//!
 //! With `wait-for-dom0` on its command line it then waits, before powering off, until
 //! domain 0 writes [`RELEASE_MAGIC`] into its memory at guest-physical
 //! [`RELEASE_GPA`] through a foreign mapping (the Dom0 scenario tests use this to exercise
@@ -65,6 +69,9 @@ fn main(boot: &BootInfo) -> ShutdownReason {
         }
     };
     report_memory(boot);
+    if let Some(n) = boot.cmdline_value("flood") {
+        flood(n.parse().unwrap_or(0));
+    }
     if guest_rt::cmdline::words(boot.cmdline()).any(|w| w == "wait-for-dom0") {
         wait_for_dom0();
     }
@@ -164,6 +171,13 @@ fn loopback_event() -> bool {
         (Ok(()), false) => println!("hello: events: ERROR: no upcall for port {a} within 1 s"),
     }
     sent.is_ok() && seen
+}
+
+/// Prints `lines` numbered lines of 64 bytes each.
+fn flood(lines: u32) {
+    for i in 1..=lines {
+        println!("hello: flood {i:>6}/{lines:<6} ....................................");
+    }
 }
 
 /// Spins until Dom0 writes the release magic at [`RELEASE_GPA`].
