@@ -11,7 +11,9 @@
 //! With `events-selftest` on its command line it also checks events and time: a loopback
 //! event channel (`alloc_unbound` + `bind_interdomain` to itself, then `send`) must reach
 //! its upcall handler, and a 100 ms sleep on the single-shot timer must take at least
-//! 100 ms of pvclock time. Each step prints one `hello: events: ...` line.
+//! 100 ms of pvclock time; then the `vcpu_op` timer calls (`ETIME` for a past deadline
+//! with `VCPU_SSHOTTMR_FUTURE`, `EINVAL` for another vCPU) and `SCHEDOP_poll` on the
+//! timer's port. Each step prints one `hello: events: ...` line.
 //!
 //! With `flood=N` it then prints `N` numbered lines of 64 bytes
 //! (`hello: flood <i>/<N> ...`) as fast as it can: far more than the PV console ring holds,
@@ -28,8 +30,10 @@ use guest_rt::console::{self, PvStatus};
 use guest_rt::fmt::{HypercallRet, Size};
 use guest_rt::shared_abi::guest::{
     evtchn_alloc_unbound, evtchn_bind_interdomain, evtchn_close, evtchn_send, hypercall_raw,
+    sched_poll, vcpu_set_singleshot_timer, vcpu_stop_periodic_timer, vcpu_stop_singleshot_timer,
     xen_features, xen_version,
 };
+use guest_rt::shared_abi::vcpu::VCPU_SSHOTTMR_FUTURE;
 use guest_rt::shared_abi::version::feature;
 use guest_rt::shared_abi::{DomId, Errno};
 use guest_rt::time::{self, NS_PER_SEC, deadline_after};
@@ -138,7 +142,52 @@ fn events_selftest() -> bool {
     } else {
         println!("hello: events: ERROR: a 100 ms sleep took only {slept} ns");
     }
-    loopback && timer
+    let vcpu_timers = vcpu_timer_ops();
+    loopback && timer && vcpu_timers
+}
+
+/// The vcpu_op timer calls and `SCHEDOP_poll` on the timer's port.
+fn vcpu_timer_ops() -> bool {
+    let mut ok = true;
+    let mut check = |what: &str, got: Result<(), Errno>, want: Result<(), Errno>| {
+        if got == want {
+            println!("hello: events: {what}: {got:?} (expected)");
+        } else {
+            println!("hello: events: ERROR: {what}: {got:?}, expected {want:?}");
+            ok = false;
+        }
+    };
+    check("stop_periodic_timer", vcpu_stop_periodic_timer(0), Ok(()));
+    check(
+        "singleshot timer in the past with VCPU_SSHOTTMR_FUTURE",
+        vcpu_set_singleshot_timer(0, 1, VCPU_SSHOTTMR_FUTURE),
+        Err(Errno::ETIME),
+    );
+    check(
+        "singleshot timer for another vCPU",
+        vcpu_set_singleshot_timer(1, 1, 0),
+        Err(Errno::EINVAL),
+    );
+    let start = time::now_ns();
+    let deadline = deadline_after(start, NS_PER_SEC / 20);
+    check(
+        "singleshot timer in 50 ms",
+        vcpu_set_singleshot_timer(0, deadline, 0),
+        Ok(()),
+    );
+    // Poll the timer's port until the deadline has passed (poll may return spuriously).
+    let port = events::timer_port().unwrap_or(0);
+    let mut polled = Ok(());
+    while polled.is_ok() && time::now_ns() < deadline {
+        polled = sched_poll(&[port], deadline_after(deadline, NS_PER_SEC));
+    }
+    check("poll on the timer port", polled, Ok(()));
+    check(
+        "stop_singleshot_timer",
+        vcpu_stop_singleshot_timer(0),
+        Ok(()),
+    );
+    ok
 }
 
 /// Sends an event to ourselves through a loopback channel and waits (at most a second)
