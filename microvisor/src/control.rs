@@ -7,7 +7,8 @@
 use shared_abi::Errno;
 use shared_abi::control::{
     CONTROL_VERSION, ControlOp, DomainCreateRequest, DomainInfo, DomainParam, ForeignMapRequest,
-    HostInfo, MAX_BUFFER, MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fixed_str,
+    GRANT_MAP_READONLY, GrantCopySegment, GrantMapRequest, HostInfo, MAX_BUFFER,
+    MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fixed_str,
 };
 use shared_abi::event_channel::MAX_PORTS;
 use shared_abi::hvm::{
@@ -65,6 +66,30 @@ pub enum Action {
     Unmap {
         /// Window slot (checked against the window size).
         slot: u64,
+    },
+    /// Map grant `gref` of DomU `domid` into foreign-window `slot`, then return 0.
+    GrantMap {
+        /// Window slot (checked against the window size).
+        slot: u64,
+        /// The granter (not 0, fits a domid).
+        domid: u16,
+        /// The grant reference.
+        gref: u32,
+        /// Writable (else read-only).
+        write: bool,
+    },
+    /// Unmap the grant mapping in foreign-window `slot`, then return 0.
+    GrantUnmap {
+        /// Window slot (checked against the window size).
+        slot: u64,
+    },
+    /// Run the `count` copy segments at the start of the buffer (its first `len` bytes,
+    /// segments then data), write the buffer back and return how many succeeded.
+    GrantCopy {
+        /// Segments (at least 1; they fit in `len`).
+        count: usize,
+        /// Buffer length.
+        len: usize,
     },
     /// Create an empty, paused domain, then return its domid.
     Create {
@@ -312,6 +337,42 @@ pub fn dispatch(
                 index: p.index,
                 value: p.value,
             })
+        }
+        ControlOp::GrantMap => {
+            let slot = window_slot(src, call.arg)?;
+            let mut raw = [0u8; size_of::<GrantMapRequest>()];
+            if len < raw.len() {
+                return Err(Errno::EINVAL);
+            }
+            read_input(&mut raw)?;
+            let req = GrantMapRequest::read_from_bytes(&raw).map_err(|_| Errno::EINVAL)?;
+            if req.reserved != 0 || req.flags & !GRANT_MAP_READONLY != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let domid = u16::try_from(req.domid)
+                .ok()
+                .filter(|&d| d != 0)
+                .ok_or(Errno::ESRCH)?;
+            Ok(Action::GrantMap {
+                slot,
+                domid,
+                gref: req.gref,
+                write: req.flags & GRANT_MAP_READONLY == 0,
+            })
+        }
+        ControlOp::GrantUnmap => Ok(Action::GrantUnmap {
+            slot: window_slot(src, call.arg)?,
+        }),
+        ControlOp::GrantCopy => {
+            let count = usize::try_from(call.arg)
+                .ok()
+                .filter(|&n| n > 0)
+                .filter(|&n| {
+                    n.checked_mul(size_of::<GrantCopySegment>())
+                        .is_some_and(|b| b <= len)
+                })
+                .ok_or(Errno::EINVAL)?;
+            Ok(Action::GrantCopy { count, len })
         }
         ControlOp::DomainList => {
             const REC: usize = size_of::<DomainInfo>();

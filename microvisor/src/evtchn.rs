@@ -793,7 +793,7 @@ pub(crate) mod fake {
                 words: (0..pages * 512).map(|_| AtomicU64::new(0)).collect(),
             }
         }
-        fn word(&self, pa: u64) -> &AtomicU64 {
+        pub(crate) fn word(&self, pa: u64) -> &AtomicU64 {
             assert_eq!(pa % 8, 0, "unaligned {pa:#x}");
             let i = usize::try_from((pa - self.base) / 8).unwrap();
             &self.words[i]
@@ -825,6 +825,45 @@ pub(crate) mod fake {
             let word = self.word(w);
             word.fetch_and(!(0xFF << shift), Ordering::SeqCst);
             word.fetch_or(u64::from(v) << shift, Ordering::SeqCst);
+        }
+    }
+
+    /// Grant-table frames in the same fake pages (each `u32` is half of an atomic word).
+    impl crate::grant::TableMem for FakeShared {
+        fn load_u32(&self, pa: u64) -> u32 {
+            let shift = (pa & 4) * 8;
+            (self.word(pa & !7).load(Ordering::SeqCst) >> shift) as u32
+        }
+        fn store_u32(&self, pa: u64, v: u32) {
+            let _ = self.swap_u32(pa, |_| Some(v));
+        }
+        fn cas_u32(&self, pa: u64, old: u32, new: u32) -> u32 {
+            match self.swap_u32(pa, |cur| (cur == old).then_some(new)) {
+                Ok(v) | Err(v) => v,
+            }
+        }
+        fn fetch_and_u32(&self, pa: u64, mask: u32) {
+            let _ = self.swap_u32(pa, |cur| Some(cur & mask));
+        }
+    }
+
+    impl FakeShared {
+        /// Replaces the `u32` at `pa` with `f(current)` atomically; `Err(current)` if `f`
+        /// declines.
+        fn swap_u32(&self, pa: u64, f: impl Fn(u32) -> Option<u32>) -> Result<u32, u32> {
+            assert_eq!(pa % 4, 0, "unaligned {pa:#x}");
+            let shift = (pa & 4) * 8;
+            let word = self.word(pa & !7);
+            let mut cur = word.load(Ordering::SeqCst);
+            loop {
+                let old = (cur >> shift) as u32;
+                let new = f(old).ok_or(old)?;
+                let next = (cur & !(0xFFFF_FFFF << shift)) | (u64::from(new) << shift);
+                match word.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return Ok(old),
+                    Err(seen) => cur = seen,
+                }
+            }
         }
     }
 

@@ -8,12 +8,26 @@
 //! entry whose in-use bits are set. A granter that keeps changing the word makes the pin
 //! fail after [`GNTTAB_PIN_ATTEMPTS`] tries instead of stalling the microvisor.
 //!
-//! Portable: the table is reached through [`GrantEntries`], the pins are plain data.
+//! Each DomU's table ([`DomainGrants`]) lives in frames of its own RAM that it names with
+//! `XENMEM_add_to_physmap(XENMAPSPACE_grant_table, N, gpfn)`: the microvisor records the
+//! machine address of each and reaches the entries there with atomic operations only
+//! ([`TableMem`]), because the guest writes them concurrently. Like event channels, the
+//! tables sit behind one spin lock per domain, never the lock a pCPU holds while it runs
+//! the domain, and [`Grants`] is the only way to them. The table's frames are guest RAM,
+//! so a domain's end frees nothing here: [`Grants::teardown`] forgets the frames and the
+//! pins under the lock, before the domain's memory goes, and nothing touches them after.
+//! A frame with an entry in use cannot be moved away ([`Grants::place_frame`]).
+//!
+//! Portable: the table is reached through [`GrantEntries`] / [`TableMem`], the pins are
+//! plain data.
 
+use shared_abi::Errno;
 use shared_abi::grant_table::{
-    GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GNTST_PERMISSION_DENIED, GNTTAB_PIN_ATTEMPTS,
+    ENTRIES_PER_FRAME, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GNTST_NO_SPACE,
+    GNTST_PERMISSION_DENIED, GNTTAB_MAX_FRAMES, GNTTAB_PIN_ATTEMPTS, GRANT_ENTRY_SIZE,
     GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_SUB_PAGE, GTF_TYPE_MASK, GTF_WRITING,
 };
+use spin::Mutex;
 
 /// Atomic access to one domain's grant entries.
 pub trait GrantEntries {
@@ -81,6 +95,21 @@ impl Pins {
         self.used > 0
     }
 
+    /// Whether an entry in `grefs` is pinned.
+    pub fn any_in(&self, grefs: core::ops::Range<u32>) -> bool {
+        self.active[..self.used]
+            .iter()
+            .any(|a| grefs.contains(&a.gref))
+    }
+
+    /// The pins of `gref`: (all, writable); (0, 0) if it is not pinned.
+    pub fn count(&self, gref: u32) -> (u16, u16) {
+        self.active[..self.used]
+            .iter()
+            .find(|a| a.gref == gref)
+            .map_or((0, 0), |a| (a.pins, a.writers))
+    }
+
     fn find(&mut self, gref: u32) -> Option<&mut Active> {
         self.active[..self.used].iter_mut().find(|a| a.gref == gref)
     }
@@ -98,7 +127,7 @@ impl Pins {
     /// # Errors
     /// `GNTST_BAD_GNTREF` (out of range, not a permit-access entry, or sub-page),
     /// `GNTST_PERMISSION_DENIED` (another grantee, or read-only for a write),
-    /// `GNTST_GENERAL_ERROR` (the entry kept changing, or too many pins).
+    /// `GNTST_GENERAL_ERROR` (the entry kept changing), `GNTST_NO_SPACE` (too many pins).
     pub fn pin(
         &mut self,
         table: &impl GrantEntries,
@@ -114,23 +143,21 @@ impl Pins {
             if a.grantee != grantee {
                 return Err(GrantStatus(GNTST_PERMISSION_DENIED));
             }
+            let pins = a.pins.checked_add(1).ok_or(GrantStatus(GNTST_NO_SPACE))?;
             if !write || a.writers > 0 {
-                a.pins = a
-                    .pins
-                    .checked_add(1)
-                    .ok_or(GrantStatus(GNTST_GENERAL_ERROR))?;
+                a.pins = pins;
                 a.writers += u16::from(write);
                 return Ok(a.frame);
             }
             // Upgrading a read pin to a write pin checks the entry again.
             mark_in_use(table, gref, grantee, need)?;
             let a = self.find(gref).ok_or(GrantStatus(GNTST_GENERAL_ERROR))?;
-            a.pins = a.pins.saturating_add(1);
+            a.pins = pins;
             a.writers = 1;
             return Ok(a.frame);
         }
         if self.used == MAX_ACTIVE {
-            return Err(GrantStatus(GNTST_GENERAL_ERROR));
+            return Err(GrantStatus(GNTST_NO_SPACE));
         }
         mark_in_use(table, gref, grantee, need)?;
         let frame = table.frame(gref);
@@ -196,6 +223,291 @@ fn mark_in_use(
         seen = found;
     }
     Err(GrantStatus(GNTST_GENERAL_ERROR))
+}
+
+/// Atomic access to the machine memory that holds grant-table frames (the guests' own
+/// RAM, written by them concurrently). Addresses are 4-byte aligned, inside a frame that
+/// the caller knows to be allocated.
+pub trait TableMem {
+    /// Atomic load of the `u32` at `pa`.
+    fn load_u32(&self, pa: u64) -> u32;
+    /// Atomic store of the `u32` at `pa`.
+    fn store_u32(&self, pa: u64, v: u32);
+    /// Compare-and-swap of the `u32` at `pa`; returns the value found.
+    fn cas_u32(&self, pa: u64, old: u32, new: u32) -> u32;
+    /// Atomic AND into the `u32` at `pa`.
+    fn fetch_and_u32(&self, pa: u64, mask: u32);
+}
+
+const MAX_FRAMES: usize = GNTTAB_MAX_FRAMES as usize;
+const FRAME_BYTES: u64 = ENTRIES_PER_FRAME as u64 * GRANT_ENTRY_SIZE as u64;
+
+/// One domain's grant table: where its frames are, and its pinned entries.
+#[derive(Debug)]
+pub struct DomainGrants {
+    live: bool,
+    /// Frames placed so far (always the first `nr_frames`).
+    nr_frames: usize,
+    /// Machine address of each placed frame.
+    frames: [u64; MAX_FRAMES],
+    /// The guest frame each was placed at.
+    gpfns: [u64; MAX_FRAMES],
+    /// The domain's RAM, in pages.
+    mem_pages: u64,
+    pins: Pins,
+}
+
+impl DomainGrants {
+    /// A closed table (no domain).
+    pub const EMPTY: Self = Self {
+        live: false,
+        nr_frames: 0,
+        frames: [0; MAX_FRAMES],
+        gpfns: [0; MAX_FRAMES],
+        mem_pages: 0,
+        pins: Pins::new(),
+    };
+
+    /// Whether the domain is live (its table open).
+    pub fn live(&self) -> bool {
+        self.live
+    }
+
+    /// Frames placed so far.
+    pub fn nr_frames(&self) -> u32 {
+        self.nr_frames as u32
+    }
+
+    /// The guest frames the table's frames were placed at, in order.
+    pub fn gpfns(&self) -> &[u64] {
+        &self.gpfns[..self.nr_frames]
+    }
+
+    /// The pins of `gref`: (all, writable).
+    pub fn pins_of(&self, gref: u32) -> (u16, u16) {
+        self.pins.count(gref)
+    }
+
+    /// Whether any entry is pinned.
+    pub fn any_pinned(&self) -> bool {
+        self.pins.any()
+    }
+
+    fn view<'m, M: TableMem>(&'m self, mem: &'m M) -> View<'m, M> {
+        View {
+            frames: &self.frames[..self.nr_frames],
+            mem,
+        }
+    }
+}
+
+/// The placed frames of one table as [`GrantEntries`].
+struct View<'a, M> {
+    frames: &'a [u64],
+    mem: &'a M,
+}
+
+impl<M> View<'_, M> {
+    /// Machine address of entry `r` (0 if it is not in a placed frame).
+    fn entry(&self, r: u32) -> u64 {
+        self.frames
+            .get((r / ENTRIES_PER_FRAME) as usize)
+            .map_or(0, |f| {
+                f + u64::from(r % ENTRIES_PER_FRAME) * GRANT_ENTRY_SIZE as u64
+            })
+    }
+}
+
+impl<M: TableMem> GrantEntries for View<'_, M> {
+    fn entries(&self) -> u32 {
+        self.frames.len() as u32 * ENTRIES_PER_FRAME
+    }
+    fn load_header(&self, r: u32) -> u32 {
+        match self.entry(r) {
+            0 => 0,
+            pa => self.mem.load_u32(pa),
+        }
+    }
+    fn cas_header(&self, r: u32, old: u32, new: u32) -> u32 {
+        match self.entry(r) {
+            0 => !old,
+            pa => self.mem.cas_u32(pa, old, new),
+        }
+    }
+    fn clear_flags(&self, r: u32, bits: u16) {
+        let pa = self.entry(r);
+        if pa != 0 {
+            // `flags` is the low half of the little-endian word; `domid` is kept.
+            self.mem.fetch_and_u32(pa, !u32::from(bits));
+        }
+    }
+    fn frame(&self, r: u32) -> u32 {
+        match self.entry(r) {
+            0 => 0,
+            pa => self.mem.load_u32(pa + 4),
+        }
+    }
+}
+
+/// The grant-table operations over every domain's table (indexed by domid; domain 0 has
+/// none).
+#[derive(Debug)]
+pub struct Grants<'a, M> {
+    tables: &'a [Mutex<DomainGrants>],
+    mem: &'a M,
+}
+
+impl<M> Clone for Grants<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Grants<'_, M> {}
+
+impl<'a, M: TableMem> Grants<'a, M> {
+    /// The operations over `tables` (indexed by domid), reaching frames through `mem`.
+    pub fn new(tables: &'a [Mutex<DomainGrants>], mem: &'a M) -> Self {
+        Self { tables, mem }
+    }
+
+    fn table(&self, dom: u16) -> Option<&'a Mutex<DomainGrants>> {
+        self.tables.get(usize::from(dom)).filter(|_| dom != 0)
+    }
+
+    /// Opens DomU `dom`'s table: no frames, no pins; `mem_pages` of RAM.
+    pub fn open(&self, dom: u16, mem_pages: u64) {
+        if let Some(t) = self.table(dom) {
+            let mut t = t.lock();
+            *t = DomainGrants::EMPTY;
+            t.live = true;
+            t.mem_pages = mem_pages;
+        }
+    }
+
+    /// Closes `dom`'s table at its end: its frames and pins are forgotten (the in-use bits
+    /// stay in its dying memory; nobody reads them again). Returns whether it was open.
+    pub fn teardown(&self, dom: u16) -> bool {
+        let Some(t) = self.table(dom) else {
+            return false;
+        };
+        let mut t = t.lock();
+        let was = t.live;
+        *t = DomainGrants::EMPTY;
+        was
+    }
+
+    /// Whether `dom`'s table is open.
+    pub fn alive(&self, dom: u16) -> bool {
+        self.table(dom).is_some_and(|t| t.lock().live)
+    }
+
+    /// `XENMEM_add_to_physmap(grant_table, idx, gpfn)`: guest frame `gpfn` (machine
+    /// address `pa`) becomes frame `idx` of `dom`'s table. Moving a placed frame copies its
+    /// entries to the new frame.
+    ///
+    /// # Errors
+    /// `ESRCH` no such DomU; `EINVAL` `idx` beyond the next frame or the maximum, `gpfn`
+    /// not below the domain's RAM, `pa` not a frame address, or `gpfn` already another
+    /// frame of the table; `EBUSY` moving a frame with an entry in use.
+    pub fn place_frame(&self, dom: u16, idx: u64, gpfn: u64, pa: u64) -> Result<(), Errno> {
+        let mut t = self.table(dom).ok_or(Errno::ESRCH)?.lock();
+        if !t.live {
+            return Err(Errno::ESRCH);
+        }
+        let i = usize::try_from(idx)
+            .ok()
+            .filter(|&i| i < MAX_FRAMES && i <= t.nr_frames)
+            .ok_or(Errno::EINVAL)?;
+        if gpfn >= t.mem_pages || pa == 0 || pa & 0xFFF != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(other) = t.gpfns().iter().position(|&g| g == gpfn) {
+            return if other == i {
+                Ok(())
+            } else {
+                Err(Errno::EINVAL)
+            };
+        }
+        if i < t.nr_frames {
+            let first = i as u32 * ENTRIES_PER_FRAME;
+            if t.pins.any_in(first..first + ENTRIES_PER_FRAME) {
+                return Err(Errno::EBUSY);
+            }
+            let old = t.frames[i];
+            for off in (0..FRAME_BYTES).step_by(4) {
+                self.mem.store_u32(pa + off, self.mem.load_u32(old + off));
+            }
+        } else {
+            t.nr_frames += 1;
+        }
+        t.frames[i] = pa;
+        t.gpfns[i] = gpfn;
+        Ok(())
+    }
+
+    /// Frames of `dom`'s table placed so far; `ESRCH` no such DomU.
+    pub fn nr_frames(&self, dom: u16) -> Result<u32, Errno> {
+        let t = self.table(dom).ok_or(Errno::ESRCH)?.lock();
+        if t.live {
+            Ok(t.nr_frames())
+        } else {
+            Err(Errno::ESRCH)
+        }
+    }
+
+    /// Pins entry `gref` of `granter` for `grantee` (see [`Pins::pin`]); returns the
+    /// granted frame (a GFN of the granter). `GNTST_BAD_DOMAIN` if `granter` is not a live
+    /// DomU.
+    pub fn pin(
+        &self,
+        granter: u16,
+        gref: u32,
+        grantee: u16,
+        write: bool,
+    ) -> Result<u32, GrantStatus> {
+        let bad_domain = GrantStatus(GNTST_BAD_DOMAIN);
+        let mut t = self.table(granter).ok_or(bad_domain)?.lock();
+        if !t.live {
+            return Err(bad_domain);
+        }
+        let t = &mut *t;
+        let view = View {
+            frames: &t.frames[..t.nr_frames],
+            mem: self.mem,
+        };
+        t.pins.pin(&view, gref, grantee, write)
+    }
+
+    /// Releases one pin of `gref` (as it was taken). False if `granter` has ended (its pins
+    /// went with it) or holds no such pin.
+    pub fn unpin(&self, granter: u16, gref: u32, write: bool) -> bool {
+        let Some(t) = self.table(granter) else {
+            return false;
+        };
+        let mut t = t.lock();
+        if !t.live {
+            return false;
+        }
+        let t = &mut *t;
+        let view = View {
+            frames: &t.frames[..t.nr_frames],
+            mem: self.mem,
+        };
+        t.pins.unpin(&view, gref, write)
+    }
+
+    /// The header word (`flags | domid << 16`) of entry `gref` of `dom` as the guest sees
+    /// it (tests and invariant checks); `None` outside the placed table.
+    pub fn header(&self, dom: u16, gref: u32) -> Option<u32> {
+        let t = self.table(dom)?.lock();
+        let view = t.view(self.mem);
+        (gref < view.entries()).then(|| view.load_header(gref))
+    }
+
+    /// Runs `f` on `dom`'s table (tests and invariant checks).
+    pub fn inspect<R>(&self, dom: u16, f: impl FnOnce(&DomainGrants) -> R) -> Option<R> {
+        self.table(dom).map(|t| f(&t.lock()))
+    }
 }
 
 #[cfg(test)]

@@ -8,21 +8,29 @@
 //! input back, so a read-only or unmapped output fails with `EFAULT` before anything
 //! (a port, say) is allocated.
 //!
-//! Event channels, HVM parameters, `shared_info`, timers, block and poll are DomU calls:
-//! domain 0 is native Linux and uses the control operations instead (`ENOSYS` here).
+//! Event channels, grant tables, HVM parameters, `shared_info`, timers, block and poll are
+//! DomU calls: domain 0 is native Linux and uses the control operations instead (`ENOSYS`
+//! here).
 
 use crate::evtchn::{Hub, Platform};
+use crate::grant::{Grants, TableMem};
 use shared_abi::console::{CONSOLEIO_MAX_WRITE, CONSOLEIO_WRITE};
 use shared_abi::event_channel::{
     EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE,
     EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK, EvtchnAllocUnbound, EvtchnBindInterdomain,
     EvtchnBindVirq, EvtchnPort, EvtchnStatus, MAX_PORTS,
 };
+use shared_abi::grant_table::{
+    GNTST_BAD_DOMAIN, GNTST_OKAY, GNTTAB_MAX_FRAMES, GNTTABOP_GET_VERSION, GNTTABOP_QUERY_SIZE,
+    GNTTABOP_SET_VERSION, GnttabGetVersion, GnttabQuerySize, GnttabVersion,
+};
 use shared_abi::hvm::{
     HVM_PARAM_CALLBACK_IRQ, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
     HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN, HVMOP_GET_PARAM, HVMOP_SET_PARAM, XenHvmParam,
 };
-use shared_abi::memory::{XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap};
+use shared_abi::memory::{
+    XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap,
+};
 use shared_abi::sched::{
     SCHEDOP_BLOCK, SCHEDOP_POLL, SCHEDOP_POLL_MAX_PORTS, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
     SchedPoll, SchedShutdown, ShutdownReason,
@@ -64,6 +72,10 @@ pub trait GuestEnv {
     fn domid(&self) -> u16;
     /// Every domain's event channels.
     fn hub(&self) -> Hub<'_, Self::Events>;
+    /// The memory grant tables live in.
+    type Table: TableMem;
+    /// Every DomU's grant table.
+    fn grants(&self) -> Grants<'_, Self::Table>;
     /// System time: nanoseconds since the microvisor booted.
     fn now_ns(&self) -> u64;
     /// The pvclock record for the caller's `vcpu_info` (its `version` is managed by the
@@ -132,6 +144,7 @@ pub fn dispatch(env: &mut impl GuestEnv, call: HypercallArgs) -> Outcome {
         Ok(Hypercall::VcpuOp) if domu => ret(vcpu_op(env, a1, a2, a3)),
         Ok(Hypercall::EventChannelOp) if domu => ret(event_channel_op(env, a1, a2)),
         Ok(Hypercall::HvmOp) if domu => ret(hvm_op(env, a1, a2)),
+        Ok(Hypercall::GrantTableOp) if domu => ret(grant_table_op(env, a1, a2, a3)),
         // Part of the planned subset, not implemented yet (or not for domain 0): say so
         // truthfully.
         Ok(
@@ -228,6 +241,59 @@ fn event_channel_op(env: &mut impl GuestEnv, cmd: u64, arg: u64) -> Result<u64, 
     Ok(0)
 }
 
+/// `grant_table_op(cmd, uop, count)`: the DomU's own table. Mapping, unmapping and
+/// copying are domain 0's control operations; `setup_table` is PV only.
+fn grant_table_op(env: &mut impl GuestEnv, cmd: u64, uop: u64, count: u64) -> Result<u64, Errno> {
+    let me = env.domid();
+    let one = || {
+        if count == 1 {
+            Ok(())
+        } else {
+            Err(Errno::EINVAL)
+        }
+    };
+    match cmd {
+        GNTTABOP_QUERY_SIZE => {
+            one()?;
+            let mut q: GnttabQuerySize = read(env, uop)?;
+            if q.dom == DomId::SELF.0 || q.dom == me {
+                q.nr_frames = env.grants().nr_frames(me)?;
+                q.max_nr_frames = GNTTAB_MAX_FRAMES;
+                q.status = GNTST_OKAY;
+            } else {
+                q.nr_frames = 0;
+                q.max_nr_frames = 0;
+                q.status = GNTST_BAD_DOMAIN;
+            }
+            write(env, uop, &q)?;
+        }
+        GNTTABOP_SET_VERSION => {
+            one()?;
+            let mut v: GnttabVersion = read(env, uop)?;
+            match v.version {
+                1 => {
+                    v.version = 1;
+                    write(env, uop, &v)?;
+                }
+                // Guests fall back to version 1.
+                2 => return Err(Errno::ENOSYS),
+                _ => return Err(Errno::EINVAL),
+            }
+        }
+        GNTTABOP_GET_VERSION => {
+            one()?;
+            let mut g: GnttabGetVersion = read(env, uop)?;
+            own(env, g.dom)?;
+            g.version = 1;
+            write(env, uop, &g)?;
+        }
+        // setup_table (PV only), map/unmap/copy (back-ends are in domain 0), transfer,
+        // v2 operations and anything else.
+        _ => return Err(Errno::ENOSYS),
+    }
+    Ok(0)
+}
+
 fn hvm_op(env: &mut impl GuestEnv, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let me = env.domid();
     match cmd {
@@ -269,6 +335,11 @@ fn memory_op(env: &mut impl GuestEnv, cmd: u64, arg: u64) -> Result<u64, Errno> 
             let pa = env.ram_frame(x.gpfn).ok_or(Errno::EINVAL)?;
             let time = env.time_info();
             env.hub().place_shared_info(me, x.gpfn, pa, &time)?;
+            Ok(0)
+        }
+        XENMAPSPACE_GRANT_TABLE => {
+            let pa = env.ram_frame(x.gpfn).ok_or(Errno::EINVAL)?;
+            env.grants().place_frame(me, x.idx, x.gpfn, pa)?;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -445,6 +516,7 @@ mod tests {
         console: std::vec::Vec<u8>,
         domid: u16,
         events: std::vec::Vec<Mutex<DomainEvents>>,
+        grant_tables: std::vec::Vec<Mutex<crate::grant::DomainGrants>>,
         plat: FakePlatform,
         now: u64,
         seq: u64,
@@ -458,6 +530,9 @@ mod tests {
                 console: std::vec::Vec::new(),
                 domid: 1,
                 events: tables(4),
+                grant_tables: (0..4)
+                    .map(|_| Mutex::new(crate::grant::DomainGrants::EMPTY))
+                    .collect(),
                 plat: FakePlatform::new(MBASE, 64),
                 now: 1_000,
                 seq: 7,
@@ -467,6 +542,8 @@ mod tests {
             // Own shared_info frames: pages 40 and 41; guest frame n is page n.
             g.hub().open_domu(1, MBASE + 40 * 4096, 16);
             g.hub().open_domu(2, MBASE + 41 * 4096, 16);
+            g.grants().open(1, 16);
+            g.grants().open(2, 16);
             g
         }
         fn range(&self, la: u64, len: usize) -> Result<core::ops::Range<usize>, Errno> {
@@ -509,6 +586,10 @@ mod tests {
         }
         fn hub(&self) -> Hub<'_, FakePlatform> {
             Hub::new(&self.events, &self.plat)
+        }
+        type Table = crate::evtchn::fake::FakeShared;
+        fn grants(&self) -> Grants<'_, crate::evtchn::fake::FakeShared> {
+            Grants::new(&self.grant_tables, &self.plat.mem)
         }
         fn now_ns(&self) -> u64 {
             self.now
@@ -870,7 +951,6 @@ mod tests {
             (x(1, XENMAPSPACE_SHARED_INFO, 1, 12), Errno::EINVAL),
             (x(1, XENMAPSPACE_SHARED_INFO, 0, 15), Errno::EINVAL),
             (x(1, XENMAPSPACE_SHARED_INFO, 0, u64::MAX), Errno::EINVAL),
-            (x(1, 1, 0, 12), Errno::ENOSYS),
             (x(1, 77, 0, 12), Errno::ENOSYS),
         ] {
             g.put(0x100, &bad);
@@ -888,6 +968,183 @@ mod tests {
         assert_eq!(
             call(&mut g, 12, XENMEM_ADD_TO_PHYSMAP, 0xFFF0, 0),
             E(Errno::EFAULT)
+        );
+    }
+
+    fn gnttab(g: &mut FakeGuest, cmd: u64, uop: u64, count: u64) -> Outcome {
+        call(g, 20, cmd, uop, count)
+    }
+
+    fn place_grant_frame(g: &mut FakeGuest, domid: u16, idx: u64, gpfn: u64) -> Outcome {
+        g.put(
+            0x100,
+            &XenAddToPhysmap {
+                domid,
+                size: 0,
+                space: XENMAPSPACE_GRANT_TABLE,
+                idx,
+                gpfn,
+            },
+        );
+        call(g, 12, XENMEM_ADD_TO_PHYSMAP, 0x100, 0)
+    }
+
+    #[test]
+    fn grant_table_frames_are_placed_in_order_and_move_with_their_entries() {
+        use crate::grant::TableMem as _;
+        let mut g = FakeGuest::new();
+        let self_ = DomId::SELF.0;
+        // Frame 1 before frame 0, and beyond the maximum: EINVAL.
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 5), E(Errno::EINVAL));
+        assert_eq!(
+            place_grant_frame(&mut g, self_, u64::from(GNTTAB_MAX_FRAMES), 5),
+            E(Errno::EINVAL)
+        );
+        assert_eq!(
+            place_grant_frame(&mut g, self_, 1 << 31, 5),
+            E(Errno::EINVAL),
+            "v2 status frames"
+        );
+        assert_eq!(place_grant_frame(&mut g, self_, 0, 15), E(Errno::EINVAL));
+        assert_eq!(
+            place_grant_frame(&mut g, self_, 0, u64::MAX),
+            E(Errno::EINVAL)
+        );
+        assert_eq!(place_grant_frame(&mut g, 2, 0, 5), E(Errno::EPERM));
+        assert_eq!(place_grant_frame(&mut g, self_, 0, 5), Outcome::Return(0));
+        assert_eq!(
+            place_grant_frame(&mut g, 1, 0, 5),
+            Outcome::Return(0),
+            "again"
+        );
+        // Another frame at the same page: EINVAL.
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 5), E(Errno::EINVAL));
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 6), Outcome::Return(0));
+        assert_eq!(
+            g.grants().inspect(1, |t| t.gpfns().to_vec()),
+            Some(std::vec![5, 6])
+        );
+        // An entry of frame 1 (ref 512 + 3), then frame 1 moves to page 9: the entry goes
+        // with it, the old page is plain RAM again.
+        let entry = MBASE + 6 * 4096 + 3 * 8;
+        g.plat.mem.store_u32(entry, 1); // permit_access for domain 0
+        g.plat.mem.store_u32(entry + 4, 0x77);
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 9), Outcome::Return(0));
+        assert_eq!(g.grants().header(1, 515), Some(1));
+        assert_eq!(g.plat.mem.load_u32(MBASE + 9 * 4096 + 3 * 8 + 4), 0x77);
+        // In use: the frame cannot move away under the pin.
+        assert_eq!(g.grants().pin(1, 515, 0, true), Ok(0x77));
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 10), E(Errno::EBUSY));
+        assert_eq!(place_grant_frame(&mut g, self_, 0, 11), Outcome::Return(0));
+        assert!(g.grants().unpin(1, 515, true));
+        assert_eq!(place_grant_frame(&mut g, self_, 1, 10), Outcome::Return(0));
+        // query_size sees 2 frames.
+        g.put(
+            0x200,
+            &GnttabQuerySize {
+                dom: self_,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0x200, 1),
+            Outcome::Return(0)
+        );
+        let q: GnttabQuerySize = g.get(0x200);
+        assert_eq!((q.nr_frames, q.max_nr_frames, q.status), (2, 4, 0));
+    }
+
+    #[test]
+    fn grant_table_op_calls() {
+        let mut g = FakeGuest::new();
+        let self_ = DomId::SELF.0;
+        let q = |dom| GnttabQuerySize {
+            dom,
+            pad: 0,
+            nr_frames: 99,
+            max_nr_frames: 99,
+            status: 99,
+            pad2: 0,
+        };
+        g.put(0x200, &q(1));
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0x200, 1),
+            Outcome::Return(0)
+        );
+        let got: GnttabQuerySize = g.get(0x200);
+        assert_eq!((got.nr_frames, got.max_nr_frames, got.status), (0, 4, 0));
+        g.put(0x200, &q(2));
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0x200, 1),
+            Outcome::Return(0)
+        );
+        let got: GnttabQuerySize = g.get(0x200);
+        assert_eq!((got.nr_frames, got.max_nr_frames), (0, 0));
+        assert_eq!(got.status, shared_abi::grant_table::GNTST_BAD_DOMAIN);
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0x200, 2),
+            E(Errno::EINVAL)
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0x200, 0),
+            E(Errno::EINVAL)
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0xFFF8, 1),
+            E(Errno::EFAULT)
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_QUERY_SIZE, 0xEFFC, 1),
+            E(Errno::EFAULT),
+            "read-only output"
+        );
+        // Versions: 1 is fine, 2 is ENOSYS (v1 stays), others EINVAL.
+        for (v, want) in [
+            (1, Outcome::Return(0)),
+            (2, E(Errno::ENOSYS)),
+            (0, E(Errno::EINVAL)),
+            (3, E(Errno::EINVAL)),
+        ] {
+            g.put(0x300, &GnttabVersion { version: v });
+            assert_eq!(gnttab(&mut g, GNTTABOP_SET_VERSION, 0x300, 1), want, "v{v}");
+        }
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_SET_VERSION, 0x300, 2),
+            E(Errno::EINVAL)
+        );
+        g.put(
+            0x400,
+            &GnttabGetVersion {
+                dom: self_,
+                pad: 0,
+                version: 0,
+            },
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_GET_VERSION, 0x400, 1),
+            Outcome::Return(0)
+        );
+        assert_eq!(g.get::<GnttabGetVersion>(0x400).version, 1);
+        g.put(
+            0x400,
+            &GnttabGetVersion {
+                dom: 2,
+                pad: 0,
+                version: 0,
+            },
+        );
+        assert_eq!(
+            gnttab(&mut g, GNTTABOP_GET_VERSION, 0x400, 1),
+            E(Errno::EPERM)
+        );
+        // Map, unmap, setup_table, transfer, copy, v2 calls and unknown ones: ENOSYS.
+        for cmd in [0, 1, 2, 3, 4, 5, 7, 9, 11, 12, 99, u64::MAX] {
+            assert_eq!(gnttab(&mut g, cmd, 0x200, 1), E(Errno::ENOSYS), "cmd {cmd}");
+        }
+        // Domain 0 has no grant-table hypercall at all.
+        assert_eq!(
+            call_as(&mut g, 0, 20, GNTTABOP_QUERY_SIZE, 0x200, 1),
+            E(Errno::ENOSYS)
         );
     }
 
@@ -1081,7 +1338,7 @@ mod tests {
         #[test]
         fn hostile_event_calls_never_panic(
             calls in proptest::collection::vec(
-                (proptest::sample::select(std::vec![12u64, 15, 24, 29, 32, 34]), 0u64..16,
+                (proptest::sample::select(std::vec![12u64, 15, 20, 24, 29, 32, 34]), 0u64..16,
                  proptest::sample::select(std::vec![0x100u64, 0xFFF0, 0xFFFC, 0x1_0000, u64::MAX - 3]),
                  0u64..3, proptest::array::uniform32(proptest::num::u8::ANY)),
                 1..40)

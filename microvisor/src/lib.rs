@@ -28,5 +28,6 @@ pub mod mm;
 pub mod policy;
 pub mod vcpu;
 pub mod vmcb;
+pub mod window;
 
 pub mod arch;

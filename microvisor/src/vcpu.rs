@@ -7,6 +7,7 @@
 use crate::control::{Action, ControlCall, Dom0Evtchn};
 use crate::evtchn::{Hub, Platform};
 use crate::exit::{IoAccess, NpfInfo, SvmExit};
+use crate::grant::{Grants, TableMem};
 use crate::guest_walk::{self, PagingMode};
 use crate::hypercall::{self, GuestEnv, HypercallArgs, Outcome};
 use crate::mm::PhysMemory;
@@ -17,11 +18,13 @@ use crate::vmcb::{
     EventInj, INT_CTL_V_IGN_TPR, INT_CTL_V_INTR_MASKING, INT_CTL_V_INTR_PRIO_MASK, INT_CTL_V_IRQ,
     Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
 };
+use crate::window::MapKind;
 use shared_abi::Errno;
-use shared_abi::control::{CONTROL_HYPERCALL, MAX_BUFFER};
+use shared_abi::control::{CONTROL_HYPERCALL, GrantCopySegment, MAX_BUFFER};
 use shared_abi::cpuid::XEN_HYPERCALL_MSR;
 use shared_abi::sched::ShutdownReason;
 use shared_abi::shared_info::VcpuTimeInfo;
+use zerocopy::FromBytes;
 
 /// Guest general-purpose registers the world switch saves (RAX and RSP live in the VMCB).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,8 +84,27 @@ pub trait Host: crate::control::ControlSource {
     /// Pins frame `gfn` of `domid` for foreign-window `slot` and returns its machine
     /// address (`EBUSY` if the slot is taken, `ESRCH` no such domain, `EINVAL` not its RAM).
     fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno>;
-    /// Releases foreign-window `slot` (freeing the frame if its domain has ended).
+    /// Releases foreign-window `slot`, which holds a `ForeignMap` mapping (freeing the frame
+    /// if its domain has ended).
     fn foreign_release(&mut self, slot: u64);
+    /// What foreign-window `slot` holds (`None`: empty or outside the window).
+    fn window_kind(&self, slot: u64) -> Option<MapKind>;
+    /// Pins grant `gref` of DomU `domid` for domain 0 (writable if `write`) for
+    /// foreign-window `slot` and returns the granted frame's machine address (errors as
+    /// [`shared_abi::control::ControlOp::GrantMap`]).
+    fn grant_acquire(
+        &mut self,
+        slot: u64,
+        domid: u16,
+        gref: u32,
+        write: bool,
+    ) -> Result<u64, Errno>;
+    /// Releases foreign-window `slot`, which holds a grant mapping: unpins the grant, or
+    /// frees the frame with its last holder if the granter has ended.
+    fn grant_release(&mut self, slot: u64);
+    /// One `GrantCopy` segment over the staged buffer `buf` (segments in its first
+    /// `data_start` bytes); returns its `GNTST_*` status.
+    fn grant_copy(&mut self, seg: &GrantCopySegment, buf: &mut [u8], data_start: usize) -> i16;
     /// Creates an empty, paused DomU with `mem_mib` MiB (see
     /// [`shared_abi::control::ControlOp::DomainCreate`]) and returns its domid.
     fn create_domain(&mut self, mem_mib: u32, name: &str) -> Result<u32, Errno>;
@@ -99,6 +121,10 @@ pub trait Host: crate::control::ControlSource {
     type Events: Platform;
     /// Every domain's event channels.
     fn hub(&self) -> Hub<'_, Self::Events>;
+    /// The memory grant tables live in.
+    type Table: TableMem;
+    /// Every DomU's grant table.
+    fn grants(&self) -> Grants<'_, Self::Table>;
     /// System time: nanoseconds since the microvisor booted.
     fn now_ns(&self) -> u64;
     /// The pvclock record a `shared_info` page gets.
@@ -412,6 +438,12 @@ impl<H: Host> GuestEnv for CallEnv<'_, H> {
         self.host.hub()
     }
 
+    type Table = H::Table;
+
+    fn grants(&self) -> Grants<'_, H::Table> {
+        self.host.grants()
+    }
+
     fn now_ns(&self) -> u64 {
         self.host.now_ns()
     }
@@ -598,7 +630,8 @@ impl Vcpu {
             }
             Ok(())
         };
-        match crate::control::dispatch(&call, &*host, read_input, &mut out)? {
+        let action = crate::control::dispatch(&call, &*host, read_input, &mut out)?;
+        match action {
             Action::Reply { ret, len } => {
                 writable(&self.npt, host)?;
                 copy::to_gpa(&self.npt, host.mem(), gpa, &out[..len]).map_err(|_| Errno::EFAULT)?;
@@ -664,17 +697,76 @@ impl Vcpu {
                 entry,
                 start_info,
             } => host.set_entry(domid, entry, start_info).map(|()| 0),
-            Action::Unmap { slot } => {
+            Action::Unmap { slot } | Action::GrantUnmap { slot } => {
+                let want = if matches!(action, Action::Unmap { .. }) {
+                    MapKind::Foreign
+                } else {
+                    MapKind::Grant
+                };
+                match host.window_kind(slot) {
+                    None => return Err(Errno::ENOENT),
+                    Some(kind) if kind != want => return Err(Errno::EINVAL),
+                    Some(_) => {}
+                }
                 let window = host.host_info().foreign_window_gpa;
-                let (_, flush) = self
-                    .npt
-                    .unmap_4k(host.mem(), window + slot * 0x1000)
-                    .ok_or(Errno::ENOENT)?;
-                // This vCPU is the only one using the table and it is stopped here.
-                vmcb.control.tlb_control = 1;
-                flush.flushed();
-                host.foreign_release(slot);
+                if let Some((_, flush)) = self.npt.unmap_4k(host.mem(), window + slot * 0x1000) {
+                    // Domain 0 runs only on this pCPU and is stopped in this exit: it
+                    // executes nothing before its next VMRUN, which flushes its TLB. So no
+                    // stale translation survives the release below, which may hand the
+                    // frame back to its granter or to the pool.
+                    vmcb.control.tlb_control = 1;
+                    flush.flushed();
+                }
+                match want {
+                    MapKind::Foreign => host.foreign_release(slot),
+                    MapKind::Grant => host.grant_release(slot),
+                }
                 Ok(0)
+            }
+            Action::GrantMap {
+                slot,
+                domid,
+                gref,
+                write,
+            } => {
+                let window = host.host_info().foreign_window_gpa;
+                let hpa = host.grant_acquire(slot, domid, gref, write)?;
+                let access = if write {
+                    Access::ReadWriteExec
+                } else {
+                    Access::ReadExec
+                };
+                let at = window + slot * 0x1000;
+                match self
+                    .npt
+                    .map_4k(host.mem(), at, hpa, access, Ownership::Foreign)
+                {
+                    Ok(()) => Ok(0),
+                    Err(_) => {
+                        host.grant_release(slot);
+                        Err(Errno::ENOMEM)
+                    }
+                }
+            }
+            Action::GrantCopy { count, len } => {
+                // The whole buffer is written back (statuses and data): checked first.
+                writable(&self.npt, host)?;
+                let buf = &mut out[..len];
+                copy::from_gpa(&self.npt, host.phys(), gpa, buf).map_err(|_| Errno::EFAULT)?;
+                let seg_size = size_of::<GrantCopySegment>();
+                let data_start = count * seg_size;
+                let mut ok = 0;
+                for i in 0..count {
+                    let at = i * seg_size;
+                    let seg = GrantCopySegment::read_from_bytes(&buf[at..at + seg_size])
+                        .map_err(|_| Errno::EINVAL)?;
+                    let status = host.grant_copy(&seg, buf, data_start);
+                    let status_at = at + core::mem::offset_of!(GrantCopySegment, status);
+                    buf[status_at..status_at + 2].copy_from_slice(&status.to_le_bytes());
+                    ok += i64::from(status == shared_abi::grant_table::GNTST_OKAY);
+                }
+                copy::to_gpa(&self.npt, host.mem(), gpa, buf).map_err(|_| Errno::EFAULT)?;
+                Ok(ok)
             }
         }
     }
@@ -805,18 +897,59 @@ mod tests {
 
     struct FakeHost {
         mem: FakeMem,
-        pinned: std::collections::BTreeMap<u64, u64>,
+        /// Dom0's foreign window (4 slots).
+        window: crate::window::Window<4>,
+        /// DomU 1's memory (2 MiB), while it lives.
+        domu: Option<Npt>,
+        /// Domains whose last grant mapping went after their end.
+        last_grant_of: std::vec::Vec<u16>,
         console: std::vec::Vec<u8>,
         notes: std::vec::Vec<Note>,
         events: std::vec::Vec<spin::Mutex<crate::evtchn::DomainEvents>>,
+        grant_tables: std::vec::Vec<spin::Mutex<crate::grant::DomainGrants>>,
         plat: FakePlatform,
         timer: Option<Option<u64>>,
     }
 
-    /// Machine address of the fake shared pages: they cover the fake RAM frames, and the
-    /// own `shared_info` frames of domains 1 and 2 are at the top.
+    /// Machine address of the fake shared pages: they cover the fake RAM frames (grant
+    /// tables live there), and the own `shared_info` frames of domains 1 and 2 are at the
+    /// top.
     const SHARED_BASE: u64 = 0x10_0000;
-    const OWN_FRAMES: u64 = SHARED_BASE + 1000 * 4096;
+    const SHARED_PAGES: usize = 2048;
+    const OWN_FRAMES: u64 = SHARED_BASE + 2000 * 4096;
+
+    /// A frame of the live DomU 1 (the only DomU with memory here).
+    fn resolve(mem: &FakeMem, domu: Option<&Npt>, domid: u16, gfn: u64) -> Result<u64, Errno> {
+        let npt = domu.filter(|_| domid == 1).ok_or(Errno::ESRCH)?;
+        let gpa = gfn.checked_mul(4096).ok_or(Errno::EINVAL)?;
+        npt.translate(mem, gpa)
+            .map(|(hpa, _)| hpa & !0xFFF)
+            .ok_or(Errno::EINVAL)
+    }
+
+    impl FakeHost {
+        fn finish(&mut self, r: crate::window::Released) {
+            if let Some(hpa) = r.free {
+                self.mem.free_frame(hpa);
+            }
+            self.last_grant_of.extend(r.last_grant_of);
+        }
+
+        /// DomU 1 ends: its grant table closes, the frames Dom0 maps become Dom0's, the
+        /// rest of its memory is freed.
+        fn end_domu(&mut self) -> (u64, u64) {
+            self.grants().teardown(1);
+            let npt = self.domu.take().unwrap();
+            let mem = &mut self.mem;
+            let handed = self.window.orphan_domain(1, |gfn| {
+                if let Some((_, f)) = npt.unmap_4k(mem, gfn * 4096) {
+                    f.flushed();
+                }
+            });
+            npt.destroy(&mut self.mem);
+            handed
+        }
+    }
 
     impl crate::control::ControlSource for FakeHost {
         fn host_info(&self) -> shared_abi::control::HostInfo {
@@ -844,6 +977,10 @@ mod tests {
         type Events = FakePlatform;
         fn hub(&self) -> Hub<'_, FakePlatform> {
             Hub::new(&self.events, &self.plat)
+        }
+        type Table = crate::evtchn::fake::FakeShared;
+        fn grants(&self) -> Grants<'_, crate::evtchn::fake::FakeShared> {
+            Grants::new(&self.grant_tables, &self.plat.mem)
         }
         fn now_ns(&self) -> u64 {
             5_000
@@ -884,20 +1021,51 @@ mod tests {
             self.notes.push(what);
         }
         fn foreign_acquire(&mut self, slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
-            if self.pinned.contains_key(&slot) {
-                return Err(Errno::EBUSY);
-            }
-            if domid != 1 || gfn > 0x1FF {
-                return Err(Errno::EINVAL);
-            }
-            let hpa = self.mem.alloc_zeroed_frame().ok_or(Errno::ENOMEM)?;
-            self.mem.write_bytes(hpa, &gfn.to_le_bytes());
-            self.pinned.insert(slot, hpa);
-            Ok(hpa)
+            let (mem, domu) = (&self.mem, self.domu.as_ref());
+            self.window
+                .map_foreign(slot, domid, gfn, |d, g| resolve(mem, domu, d, g))
         }
         fn foreign_release(&mut self, slot: u64) {
-            let hpa = self.pinned.remove(&slot).unwrap();
-            self.mem.free_frame(hpa);
+            let grants = Grants::new(&self.grant_tables, &self.plat.mem);
+            let r = self
+                .window
+                .release(slot, MapKind::Foreign, &grants)
+                .unwrap();
+            self.finish(r);
+        }
+        fn window_kind(&self, slot: u64) -> Option<MapKind> {
+            self.window.kind(slot)
+        }
+        fn grant_acquire(
+            &mut self,
+            slot: u64,
+            domid: u16,
+            gref: u32,
+            write: bool,
+        ) -> Result<u64, Errno> {
+            let grants = Grants::new(&self.grant_tables, &self.plat.mem);
+            let (mem, domu) = (&self.mem, self.domu.as_ref());
+            self.window
+                .map_grant(slot, u32::from(domid), gref, write, &grants, |d, g| {
+                    resolve(mem, domu, d, g)
+                })
+        }
+        fn grant_release(&mut self, slot: u64) {
+            let grants = Grants::new(&self.grant_tables, &self.plat.mem);
+            let r = self.window.release(slot, MapKind::Grant, &grants).unwrap();
+            self.finish(r);
+        }
+        fn grant_copy(&mut self, seg: &GrantCopySegment, buf: &mut [u8], data_start: usize) -> i16 {
+            let grants = Grants::new(&self.grant_tables, &self.plat.mem);
+            let domu = self.domu.as_ref();
+            self.window.copy_segment(
+                seg,
+                buf,
+                data_start,
+                &grants,
+                |mem: &FakeMem, d, g| resolve(mem, domu, d, g),
+                &mut self.mem,
+            )
         }
         fn lifecycle(&mut self, _: crate::control::LifecycleOp, _: u32) -> Result<(), Errno> {
             Err(Errno::EBUSY)
@@ -943,18 +1111,26 @@ mod tests {
             privileged,
         );
         let vcpu = Vcpu::new(if privileged { 0 } else { 1 }, privileged, npt, regs);
+        // The granter, for Dom0's vCPU: DomU 1, with memory of its own.
+        let domu = privileged.then(|| domain::build(&mut mem, &img, 2, "").unwrap());
         let host = FakeHost {
             mem,
-            pinned: Default::default(),
+            window: crate::window::Window::new(),
+            domu,
+            last_grant_of: std::vec::Vec::new(),
             console: std::vec::Vec::new(),
             notes: std::vec::Vec::new(),
             events: crate::evtchn::fake::tables(3),
-            plat: FakePlatform::new(SHARED_BASE, 1024),
+            grant_tables: (0..3)
+                .map(|_| spin::Mutex::new(crate::grant::DomainGrants::EMPTY))
+                .collect(),
+            plat: FakePlatform::new(SHARED_BASE, SHARED_PAGES),
             timer: None,
         };
         host.hub().open_dom0();
         host.hub().open_domu(1, OWN_FRAMES, 512);
         host.hub().open_domu(2, OWN_FRAMES + 0x1000, 512);
+        host.grants().open(1, 512);
         (vcpu, vmcb, host)
     }
 
@@ -1060,6 +1236,8 @@ mod tests {
         )
         .unwrap();
         let window = 0x10_0000_0000;
+        let domu = host.domu.unwrap();
+        copy::to_gpa(&domu, &mut host.mem, 0x42 * 4096, &0x42u64.to_le_bytes()).unwrap();
         v.regs.r10 = 2;
         assert_eq!(
             control_with(&mut v, &mut vmcb, &mut host, 5, 0x5000, 16, 2),
@@ -1084,7 +1262,11 @@ mod tests {
         assert_eq!(control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, 2), 0);
         assert_eq!(vmcb.control.tlb_control, 1, "an unmap flushes");
         assert!(copy::from_gpa(&v.npt, &host.mem, window + 0x2000, &mut got).is_err());
-        assert!(host.pinned.is_empty());
+        assert_eq!(host.window.filled().count(), 0);
+        assert!(
+            host.mem.freed.is_empty(),
+            "a live domain's frame stays its own"
+        );
         assert_eq!(
             control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, 2),
             Errno::ENOENT.to_ret()

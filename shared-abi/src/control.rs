@@ -51,6 +51,9 @@
 //! | [`ControlOp::EvtchnClose`] | domain 0 port | nothing | 0 |
 //! | [`ControlOp::EvtchnTakePending`] | 0 | as many `u32` pending domain 0 ports as fit, ascending | number of ports written, each now cleared (0: none pending) |
 //! | [`ControlOp::DomainSetParam`] | domid | in: one [`DomainParam`] | 0 |
+//! | [`ControlOp::GrantMap`] | window slot | in: one [`GrantMapRequest`] | 0 |
+//! | [`ControlOp::GrantUnmap`] | window slot | nothing | 0 |
+//! | [`ControlOp::GrantCopy`] | number of segments `n` | in: `n` [`GrantCopySegment`]s, then data; out: the same with each `status` set and the data copied in | number of segments with status `GNTST_OKAY` |
 //!
 //! ## Building a domain
 //!
@@ -126,6 +129,64 @@
 //! | `ESRCH` | no such running domain, or `domid` is 0 |
 //! | `EBUSY` | the slot is already mapped (map) |
 //! | `ENOENT` | the slot is not mapped (unmap) |
+//! | `EINVAL` | unmap: the slot holds a grant mapping (use [`ControlOp::GrantUnmap`]) |
+//!
+//! ## Grant mappings and copies (back-ends)
+//!
+//! A DomU shares a frame with domain 0 through its grant table
+//! ([`crate::grant_table`]): an entry naming domain 0 as grantee. A back-end in Dom0 then
+//! maps that grant into a slot of the foreign window, or copies to and from it:
+//!
+//! - [`ControlOp::GrantMap`] (`R10` = slot, buffer = one [`GrantMapRequest`]) marks entry
+//!   `gref` of DomU `domid` in use (`GTF_READING`, plus `GTF_WRITING` unless
+//!   [`GRANT_MAP_READONLY`]) with one compare-and-swap that also checks that the entry
+//!   still grants that access to domain 0, then maps the granted frame into the slot,
+//!   read-only or writable. The slot is the mapping's handle. While it is mapped the
+//!   granter cannot revoke the entry (Xen's rule: revoke only while neither in-use bit
+//!   is set) and the microvisor keeps using the frame it found at map time.
+//! - [`ControlOp::GrantUnmap`] (`R10` = slot) removes the mapping, then releases the
+//!   entry (clearing `GTF_WRITING` with its last writable use and `GTF_READING` with its
+//!   last use). Domain 0 runs only on its own pCPU and this call is its own exit, so it
+//!   executes nothing between the unmap and its next entry, which flushes its TLB: no
+//!   stale translation of the frame survives the call, on any pCPU.
+//! - [`ControlOp::GrantCopy`] (`R10` = `n`) copies, for each of the `n`
+//!   [`GrantCopySegment`]s at the start of the buffer in order, `len` bytes between a
+//!   grant (flag `GNTCOPY_SOURCE_GREF` / `GNTCOPY_DEST_GREF`: `u` = reference, `domid` =
+//!   the granter, `offset` = byte in the granted page) and the buffer (flag clear: `u` =
+//!   byte offset in this call's buffer, at or after the segments; `domid` and `offset`
+//!   0), or between two grants. Each grant is in use (reading for a source, writing for
+//!   a destination) only during its segment. Each segment lies within one page and gets
+//!   its own `GNTST_*` status; later segments see the buffer as earlier ones left it.
+//!   With a buffer of at most [`MAX_BUFFER`] bytes, one call moves up to
+//!   `MAX_BUFFER - 24 n` bytes to or from Dom0 and up to a page per grant-to-grant
+//!   segment.
+//!
+//! | errno (map, unmap, copy call) | when |
+//! |-------|------|
+//! | `EINVAL` | slot outside the window, a reserved field or unknown flag not zero, the buffer shorter than the request; unmap: the slot holds a [`ControlOp::ForeignMap`] mapping; copy: `n` is 0 or the segments do not fit in the buffer |
+//! | `ESRCH` | map: `domid` is 0 or not a live DomU (it has ended, or is dying) |
+//! | `EBUSY` | map: the slot is already mapped |
+//! | `ENOENT` | map: `gref` is beyond the DomU's placed table, or the entry is not a permit-access grant (`GNTST_BAD_GNTREF`); unmap: the slot is empty |
+//! | `EPERM` | map: the entry grants another domain, or is read-only and the map is writable (`GNTST_PERMISSION_DENIED`) |
+//! | `ERANGE` | map: the granted frame is not RAM of the DomU (`GNTST_BAD_PAGE`) |
+//! | `EAGAIN` | map: the entry kept changing under the compare-and-swap (`GNTST_GENERAL_ERROR`) |
+//! | `ENOSPC` | map: too many entries of that DomU in use at once (`GNTST_NO_SPACE`) |
+//!
+//! Segment statuses: `GNTST_OKAY`; `GNTST_BAD_COPY_ARG` (unknown flag or non-zero pad,
+//! neither side a grant, `len` above 4096, a grant side crossing its page, a buffer side
+//! outside the data after the segments or with `domid`/`offset` not 0); `GNTST_BAD_DOMAIN`
+//! (granter 0 or not a live DomU); `GNTST_BAD_GNTREF`; `GNTST_PERMISSION_DENIED`;
+//! `GNTST_BAD_PAGE`; `GNTST_GENERAL_ERROR` (the entry kept changing); `GNTST_NO_SPACE`.
+//!
+//! **A granter that ends while mapped.** When a DomU shuts down, crashes or is destroyed
+//! while Dom0 still maps some of its grants, those frames are handed to Dom0 (taken out
+//! of the DomU's memory; everything else is freed at once) and freed when Dom0 unmaps
+//! them. A destroyed DomU with grant mappings left stays listed with state
+//! [`DOMAIN_STATE_DYING`], and its domid is not reused, until Dom0 unmaps the last one;
+//! then its record goes ([`EVENT_DOMAIN_STATE`]). A DomU that shut down or crashed keeps
+//! its state until it is destroyed, then is dying the same way if mappings remain.
+//! Destroying a dying domain again is `ESRCH` (it is destroyed already); pause and unpause
+//! are `ESRCH` too.
 //!
 //! ## Events
 //!
@@ -182,6 +243,12 @@ pub enum ControlOp {
     EvtchnTakePending = 16,
     /// Set an HVM parameter of a DomU.
     DomainSetParam = 17,
+    /// Map a DomU's grant into a foreign-window slot.
+    GrantMap = 18,
+    /// Unmap a grant mapping.
+    GrantUnmap = 19,
+    /// Copy to, from or between granted frames.
+    GrantCopy = 20,
 }
 
 /// Smallest DomU memory, MiB.
@@ -249,6 +316,66 @@ pub struct DomainParam {
 }
 const _: () = assert!(core::mem::size_of::<DomainParam>() == 16);
 
+/// Input of [`ControlOp::GrantMap`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GrantMapRequest {
+    /// The granting DomU (not 0).
+    pub domid: u32,
+    /// The grant reference (entry index) in its table.
+    pub gref: u32,
+    /// [`GRANT_MAP_READONLY`] or 0.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<GrantMapRequest>() == 16);
+
+/// [`GrantMapRequest::flags`]: map read-only (only `GTF_READING` is set; the entry may be
+/// a read-only grant).
+pub const GRANT_MAP_READONLY: u32 = 1 << 0;
+
+/// One side of a [`GrantCopySegment`] (Xen's `gnttab_copy` side, with a buffer offset in
+/// place of a local frame).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GrantCopyPtr {
+    /// A grant side: the grant reference. The buffer side: the byte offset in the call's
+    /// buffer.
+    pub u: u32,
+    /// A grant side: the granting DomU. The buffer side: 0.
+    pub domid: u16,
+    /// A grant side: the byte offset in the granted page. The buffer side: 0.
+    pub offset: u16,
+}
+const _: () = assert!(core::mem::size_of::<GrantCopyPtr>() == 8);
+
+/// One segment of [`ControlOp::GrantCopy`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GrantCopySegment {
+    /// Where the bytes come from.
+    pub source: GrantCopyPtr,
+    /// Where they go.
+    pub dest: GrantCopyPtr,
+    /// Bytes to copy, at most 4096; neither grant side may cross its page.
+    pub len: u16,
+    /// `GNTCOPY_SOURCE_GREF` and/or `GNTCOPY_DEST_GREF`
+    /// ([`crate::grant_table`]); at least one.
+    pub flags: u16,
+    /// Out: `GNTST_*`.
+    pub status: i16,
+    /// Reserved, zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<GrantCopySegment>() == 24);
+
 /// Event bit: a domain was created, paused, unpaused, shut down, crashed or went.
 /// Switches between running and blocked do not raise it (they follow the guest's own
 /// pace, every idle halt); [`ControlOp::DomainInfo`] shows them.
@@ -282,6 +409,9 @@ impl TryFrom<u64> for ControlOp {
             15 => ControlOp::EvtchnClose,
             16 => ControlOp::EvtchnTakePending,
             17 => ControlOp::DomainSetParam,
+            18 => ControlOp::GrantMap,
+            19 => ControlOp::GrantUnmap,
+            20 => ControlOp::GrantCopy,
             _ => return Err(crate::errno::Errno::ENOSYS),
         })
     }
@@ -334,6 +464,13 @@ pub enum DomainState {
     Crashed = 5,
 }
 
+/// [`DomainInfo::state`] of a DomU destroyed while domain 0 still maps some of its grants:
+/// its memory is back in the pool except those frames, and the record (and the domid)
+/// stays until Dom0 unmaps the last of them; `mem_kib` is 0. [`DomainState::from_u32`]
+/// does not decode it yet (a new variant would break exhaustive matches in its users);
+/// callers that meet it should treat it as "dying".
+pub const DOMAIN_STATE_DYING: u32 = 6;
+
 impl DomainState {
     /// Decodes a state; `None` for values this version does not know.
     pub const fn from_u32(v: u32) -> Option<Self> {
@@ -370,7 +507,7 @@ pub const DOMAIN_FLAG_PRIVILEGED: u32 = 1 << 0;
 pub struct DomainInfo {
     /// Domain id.
     pub domid: u32,
-    /// A [`DomainState`] as `u32`.
+    /// A [`DomainState`] as `u32`, or [`DOMAIN_STATE_DYING`].
     pub state: u32,
     /// [`DOMAIN_FLAG_PRIVILEGED`] and future flags.
     pub flags: u32,
@@ -476,6 +613,9 @@ mod tests {
             ControlOp::EvtchnClose,
             ControlOp::EvtchnTakePending,
             ControlOp::DomainSetParam,
+            ControlOp::GrantMap,
+            ControlOp::GrantUnmap,
+            ControlOp::GrantCopy,
         ] {
             assert_eq!(ControlOp::try_from(op as u64), Ok(op));
         }
@@ -494,6 +634,7 @@ mod tests {
         assert_eq!(fixed_str(b"ab\0c"), None);
         assert_eq!(fixed_str(b"a\x01\0\0"), None);
         assert_eq!(DomainState::from_u32(9), None);
+        assert_eq!(DomainState::from_u32(DOMAIN_STATE_DYING), None);
         assert_eq!(
             DomainState::from_u32(4).map(DomainState::name),
             Some("shutdown")

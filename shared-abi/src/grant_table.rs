@@ -12,19 +12,36 @@
 //! [`GNTTAB_PIN_ATTEMPTS`] failed swaps it gives up, so a granter that keeps rewriting the
 //! entry cannot stall it. The granter may revoke an entry only while neither bit is set.
 //!
-//! ## DomU calls: `grant_table_op(cmd, uop, count)`
+//! ## DomU calls: `grant_table_op(cmd, uop, count)` (hypercall 20)
 //!
-//! - `GNTTABOP_query_size` ([`GnttabQuerySize`], count 1): `nr_frames` in use and
-//!   `max_nr_frames` ([`GNTTAB_MAX_FRAMES`]). `status`: `GNTST_OKAY`, or
-//!   `GNTST_BAD_DOMAIN` for a domain other than the caller.
-//! - `GNTTABOP_set_version` (count 1): version 1 only; asking for 2 returns `-ENOSYS` so
-//!   guests keep version 1. `GNTTABOP_get_version`: 1.
-//! - The table frames are placed in the guest with
-//!   `XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx = frame number, gpfn)`
-//!   ([`crate::memory`]).
+//! `uop` is the guest-linear address of the argument, `count` the number of arguments
+//! there. Domain 0 gets `ENOSYS` for every sub-operation (its back-ends use the control
+//! operations).
+//!
+//! | `cmd` | `uop` | `count` | effect and returns | errors |
+//! |-------|-------|---------|--------------------|--------|
+//! | [`GNTTABOP_QUERY_SIZE`] | [`GnttabQuerySize`] | 1 | writes `nr_frames` (table frames placed so far), `max_nr_frames` ([`GNTTAB_MAX_FRAMES`]) and `status` ([`GNTST_OKAY`], or [`GNTST_BAD_DOMAIN`] with the sizes 0 when `dom` is neither `DOMID_SELF` nor the caller); returns 0 | `EINVAL` `count` is not 1; `EFAULT` |
+//! | [`GNTTABOP_SET_VERSION`] | [`GnttabVersion`] | 1 | version 1: writes 1 back, returns 0 | `ENOSYS` version 2 (so guests stay on version 1); `EINVAL` any other version or `count` not 1; `EFAULT` |
+//! | [`GNTTABOP_GET_VERSION`] | [`GnttabGetVersion`] | 1 | writes `version` = 1; returns 0 | `EPERM` `dom` is neither `DOMID_SELF` nor the caller; `EINVAL` `count` not 1; `EFAULT` |
+//! | [`GNTTABOP_SETUP_TABLE`] | | | PV only | `ENOSYS` |
+//! | [`GNTTABOP_MAP_GRANT_REF`], [`GNTTABOP_UNMAP_GRANT_REF`], [`GNTTABOP_COPY`] | | | back-ends live in domain 0 | `ENOSYS` |
+//! | anything else | | | | `ENOSYS` |
+//!
+//! ## The table's frames
+//!
+//! A domain has no grant table until it places one: frame `N` (`0..`[`GNTTAB_MAX_FRAMES`])
+//! is placed with `XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx = N, gpfn)`
+//! ([`crate::memory`]). The named frame of the guest's own RAM *becomes* table frame `N`:
+//! the microvisor records where it is and reads and updates its entries there with atomic
+//! operations, so the guest keeps seeing its table at `gpfn` like any RAM. Frames are
+//! placed in order (`N` at most the number placed so far); entries `N * 512 ..` exist
+//! once frame `N` is placed. Placing a placed frame again at another `gpfn` moves it
+//! (the entries are copied to the new frame, the old one is plain RAM again), unless an
+//! entry of that frame is in use, so the guest cannot pull a frame away under a pin.
 //!
 //! Mapping, unmapping and copying granted frames is done by back-ends in domain 0 through
-//! control operations ([`crate::control`]), not through this hypercall.
+//! control operations ([`crate::control`]: `GrantMap`, `GrantUnmap`, `GrantCopy`), not
+//! through this hypercall.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -89,10 +106,20 @@ pub const GNTST_BAD_GNTREF: i16 = -3;
 pub const GNTST_BAD_HANDLE: i16 = -4;
 /// Status: the entry does not grant this access to this domain.
 pub const GNTST_PERMISSION_DENIED: i16 = -8;
+/// Status: the granted frame is not RAM of the granting domain.
+pub const GNTST_BAD_PAGE: i16 = -9;
 /// Status: a copy segment is out of range.
 pub const GNTST_BAD_COPY_ARG: i16 = -10;
 /// Status: try again.
 pub const GNTST_EAGAIN: i16 = -12;
+/// Status: out of space (too many entries of one domain in use at once).
+pub const GNTST_NO_SPACE: i16 = -13;
+
+/// `GrantCopySegment::flags` (control operation `GrantCopy`): the source is a grant
+/// reference (`GNTCOPY_source_gref`).
+pub const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;
+/// `GrantCopySegment::flags`: the destination is a grant reference (`GNTCOPY_dest_gref`).
+pub const GNTCOPY_DEST_GREF: u16 = 1 << 1;
 
 /// A v1 grant entry (`struct grant_entry_v1`).
 #[derive(
@@ -130,13 +157,29 @@ pub struct GnttabQuerySize {
 }
 const _: () = assert!(core::mem::size_of::<GnttabQuerySize>() == 16);
 
-/// Argument of `GNTTABOP_set_version` / `get_version` (`struct gnttab_set_version`).
+/// Argument of `GNTTABOP_set_version` (`struct gnttab_set_version`); `get_version` takes
+/// [`GnttabGetVersion`].
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
 #[repr(C)]
 pub struct GnttabVersion {
-    /// In (set) / out (get): the version.
+    /// In: the version wanted. Out: the version in effect.
     pub version: u32,
 }
 const _: () = assert!(core::mem::size_of::<GnttabVersion>() == 4);
+
+/// Argument of `GNTTABOP_get_version` (`struct gnttab_get_version`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GnttabGetVersion {
+    /// In: `DOMID_SELF` or the caller.
+    pub dom: u16,
+    /// Padding.
+    pub pad: u16,
+    /// Out: the version in effect (1).
+    pub version: u32,
+}
+const _: () = assert!(core::mem::size_of::<GnttabGetVersion>() == 8);

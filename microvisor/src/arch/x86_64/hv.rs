@@ -29,6 +29,7 @@ use zerocopy::FromBytes;
 mod dom0_host;
 mod domains;
 mod events;
+mod grants;
 mod run;
 use dom0_host::{
     DOM0_DENIED_PORTS, DOM0_EVENTS, DOM0_PROXIED_PORTS, DOMAIN_NPT, create_dom0, end_run,
@@ -541,6 +542,12 @@ impl Host for ExitHost<'_> {
         events::hub()
     }
 
+    type Table = grants::PhysTable;
+
+    fn grants(&self) -> crate::grant::Grants<'_, grants::PhysTable> {
+        grants::grants()
+    }
+
     fn now_ns(&self) -> u64 {
         events::now_ns()
     }
@@ -589,6 +596,39 @@ impl Host for ExitHost<'_> {
 
     fn foreign_release(&mut self, slot: u64) {
         dom0_host::foreign_release(slot);
+    }
+
+    fn window_kind(&self, slot: u64) -> Option<crate::window::MapKind> {
+        dom0_host::window_kind(slot)
+    }
+
+    fn grant_acquire(
+        &mut self,
+        slot: u64,
+        domid: u16,
+        gref: u32,
+        write: bool,
+    ) -> Result<u64, Errno> {
+        if self.domid != 0 {
+            return Err(Errno::EPERM);
+        }
+        dom0_host::grant_acquire(slot, domid, gref, write)
+    }
+
+    fn grant_release(&mut self, slot: u64) {
+        dom0_host::grant_release(slot);
+    }
+
+    fn grant_copy(
+        &mut self,
+        seg: &shared_abi::control::GrantCopySegment,
+        buf: &mut [u8],
+        data_start: usize,
+    ) -> i16 {
+        if self.domid != 0 {
+            return shared_abi::grant_table::GNTST_PERMISSION_DENIED;
+        }
+        dom0_host::grant_copy(seg, buf, data_start)
     }
 
     fn is_dom0_ram(&self, gpa: u64, len: u64) -> bool {

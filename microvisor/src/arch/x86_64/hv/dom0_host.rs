@@ -3,6 +3,7 @@
 //!
 //! A child of `hv`: it shares the domain table, records and scheduler state there.
 
+use super::grants::grants;
 use super::{
     __image_end, __image_start, ALIVE, BootInfo, CPU_CYCLES, ConsoleLine, CreateError,
     DOM0_IOPM_PA, DOM0_MSRPM_PA, DomainState, ExitAction, ExitHost, HOST_STATE, HostMem,
@@ -12,8 +13,10 @@ use super::{
 use crate::bundle::Dom0Images;
 use crate::dom0::Dom0Memory;
 use crate::dom0_pci::{ConfigPorts, PortIo};
+use crate::window::{MapKind, Released, Window};
 use core::sync::atomic::{AtomicU32, AtomicU64};
 use shared_abi::Errno;
+use shared_abi::control::GrantCopySegment;
 
 /// Ports domain 0 may not reach: the microvisor's log (COM2) and QEMU's debug-exit port,
 /// which carries the microvisor's verdicts.
@@ -36,20 +39,14 @@ pub(super) static DOM0_EVENTS: AtomicU64 = AtomicU64::new(0);
 pub(super) static DOMAIN_NPT: [AtomicU64; MAX_DOMAINS + 1] =
     [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
 
-/// A filled slot of Dom0's foreign window.
-#[derive(Clone, Copy)]
-pub(super) struct ForeignSlot {
-    domid: u16,
-    gfn: u64,
-    hpa: u64,
-    /// Its domain has ended: the frame is Dom0's to release, and is freed when it does.
-    orphan: bool,
-}
+/// The foreign window's size, as the slot table's length.
+const WINDOW_SLOTS: usize = dom0::FOREIGN_WINDOW_PAGES as usize;
 
-/// Dom0's foreign-window slots. A domain's end and a new mapping both hold this lock, so a
-/// frame is never handed to Dom0 as its domain is torn down.
-pub(super) static FOREIGN: Mutex<[Option<ForeignSlot>; dom0::FOREIGN_WINDOW_PAGES as usize]> =
-    Mutex::new([None; dom0::FOREIGN_WINDOW_PAGES as usize]);
+/// Dom0's foreign-window slots (see `crate::window`). A domain's end, a new mapping and a
+/// grant copy all hold this lock, so a frame is never handed to Dom0, or copied for it, as
+/// its domain is torn down. Lock order: `FOREIGN`, then a domain's grant table, then
+/// `RECORDS`.
+pub(super) static FOREIGN: Mutex<Window<WINDOW_SLOTS>> = Mutex::new(Window::new());
 
 /// The machine's real I/O ports.
 pub(super) struct RealPorts;
@@ -238,42 +235,11 @@ pub(super) fn end_run(pass: bool) -> ! {
     cpu::halt_forever()
 }
 
-/// Hands the frames of `domid` that Dom0 has mapped to Dom0 (they are freed when it unmaps
-/// them) by taking them out of the domain's NPT, and forgets the domain for new mappings.
-/// Returns how many frames were handed over.
-pub(super) fn release_foreign_frames(domid: u16, npt: Npt) -> u64 {
-    let mut slots = FOREIGN.lock();
-    DOMAIN_NPT[usize::from(domid)].store(0, Ordering::Release);
-    let mut pinned = 0;
-    for s in slots
-        .iter_mut()
-        .flatten()
-        .filter(|s| s.domid == domid && !s.orphan)
-    {
-        s.orphan = true;
-        // The domain never runs again: no flush is needed.
-        if let Some((_, flush)) = npt.unmap_4k(&mut HostMem, s.gfn * 4096) {
-            flush.flushed();
-        }
-        pinned += 1;
-    }
-    pinned
-}
-
-/// Pins frame `gfn` of `domid` for foreign-window `slot` (see `Host::foreign_acquire`).
-pub(super) fn foreign_acquire(slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
-    let mut slots = FOREIGN.lock();
-    let entry = usize::try_from(slot)
-        .ok()
-        .and_then(|i| slots.get_mut(i))
-        .ok_or(Errno::EINVAL)?;
-    if entry.is_some() {
-        return Err(Errno::EBUSY);
-    }
-    let root = usize::try_from(domid)
-        .ok()
-        .filter(|&d| d != 0)
-        .and_then(|d| DOMAIN_NPT.get(d))
+/// Frame `gfn` of the live domain `domid`: its machine address, `ESRCH` no such domain,
+/// `EINVAL` not its RAM. Called under [`FOREIGN`], which keeps the domain's memory alive.
+fn resolve(domid: u16, gfn: u64) -> Result<u64, Errno> {
+    let root = DOMAIN_NPT
+        .get(usize::from(domid))
         .map(|r| r.load(Ordering::Acquire))
         .filter(|&r| r != 0)
         .ok_or(Errno::ESRCH)?;
@@ -281,29 +247,100 @@ pub(super) fn foreign_acquire(slot: u64, domid: u32, gfn: u64) -> Result<u64, Er
     let (hpa, _) = Npt::from_root(root)
         .translate(&HostMem, gpa)
         .ok_or(Errno::EINVAL)?;
-    *entry = Some(ForeignSlot {
-        domid: domid as u16,
-        gfn,
-        hpa: hpa & !0xFFF,
-        orphan: false,
-    });
     Ok(hpa & !0xFFF)
+}
+
+/// Hands the frames of `domid` that Dom0 has mapped (foreign or grant mappings) to Dom0
+/// (they are freed when it unmaps them) by taking them out of the domain's NPT, and
+/// forgets the domain for new mappings. A `destroyed` domain's record goes now, or, while
+/// Dom0 still holds grant mappings of it, shows it dying until the last goes. Returns the
+/// slots handed over: (foreign, grant).
+pub(super) fn release_foreign_frames(domid: u16, npt: Npt, destroyed: bool) -> (u64, u64) {
+    let mut window = FOREIGN.lock();
+    DOMAIN_NPT[usize::from(domid)].store(0, Ordering::Release);
+    let handed = window.orphan_domain(domid, |gfn| {
+        // The domain never runs again: no flush is needed.
+        if let Some((_, flush)) = npt.unmap_4k(&mut HostMem, gfn * 4096) {
+            flush.flushed();
+        }
+    });
+    if destroyed {
+        settle_record(&window, domid);
+    }
+    handed
+}
+
+/// A destroyed domain's record: dying while Dom0 holds grant mappings of it, else gone.
+fn settle_record(window: &Window<WINDOW_SLOTS>, domid: u16) {
+    let held = window.grant_orphans(domid);
+    if held > 0 {
+        super::domains::set_dying(domid, held);
+    } else {
+        super::domains::forget_record(domid);
+    }
+}
+
+/// Dom0 destroyed a domain that had already ended: drop its record, unless Dom0 still
+/// holds grant mappings of it (then it is dying until they go).
+pub(super) fn forget_ended(domid: u16) {
+    settle_record(&FOREIGN.lock(), domid);
+}
+
+/// Acts on what a release left to do: free an ended domain's last-held frame, drop a
+/// dying domain's record with its last grant mapping. Under [`FOREIGN`].
+fn finish_release(r: Released) {
+    if let Some(hpa) = r.free {
+        HostMem.free_frame(hpa);
+    }
+    if let Some(domid) = r.last_grant_of {
+        super::domains::forget_if_dying(domid);
+    }
+}
+
+/// Pins frame `gfn` of `domid` for foreign-window `slot` (see `Host::foreign_acquire`).
+pub(super) fn foreign_acquire(slot: u64, domid: u32, gfn: u64) -> Result<u64, Errno> {
+    FOREIGN.lock().map_foreign(slot, domid, gfn, resolve)
 }
 
 /// Releases foreign-window `slot` (see `Host::foreign_release`).
 pub(super) fn foreign_release(slot: u64) {
-    let mut slots = FOREIGN.lock();
-    let taken = usize::try_from(slot)
-        .ok()
-        .and_then(|i| slots.get_mut(i).and_then(Option::take));
-    // An ended domain's frame goes back to the pool with its last mapping (Dom0 may
-    // have mapped the same frame into several slots).
-    if let Some(s) = taken
-        && s.orphan
-        && !slots.iter().flatten().any(|other| other.hpa == s.hpa)
-    {
-        HostMem.free_frame(s.hpa);
+    let mut window = FOREIGN.lock();
+    if let Ok(r) = window.release(slot, MapKind::Foreign, &grants()) {
+        finish_release(r);
     }
+}
+
+/// What foreign-window `slot` holds.
+pub(super) fn window_kind(slot: u64) -> Option<MapKind> {
+    FOREIGN.lock().kind(slot)
+}
+
+/// Pins grant `gref` of `domid` for foreign-window `slot` (see `Host::grant_acquire`).
+pub(super) fn grant_acquire(slot: u64, domid: u16, gref: u32, write: bool) -> Result<u64, Errno> {
+    FOREIGN
+        .lock()
+        .map_grant(slot, u32::from(domid), gref, write, &grants(), resolve)
+}
+
+/// Releases the grant mapping in foreign-window `slot` (see `Host::grant_release`).
+pub(super) fn grant_release(slot: u64) {
+    let mut window = FOREIGN.lock();
+    if let Ok(r) = window.release(slot, MapKind::Grant, &grants()) {
+        finish_release(r);
+    }
+}
+
+/// One `GrantCopy` segment (see `Host::grant_copy`), under [`FOREIGN`] so that neither
+/// granter's memory is freed during the copy.
+pub(super) fn grant_copy(seg: &GrantCopySegment, buf: &mut [u8], data_start: usize) -> i16 {
+    FOREIGN.lock().copy_segment(
+        seg,
+        buf,
+        data_start,
+        &grants(),
+        |_: &HostMem, d, gfn| resolve(d, gfn),
+        &mut HostMem,
+    )
 }
 
 /// Whether `[gpa, gpa + len)` is Dom0 RAM.

@@ -9,6 +9,7 @@ use super::{
     RUNQ, RunState, SCHED, SchedState, ShutdownReason, Vcpu, Vmcb, apic, cpu, desc, dom0, domain,
     events, fill_fixed_str, memory, mvlog, raise_dom0_event, release_foreign_frames, vcpu,
 };
+use shared_abi::control::DOMAIN_STATE_DYING;
 
 /// Publishes a new domain's record (running) and tells Dom0.
 pub(super) fn record(domid: u16, name: &str, mem_mib: u32, pcpu: usize) {
@@ -62,6 +63,38 @@ pub(super) fn set_run_state(domid: u16, state: DomainState) {
         .as_deref_mut()
     {
         info.state = state as u32;
+    }
+}
+
+/// Shows a destroyed DomU as dying: Dom0 still holds `held` grant mappings of its memory,
+/// and the record (and the domid) stays until the last goes.
+pub(super) fn set_dying(domid: u16, held: usize) {
+    let changed = RECORDS
+        .get(usize::from(domid))
+        .map(|r| r.lock())
+        .as_deref_mut()
+        .and_then(Option::as_mut)
+        .is_some_and(|info| {
+            let was = info.state;
+            info.state = DOMAIN_STATE_DYING;
+            info.shutdown_reason = 0;
+            info.mem_kib = 0;
+            was != DOMAIN_STATE_DYING
+        });
+    if changed {
+        mvlog!("d{domid} dying: Dom0 still maps {held} of its grants");
+        raise_dom0_event(EVENT_DOMAIN_STATE);
+    }
+}
+
+/// The last grant mapping of the ended DomU `domid` went: a dying domain's record goes.
+pub(super) fn forget_if_dying(domid: u16) {
+    let dying = RECORDS
+        .get(usize::from(domid))
+        .is_some_and(|r| r.lock().is_some_and(|i| i.state == DOMAIN_STATE_DYING));
+    if dying {
+        mvlog!("d{domid} gone: Dom0 unmapped its last grant");
+        forget_record(domid);
     }
 }
 
@@ -134,7 +167,7 @@ pub(super) fn lifecycle(op: LifecycleOp, domid: u32) -> Result<(), Errno> {
             // loop with the lock held; that takes moments.
             end_domain(&mut DOMAINS[id - 1].lock(), Ending::Destroyed);
         }
-        Effect::Forget => forget_record(domid),
+        Effect::Forget => super::dom0_host::forget_ended(domid),
     }
     Ok(())
 }
@@ -293,6 +326,7 @@ pub(super) fn install_domain(
     // Event channels exist from creation: Dom0's builder may allocate ports at once.
     events::cancel_timers(domid);
     events::hub().open_domu(domid, shared_info, u64::from(mem_mib) * 256);
+    super::grants::grants().open(domid, u64::from(mem_mib) * 256);
     DOMAIN_NPT[id].store(d.vcpu.npt.root(), Ordering::Release);
     DOMAIN_PCPU[id].store(pcpu, Ordering::Relaxed);
     ALIVE.fetch_add(1, Ordering::AcqRel);
@@ -428,23 +462,25 @@ pub(super) fn end_domain(slot: &mut Option<Domain>, how: Ending) {
                 set_state(d.id, DomainState::Crashed, 0);
                 ANY_FAILED.store(true, Ordering::Relaxed);
             }
-            Ending::Destroyed => {
-                mvlog!("d{} ({}) destroyed", d.id, d.name());
-                forget_record(d.id);
-            }
+            // Its record goes once its memory is settled (below): it stays while Dom0
+            // still holds grant mappings of it.
+            Ending::Destroyed => mvlog!("d{} ({}) destroyed", d.id, d.name()),
         }
     }
-    // No event, timer or shared_info write reaches the domain from here on, so its frames
-    // (the one its shared_info lives in among them) can go.
+    // No event, timer, shared_info or grant-table access reaches the domain from here on,
+    // so its frames (those its shared_info and grant table live in among them) can go.
     events::cancel_timers(d.id);
     if let Some(frame) = events::hub().teardown(d.id) {
         HostMem.free_frame(frame);
     }
-    let pinned = release_foreign_frames(d.id, d.vcpu.npt);
-    if pinned > 0 {
+    super::grants::grants().teardown(d.id);
+    let destroyed = matches!(how, Ending::Destroyed);
+    let (foreign, grant) = release_foreign_frames(d.id, d.vcpu.npt, destroyed);
+    if foreign + grant > 0 {
         mvlog!(
-            "d{}: {pinned} frames stay mapped in Dom0 until it unmaps them",
-            d.id
+            "d{}: {} frames stay mapped in Dom0 until it unmaps them ({grant} grant mappings)",
+            d.id,
+            foreign + grant
         );
     }
     let freed = d.vcpu.npt.destroy(&mut HostMem);
