@@ -133,13 +133,24 @@ pub fn init_pv() -> Result<PvStatus, PvError> {
         pvconsole::check_page(pfn, port, paging::IDENTITY_MAP_END, phys::image_range())
             .map_err(PvError::Page)?;
     crate::events::init().map_err(PvError::Hypercall)?;
-    let page = PAGE.call_once(|| phys::console_page(paddr));
+    let page = PAGE.call_once(|| phys::shared_page(paddr));
     let con = PvConsole::new(page, port)
         .map_err(|_| PvError::Page(pvconsole::PageError::OutsideMap(paddr)))?;
     *PV.lock() = Some(con);
     // Anything the back-end queued before we looked is ours to read; tell it we are here.
     let _ = evtchn_send(port);
+    // A domain built by dom0d has a xenstore too: obey `dom0 shutdown`/`dom0 reboot`.
+    if let Err(e) = crate::control::init() {
+        crate::println!(
+            "guest-rt: xenstore unusable (-{e}); PV shutdown requests will not be seen"
+        );
+    }
     Ok(PvStatus::Active { paddr, port })
+}
+
+/// Whether a console write or read is in progress (it may be waiting for events).
+pub fn busy() -> bool {
+    PV.is_locked()
 }
 
 /// Whether `print!` goes to the PV console ring.

@@ -270,6 +270,12 @@ mod bare {
         if !initialised() {
             return Ports::EMPTY;
         }
+        let ports = wait_once();
+        crate::control::on_events(&ports);
+        ports
+    }
+
+    fn wait_once() -> Ports {
         loop {
             cpu::disable_interrupts();
             if !PENDING.is_empty() {

@@ -74,6 +74,7 @@ extern crate std;
 
 pub mod boot;
 pub mod cmdline;
+pub mod control;
 pub mod events;
 pub mod exception;
 pub mod fmt;

@@ -23,21 +23,21 @@ pub(crate) fn image_range() -> (u64, u64) {
     (start, end)
 }
 
-/// The PV console ring page at `paddr`, as shared memory.
+/// A page shared with Dom0 (the PV console or xenstore page) at `paddr`, as shared memory.
 ///
 /// The caller has checked (`pvconsole::check_page`) that the page is non-null, page-aligned,
 /// inside the identity map and outside the image; it must call this at most once per page
 /// and never touch the page otherwise.
-pub(crate) fn console_page(paddr: u64) -> MappedMem {
+pub(crate) fn shared_page(paddr: u64) -> MappedMem {
     let base = core::ptr::with_exposed_provenance_mut::<u8>(paddr as usize);
     let Some(base) = NonNull::new(base) else {
-        panic!("console page at address 0");
+        panic!("shared page at address 0");
     };
     // SAFETY: MappedMem::new's contract: (1) the page lies in (0, 4 GiB), which the
     // runtime identity-maps for reads and writes, and the domain builder backs it with
-    // memory of this domain (the console page it reported); it is one page, so no wrap.
+    // memory of this domain (the page it reported); it is one page, so no wrap.
     // (2) It is outside the image, so no Rust object lives there; the runtime keeps the
-    // only MappedMem over it (created once, in `console::init_pv`), and the back-end in
+    // only MappedMem over it (created once, in `console::init_pv` or `control::init`), and the back-end in
     // Dom0 is an agent outside the program. (3) The mapping is never changed.
     unsafe { MappedMem::new(base, shared_abi::PAGE_SIZE) }
 }

@@ -1,0 +1,189 @@
+//! PV shutdown requests through xenstore (Xen's `control/shutdown` convention).
+//!
+//! When the domain builder gave the guest a xenstore page (`HVM_PARAM_STORE_PFN` non-zero),
+//! [`init`] announces `control/feature-poweroff` and `control/feature-reboot` = `1` and
+//! watches `control/shutdown`. Every wait for events ([`crate::events::wait_for_event`])
+//! then looks at the store's port: when the watch fires and the node holds `poweroff` or
+//! `reboot`, the guest clears the node (the acknowledgement) and shuts down with that
+//! reason, after letting the console drain. So any guest that sleeps or reads input
+//! through the runtime obeys `dom0 shutdown` and `dom0 reboot`; a guest that never waits
+//! for events never sees the request (and `dom0 shutdown --wait` reports that).
+
+use shared_abi::sched::ShutdownReason;
+
+/// What a value of `control/shutdown` asks for; `None` for an empty node (already
+/// handled) or a request this runtime does not implement (`suspend`, `halt`, ...).
+pub fn requested(value: &[u8]) -> Option<ShutdownReason> {
+    match value {
+        b"poweroff" => Some(ShutdownReason::Poweroff),
+        b"reboot" => Some(ShutdownReason::Reboot),
+        _ => None,
+    }
+}
+
+#[cfg(target_os = "none")]
+pub use bare::{init, on_events};
+
+#[cfg(target_os = "none")]
+mod bare {
+    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use pv_drivers::MappedMem;
+    use pv_drivers::xenstore::{XsCallError, XsClient, XsIo};
+    use shared_abi::Errno;
+    use shared_abi::guest::{evtchn_send, hvm_get_param};
+    use shared_abi::hvm::{HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+    use shared_abi::io::xenstore::{XS_READ, XS_WATCH, XS_WRITE};
+
+    use super::requested;
+    use crate::arch::{paging, phys};
+    use crate::events::Ports;
+    use crate::pvconsole;
+
+    static PAGE: spin::Once<MappedMem> = spin::Once::new();
+    static CLIENT: spin::Mutex<Option<XsClient<&'static MappedMem>>> = spin::Mutex::new(None);
+    /// The store's port, 0 before [`init`] succeeded.
+    static PORT: AtomicU32 = AtomicU32::new(0);
+    /// Watch events already looked at.
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    /// Set while this module waits for the store itself, so that wait does not recurse.
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    /// The store's port fired and has not been looked at yet (the console was busy).
+    static CHECK: AtomicBool = AtomicBool::new(false);
+
+    struct StoreIo(u32);
+
+    impl XsIo for StoreIo {
+        fn notify(&mut self) {
+            let _ = evtchn_send(self.0);
+        }
+        fn wait(&mut self) {
+            crate::events::wait_for_event();
+        }
+    }
+
+    fn call(
+        client: &mut XsClient<&'static MappedMem>,
+        port: u32,
+        t: u32,
+        parts: &[&[u8]],
+    ) -> Result<usize, XsCallError> {
+        let mut out = [0u8; 64];
+        client.call(&mut StoreIo(port), t, parts, &mut out)
+    }
+
+    /// Connects to xenstore if the builder gave the guest a store page, announces PV
+    /// shutdown support and watches `control/shutdown`. Needs events
+    /// ([`crate::events::init`]). Returns whether there is a store.
+    ///
+    /// # Errors
+    /// The failing hypercall's errno, or `EIO` if the store refused a request.
+    pub fn init() -> Result<bool, Errno> {
+        if PORT.load(Ordering::Relaxed) != 0 {
+            return Ok(true);
+        }
+        let pfn = match hvm_get_param(HVM_PARAM_STORE_PFN) {
+            Ok(0) | Err(Errno::ENOSYS) => return Ok(false),
+            Ok(pfn) => pfn,
+            Err(e) => return Err(e),
+        };
+        let port = hvm_get_param(HVM_PARAM_STORE_EVTCHN)?;
+        let (paddr, port) =
+            pvconsole::check_page(pfn, port, paging::IDENTITY_MAP_END, phys::image_range())
+                .map_err(|_| Errno::EINVAL)?;
+        crate::events::init()?;
+        let page = PAGE.call_once(|| phys::shared_page(paddr));
+        let mut client = XsClient::new(page).map_err(|_| Errno::EINVAL)?;
+        BUSY.store(true, Ordering::Relaxed);
+        let result = (|| {
+            call(
+                &mut client,
+                port,
+                XS_WRITE,
+                &[b"control/feature-poweroff\0", b"1"],
+            )?;
+            call(
+                &mut client,
+                port,
+                XS_WRITE,
+                &[b"control/feature-reboot\0", b"1"],
+            )?;
+            call(
+                &mut client,
+                port,
+                XS_WATCH,
+                &[b"control/shutdown\0", b"shutdown\0"],
+            )
+        })();
+        BUSY.store(false, Ordering::Relaxed);
+        result.map_err(|_| Errno::EIO)?;
+        *CLIENT.lock() = Some(client);
+        PORT.store(port, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Called with every batch of ports a wait returned: if the store's port is among
+    /// them (now or in an earlier batch that came while the console was busy) and
+    /// `control/shutdown` asks for it, acknowledges and shuts down (this does not return
+    /// then).
+    pub fn on_events(ports: &Ports) {
+        let port = PORT.load(Ordering::Relaxed);
+        if port == 0 {
+            return;
+        }
+        if ports.contains(port) {
+            CHECK.store(true, Ordering::Relaxed);
+        }
+        // A wait inside a console write holds the console: shutting down now would wait
+        // for that same console. Look again at the next wait outside it.
+        if !CHECK.load(Ordering::Relaxed)
+            || crate::console::busy()
+            || BUSY.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        CHECK.store(false, Ordering::Relaxed);
+        let reason = {
+            let mut guard = CLIENT.lock();
+            guard.as_mut().and_then(|client| {
+                client.poll().ok()?;
+                let events = client.watch_events();
+                if SEEN.swap(events, Ordering::Relaxed) == events {
+                    return None;
+                }
+                let mut value = [0u8; 32];
+                let n = client
+                    .call(
+                        &mut StoreIo(port),
+                        XS_READ,
+                        &[b"control/shutdown\0"],
+                        &mut value,
+                    )
+                    .ok()?;
+                let reason = requested(&value[..n])?;
+                // Acknowledge, as Xen guests do, so the request is not acted on twice.
+                let _ = call(client, port, XS_WRITE, &[b"control/shutdown\0", b""]);
+                Some(reason)
+            })
+        };
+        BUSY.store(false, Ordering::Relaxed);
+        if let Some(reason) = reason {
+            crate::println!("guest-rt: {} requested through xenstore", reason.name());
+            crate::rt::shutdown(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_poweroff_and_reboot_are_acted_on() {
+        assert_eq!(requested(b"poweroff"), Some(ShutdownReason::Poweroff));
+        assert_eq!(requested(b"reboot"), Some(ShutdownReason::Reboot));
+        for other in [&b""[..], b"suspend", b"halt", b"poweroff\0", b"POWEROFF"] {
+            assert_eq!(requested(other), None, "{other:?}");
+        }
+    }
+}
