@@ -8,9 +8,10 @@
 //!    ([`DomainConfig::check`]); the kernel file is readable and at most
 //!    [`MAX_KERNEL_BYTES`]; it is an x86-64 ELF executable with a PVH entry note
 //!    (`microvisor::elf::PvhImage`); every `PT_LOAD` segment lies inside guest RAM, clear
-//!    of page 0, the boot page and the console page (the last page of RAM), and the entry
+//!    of page 0, the boot page and the xenstore and console pages (the last two pages of
+//!    RAM), and the entry
 //!    point inside a segment (`microvisor::domain::check`); the command line fits the boot
-//!    page; the ramdisk fits between the kernel's end and the console page; the memory is
+//!    page; the ramdisk fits between the kernel's end and those pages; the memory is
 //!    at most what `HostInfo` reports free; no domain has the name; the microvisor has a
 //!    foreign window.
 //! 2. `DomainCreate`: an empty, paused domain with zeroed RAM at `0..memory`.
@@ -20,19 +21,20 @@
 //!    (the bytes from the file; the rest of each segment is already zero), the boot page
 //!    at [`BOOT_INFO_GPA`] (`hvm_start_info`, the command line and the memory map, as
 //!    `microvisor::domain::boot_info_page` lays them out, with the map split in two: RAM
-//!    `0..memory - 4 KiB` and the console page as `E820_RESERVED`, so the guest never
-//!    uses it as memory) and the ramdisk, page-aligned just below the console page, as
+//!    `0..memory - 8 KiB` and the xenstore and console pages as `E820_RESERVED`, so the
+//!    guest never uses them as memory) and the ramdisk, page-aligned just below them, as
 //!    the start info's one module.
-//! 4. The PV console ([`setup_console`]): the console page is the last page of RAM (zero,
-//!    like all fresh RAM). `EvtchnAllocUnbound` makes the DomU's console port,
-//!    `EvtchnBindInterdomain` binds a domain 0 port to it, the page is mapped into dom0d
-//!    for the domain's life ([`PagePool`]), and `DomainSetParam` sets `CONSOLE_PFN` and
-//!    `CONSOLE_EVTCHN` for the guest to read. A microvisor without event channels
-//!    (`ENOSYS`) builds domains without a console (logged once).
+//! 4. The PV console and xenstore pages ([`setup_ring`]): the console page is the last
+//!    page of RAM, the xenstore page the one below (zero, like all fresh RAM). For each,
+//!    `EvtchnAllocUnbound` makes the DomU's port, `EvtchnBindInterdomain` binds a domain 0
+//!    port to it, the page is mapped into dom0d for the domain's life ([`PagePool`]), and
+//!    `DomainSetParam` sets `CONSOLE_PFN`/`CONSOLE_EVTCHN` or `STORE_PFN`/`STORE_EVTCHN`
+//!    for the guest to read. A microvisor without event channels (`ENOSYS`) builds
+//!    domains without either (logged once).
 //! 5. `DomainSetEntry { entry, start_info: 0x1000 }`.
 //! 6. `DomainUnpause`, unless the request asks for a paused domain.
 //!
-//! On any failure after step 2 the console's port is closed and its page unmapped, the
+//! On any failure after step 2 the rings' ports are closed and their pages unmapped, the
 //! domain is destroyed (and dom0d waits until it is gone), so nothing is left half-made and
 //! the free memory is what it was before; only if that destroy fails too does the error say
 //! which domain is left. The window slots are unmapped on every path. Each create is
@@ -47,7 +49,9 @@ use std::time::{Duration, Instant};
 use ::microvisor::domain::BuildError;
 use ::microvisor::elf::PvhImage;
 use shared_abi::control::{ControlOp, DomainCreateRequest, HostInfo, VcpuEntry, fill_fixed_str};
-use shared_abi::hvm::{HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN};
+use shared_abi::hvm::{
+    HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
+};
 use shared_abi::pvh::{E820_RAM, E820_RESERVED, HvmMemmapEntry, HvmStartInfo};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -262,21 +266,21 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
             reason: other.to_string(),
         },
     })?;
-    let console = console_gpa(mem);
+    let special = special_pages_gpa(mem);
     if let Some(s) = image
         .segments()
-        .find(|s| s.paddr.saturating_add(s.mem_size) > console)
+        .find(|s| s.paddr.saturating_add(s.mem_size) > special)
     {
         let end = s.paddr.saturating_add(s.mem_size);
         return Err(bad_kernel(
             config,
             format!(
-                "its segment at {:#x}..{end:#x} overlaps the console page ({console:#x}..{mem:#x}, the last page of RAM)",
+                "its segment at {:#x}..{end:#x} overlaps the xenstore and console pages ({special:#x}..{mem:#x}, the last {SPECIAL_PAGES} pages of RAM)",
                 s.paddr
             ),
             Some(format!(
                 "raise \"memory\" to at least {} MiB",
-                mib_up(end + PAGE)
+                mib_up(end + SPECIAL_PAGES * PAGE)
             )),
         ));
     }
@@ -298,7 +302,7 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
         (Some(r), Some(path)) => Some(place_ramdisk(
             path,
             r.len() as u64,
-            console,
+            special,
             kernel_end,
             config,
         )?),
@@ -309,7 +313,7 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
         cmdline,
         ramdisk_plan.map(|r| (r.paddr, r.bytes)),
     );
-    reserve_console_page(&mut boot_page, mem);
+    reserve_special_pages(&mut boot_page, mem);
     Ok(Layout {
         image,
         ramdisk: images.ramdisk.as_deref(),
@@ -324,6 +328,10 @@ pub fn layout<'a>(config: &DomainConfig, images: &'a Images) -> Result<Layout<'a
     })
 }
 
+/// Pages at the top of a domain's RAM that the builder reserves for the PV rings: the
+/// xenstore page, then the console page (the last).
+pub const SPECIAL_PAGES: u64 = 2;
+
 /// Guest-physical address of the console page of a domain with `mem` bytes of RAM: its
 /// last page.
 #[must_use]
@@ -331,11 +339,23 @@ pub fn console_gpa(mem: u64) -> u64 {
     mem.saturating_sub(PAGE)
 }
 
+/// Guest-physical address of the xenstore page: the page below the console page.
+#[must_use]
+pub fn store_gpa(mem: u64) -> u64 {
+    mem.saturating_sub(2 * PAGE)
+}
+
+/// Where the reserved pages start ([`SPECIAL_PAGES`] below the end of RAM).
+#[must_use]
+pub fn special_pages_gpa(mem: u64) -> u64 {
+    mem.saturating_sub(SPECIAL_PAGES * PAGE)
+}
+
 /// Rewrites the boot page's memory map (one RAM entry `0..mem`, as
-/// `microvisor::domain::boot_info_page` writes it) into two entries: RAM up to the console
-/// page, and the console page as `E820_RESERVED`. The map has room for both before the
-/// module list.
-pub fn reserve_console_page(page: &mut [u8; 4096], mem: u64) {
+/// `microvisor::domain::boot_info_page` writes it) into two entries: RAM up to the
+/// xenstore and console pages, and those pages as `E820_RESERVED`. The map has room for
+/// both before the module list.
+pub fn reserve_special_pages(page: &mut [u8; 4096], mem: u64) {
     let Ok(mut info) = HvmStartInfo::read_from_bytes(&page[..size_of::<HvmStartInfo>()]) else {
         return;
     };
@@ -347,17 +367,17 @@ pub fn reserve_console_page(page: &mut [u8; 4096], mem: u64) {
     else {
         return;
     };
-    let console = console_gpa(mem);
+    let special = special_pages_gpa(mem);
     let entries = [
         HvmMemmapEntry {
             addr: 0,
-            size: console,
+            size: special,
             kind: E820_RAM,
             reserved: 0,
         },
         HvmMemmapEntry {
-            addr: console,
-            size: PAGE,
+            addr: special,
+            size: SPECIAL_PAGES * PAGE,
             kind: E820_RESERVED,
             reserved: 0,
         },
@@ -373,8 +393,8 @@ pub fn reserve_console_page(page: &mut [u8; 4096], mem: u64) {
 /// Offset of the module list in the boot page: the memory map must end before it.
 const MODLIST_OFFSET: usize = ::microvisor::domain::MODLIST_OFFSET as usize;
 
-/// The ramdisk goes page-aligned at the top of RAM below the console page (`top`), above
-/// the kernel.
+/// The ramdisk goes page-aligned at the top of RAM below the xenstore and console pages
+/// (`top`), above the kernel.
 fn place_ramdisk(
     path: &str,
     size: u64,
@@ -395,12 +415,16 @@ fn place_ramdisk(
     if size > room || paddr < kernel_end {
         return Err(bad(
             format!(
-                "it is {size} bytes, but only {room} bytes of the domain's {} MiB lie between the kernel and the console page",
+                "it is {size} bytes, but only {room} bytes of the domain's {} MiB lie between the kernel and the xenstore and console pages",
                 config.memory_mib
             ),
             Some(format!(
                 "raise \"memory\" to at least {} MiB",
-                mib_up(kernel_end.next_multiple_of(PAGE) + size.next_multiple_of(PAGE) + PAGE)
+                mib_up(
+                    kernel_end.next_multiple_of(PAGE)
+                        + size.next_multiple_of(PAGE)
+                        + SPECIAL_PAGES * PAGE
+                )
             )),
         ));
     }
@@ -673,21 +697,65 @@ pub fn destroy_and_wait(
     }
 }
 
-/// A new domain's PV console, as [`setup_console`] made it: the DomU's port, domain 0's
-/// port bound to it, and the console page mapped into dom0d. Whoever takes it over
-/// (dom0d's console back-end) closes the port and releases the page when the domain is
-/// gone ([`undo_console`]).
+/// Which shared page a [`RingSetup`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingKind {
+    /// The PV console (`CONSOLE_PFN`/`CONSOLE_EVTCHN`), the last page of RAM.
+    Console,
+    /// The xenstore page (`STORE_PFN`/`STORE_EVTCHN`), the page below it.
+    Store,
+}
+
+impl RingKind {
+    /// `"console"` or `"xenstore"`, for messages.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Store => "xenstore",
+        }
+    }
+
+    /// The frame of this page in a domain with `mem` bytes of RAM.
+    #[must_use]
+    pub fn gfn(self, mem: u64) -> u64 {
+        match self {
+            Self::Console => console_gpa(mem) / PAGE,
+            Self::Store => store_gpa(mem) / PAGE,
+        }
+    }
+
+    fn params(self) -> [(u32, &'static str); 2] {
+        match self {
+            Self::Console => [
+                (HVM_PARAM_CONSOLE_PFN, "CONSOLE_PFN"),
+                (HVM_PARAM_CONSOLE_EVTCHN, "CONSOLE_EVTCHN"),
+            ],
+            Self::Store => [
+                (HVM_PARAM_STORE_PFN, "STORE_PFN"),
+                (HVM_PARAM_STORE_EVTCHN, "STORE_EVTCHN"),
+            ],
+        }
+    }
+}
+
+/// A new domain's PV console or xenstore page, as [`setup_ring`] made it: the DomU's
+/// port, domain 0's port bound to it, and the page mapped into dom0d. Whoever takes it
+/// over (dom0d's console back-end, its xenstore) closes the port and releases the page
+/// when the domain is gone ([`undo_ring`]).
 #[derive(Debug)]
-pub struct ConsoleSetup {
+pub struct RingSetup {
+    /// Which page.
+    pub kind: RingKind,
     /// The domain.
     pub domid: u32,
-    /// The console page's frame in the domain (`CONSOLE_PFN`): its last page of RAM.
+    /// The page's frame in the domain (the `*_PFN` parameter).
     pub gfn: u64,
-    /// The DomU's port (`CONSOLE_EVTCHN`).
+    /// The DomU's port (the `*_EVTCHN` parameter).
     pub remote_port: u32,
     /// Domain 0's port, bound to `remote_port`.
     pub port: u32,
-    /// The console page, mapped.
+    /// The page, mapped.
     pub page: MappedPage,
 }
 
@@ -712,30 +780,32 @@ impl StepError {
     }
 }
 
-static NO_CONSOLES_LOGGED: AtomicBool = AtomicBool::new(false);
+static NO_EVTCHN_LOGGED: AtomicBool = AtomicBool::new(false);
 
-/// Step 4 of the module docs: the PV console of `domid` (which has `mem` bytes of RAM and
-/// has not run). Returns `None`, building no console, if the microvisor has no event
-/// channels (`ENOSYS`).
+/// Step 4 of the module docs for one page: the console or xenstore page of `domid`
+/// (which has `mem` bytes of RAM and has not run). Returns `None`, building nothing, if
+/// the microvisor has no event channels (`ENOSYS`).
 ///
 /// # Errors
 /// The failed step; everything this function made is undone first (the domain itself is
 /// the caller's to destroy).
-pub fn setup_console(
+pub fn setup_ring(
     mv: &dyn Microvisor,
     pool: &PagePool,
     domid: u32,
     mem: u64,
-) -> Result<Option<ConsoleSetup>, StepError> {
-    let gfn = console_gpa(mem) / PAGE;
+    kind: RingKind,
+) -> Result<Option<RingSetup>, StepError> {
+    let what = kind.name();
+    let gfn = kind.gfn(mem);
     let remote_port = match evtchn_alloc_unbound(mv, domid) {
         Ok(p) => p,
         Err(ENOSYS) => {
-            if !NO_CONSOLES_LOGGED.swap(true, Ordering::Relaxed) {
+            if !NO_EVTCHN_LOGGED.swap(true, Ordering::Relaxed) {
                 log::write(
                     Level::Warn,
                     format_args!(
-                        "create: the microvisor has no event channels (EvtchnAllocUnbound: ENOSYS); domains are built without a PV console"
+                        "create: the microvisor has no event channels (EvtchnAllocUnbound: ENOSYS); domains are built without a PV console or xenstore"
                     ),
                 );
             }
@@ -743,14 +813,14 @@ pub fn setup_console(
         }
         Err(errno) => {
             return Err(StepError::call(
-                "allocating the console's event channel (EvtchnAllocUnbound)",
+                &format!("allocating the {what}'s event channel (EvtchnAllocUnbound)"),
                 errno,
             ));
         }
     };
     let port = evtchn_bind_interdomain(mv, domid, remote_port).map_err(|errno| {
         StepError::call(
-            "binding the console's event channel (EvtchnBindInterdomain)",
+            &format!("binding the {what}'s event channel (EvtchnBindInterdomain)"),
             errno,
         )
     })?;
@@ -759,31 +829,29 @@ pub fn setup_console(
         Err(reason) => {
             close_port(mv, port);
             return Err(StepError {
-                step: "mapping the console page".to_owned(),
+                step: format!("mapping the {what} page"),
                 errno: None,
                 reason,
             });
         }
     };
-    let setup = ConsoleSetup {
+    let setup = RingSetup {
+        kind,
         domid,
         gfn,
         remote_port,
         port,
         page,
     };
-    for (index, value, what) in [
-        (HVM_PARAM_CONSOLE_PFN, gfn, "CONSOLE_PFN"),
-        (
-            HVM_PARAM_CONSOLE_EVTCHN,
-            u64::from(remote_port),
-            "CONSOLE_EVTCHN",
-        ),
+    let [(pfn_index, pfn_name), (port_index, port_name)] = kind.params();
+    for (index, value, name) in [
+        (pfn_index, gfn, pfn_name),
+        (port_index, u64::from(remote_port), port_name),
     ] {
         if let Err(errno) = domain_set_param(mv, domid, index, value) {
-            undo_console(mv, pool, setup);
+            undo_ring(mv, pool, setup);
             return Err(StepError::call(
-                &format!("setting {what} (DomainSetParam)"),
+                &format!("setting {name} (DomainSetParam)"),
                 errno,
             ));
         }
@@ -803,14 +871,15 @@ fn close_port(mv: &dyn Microvisor, port: u32) {
     }
 }
 
-/// Closes the console's domain 0 port and releases its page (its domain may be gone).
-pub fn undo_console(mv: &dyn Microvisor, pool: &PagePool, console: ConsoleSetup) {
-    close_port(mv, console.port);
-    if let Err(page) = pool.release(mv, console.page) {
+/// Closes the ring's domain 0 port and releases its page (its domain may be gone).
+pub fn undo_ring(mv: &dyn Microvisor, pool: &PagePool, ring: RingSetup) {
+    close_port(mv, ring.port);
+    let what = ring.kind.name();
+    if let Err(page) = pool.release(mv, ring.page) {
         log::write(
             Level::Error,
             format_args!(
-                "the console page of domain {} (slot {}) is still in use; it stays mapped (a dom0d bug)",
+                "the {what} page of domain {} (slot {}) is still in use; it stays mapped (a dom0d bug)",
                 page.domid, page.slot
             ),
         );
@@ -823,7 +892,9 @@ pub struct Built {
     /// The report for the client.
     pub report: CreateReport,
     /// The new domain's console (`None` for a dry run, or without event channels).
-    pub console: Option<ConsoleSetup>,
+    pub console: Option<RingSetup>,
+    /// The new domain's xenstore page (`None` likewise).
+    pub store: Option<RingSetup>,
 }
 
 /// How a create runs.
@@ -872,7 +943,9 @@ pub fn create(
             Level::Debug,
             format_args!("create --dry-run: \"{}\" would fit; {ms} ms", config.name),
         ),
-        Ok(Built { report: r, console }) => {
+        Ok(Built {
+            report: r, console, ..
+        }) => {
             let console = console.as_ref().map_or(String::new(), |c| {
                 format!(", console port {} (DomU port {})", c.port, c.remote_port)
             });
@@ -931,6 +1004,7 @@ fn build(
         return Ok(Built {
             report: report(None, None),
             console: None,
+            store: None,
         });
     }
     let domid = create_empty(mv, config)?;
@@ -964,17 +1038,28 @@ fn build(
         }));
     }
     let mem = u64::from(config.memory_mib) << 20;
-    let console = setup_console(mv, pool, domid, mem).map_err(fail)?;
-    if let Err(e) = start(mv, domid, &plan, opts.paused) {
-        if let Some(c) = console {
-            undo_console(mv, pool, c);
+    let console = setup_ring(mv, pool, domid, mem, RingKind::Console).map_err(&fail)?;
+    let undo = |rings: [Option<RingSetup>; 2]| {
+        for r in rings.into_iter().flatten() {
+            undo_ring(mv, pool, r);
         }
+    };
+    let store = match setup_ring(mv, pool, domid, mem, RingKind::Store) {
+        Ok(store) => store,
+        Err(e) => {
+            undo([console, None]);
+            return Err(fail(e));
+        }
+    };
+    if let Err(e) = start(mv, domid, &plan, opts.paused) {
+        undo([console, store]);
         return Err(fail(e));
     }
     let state = microvisor::domain_info(mv, domid).ok().map(|d| d.state);
     Ok(Built {
         report: report(Some(domid), state),
         console,
+        store,
     })
 }
 
@@ -1215,7 +1300,7 @@ mod tests {
         let pool = PagePool::default();
         let built = create(fake, &pool, c, o, &Mutex::new(None))?;
         if let Some(console) = built.console {
-            undo_console(fake, &pool, console);
+            undo_ring(fake, &pool, console);
         }
         Ok(built.report)
     }
@@ -1265,7 +1350,7 @@ mod tests {
         );
         let mut expected =
             ::microvisor::domain::boot_info_page(16 << 20, "console=hvc0 quiet", None);
-        reserve_console_page(&mut expected, 16 << 20);
+        reserve_special_pages(&mut expected, 16 << 20);
         assert_eq!(*l.boot_page(), expected);
         let w = l.writes();
         assert_eq!(w.len(), 3);
@@ -1993,7 +2078,7 @@ mod tests {
         );
         drop(back);
         // Handing it back leaves nothing: no port, no slot, no mapping.
-        undo_console(&fake, &pool, console);
+        undo_ring(&fake, &pool, console);
         assert!(fake.dom0_ports().is_empty());
         assert!(fake.foreign_slots().is_empty());
         assert_eq!(fake.page_maps(), 0);
@@ -2050,7 +2135,7 @@ mod tests {
     fn the_console_page_is_reserved_in_the_memory_map() {
         let mut page = ::microvisor::domain::boot_info_page(2 << 20, "x", Some((0x1000, 1)));
         let before = page;
-        reserve_console_page(&mut page, 2 << 20);
+        reserve_special_pages(&mut page, 2 << 20);
         let info = shared_abi::pvh::HvmStartInfo::read_from_bytes(&page[..56]).unwrap();
         assert_eq!(info.memmap_entries, 2);
         // Only the memory map changed: the module list and command line are untouched.

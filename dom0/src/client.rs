@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::config::DomainConfig;
 use crate::proto::{
     self, ApiError, ConsoleEnd, ConsoleOpened, ConsoleSummary, CreateReport, Domain, EventReport,
-    FrameError, Host, Lifecycle, LifecycleDone, MAX_FRAME, PROTOCOL_VERSION, Request, Response,
-    ServiceVersion,
+    FrameError, GuestRequest, Host, Lifecycle, LifecycleDone, MAX_FRAME, PROTOCOL_VERSION, Request,
+    Response, ServiceVersion, ShutdownSent,
 };
 
 /// Why talking to dom0d failed.
@@ -232,6 +232,28 @@ impl Client {
                 request: action.name(),
             }),
             other => Err(unexpected("lifecycle", other)),
+        }
+    }
+
+    /// Asks domain `domid`'s guest to power off or reboot ([`Request::Shutdown`]);
+    /// returns once the request is written.
+    ///
+    /// # Errors
+    /// See [`Client::version`]; a dom0d that predates the request is
+    /// [`ClientError::Unsupported`].
+    pub fn shutdown(
+        &mut self,
+        domid: u32,
+        request: GuestRequest,
+    ) -> Result<ShutdownSent, ClientError> {
+        match self.call(&Request::Shutdown { domid, request })? {
+            Response::ShutdownSent(sent) => Ok(sent),
+            Response::Error(ApiError::Malformed { .. }) => Err(ClientError::Unsupported {
+                socket: self.socket.clone(),
+                server: self.server.clone(),
+                request: request.command(),
+            }),
+            other => Err(unexpected("shutdown", other)),
         }
     }
 

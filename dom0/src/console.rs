@@ -1,5 +1,5 @@
 //! dom0d's PV console back-end: every domain dom0d builds has a console page (the last
-//! page of its RAM) and an event channel ([`crate::builder::setup_console`]); this module
+//! page of its RAM) and an event channel ([`crate::builder::setup_ring`]); this module
 //! keeps the page mapped for the domain's life, drains the guest's output into a bounded
 //! history, writes input into the guest's input ring, and serves the history to `dom0 logs`
 //! and `dom0 console` ([`Consoles`]).
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use pv_drivers::console::ConsoleBack;
 use tokio::sync::watch;
 
-use crate::builder::{ConsoleSetup, undo_console};
+use crate::builder::{RingSetup, undo_ring};
 use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_send};
 use crate::pages::PagePool;
@@ -167,7 +167,7 @@ impl Log {
 #[derive(Debug)]
 struct Live {
     back: ConsoleBack<Arc<dyn PageMap>>,
-    setup: ConsoleSetup,
+    setup: RingSetup,
     requested_at: Instant,
 }
 
@@ -278,7 +278,7 @@ impl Consoles {
         &self,
         mv: &dyn Microvisor,
         name: &str,
-        setup: ConsoleSetup,
+        setup: RingSetup,
         requested_at: Instant,
         restart: bool,
     ) {
@@ -291,7 +291,7 @@ impl Consoles {
                     Level::Error,
                     format_args!("console: {}: {e}", domain_label(domid, name)),
                 );
-                undo_console(mv, &self.pool, setup);
+                undo_ring(mv, &self.pool, setup);
                 return;
             }
         };
@@ -676,13 +676,13 @@ impl Consoles {
     fn release(&self, mv: &dyn Microvisor, live: Live) {
         let Live { back, setup, .. } = live;
         drop(back);
-        undo_console(mv, &self.pool, setup);
+        undo_ring(mv, &self.pool, setup);
     }
 }
 
 /// Signals the guest's console port; a failure is logged (rate-limited) and otherwise
 /// ignored: the guest polls or gets the next signal.
-fn notify(mv: &dyn Microvisor, setup: &ConsoleSetup, what: &str) {
+fn notify(mv: &dyn Microvisor, setup: &RingSetup, what: &str) {
     if let Err(errno) = evtchn_send(mv, setup.port) {
         log::limited(
             Level::Warn,

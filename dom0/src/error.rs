@@ -89,6 +89,14 @@ pub enum CliError {
     /// The terminal could not be switched to raw mode for `dom0 console`.
     #[error("cannot switch the terminal to raw mode")]
     Terminal(#[source] io::Error),
+    /// `shutdown --wait` / `reboot --wait`: the domain did not get there in time.
+    #[error("{what}")]
+    WaitTimedOut {
+        /// e.g. `domain 3 (web) did not shut down within 60 s`.
+        what: String,
+        /// The domain, as `dom0 destroy` takes it.
+        domain: String,
+    },
     /// `validate` found that a config does not make a domain (its kernel or ramdisk).
     #[error("{what}")]
     Invalid {
@@ -222,9 +230,12 @@ fn client_status(e: &ClientError) -> ExitStatus {
         ClientError::Timeout { .. } => ExitStatus::Timeout,
         ClientError::Api(api) => match api {
             ApiError::NoSuchDomain { .. } | ApiError::UnknownDomain { .. } => ExitStatus::NotFound,
-            ApiError::NoConsole { .. } => ExitStatus::NotSupported,
+            ApiError::NoConsole { .. } | ApiError::PvShutdownUnsupported { .. } => {
+                ExitStatus::NotSupported
+            }
             ApiError::ConsoleBusy { .. } => ExitStatus::InvalidState,
             ApiError::DomainZero { .. }
+            | ApiError::GuestRequestNotApplicable { .. }
             | ApiError::AlreadyPaused { .. }
             | ApiError::NotPaused { .. }
             | ApiError::DomainEnded { .. } => ExitStatus::InvalidState,
@@ -262,6 +273,8 @@ fn client_code(e: &ClientError) -> &'static str {
         ClientError::Api(api) => match api {
             ApiError::NoSuchDomain { .. } | ApiError::UnknownDomain { .. } => "not_found",
             ApiError::NoConsole { .. } => "no_console",
+            ApiError::PvShutdownUnsupported { .. } => "pv_shutdown_unsupported",
+            ApiError::GuestRequestNotApplicable { .. } => "not_applicable",
             ApiError::ConsoleBusy { .. } => "console_busy",
             ApiError::DomainZero { .. } => "domain_0_refused",
             ApiError::AlreadyPaused { .. } => "already_paused",
@@ -329,6 +342,10 @@ fn client_hint(e: &ClientError) -> Option<String> {
                  dom0d serves; Domain-0's console is COM1 and boot-time DomUs print to the \
                  microvisor log"
                 .to_owned(),
+            ApiError::PvShutdownUnsupported { domid, name, .. } => format!(
+                "`dom0 destroy {}` stops it at once",
+                domain_ref(*domid, name)
+            ),
             ApiError::ConsoleBusy { domid, name } => format!(
                 "`dom0 console --force {}` takes it over",
                 match domid {
@@ -361,6 +378,7 @@ fn client_hint(e: &ClientError) -> Option<String> {
             ),
             // Nothing to do: the domain is already as asked, or is Domain-0.
             ApiError::DomainZero { .. }
+            | ApiError::GuestRequestNotApplicable { .. }
             | ApiError::AlreadyPaused { .. }
             | ApiError::NotPaused { .. } => return None,
             ApiError::HandshakeRequired
@@ -380,6 +398,7 @@ impl CliError {
             Self::Output(_) | Self::Json(_) | Self::Terminal(_) => ExitStatus::Failure,
             Self::Connection(e) | Self::Request { source: e, .. } => client_status(e),
             Self::NoSuchDomain { .. } => ExitStatus::NotFound,
+            Self::WaitTimedOut { .. } => ExitStatus::Timeout,
             Self::Config(e) if e.is_not_found() => ExitStatus::NotFound,
             Self::Config(e) if e.is_permission_denied() => ExitStatus::PermissionDenied,
             Self::Config(ConfigError::Read { .. }) => ExitStatus::Failure,
@@ -397,6 +416,7 @@ impl CliError {
             Self::Terminal(_) => "terminal_failed",
             Self::Connection(e) | Self::Request { source: e, .. } => client_code(e),
             Self::NoSuchDomain { .. } => "not_found",
+            Self::WaitTimedOut { .. } => "timeout",
             Self::Config(e) if e.is_not_found() => "file_not_found",
             Self::Config(e) if e.is_permission_denied() => "permission_denied",
             Self::Config(ConfigError::Read { .. }) => "file_unreadable",
@@ -424,6 +444,9 @@ impl CliError {
             }),
             Self::Config(e) => e.hint(),
             Self::Invalid { source, .. } => create_hint(source),
+            Self::WaitTimedOut { domain, .. } => Some(format!(
+                "the guest may ignore the request; `dom0 destroy {domain}` stops it at once"
+            )),
         }
     }
 

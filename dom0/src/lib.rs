@@ -358,14 +358,16 @@ pub mod supervisor;
 pub mod term;
 pub mod version;
 pub mod xenstore;
+pub mod xenstored;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
-use crate::proto::{Lifecycle, Request};
+use crate::proto::{ApiError, GuestRequest, Lifecycle, Request, State};
 
 pub use cli::{Cli, Command, HostCommand};
 pub use client::{Client, ClientError};
@@ -624,6 +626,22 @@ pub fn execute(
         Command::Destroy { domain } => {
             lifecycle(cli, Lifecycle::Destroy, domain, format, stdout)?;
         }
+        Command::Shutdown {
+            domain,
+            wait,
+            timeout,
+        } => {
+            let wait = wait.then(|| Duration::from_secs(*timeout));
+            guest_request(cli, GuestRequest::Poweroff, domain, wait, format, stdout)?;
+        }
+        Command::Reboot {
+            domain,
+            wait,
+            timeout,
+        } => {
+            let wait = wait.then(|| Duration::from_secs(*timeout));
+            guest_request(cli, GuestRequest::Reboot, domain, wait, format, stdout)?;
+        }
         Command::Validate { config, set } => {
             let path = config::config_path(config, Path::new(config::DEFAULT_CONFIG_DIR));
             let cfg = config::load(&path, set).map_err(CliError::Config)?;
@@ -718,6 +736,69 @@ fn lifecycle(
         proto::domain_label(d.domid, &d.name)
     )))?;
     write_out(stdout, &output::render_lifecycle(&done, format)?)
+}
+
+/// How often `shutdown --wait` looks at the domain.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// `shutdown` / `reboot`: the request, then with `wait` the wait for this instance of
+/// the domain to end (shut down, crashed or gone).
+fn guest_request(
+    cli: &Cli,
+    request: GuestRequest,
+    reference: &str,
+    wait: Option<Duration>,
+    format: OutputFormat,
+    stdout: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut client = connect(cli)?;
+    let d = resolve_domain(&mut client, reference)?;
+    let label = proto::domain_label(d.domid, &d.name);
+    let sent = client
+        .shutdown(d.domid, request)
+        .map_err(self::request(format!(
+            "cannot {} {label}",
+            request.command()
+        )))?;
+    let mut state = Some(sent.state);
+    if let Some(limit) = wait {
+        let started = std::time::Instant::now();
+        loop {
+            match client.domain_info(d.domid) {
+                Ok(now) if now.name == d.name => {
+                    state = Some(now.state);
+                    if matches!(now.state, State::Shutdown | State::Crashed) {
+                        break;
+                    }
+                }
+                // Gone (on_poweroff/on_reboot destroyed or restarted it), or the id now
+                // holds another domain.
+                Ok(_) | Err(ClientError::Api(ApiError::NoSuchDomain { .. })) => {
+                    state = None;
+                    break;
+                }
+                Err(e) => return Err(self::request(format!("cannot watch {label}"))(e)),
+            }
+            if started.elapsed() >= limit {
+                return Err(CliError::WaitTimedOut {
+                    what: format!(
+                        "{label} did not {} within {} s",
+                        match request {
+                            GuestRequest::Poweroff => "shut down",
+                            GuestRequest::Reboot => "reboot",
+                        },
+                        limit.as_secs()
+                    ),
+                    domain: error::domain_ref(d.domid, &d.name),
+                });
+            }
+            std::thread::sleep(WAIT_POLL);
+        }
+    }
+    write_out(
+        stdout,
+        &output::render_guest_request(&sent, wait.is_some(), state, format)?,
+    )
 }
 
 /// Prints a clap error (or `--help`/`--version` output) and maps it to an exit status:

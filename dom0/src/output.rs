@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::config::DomainConfig;
 use crate::error::CliError;
 use crate::proto::{
-    ConsoleSummary, CreateReport, Domain, EventReport, Host, LifecycleDone, Plan, State,
+    ConsoleSummary, CreateReport, Domain, EventReport, Host, LifecycleDone, Plan, ShutdownSent,
+    State,
 };
 
 /// How results are printed on stdout (CLI.md §5).
@@ -133,6 +134,50 @@ pub fn render_lifecycle(done: &LifecycleDone, format: OutputFormat) -> Result<St
             domid: done.domid,
             name: &done.name,
             state: done.state.map(State::name),
+        },
+        format,
+    )
+}
+
+/// `shutdown -o json` / `reboot -o json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestRequestJson<'a> {
+    /// [`crate::JSON_API_VERSION`].
+    pub api_version: &'static str,
+    /// `shutdown` or `reboot`.
+    pub action: &'static str,
+    /// The domain id.
+    pub domid: u32,
+    /// Its name.
+    pub name: &'a str,
+    /// Whether the CLI waited for the domain to end.
+    pub waited: bool,
+    /// Its state last seen (`null`: gone).
+    pub state: Option<&'static str>,
+}
+
+/// What `shutdown`/`reboot` print: nothing, or with `-o json` the request and the state
+/// last seen (after the wait, if `waited`).
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_guest_request(
+    sent: &ShutdownSent,
+    waited: bool,
+    state: Option<State>,
+    format: OutputFormat,
+) -> Result<String, CliError> {
+    if !format.is_json() {
+        return Ok(String::new());
+    }
+    json_doc(
+        &GuestRequestJson {
+            api_version: crate::JSON_API_VERSION,
+            action: sent.request.command(),
+            domid: sent.domid,
+            name: &sent.name,
+            waited,
+            state: state.map(State::name),
         },
         format,
     )

@@ -144,6 +144,59 @@ pub enum Request {
     ConsoleInput(Vec<u8>),
     /// End the console session: dom0d answers [`ConsoleEnd::Detached`].
     ConsoleDetach,
+    /// Ask the guest to power off (`reboot` false) or reboot, through its xenstore
+    /// `control/shutdown` node: [`Response::Lifecycle`] once the request is written (the
+    /// guest acts on it in its own time), [`ApiError::PvShutdownUnsupported`] at once if
+    /// the guest never announced support. Appended within protocol 1.
+    Shutdown {
+        /// The domain id (not 0).
+        domid: u32,
+        /// What to ask for.
+        request: GuestRequest,
+    },
+}
+
+/// A request to the guest itself, delivered through xenstore's `control/shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestRequest {
+    /// Power off (`dom0 shutdown`).
+    Poweroff,
+    /// Reboot (`dom0 reboot`).
+    Reboot,
+}
+
+impl GuestRequest {
+    /// The value written to `control/shutdown`, and the feature suffix:
+    /// `poweroff` or `reboot`.
+    #[must_use]
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Poweroff => "poweroff",
+            Self::Reboot => "reboot",
+        }
+    }
+
+    /// The CLI command: `shutdown` or `reboot`.
+    #[must_use]
+    pub fn command(self) -> &'static str {
+        match self {
+            Self::Poweroff => "shutdown",
+            Self::Reboot => "reboot",
+        }
+    }
+}
+
+/// What [`Request::Shutdown`] did: the request is in the guest's xenstore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownSent {
+    /// What was asked.
+    pub request: GuestRequest,
+    /// The domain id.
+    pub domid: u32,
+    /// Its name.
+    pub name: String,
+    /// Its state when the request was written.
+    pub state: State,
 }
 
 impl Request {
@@ -318,6 +371,8 @@ pub enum Response {
     ConsoleOutput(Vec<u8>),
     /// The console stream is over; dom0d closes the connection.
     ConsoleEnd(ConsoleEnd),
+    /// Answer to [`Request::Shutdown`]. Appended within protocol 1.
+    ShutdownSent(ShutdownSent),
 }
 
 /// A domain's console, as `dom0 info` shows it ([`Response::ConsoleStatus`]).
@@ -391,6 +446,7 @@ impl Response {
             Self::ConsoleOpened(_) => "console opened",
             Self::ConsoleOutput(_) => "console output",
             Self::ConsoleEnd(_) => "console end",
+            Self::ShutdownSent(_) => "shutdown sent",
         }
     }
 }
@@ -520,6 +576,59 @@ pub enum ApiError {
         /// Its name.
         name: String,
     },
+    /// A PV shutdown or reboot request cannot reach the guest: dom0d serves no xenstore
+    /// for it (`node` is `None`: Domain-0's, a boot-time domain, one built without event
+    /// channels), or the guest never wrote `node` (`control/feature-poweroff` or
+    /// `control/feature-reboot`) = 1. Appended within protocol 1.
+    #[error("{} {}", domain_label(*.domid, .name), pv_shutdown_text(*.request, .node.as_deref()))]
+    PvShutdownUnsupported {
+        /// What was asked.
+        request: GuestRequest,
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// The feature node the guest did not write, if it has a xenstore at all.
+        node: Option<String>,
+    },
+    /// A [`Request::Shutdown`] for Domain-0, or for a domain that has already shut down
+    /// or crashed. Appended within protocol 1.
+    #[error("{} cannot be sent a PV {} request: {}", domain_label(*.domid, .name), .request.command(), match .why {
+        NotApplicable::DomainZero => "it is the control domain".to_owned(),
+        NotApplicable::Ended(state) => format!("it has {}", if *state == State::Crashed { "crashed" } else { "shut down" }),
+    })]
+    GuestRequestNotApplicable {
+        /// What was asked.
+        request: GuestRequest,
+        /// The domain id.
+        domid: u32,
+        /// Its name.
+        name: String,
+        /// Why not.
+        why: NotApplicable,
+    },
+}
+
+/// Why a [`Request::Shutdown`] does not apply to the domain in its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotApplicable {
+    /// It is Domain-0.
+    DomainZero,
+    /// It has shut down or crashed already.
+    Ended(State),
+}
+
+fn pv_shutdown_text(request: GuestRequest, node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!(
+            "does not handle PV {} requests: the guest never wrote {node} = 1",
+            request.command()
+        ),
+        None => format!(
+            "cannot be sent a PV {} request: dom0d serves no xenstore for it",
+            request.command()
+        ),
+    }
 }
 
 fn reference_text(reference: &str) -> String {

@@ -32,10 +32,12 @@ use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::pages::PagePool;
 use crate::proto::{
-    self, ApiError, Cleanup, CreateError, CreateReport, FrameError, Lifecycle, MAX_FRAME,
-    PROTOCOL_VERSION, Request, Response, ServiceVersion,
+    self, ApiError, Cleanup, CreateError, CreateReport, FrameError, GuestRequest, Lifecycle,
+    MAX_FRAME, NotApplicable, PROTOCOL_VERSION, Request, Response, ServiceVersion, ShutdownSent,
+    State,
 };
 use crate::supervisor::Supervisor;
+use crate::xenstored::{ShutdownRefused, Xenstored};
 
 /// dom0d's version (the crate version).
 pub const DOM0D_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -57,6 +59,8 @@ pub struct Service {
     pub(crate) supervisor: Supervisor,
     /// The consoles of the domains it built ([`crate::console`]).
     pub(crate) consoles: Arc<Consoles>,
+    /// The xenstore of the domains it built ([`crate::xenstored`]).
+    pub(crate) xenstored: Arc<Xenstored>,
 }
 
 impl std::fmt::Debug for Service {
@@ -78,13 +82,15 @@ impl Service {
     /// A service backed by `mv` that reports what `events` has seen.
     #[must_use]
     pub fn with_events(mv: Arc<dyn Microvisor>, events: Arc<EventMonitor>) -> Self {
+        let pool = Arc::new(PagePool::default());
         Self {
             mv,
             events,
             waits: Waits::default(),
             create_lock: tokio::sync::Mutex::new(()),
             supervisor: Supervisor::default(),
-            consoles: Arc::new(Consoles::new(Arc::new(PagePool::default()))),
+            consoles: Arc::new(Consoles::new(Arc::clone(&pool))),
+            xenstored: Arc::new(Xenstored::new(pool)),
         }
     }
 
@@ -150,6 +156,7 @@ impl Service {
                 let done = lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits).await;
                 if matches!(done, Ok(_) | Err(ApiError::NoSuchDomain { .. })) {
                     self.consoles.domain_gone(mv, domid, false);
+                    self.xenstored.domain_gone(mv, domid);
                 }
                 done.map(|done| {
                     self.supervisor.forget(domid);
@@ -170,6 +177,7 @@ impl Service {
                     }
                     Response::Created(report)
                 }),
+            Request::Shutdown { domid, request } => self.request_shutdown(domid, request),
             Request::ConsoleStatus { domid } => {
                 Ok(Response::ConsoleStatus(self.consoles.summary(domid)))
             }
@@ -198,6 +206,53 @@ impl Service {
 }
 
 impl Service {
+    /// [`Request::Shutdown`]: writes the request into the guest's `control/shutdown`
+    /// ([`crate::xenstored`]) and answers at once; the guest acts in its own time.
+    fn request_shutdown(&self, domid: u32, request: GuestRequest) -> Result<Response, ApiError> {
+        let mv = &*self.mv;
+        let d = microvisor::domain_info(mv, domid)?;
+        let not = |why| ApiError::GuestRequestNotApplicable {
+            request,
+            domid,
+            name: d.name.clone(),
+            why,
+        };
+        if domid == 0 {
+            return Err(not(NotApplicable::DomainZero));
+        }
+        if matches!(d.state, State::Shutdown | State::Crashed) {
+            return Err(not(NotApplicable::Ended(d.state)));
+        }
+        match self.xenstored.request_shutdown(mv, domid, request.word()) {
+            Ok(()) => {
+                log::limited(
+                    Level::Info,
+                    format_args!(
+                        "{}: {} asked to {}",
+                        request.command(),
+                        proto::domain_label(domid, &d.name),
+                        request.word()
+                    ),
+                );
+                Ok(Response::ShutdownSent(ShutdownSent {
+                    request,
+                    domid,
+                    name: d.name,
+                    state: d.state,
+                }))
+            }
+            Err(refused) => Err(ApiError::PvShutdownUnsupported {
+                request,
+                domid,
+                name: d.name,
+                node: match refused {
+                    ShutdownRefused::NoXenstore => None,
+                    ShutdownRefused::NotAdvertised { node } => Some(node),
+                },
+            }),
+        }
+    }
+
     /// Serves domain 0's event channels until the runtime ends: whenever the event task
     /// sees `EVENT_EVTCHN` it takes the pending ports ([`Self::take_pending`]), and every
     /// [`POLL_INTERVAL`](crate::console::POLL_INTERVAL) it drains every console anyway, in
@@ -210,6 +265,7 @@ impl Service {
                     if self.consoles.any_live() {
                         self.consoles.drain_all(&*self.mv);
                     }
+                    self.xenstored.pump_all(&*self.mv);
                 }
             }
         }
@@ -222,6 +278,7 @@ impl Service {
         match microvisor::evtchn_take_pending(mv) {
             Ok(ports) => {
                 let others = self.consoles.on_ports(mv, &ports);
+                let others = self.xenstored.on_ports(mv, &others);
                 if !others.is_empty() {
                     log::limited(
                         Level::Debug,
@@ -268,6 +325,9 @@ impl Service {
         .await;
         match joined {
             Ok(Ok((built, name))) => {
+                if let Some(store) = built.store {
+                    self.xenstored.register(&*self.mv, &name, store);
+                }
                 if let Some(console) = built.console {
                     self.consoles
                         .register(&*self.mv, &name, console, requested_at, restart);

@@ -233,6 +233,7 @@ impl Service {
         // Console output first: a domain that printed and then ended is drained before its
         // action destroys it (the final drain after a destroy catches the rest).
         self.consoles.sweep(&*self.mv, &domains);
+        self.xenstored.sweep(&*self.mv, &domains);
         let listed: BTreeMap<u32, &Domain> = domains.iter().map(|d| (d.domid, d)).collect();
         let mut due = Vec::new();
         {
@@ -299,6 +300,7 @@ impl Service {
         }
         let restarting = restarts.as_ref().is_some_and(|r| r.len() < RESTART_LIMIT);
         self.consoles.domain_gone(&*self.mv, domid, restarting);
+        self.xenstored.domain_gone(&*self.mv, domid);
         let Some(mut restarts) = restarts else {
             log::write(Level::Info, format_args!("{key}: {label} destroyed"));
             return Outcome::Destroyed;

@@ -56,6 +56,12 @@ impl<M: SharedMem> Service<M> {
         &mut self.store
     }
 
+    /// The store, for reading.
+    #[must_use]
+    pub fn store_ref(&self) -> &Store {
+        &self.store
+    }
+
     /// Introduces DomU `domid` named `name`, served over its store page `page`.
     ///
     /// # Errors

@@ -348,6 +348,10 @@ pub(super) fn install_domain(
     Ok(())
 }
 
+/// The domid Dom0's last `DomainCreate` got (creates run one at a time, in Dom0's
+/// hypercalls on pCPU 0).
+static LAST_DOMID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 /// Dom0's `DomainCreate`: an empty, paused DomU (Dom0's builder fills it).
 pub(super) fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno> {
     if RECORDS.iter().any(|r| {
@@ -356,7 +360,12 @@ pub(super) fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno
     }) {
         return Err(Errno::EEXIST);
     }
-    let domid = (1..=MAX_DOMAINS)
+    // Domids go round (as in Xen) rather than reusing the lowest free one, so a domid a
+    // client still holds names a gone domain for as long as possible: `dom0 reboot --wait`
+    // and stale event-channel peers cannot mistake the next domain for the old one.
+    let last = LAST_DOMID.load(Ordering::Relaxed);
+    let domid = (0..MAX_DOMAINS)
+        .map(|i| 1 + (last + i) % MAX_DOMAINS)
         .find(|&d| RECORDS[d].lock().is_none() && DOMAINS[d - 1].lock().is_none())
         .ok_or(Errno::ENOSPC)?;
     let online = ONLINE.load(Ordering::Acquire);
@@ -386,6 +395,7 @@ pub(super) fn create_empty_domain(mem_mib: u32, name: &str) -> Result<u32, Errno
         start_info: 0,
     };
     install_domain(&new, npt, SchedState::created_paused()).map_err(|_| Errno::ENOMEM)?;
+    LAST_DOMID.store(domid, Ordering::Relaxed);
     Ok(domid as u32)
 }
 
