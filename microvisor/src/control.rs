@@ -764,6 +764,83 @@ mod tests {
     }
 
     #[test]
+    fn grant_op_checks() {
+        let t = Table(std::vec![0, 2]);
+        let with = |r: GrantMapRequest| {
+            move |buf: &mut [u8]| {
+                buf.copy_from_slice(r.as_bytes());
+                Ok(())
+            }
+        };
+        let go = |len, slot, r| dispatch(&call(18, len, slot), &t, with(r), &mut [0; MAX_BUFFER]);
+        let r = |domid, gref, flags, reserved| GrantMapRequest {
+            domid,
+            gref,
+            flags,
+            reserved,
+        };
+        assert_eq!(
+            go(16, 3, r(2, 8, 0, 0)),
+            Ok(Action::GrantMap {
+                slot: 3,
+                domid: 2,
+                gref: 8,
+                write: true
+            })
+        );
+        assert_eq!(
+            go(4096, 15, r(9, u32::MAX, GRANT_MAP_READONLY, 0)),
+            Ok(Action::GrantMap {
+                slot: 15,
+                domid: 9,
+                gref: u32::MAX,
+                write: false
+            }),
+            "whether domain 9 lives is the machine's to say"
+        );
+        for (len, slot, req, err) in [
+            (16, 16, r(2, 8, 0, 0), Errno::EINVAL),
+            (16, u64::MAX, r(2, 8, 0, 0), Errno::EINVAL),
+            (15, 0, r(2, 8, 0, 0), Errno::EINVAL),
+            (16, 0, r(2, 8, 0, 1), Errno::EINVAL),
+            (16, 0, r(2, 8, 2, 0), Errno::EINVAL),
+            (16, 0, r(2, 8, u32::MAX, 0), Errno::EINVAL),
+            (16, 0, r(0, 8, 0, 0), Errno::ESRCH),
+            (16, 0, r(0x1_0000, 8, 0, 0), Errno::ESRCH),
+        ] {
+            assert_eq!(
+                go(len, slot, req),
+                Err(err),
+                "{req:?} len {len} slot {slot}"
+            );
+        }
+        let fault = dispatch(
+            &call(18, 16, 0),
+            &t,
+            |_| Err(Errno::EFAULT),
+            &mut [0; MAX_BUFFER],
+        );
+        assert_eq!(fault, Err(Errno::EFAULT));
+        let no_input = |_: &mut [u8]| -> Result<(), Errno> { panic!("no input") };
+        let go = |op, len, arg| dispatch(&call(op, len, arg), &t, no_input, &mut [0; MAX_BUFFER]);
+        assert_eq!(go(19, 0, 15), Ok(Action::GrantUnmap { slot: 15 }));
+        assert_eq!(go(19, 0, 16), Err(Errno::EINVAL));
+        assert_eq!(go(20, 24, 1), Ok(Action::GrantCopy { count: 1, len: 24 }));
+        assert_eq!(
+            go(20, 4096, 170),
+            Ok(Action::GrantCopy {
+                count: 170,
+                len: 4096
+            })
+        );
+        assert_eq!(go(20, 4096, 171), Err(Errno::EINVAL));
+        assert_eq!(go(20, 23, 1), Err(Errno::EINVAL));
+        assert_eq!(go(20, 4096, 0), Err(Errno::EINVAL));
+        assert_eq!(go(20, 4096, u64::MAX), Err(Errno::EINVAL));
+        assert_eq!(go(20, 4096, 1 << 62), Err(Errno::EINVAL));
+    }
+
+    #[test]
     fn refuses_in_documented_order() {
         let t = Table(std::vec![0]);
         let mut out = [0u8; MAX_BUFFER];
@@ -841,7 +918,7 @@ mod tests {
         /// panic, and a reply never claims more bytes than the buffer holds.
         #[test]
         fn garbage_never_panics(
-            op in 0u64..20, arg in proptest::num::u64::ANY, len in 0u64..5000,
+            op in 0u64..24, arg in proptest::num::u64::ANY, len in 0u64..5000,
             input in proptest::collection::vec(proptest::num::u8::ANY, 48),
             privileged in proptest::bool::ANY,
         ) {

@@ -632,6 +632,88 @@ mod tests {
         assert!(!p.any());
     }
 
+    #[test]
+    fn tables_open_place_and_close() {
+        use crate::evtchn::fake::FakeShared;
+        let mem = FakeShared::new(0x10_0000, 8);
+        let tables: Vec<Mutex<DomainGrants>> =
+            (0..3).map(|_| Mutex::new(DomainGrants::EMPTY)).collect();
+        let g = Grants::new(&tables, &mem);
+        // Domain 0 never has a table; closed tables refuse everything.
+        g.open(0, 16);
+        assert!(!g.alive(0));
+        assert_eq!(g.nr_frames(0), Err(Errno::ESRCH));
+        assert_eq!(g.nr_frames(1), Err(Errno::ESRCH));
+        assert_eq!(g.nr_frames(9), Err(Errno::ESRCH));
+        assert_eq!(g.place_frame(1, 0, 1, 0x10_1000), Err(Errno::ESRCH));
+        assert_eq!(g.pin(1, 0, 0, false), Err(GrantStatus(GNTST_BAD_DOMAIN)));
+        assert_eq!(g.pin(0, 0, 0, false), Err(GrantStatus(GNTST_BAD_DOMAIN)));
+        assert_eq!(
+            g.pin(u16::MAX, 0, 0, false),
+            Err(GrantStatus(GNTST_BAD_DOMAIN))
+        );
+        g.open(1, 4);
+        assert_eq!(g.nr_frames(1), Ok(0));
+        // No frame placed: no entry exists.
+        assert_eq!(g.pin(1, 0, 0, false), Err(GrantStatus(GNTST_BAD_GNTREF)));
+        assert_eq!(g.header(1, 0), None);
+        for (idx, gpfn, pa, err) in [
+            (0, 4, 0x10_1000, Errno::EINVAL), // beyond RAM
+            (0, 1, 0, Errno::EINVAL),         // no frame
+            (0, 1, 0x10_1008, Errno::EINVAL), // unaligned
+            (1, 1, 0x10_1000, Errno::EINVAL), // out of order
+            (4, 1, 0x10_1000, Errno::EINVAL), // beyond the maximum
+            (u64::MAX, 1, 0x10_1000, Errno::EINVAL),
+        ] {
+            assert_eq!(
+                g.place_frame(1, idx, gpfn, pa),
+                Err(err),
+                "{idx} {gpfn} {pa:#x}"
+            );
+        }
+        g.place_frame(1, 0, 1, 0x10_1000).unwrap();
+        mem.store_u32(0x10_1000 + 8 * 8 + 4, 2);
+        mem.store_u32(0x10_1000 + 8 * 8, u32::from(GTF_PERMIT_ACCESS));
+        assert_eq!(g.pin(1, 8, 0, true), Ok(2));
+        assert_eq!(
+            g.header(1, 8),
+            Some(u32::from(GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING))
+        );
+        assert_eq!(g.header(1, 512), None);
+        // The end forgets the pins; a release afterwards is refused and touches nothing.
+        assert!(g.teardown(1));
+        assert!(!g.teardown(1));
+        assert!(!g.unpin(1, 8, true));
+        assert_eq!(
+            mem.load_u32(0x10_1000 + 8 * 8),
+            u32::from(GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING)
+        );
+        // Reopened (a new domain with that id): empty.
+        g.open(1, 4);
+        assert_eq!(g.nr_frames(1), Ok(0));
+        assert_eq!(g.inspect(1, DomainGrants::any_pinned), Some(false));
+    }
+
+    #[test]
+    fn too_many_pins_is_no_space() {
+        let t = Table::new(MAX_ACTIVE + 1);
+        for r in 0..=MAX_ACTIVE {
+            t.grant(r, 0, r as u32, GTF_PERMIT_ACCESS);
+        }
+        let mut p = Pins::new();
+        for r in 0..MAX_ACTIVE as u32 {
+            assert!(p.pin(&t, r, 0, false).is_ok());
+        }
+        assert_eq!(
+            p.pin(&t, MAX_ACTIVE as u32, 0, false),
+            Err(GrantStatus(GNTST_NO_SPACE))
+        );
+        assert_eq!(t.flags(MAX_ACTIVE), GTF_PERMIT_ACCESS, "not marked");
+        // More pins of an entry already pinned still work.
+        assert!(p.pin(&t, 0, 0, true).is_ok());
+        assert_eq!(p.count(0), (2, 1));
+    }
+
     proptest::proptest! {
         #[test]
         fn random_tables_and_calls_never_panic(

@@ -1273,6 +1273,243 @@ mod tests {
         );
     }
 
+    /// DomU 1 places its table frame 0 at guest frame 0x1F0 and grants domain 0 frame
+    /// 0x42 (ref 8, writable, holding "shared ring") and frame 0x43 (ref 9, read-only).
+    /// Returns the table frame's machine address.
+    fn granter(host: &mut FakeHost) -> u64 {
+        use crate::grant::TableMem as _;
+        use shared_abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READONLY};
+        let domu = host.domu.unwrap();
+        let (table, _) = domu.translate(&host.mem, 0x1F0 * 4096).unwrap();
+        host.grants().place_frame(1, 0, 0x1F0, table).unwrap();
+        for (gref, frame, flags) in [
+            (8u64, 0x42u32, GTF_PERMIT_ACCESS),
+            (9, 0x43, GTF_PERMIT_ACCESS | GTF_READONLY),
+        ] {
+            host.plat.mem.store_u32(table + gref * 8 + 4, frame);
+            host.plat.mem.store_u32(table + gref * 8, u32::from(flags));
+        }
+        copy::to_gpa(&domu, &mut host.mem, 0x42 * 4096, b"shared ring").unwrap();
+        copy::to_gpa(&domu, &mut host.mem, 0x43 * 4096, b"read only").unwrap();
+        table
+    }
+
+    fn put_request<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        v: &Vcpu,
+        host: &mut FakeHost,
+        gpa: u64,
+        req: &T,
+    ) {
+        copy::to_gpa(&v.npt, &mut host.mem, gpa, req.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn grant_map_and_unmap_through_the_control_call() {
+        use shared_abi::control::{GRANT_MAP_READONLY, GrantMapRequest};
+        use shared_abi::grant_table::{GTF_PERMIT_ACCESS as PA, GTF_READING, GTF_WRITING};
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        granter(&mut host);
+        let window = 0x10_0000_0000u64;
+        let req = |domid, gref, flags, reserved| GrantMapRequest {
+            domid,
+            gref,
+            flags,
+            reserved,
+        };
+        let flags = |host: &FakeHost| host.grants().header(1, 8).unwrap() as u16;
+        // Writable map of ref 8 in slot 1.
+        put_request(&v, &mut host, 0x5000, &req(1, 8, 0, 0));
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 18, 0x5000, 16, 1),
+            0
+        );
+        let mut got = [0u8; 11];
+        copy::from_gpa(&v.npt, &host.mem, window + 0x1000, &mut got).unwrap();
+        assert_eq!(&got, b"shared ring");
+        assert!(
+            v.npt.translate(&host.mem, window + 0x1000).unwrap().1,
+            "writable"
+        );
+        assert_eq!(flags(&host), PA | GTF_READING | GTF_WRITING);
+        // Read-only map of the read-only ref 9 in slot 2: Dom0 cannot write it.
+        put_request(&v, &mut host, 0x5000, &req(1, 9, GRANT_MAP_READONLY, 0));
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 18, 0x5000, 16, 2),
+            0
+        );
+        assert!(
+            !v.npt.translate(&host.mem, window + 0x2000).unwrap().1,
+            "read-only"
+        );
+        // Hostile and mistaken requests.
+        let mut c = |host: &mut FakeHost, r: GrantMapRequest, len, slot| {
+            put_request(&v, host, 0x5000, &r);
+            control_with(&mut v, &mut vmcb, host, 18, 0x5000, len, slot)
+        };
+        for (r, len, slot, err) in [
+            (req(1, 8, 0, 0), 16, 1, Errno::EBUSY),       // slot taken
+            (req(1, 8, 0, 0), 16, 4, Errno::EINVAL),      // outside the window
+            (req(1, 8, 0, 0), 15, 3, Errno::EINVAL),      // short buffer
+            (req(1, 8, 0, 1), 16, 3, Errno::EINVAL),      // reserved
+            (req(1, 8, 2, 0), 16, 3, Errno::EINVAL),      // unknown flag
+            (req(0, 8, 0, 0), 16, 3, Errno::ESRCH),       // domain 0
+            (req(1 << 16, 8, 0, 0), 16, 3, Errno::ESRCH), // not a domid
+            (req(2, 8, 0, 0), 16, 3, Errno::ESRCH),       // a DomU without a table
+            (req(1, 7, 0, 0), 16, 3, Errno::ENOENT),      // nothing granted
+            (req(1, 512, 0, 0), 16, 3, Errno::ENOENT),    // beyond the table
+            (req(1, 9, 0, 0), 16, 3, Errno::EPERM),       // read-only, writable map
+        ] {
+            assert_eq!(
+                c(&mut host, r, len, slot),
+                err.to_ret(),
+                "{r:?} slot {slot}"
+            );
+        }
+        let fault = c(&mut host, req(1, 8, 0, 0), 16, 3);
+        assert_eq!(fault, 0, "slot 3 is still free after all that");
+        let mut c =
+            |host: &mut FakeHost, op, slot| control_with(&mut v, &mut vmcb, host, op, 0, 0, slot);
+        assert_eq!(c(&mut host, 19, 3), 0);
+        // ForeignUnmap of a grant slot is refused and changes nothing.
+        assert_eq!(c(&mut host, 6, 1), Errno::EINVAL.to_ret());
+        assert!(v.npt.translate(&host.mem, window + 0x1000).is_some());
+        // GrantUnmap: the mapping goes, Dom0's TLB is flushed before it runs again, the
+        // entry is released.
+        vmcb.control.tlb_control = 0;
+        assert_eq!(control_with(&mut v, &mut vmcb, &mut host, 19, 0, 0, 1), 0);
+        assert_eq!(vmcb.control.tlb_control, 1);
+        assert!(v.npt.translate(&host.mem, window + 0x1000).is_none());
+        assert_eq!(flags(&host), PA);
+        let mut c =
+            |host: &mut FakeHost, op, slot| control_with(&mut v, &mut vmcb, host, op, 0, 0, slot);
+        assert_eq!(
+            c(&mut host, 19, 1),
+            Errno::ENOENT.to_ret(),
+            "unmapped twice"
+        );
+        assert_eq!(c(&mut host, 19, 0), Errno::ENOENT.to_ret(), "never mapped");
+        assert_eq!(c(&mut host, 19, 4), Errno::EINVAL.to_ret());
+        assert_eq!(c(&mut host, 19, u64::MAX), Errno::EINVAL.to_ret());
+        // A ForeignMap slot is not a grant.
+        put_request(
+            &v,
+            &mut host,
+            0x5000,
+            &shared_abi::control::ForeignMapRequest {
+                domid: 1,
+                reserved: 0,
+                gfn: 0x44,
+            },
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 5, 0x5000, 16, 3),
+            0
+        );
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 19, 0, 0, 3),
+            Errno::EINVAL.to_ret()
+        );
+
+        // The granter ends while Dom0 maps ref 9 (slot 2) and frame 0x44 (slot 3): those
+        // frames become Dom0's and are freed only when it unmaps them.
+        let frame43 = host.window.get(2).unwrap().hpa;
+        let frame44 = host.window.get(3).unwrap().hpa;
+        assert_eq!(host.end_domu(), (1, 1));
+        assert!(!host.mem.freed.contains(&frame43));
+        assert!(!host.mem.freed.contains(&frame44));
+        let mut got = [0u8; 9];
+        copy::from_gpa(&v.npt, &host.mem, window + 0x2000, &mut got).unwrap();
+        assert_eq!(&got, b"read only", "still readable by Dom0");
+        put_request(&v, &mut host, 0x5000, &req(1, 8, 0, 0));
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 18, 0x5000, 16, 0),
+            Errno::ESRCH.to_ret(),
+            "a dead granter"
+        );
+        assert_eq!(control_with(&mut v, &mut vmcb, &mut host, 19, 0, 0, 2), 0);
+        assert!(host.mem.freed.contains(&frame43));
+        assert_eq!(host.last_grant_of, [1]);
+        assert_eq!(control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, 3), 0);
+        assert!(host.mem.freed.contains(&frame44));
+        assert_eq!(host.window.filled().count(), 0);
+    }
+
+    #[test]
+    fn grant_copy_through_the_control_call() {
+        use shared_abi::control::{GrantCopyPtr, GrantCopySegment};
+        use shared_abi::grant_table::{
+            GNTCOPY_DEST_GREF as D, GNTCOPY_SOURCE_GREF as S, GNTST_BAD_COPY_ARG,
+            GNTST_PERMISSION_DENIED,
+        };
+        use zerocopy::IntoBytes as _;
+        let (mut v, mut vmcb, mut host) = setup_as(true);
+        granter(&mut host);
+        let side = |u, domid, offset| GrantCopyPtr { u, domid, offset };
+        let seg = |source, dest, len, flags| GrantCopySegment {
+            source,
+            dest,
+            len,
+            flags,
+            status: 0x7777,
+            pad: 0,
+        };
+        // Three segments, then data at 72: ref 8 -> buffer; buffer -> read-only ref 9
+        // (refused); buffer -> ref 8 at offset 100.
+        let segs = [
+            seg(side(8, 1, 0), side(72, 0, 0), 11, S),
+            seg(side(72, 0, 0), side(9, 1, 0), 4, D),
+            seg(side(88, 0, 0), side(8, 1, 100), 8, D),
+        ];
+        let mut buf = std::vec![0u8; 72 + 24];
+        for (i, s) in segs.iter().enumerate() {
+            buf[i * 24..i * 24 + 24].copy_from_slice(s.as_bytes());
+        }
+        buf[88..96].copy_from_slice(b"backend!");
+        copy::to_gpa(&v.npt, &mut host.mem, 0x6000, &buf).unwrap();
+        assert_eq!(
+            control_with(&mut v, &mut vmcb, &mut host, 20, 0x6000, 96, 3),
+            2
+        );
+        copy::from_gpa(&v.npt, &host.mem, 0x6000, &mut buf).unwrap();
+        let status =
+            |buf: &[u8], i: usize| i16::from_le_bytes([buf[i * 24 + 20], buf[i * 24 + 21]]);
+        assert_eq!(
+            [status(&buf, 0), status(&buf, 1), status(&buf, 2)],
+            [0, GNTST_PERMISSION_DENIED, 0]
+        );
+        assert_eq!(&buf[72..83], b"shared ring");
+        let domu = host.domu.unwrap();
+        let mut got = [0u8; 8];
+        copy::from_gpa(&domu, &host.mem, 0x42 * 4096 + 100, &mut got).unwrap();
+        assert_eq!(&got, b"backend!");
+        copy::from_gpa(&domu, &host.mem, 0x43 * 4096, &mut got).unwrap();
+        assert_eq!(&got, b"read onl", "the read-only grant is untouched");
+        assert_eq!(host.grants().inspect(1, |t| t.any_pinned()), Some(false));
+        // Call-level errors: no segment, segments beyond the buffer, a buffer that is not
+        // Dom0's RAM (nothing copied).
+        let npt = v.npt;
+        let mut c = |host: &mut FakeHost, gpa, len, n| {
+            control_with(&mut v, &mut vmcb, host, 20, gpa, len, n)
+        };
+        assert_eq!(c(&mut host, 0x6000, 96, 0), Errno::EINVAL.to_ret());
+        assert_eq!(c(&mut host, 0x6000, 71, 3), Errno::EINVAL.to_ret());
+        assert_eq!(c(&mut host, 0x6000, 96, u64::MAX), Errno::EINVAL.to_ret());
+        assert_eq!(c(&mut host, 0x6000, 96, 1 << 60), Errno::EINVAL.to_ret());
+        assert_eq!(c(&mut host, (2 << 20) - 48, 96, 1), Errno::EFAULT.to_ret());
+        // A segment whose buffer side points into the segments themselves.
+        let bad = seg(side(8, 1, 0), side(0, 0, 0), 4, S);
+        copy::to_gpa(&npt, &mut host.mem, 0x7000, bad.as_bytes()).unwrap();
+        assert_eq!(c(&mut host, 0x7000, 64, 1), 0);
+        let mut st = [0u8; 24];
+        copy::from_gpa(&npt, &host.mem, 0x7000, &mut st).unwrap();
+        assert_eq!(i16::from_le_bytes([st[20], st[21]]), GNTST_BAD_COPY_ARG);
+        assert_eq!(
+            &st[..8],
+            bad.source.as_bytes(),
+            "the segment itself is intact"
+        );
+    }
+
     #[test]
     fn control_hypercall() {
         let (mut v, mut vmcb, mut host) = setup_as(true);
@@ -1530,6 +1767,81 @@ mod tests {
                         }));
                     }
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Hostile grant and foreign-window control calls (any slot, request bytes,
+        /// lengths, segment counts), with the granter rewriting its entries and ending
+        /// part-way: never a panic or a double free; Dom0's NPT maps exactly the filled
+        /// slots; the granter's pins match the grant mappings Dom0 holds.
+        #[test]
+        fn hostile_grant_control_calls_never_panic(
+            calls in proptest::collection::vec(
+                (proptest::sample::select(std::vec![5u64, 6, 18, 19, 20]),
+                 0u64..6, 0u64..200, proptest::array::uniform32(proptest::num::u8::ANY),
+                 0u32..12, proptest::num::u32::ANY),
+                1..40),
+            end_at in 0usize..60,
+        ) {
+            use crate::grant::TableMem as _;
+            let (mut v, mut vmcb, mut host) = setup_as(true);
+            let table = granter(&mut host);
+            let window = 0x10_0000_0000u64;
+            for (i, (op, arg, len, bytes, gref, word)) in calls.into_iter().enumerate() {
+                if i == end_at && host.domu.is_some() {
+                    host.end_domu();
+                }
+                if host.domu.is_some() {
+                    // The granter rewrites an entry: often a plausible grant, sometimes
+                    // garbage, always keeping the in-use bits it cannot clear legally.
+                    let pa = table + u64::from(gref) * 8;
+                    let cur = host.plat.mem.load_u32(pa);
+                    let word = if word % 2 == 0 { (word & 0x4) | 1 } else { word };
+                    host.plat.mem.store_u32(pa + 4, 0x40 + (word >> 28));
+                    host.plat.mem.store_u32(pa, word | (cur & 0x18));
+                }
+                let mut req = bytes;
+                if bytes[0] % 2 == 0 {
+                    // A plausible request: domid 1, a small ref, a small frame.
+                    req[0..4].copy_from_slice(&1u32.to_le_bytes());
+                    req[4..8].copy_from_slice(&(gref % 12).to_le_bytes());
+                    req[8..12].copy_from_slice(&u32::from(bytes[8] % 2).to_le_bytes());
+                    req[12..16].copy_from_slice(&0u32.to_le_bytes());
+                }
+                copy::to_gpa(&v.npt, &mut host.mem, 0x5000, &req).unwrap();
+                let arg = if op == 20 { arg % 3 } else { arg };
+                let _ = control_with(&mut v, &mut vmcb, &mut host, op, 0x5000, len, arg);
+                for slot in 0..4u64 {
+                    let mapped = v.npt.translate(&host.mem, window + slot * 0x1000);
+                    let held = host.window.get(slot);
+                    proptest::prop_assert_eq!(mapped.map(|m| m.0), held.map(|s| s.hpa));
+                    if let Some(s) = held.filter(|s| s.grant.is_some_and(|g| !g.1)) {
+                        proptest::prop_assert_eq!(mapped.map(|m| m.1), Some(false), "{:?}", s);
+                    }
+                }
+                if host.domu.is_some() {
+                    for gref in 0..12 {
+                        let held: std::vec::Vec<_> = host.window.filled()
+                            .filter(|s| !s.orphan && s.grant.map(|g| g.0) == Some(gref))
+                            .collect();
+                        let writers = held.iter().filter(|s| s.grant.unwrap().1).count();
+                        let pins = host.grants().inspect(1, |t| t.pins_of(gref)).unwrap();
+                        proptest::prop_assert_eq!(
+                            (usize::from(pins.0), usize::from(pins.1)),
+                            (held.len(), writers)
+                        );
+                    }
+                }
+            }
+            for slot in 0..4 {
+                let _ = control_with(&mut v, &mut vmcb, &mut host, 19, 0, 0, slot);
+                let _ = control_with(&mut v, &mut vmcb, &mut host, 6, 0, 0, slot);
+            }
+            proptest::prop_assert_eq!(host.window.filled().count(), 0);
+            if host.domu.is_some() {
+                proptest::prop_assert_eq!(host.grants().inspect(1, |t| t.any_pinned()), Some(false));
             }
         }
     }
