@@ -1044,8 +1044,13 @@ fn build(
             undo_ring(mv, pool, r);
         }
     };
-    let store = match setup_ring(mv, pool, domid, mem, RingKind::Store) {
-        Ok(store) => store,
+    // Without event channels (`console` is `None`) there is no xenstore either.
+    let store = match console
+        .as_ref()
+        .map(|_| setup_ring(mv, pool, domid, mem, RingKind::Store))
+        .transpose()
+    {
+        Ok(store) => store.flatten(),
         Err(e) => {
             undo([console, None]);
             return Err(fail(e));
@@ -1290,8 +1295,9 @@ mod tests {
         }
     }
 
-    /// Builds with a pool of its own and hands the console back at once (closing its port
-    /// and unmapping its page), so only what the build itself leaves shows.
+    /// Builds with a pool of its own and hands the console and xenstore pages back at
+    /// once (closing their ports and unmapping them), so only what the build itself
+    /// leaves shows.
     fn run(
         fake: &FakeMicrovisor,
         c: &DomainConfig,
@@ -1299,9 +1305,10 @@ mod tests {
     ) -> Result<CreateReport, CreateError> {
         let pool = PagePool::default();
         let built = create(fake, &pool, c, o, &Mutex::new(None))?;
-        if let Some(console) = built.console {
-            undo_ring(fake, &pool, console);
+        for ring in [built.console, built.store].into_iter().flatten() {
+            undo_ring(fake, &pool, ring);
         }
+        assert_eq!(pool.in_use(), 0);
         Ok(built.report)
     }
 
@@ -1366,8 +1373,8 @@ mod tests {
         let mut c = config("/k".into());
         c.ramdisk = Some("/r".into());
         let l = layout(&c, &images).unwrap();
-        // Below the console page, the last page of RAM.
-        let top = (16u64 << 20) - 0x1000;
+        // Below the xenstore and console pages, the last two pages of RAM.
+        let top = (16u64 << 20) - 0x2000;
         assert_eq!(
             l.plan().ramdisk,
             Some(RamdiskPlan {
@@ -1494,9 +1501,9 @@ mod tests {
             )
             .map(|l| l.plan().ramdisk)
         };
-        // Above the kernel (which ends at 1 MiB + 20 KiB) and below the console page there
-        // are 1 MiB - 24 KiB.
-        let room = (1 << 20) - 0x6000;
+        // Above the kernel (which ends at 1 MiB + 20 KiB) and below the xenstore and
+        // console pages there are 1 MiB - 28 KiB.
+        let room = (1 << 20) - 0x7000;
         assert_eq!(
             check(room).unwrap(),
             Some(RamdiskPlan {
@@ -1508,7 +1515,7 @@ mod tests {
             CreateError::BadRamdisk { reason, fix, .. } => {
                 assert_eq!(
                     reason,
-                    "it is 1024001 bytes, but only 1024000 bytes of the domain's 2 MiB lie between the kernel and the console page"
+                    "it is 1019905 bytes, but only 1019904 bytes of the domain's 2 MiB lie between the kernel and the xenstore and console pages"
                 );
                 assert_eq!(fix.as_deref(), Some("raise \"memory\" to at least 3 MiB"));
             }
@@ -1608,18 +1615,18 @@ mod tests {
             fake.read_guest(domid, 0x1100, 19).unwrap(),
             b"console=hvc0 quiet\0"
         );
-        // RAM up to the console page, which is reserved.
+        // RAM up to the xenstore and console pages, which are reserved.
         assert_eq!(info.memmap_entries, 2);
         let mm = fake.read_guest(domid, info.memmap_paddr, 48).unwrap();
         let ram = HvmMemmapEntry::read_from_bytes(&mm[..24]).unwrap();
         assert_eq!(
             (ram.addr, ram.size, ram.kind),
-            (0, (16 << 20) - 4096, E820_RAM)
+            (0, (16 << 20) - 8192, E820_RAM)
         );
-        let con = HvmMemmapEntry::read_from_bytes(&mm[24..]).unwrap();
+        let special = HvmMemmapEntry::read_from_bytes(&mm[24..]).unwrap();
         assert_eq!(
-            (con.addr, con.size, con.kind),
-            ((16 << 20) - 4096, 4096, E820_RESERVED)
+            (special.addr, special.size, special.kind),
+            ((16 << 20) - 8192, 8192, E820_RESERVED)
         );
         // The ramdisk at the top of RAM, named by the module list.
         assert_eq!(info.nr_modules, 1);
@@ -1629,7 +1636,7 @@ mod tests {
         assert_eq!(m.paddr % 4096, 0);
         assert_eq!(
             m.paddr,
-            (16 << 20) - 4096 - 70_000u64.next_multiple_of(4096)
+            (16 << 20) - 8192 - 70_000u64.next_multiple_of(4096)
         );
         assert_eq!(
             fake.read_guest(domid, m.paddr, 70_000).unwrap(),
@@ -1830,10 +1837,11 @@ mod tests {
         c.ramdisk = Some(files.put("r", &bytes(10_000, 6)));
         let map = ControlOp::ForeignMap as u64;
         let param = ControlOp::DomainSetParam as u64;
-        let steps: [(&str, u64, u32, i32); 14] = [
+        let steps: [(&str, u64, u32, i32); 20] = [
             ("first ForeignMap", map, 1, EINVAL),
             ("ForeignMap in the second batch", map, 70, 3),
-            ("last ForeignMap of the image", map, 103, EINVAL),
+            // 100 kernel pages, 3 ramdisk pages and the boot page.
+            ("last ForeignMap of the image", map, 104, EINVAL),
             ("first mmap", OP_MMAP, 1, 12),
             ("second mmap", OP_MMAP, 2, 12),
             (
@@ -1848,10 +1856,26 @@ mod tests {
                 1,
                 ENOSPC,
             ),
-            ("ForeignMap of the console page", map, 104, EINVAL),
+            ("ForeignMap of the console page", map, 105, EINVAL),
             ("mmap of the console page", OP_MAP_PAGE, 1, 12),
             ("DomainSetParam CONSOLE_PFN", param, 1, EINVAL),
             ("DomainSetParam CONSOLE_EVTCHN", param, 2, EINVAL),
+            (
+                "EvtchnAllocUnbound of the xenstore",
+                ControlOp::EvtchnAllocUnbound as u64,
+                2,
+                ENOSPC,
+            ),
+            (
+                "EvtchnBindInterdomain of the xenstore",
+                ControlOp::EvtchnBindInterdomain as u64,
+                2,
+                ENOSPC,
+            ),
+            ("ForeignMap of the xenstore page", map, 106, EINVAL),
+            ("mmap of the xenstore page", OP_MAP_PAGE, 2, 12),
+            ("DomainSetParam STORE_PFN", param, 3, EINVAL),
+            ("DomainSetParam STORE_EVTCHN", param, 4, EINVAL),
             (
                 "DomainSetEntry",
                 ControlOp::DomainSetEntry as u64,
@@ -1877,8 +1901,22 @@ mod tests {
                 Err(CreateError::Failed {
                     domid: Some(3),
                     cleanup: Cleanup::Destroyed,
+                    step,
                     ..
-                }) => {}
+                }) => {
+                    // The step that failed is the one named (a xenstore step's undo
+                    // includes the console's).
+                    let expected = if what.contains("xenstore") || what.contains("STORE_") {
+                        ["xenstore", "STORE_"]
+                    } else if what.contains("console") || what.contains("CONSOLE_") {
+                        ["console", "CONSOLE_"]
+                    } else if what.contains("image") || what.contains("batch") {
+                        ["writing the domain's memory"; 2]
+                    } else {
+                        [""; 2]
+                    };
+                    assert!(expected.iter().any(|e| step.contains(e)), "{what}: {step}");
+                }
                 // A failed read of the new domain's state after the build is not a
                 // failure of the build.
                 Ok(r) if op == ControlOp::DomainInfo as u64 => {
@@ -2025,7 +2063,7 @@ mod tests {
     }
 
     #[test]
-    fn every_domain_gets_a_console_before_it_runs() {
+    fn every_domain_gets_a_console_and_a_xenstore_page_before_it_runs() {
         let files = Files::new();
         let mut c = config(files.put("k", &kernel()));
         c.ramdisk = Some(files.put("initrd", &bytes(9000, 5)));
@@ -2044,28 +2082,58 @@ mod tests {
         .unwrap();
         let domid = built.report.domid.unwrap();
         let console = built.console.unwrap();
-        // The last page of the 16 MiB, zero, reserved in the memory map (checked in
-        // builds_a_domain_end_to_end), named by the parameters; the ramdisk ends below it.
+        let store = built.store.unwrap();
+        // The console is the last page of the 16 MiB and the xenstore page the one below
+        // it: zero, reserved in the memory map (checked in builds_a_domain_end_to_end),
+        // named by the parameters; the ramdisk ends below both.
         let gfn = (16 << 20) / 4096 - 1;
-        assert_eq!((console.domid, console.gfn), (domid, gfn));
+        let store_gfn = gfn - 1;
+        assert_eq!(
+            (console.kind, console.domid, console.gfn),
+            (RingKind::Console, domid, gfn)
+        );
+        assert_eq!(
+            (store.kind, store.domid, store.gfn),
+            (RingKind::Store, domid, store_gfn)
+        );
         assert_eq!(fake.param(domid, HVM_PARAM_CONSOLE_PFN), Some(gfn));
         assert_eq!(
             fake.param(domid, HVM_PARAM_CONSOLE_EVTCHN),
             Some(u64::from(console.remote_port))
         );
+        assert_eq!(fake.param(domid, HVM_PARAM_STORE_PFN), Some(store_gfn));
         assert_eq!(
-            fake.read_guest(domid, gfn * 4096, 4096).unwrap(),
-            vec![0; 4096]
+            fake.param(domid, HVM_PARAM_STORE_EVTCHN),
+            Some(u64::from(store.remote_port))
+        );
+        assert_ne!(console.remote_port, store.remote_port);
+        assert_eq!(
+            fake.read_guest(domid, store_gfn * 4096, 8192).unwrap(),
+            vec![0; 8192]
         );
         let rd = built.report.plan.ramdisk.unwrap();
-        assert!(rd.paddr + rd.bytes <= gfn * 4096);
-        // Domain 0's port is bound to the DomU's, and the page stays mapped in its slot.
+        assert!(rd.paddr + rd.bytes <= store_gfn * 4096);
+        // Domain 0's ports are bound to the DomU's, and the pages stay mapped in their
+        // slots.
         assert_eq!(
             fake.dom0_ports(),
-            [(console.port, Some((domid, console.remote_port)))]
+            [
+                (console.port, Some((domid, console.remote_port))),
+                (store.port, Some((domid, store.remote_port)))
+            ]
         );
-        assert_eq!(fake.foreign_slots(), [(console.page.slot, domid, gfn)]);
-        assert_eq!(fake.page_maps(), 1);
+        assert_eq!(
+            fake.foreign_slots(),
+            [
+                (console.page.slot, domid, gfn),
+                (store.page.slot, domid, store_gfn)
+            ]
+        );
+        assert_eq!(fake.page_maps(), 2);
+        // The xenstore page is the guest's too.
+        store.page.mem.write_bytes(0, b"xs").unwrap();
+        assert_eq!(fake.read_guest(domid, store_gfn * 4096, 2).unwrap(), b"xs");
+        undo_ring(&fake, &pool, store);
         // What the guest writes there, dom0d reads, and the guest's signal reaches it.
         assert_eq!(fake.console_write(domid, b"hello"), Some(5));
         let mut back =
@@ -2082,25 +2150,33 @@ mod tests {
         assert!(fake.dom0_ports().is_empty());
         assert!(fake.foreign_slots().is_empty());
         assert_eq!(fake.page_maps(), 0);
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[test]
-    fn without_event_channels_domains_have_no_console() {
+    fn without_event_channels_domains_have_no_console_and_no_xenstore() {
         let files = Files::new();
         let c = config(files.put("k", &kernel()));
         let fake = FakeMicrovisor::new();
+        // Once: ENOSYS says the microvisor has no event channels at all, so the builder
+        // does not ask again for the xenstore page.
         fake.fail_nth(ControlOp::EvtchnAllocUnbound as u64, 1, ENOSYS);
         let pool = PagePool::default();
         let built = create(&fake, &pool, &c, opts(), &Mutex::new(None)).unwrap();
         assert!(built.console.is_none());
+        assert!(built.store.is_none());
         let domid = built.report.domid.unwrap();
         assert_eq!(fake.param(domid, HVM_PARAM_CONSOLE_PFN), None);
+        assert_eq!(fake.param(domid, HVM_PARAM_STORE_PFN), None);
+        assert!(fake.domu_ports(domid).is_empty());
+        assert!(fake.dom0_ports().is_empty());
         assert!(fake.foreign_slots().is_empty());
+        assert_eq!(pool.in_use(), 0);
         assert_eq!(built.report.state, Some(State::Running));
     }
 
     #[test]
-    fn kernels_must_leave_the_console_page_free() {
+    fn kernels_must_leave_the_xenstore_and_console_pages_free() {
         let c = config("/k".into());
         let k = pvh_elf(
             0x10_0000,
@@ -2123,7 +2199,7 @@ mod tests {
             CreateError::BadKernel { reason, fix, .. } => {
                 assert_eq!(
                     reason,
-                    "its segment at 0x100000..0xfff800 overlaps the console page (0xfff000..0x1000000, the last page of RAM)"
+                    "its segment at 0x100000..0xfff800 overlaps the xenstore and console pages (0xffe000..0x1000000, the last 2 pages of RAM)"
                 );
                 assert_eq!(fix.as_deref(), Some("raise \"memory\" to at least 17 MiB"));
             }
@@ -2132,7 +2208,7 @@ mod tests {
     }
 
     #[test]
-    fn the_console_page_is_reserved_in_the_memory_map() {
+    fn the_xenstore_and_console_pages_are_reserved_in_the_memory_map() {
         let mut page = ::microvisor::domain::boot_info_page(2 << 20, "x", Some((0x1000, 1)));
         let before = page;
         reserve_special_pages(&mut page, 2 << 20);
@@ -2146,10 +2222,10 @@ mod tests {
             shared_abi::pvh::HvmMemmapEntry::read_from_bytes(&page[map + i * 24..map + i * 24 + 24])
                 .unwrap()
         };
-        assert_eq!((e(0).addr, e(0).size, e(0).kind), (0, 0x1f_f000, E820_RAM));
+        assert_eq!((e(0).addr, e(0).size, e(0).kind), (0, 0x1f_e000, E820_RAM));
         assert_eq!(
             (e(1).addr, e(1).size, e(1).kind),
-            (0x1f_f000, 0x1000, E820_RESERVED)
+            (0x1f_e000, 0x2000, E820_RESERVED)
         );
     }
 

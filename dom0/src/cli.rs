@@ -164,7 +164,7 @@ pub enum Command {
     /// DOM is a domain id (all digits) or an exact name. Writes `poweroff` to the guest's
     /// `control/shutdown` and returns; the domain's on_poweroff then applies when it has
     /// shut down. With `--wait`, returns once it has shut down, crashed or is gone, or
-    /// fails after `--timeout` (default 60 s). Exit 3 no such domain, 4 Domain-0 or a
+    /// fails after `--timeout` (the global option, default 30 s). Exit 3 no such domain, 4 Domain-0 or a
     /// domain that has already ended, 5 timed out, 6 the guest never announced PV shutdown
     /// support (`control/feature-poweroff`) or dom0d serves no xenstore for it.
     Shutdown {
@@ -172,13 +172,9 @@ pub enum Command {
         #[arg(value_name = "DOM")]
         domain: String,
 
-        /// Wait until the domain has shut down
+        /// Wait (at most the global `--timeout`) until the domain has shut down
         #[arg(short, long)]
         wait: bool,
-
-        /// Seconds `--wait` waits at most
-        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "wait")]
-        timeout: u64,
     },
 
     /// Ask a domain's guest to reboot (PV reboot through xenstore)
@@ -190,13 +186,10 @@ pub enum Command {
         #[arg(value_name = "DOM")]
         domain: String,
 
-        /// Wait until this instance of the domain has ended
+        /// Wait (at most the global `--timeout`) until this instance of the domain has
+        /// ended
         #[arg(short, long)]
         wait: bool,
-
-        /// Seconds `--wait` waits at most
-        #[arg(long, value_name = "SECS", default_value_t = 60, requires = "wait")]
-        timeout: u64,
     },
 
     /// Print a domain's console output (raw bytes)

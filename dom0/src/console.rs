@@ -735,7 +735,9 @@ mod tests {
     }
 
     impl Rig {
-        /// Builds `name` (2 MiB) and hands its console over; returns the domid.
+        /// Builds `name` (2 MiB) and hands its console over; returns the domid. Its
+        /// xenstore page is not under test here and is handed back at once
+        /// (`crate::xenstored` tests both together).
         fn create(&self, name: &str, restart: bool) -> u32 {
             let config = DomainConfig {
                 name: name.into(),
@@ -757,6 +759,7 @@ mod tests {
             )
             .unwrap();
             let domid = built.report.domid.unwrap();
+            builder::undo_ring(&self.fake, self.consoles.pool(), built.store.unwrap());
             self.consoles.register(
                 &self.fake,
                 name,
@@ -876,6 +879,7 @@ mod tests {
         )
         .unwrap();
         let new = built.report.domid.unwrap();
+        builder::undo_ring(&r.fake, r.consoles.pool(), built.store.unwrap());
         assert_eq!(r.fake.console_write(new, b"early"), Some(5));
         r.consoles
             .register(&r.fake, "web", built.console.unwrap(), Instant::now(), true);

@@ -14,6 +14,8 @@
 //! reserved fields, a non-zero argument or a short buffer; `EEXIST`: the name is taken;
 //! `ENOMEM`: more than the free memory; `ENOSPC`: no domain id left below
 //! [`FakeMicrovisor::set_domid_limit`]) and makes a paused domain that has never run,
+//! with the next free domid after the one the last create got (domids go round, as in
+//! the microvisor: a destroyed domain's id is not handed out again at once),
 //! taking its memory from the free pool; `DomainSetEntry` records the entry state
 //! (`EBUSY` once the domain has run, i.e. after an unpause; `EINVAL` for addresses not
 //! below its memory). Guest RAM is kept (sparsely) per domain, reachable through the
@@ -180,6 +182,8 @@ pub struct FakeMicrovisor {
     used_kib: AtomicU64,
     /// Largest domid `DomainCreate` hands out.
     domid_limit: AtomicU32,
+    /// The domid the last `DomainCreate` handed out (0: none yet).
+    last_domid: AtomicU32,
     /// Calls to fail.
     injected: Mutex<Vec<Injected>>,
     events: AtomicU64,
@@ -263,6 +267,7 @@ impl FakeMicrovisor {
             page_maps: Arc::new(AtomicUsize::new(0)),
             used_kib: AtomicU64::new(0),
             domid_limit: AtomicU32::new(0x7FEF),
+            last_domid: AtomicU32::new(0),
             injected: Mutex::new(Vec::new()),
             events: AtomicU64::new(0),
             fault: Mutex::new(Fault::None),
@@ -807,9 +812,12 @@ impl FakeMicrovisor {
             return Err(ENOMEM);
         }
         let limit = self.domid_limit.load(Ordering::Relaxed);
-        let domid = (1..=limit)
+        let last = self.last_domid.load(Ordering::Relaxed);
+        let domid = (0..limit)
+            .map(|i| 1 + (last.wrapping_add(i)) % limit.max(1))
             .find(|id| !domains.contains_key(id))
             .ok_or(ENOSPC)?;
+        self.last_domid.store(domid, Ordering::Relaxed);
         self.used_kib.fetch_add(mem_kib, Ordering::Relaxed);
         let mut d = domain_record(domid, name, DomainState::Paused, mem_kib);
         d.cpu_time_ns = 0;

@@ -626,20 +626,12 @@ pub fn execute(
         Command::Destroy { domain } => {
             lifecycle(cli, Lifecycle::Destroy, domain, format, stdout)?;
         }
-        Command::Shutdown {
-            domain,
-            wait,
-            timeout,
-        } => {
-            let wait = wait.then(|| Duration::from_secs(*timeout));
+        Command::Shutdown { domain, wait } => {
+            let wait = wait.then_some(cli.global.timeout);
             guest_request(cli, GuestRequest::Poweroff, domain, wait, format, stdout)?;
         }
-        Command::Reboot {
-            domain,
-            wait,
-            timeout,
-        } => {
-            let wait = wait.then(|| Duration::from_secs(*timeout));
+        Command::Reboot { domain, wait } => {
+            let wait = wait.then_some(cli.global.timeout);
             guest_request(cli, GuestRequest::Reboot, domain, wait, format, stdout)?;
         }
         Command::Validate { config, set } => {

@@ -513,7 +513,24 @@ mod tests {
         let s = r.service.consoles.summary(second).unwrap();
         assert_eq!(s.total_bytes, 16);
         assert!(s.first_byte_ms.is_some());
-        assert_eq!(r.fake.page_maps(), 1, "only the new domain's page");
+        // Only the new domain's console and xenstore pages and ports are left.
+        assert_eq!(r.fake.page_maps(), 2, "only the new domain's pages");
+        assert!(
+            r.fake.foreign_slots().iter().all(|&(_, d, _)| d == second),
+            "{:?}",
+            r.fake.foreign_slots()
+        );
+        assert!(
+            r.fake
+                .dom0_ports()
+                .iter()
+                .all(|(_, peer)| peer.is_some_and(|(d, _)| d == second)),
+            "{:?}",
+            r.fake.dom0_ports()
+        );
+        assert_eq!(r.fake.dom0_ports().len(), 2);
+        assert!(r.service.xenstored.serves(second));
+        assert!(!r.service.xenstored.serves(first));
     }
 
     #[tokio::test]

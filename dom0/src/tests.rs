@@ -75,6 +75,8 @@ fn only_real_commands_exist() {
             "pause",
             "unpause",
             "destroy",
+            "shutdown",
+            "reboot",
             "logs",
             "console",
             "validate",
@@ -106,6 +108,8 @@ fn help_lists_exactly_the_existing_commands() {
             "pause",
             "unpause",
             "destroy",
+            "shutdown",
+            "reboot",
             "logs",
             "console",
             "validate",
@@ -1662,8 +1666,8 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
         err.contains("; a PVH kernel is an x86-64 ELF executable"),
         "{err}"
     );
-    // The smallest domain fits the kernel, and a small ramdisk above it, below the console
-    // page.
+    // The smallest domain fits the kernel, and a small ramdisk above it, below the xenstore
+    // and console pages.
     let cfg = g.config(
         "k.toml",
         "name = \"web\"\nkernel = \"hello.elf\"\nramdisk = \"script\"\nmemory = 2\n",
@@ -1671,7 +1675,7 @@ fn missing_and_bad_files_have_their_own_exit_codes() {
     let (status, out, err) = dom0(&["validate", &cfg]);
     assert_eq!(status, ExitStatus::Success, "{err}");
     assert!(
-        out.ends_with("ramdisk_at:  0x1fe000-0x1fe00a (10 bytes)\n"),
+        out.ends_with("ramdisk_at:  0x1fd000-0x1fd00a (10 bytes)\n"),
         "{out}"
     );
     // Relative paths in --set start at the current directory, not the config's.
@@ -1901,15 +1905,20 @@ fn concurrent_creates_are_serialised() {
         "{lost:?}"
     );
     assert_eq!(d.fake.mem_free_kib(), free - 4 * 32 * 1024);
-    // Only the four console pages stay mapped, each in a slot of its own.
+    // Only the four console pages and four xenstore pages stay mapped, each in a slot of
+    // its own, and each domain has one of each.
     let slots = d.fake.foreign_slots();
-    assert_eq!(slots.len(), 4, "{slots:?}");
-    assert!(
-        slots
-            .iter()
-            .all(|&(slot, _, gfn)| slot >= 2112 && gfn == 32 * 256 - 1),
-        "{slots:?}"
-    );
+    assert_eq!(slots.len(), 8, "{slots:?}");
+    assert!(slots.iter().all(|&(slot, _, _)| slot >= 2112), "{slots:?}");
+    let mut pages: Vec<(u32, u64)> = slots.iter().map(|&(_, d, gfn)| (d, gfn)).collect();
+    pages.sort_unstable();
+    let domids: std::collections::BTreeSet<u32> = pages.iter().map(|p| p.0).collect();
+    assert_eq!(domids.len(), 4, "{slots:?}");
+    let expected: Vec<(u32, u64)> = domids
+        .iter()
+        .flat_map(|&d| [(d, 32 * 256 - 2), (d, 32 * 256 - 1)])
+        .collect();
+    assert_eq!(pages, expected, "{slots:?}");
 }
 
 #[test]
