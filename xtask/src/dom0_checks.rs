@@ -387,8 +387,20 @@ fn judge_refused_create(run: &CheckRun, _env: &Env) -> Result<(), String> {
             one_line(&run.output)
         ));
     }
-    if !run.output.contains("error:") {
-        return Err(format!("no error line: {}", one_line(&run.output)));
+    let errors = run
+        .output
+        .lines()
+        .filter(|l| {
+            l.contains("error")
+                || l.trim_start().starts_with("caused by")
+                || l.trim_start().starts_with("hint:")
+        })
+        .count();
+    if !run.output.lines().any(|l| l.starts_with("error:")) || errors != 1 {
+        return Err(format!(
+            "expected exactly one error line, got {errors}: {}",
+            one_line(&run.output)
+        ));
     }
     same_free_memory(&doc)
 }
@@ -549,6 +561,225 @@ const DOM0_ON_CRASH: Dom0Scenario = Dom0Scenario {
     ],
     raw: None,
 };
+
+/// The console, guest time, pause and PV shutdown of DomUs built by Dom0: one boot.
+const DOM0_CONSOLE: Dom0Scenario = Dom0Scenario {
+    name: "dom0-console",
+    guests: &[],
+    checks: &[
+        check(
+            "hello-logs",
+            "set -e\n\
+             dom0 create /etc/dom0/examples/hello.toml >/dev/null\n\
+             i=0\n\
+             while ! dom0 logs hello 2>/dev/null | grep -q 'Hello, world' && [ $i -lt 100 ]; do\n\
+               sleep 0.1; i=$((i + 1))\n\
+             done\n\
+             dom0 logs hello",
+            judge_hello_logs,
+        ),
+        check(
+            "echo-input",
+            "set -e\n\
+             dom0 create /etc/dom0/examples/echo.toml >/dev/null\n\
+             sleep 1\n\
+             printf 'ping-4242\\r' | dom0 console echo\n\
+             echo \"history $(dom0 logs echo | grep -c ping-4242)\"\n\
+             dom0 destroy echo",
+            judge_echo_input,
+        ),
+        check(
+            "four-spinners-pause",
+            "set -e\n\
+             c() { dom0 logs $1 | grep -o 'spin: [0-9]*' | tail -n 1 | cut -d' ' -f2; }\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             for n in 1 2 3 4; do dom0 create --set name=spin-$n /etc/dom0/examples/spin.toml >/dev/null; done\n\
+             i=0\n\
+             while [ \"$(c spin-4)\" = \"\" ] || [ \"$(c spin-4)\" -lt 2 ]; do\n\
+               [ $i -lt 150 ] || break; sleep 0.2; i=$((i + 1))\n\
+             done\n\
+             echo \"listed $(dom0 list -o jsonl | grep -c '\"spin-')\"\n\
+             dom0 pause spin-2\n\
+             sleep 1\n\
+             for n in 1 2 3 4; do echo \"count spin-$n paused0 $(c spin-$n)\"; done\n\
+             sleep 3\n\
+             for n in 1 2 3 4; do echo \"count spin-$n paused1 $(c spin-$n)\"; done\n\
+             dom0 unpause spin-2\n\
+             sleep 3\n\
+             echo \"count spin-2 resumed $(c spin-2)\"\n\
+             for n in 1 2 3 4; do dom0 destroy spin-$n; done\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_four_spinners,
+        ),
+        check(
+            "pv-shutdown",
+            "set -e\n\
+             dom0 create /etc/dom0/examples/spin.toml >/dev/null\n\
+             sleep 2\n\
+             dom0 shutdown spin --wait --timeout 30s\n\
+             echo \"shutdown-status $?\"\n\
+             if dom0 info spin >/dev/null 2>&1; then echo 'gone no'; else echo 'gone yes'; fi\n\
+             dom0 logs spin | tail -n 2",
+            judge_pv_shutdown,
+        ),
+        check(
+            "pv-reboot",
+            "set -e\n\
+             dom0 create /etc/dom0/examples/echo.toml >/dev/null\n\
+             echo \"first $(dom0 info echo -o jsonl)\"\n\
+             sleep 1\n\
+             dom0 reboot echo --wait --timeout 30s\n\
+             i=0\n\
+             while ! dom0 info echo >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done\n\
+             echo \"second $(dom0 info echo -o jsonl)\"\n\
+             dom0 destroy echo",
+            judge_pv_reboot,
+        ),
+        check(
+            "ignored-shutdown-times-out",
+            "dom0 create /etc/dom0/examples/waiter.toml >/dev/null\n\
+             sleep 1\n\
+             dom0 shutdown waiter --wait --timeout 3s\n\
+             echo \"shutdown-status $?\"\n\
+             dom0 shutdown 0\n\
+             echo \"dom0-status $?\"\n\
+             dom0 logs nosuch\n\
+             echo \"logs-status $?\"\n\
+             dom0 destroy waiter",
+            judge_refusals,
+        ),
+    ],
+    raw: None,
+};
+
+/// `dom0 logs hello` shows the greeting hello printed on its PV console.
+fn judge_hello_logs(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    judge_contains(run, "Hello, world! from a PVH guest on the microvisor")
+}
+
+/// Input piped into `dom0 console echo` comes back from the guest, and lands in its
+/// history.
+fn judge_echo_input(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let echoed = run
+        .output
+        .lines()
+        .any(|l| l.contains("ping-4242") && !l.starts_with("history"));
+    let history = run.output.lines().any(|l| {
+        l.strip_prefix("history ")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .is_some_and(|n| n >= 1)
+    });
+    if echoed && history {
+        Ok(())
+    } else {
+        Err(format!(
+            "the echo guest did not echo the input (echoed {echoed}, in history {history}): {}",
+            one_line(&run.output)
+        ))
+    }
+}
+
+/// The `count <name> <phase> <n>` lines.
+fn counts(run: &CheckRun) -> std::collections::BTreeMap<(String, String), u64> {
+    run.output
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "count").then_some(())?;
+            let (name, phase, n) = (w.next()?, w.next()?, w.next()?.parse().ok()?);
+            Some(((name.to_owned(), phase.to_owned()), n))
+        })
+        .collect()
+}
+
+/// Four spinners run; while spin-2 is paused its counter stands still and the others'
+/// go on; unpaused it goes on; destroying all returns the memory exactly.
+fn judge_four_spinners(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    if !run.output.lines().any(|l| l.trim() == "listed 4") {
+        return Err(format!(
+            "dom0 list did not show 4 spinners: {}",
+            one_line(&run.output)
+        ));
+    }
+    let c = counts(run);
+    let get = |name: &str, phase: &str| {
+        c.get(&(name.to_owned(), phase.to_owned()))
+            .copied()
+            .ok_or_else(|| format!("no {phase} count for {name}: {}", one_line(&run.output)))
+    };
+    for n in ["spin-1", "spin-3", "spin-4"] {
+        let (a, b) = (get(n, "paused0")?, get(n, "paused1")?);
+        if b <= a {
+            return Err(format!(
+                "{n} stopped counting while spin-2 was paused ({a} -> {b})"
+            ));
+        }
+    }
+    let (a, b) = (get("spin-2", "paused0")?, get("spin-2", "paused1")?);
+    if a != b {
+        return Err(format!("spin-2 counted while paused ({a} -> {b})"));
+    }
+    let resumed = get("spin-2", "resumed")?;
+    if resumed <= b {
+        return Err(format!(
+            "spin-2 did not continue after unpause ({b} -> {resumed})"
+        ));
+    }
+    same_free_memory(&tagged_json(run)?)
+}
+
+/// `dom0 shutdown --wait` returns 0 once the guest acknowledged the request and powered
+/// off (on_poweroff then destroyed it); the guest logged why.
+fn judge_pv_shutdown(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    if !run.output.lines().any(|l| l.trim() == "gone yes") {
+        return Err(format!("spin is still listed: {}", one_line(&run.output)));
+    }
+    judge_contains(run, "poweroff requested through xenstore")
+}
+
+/// `dom0 reboot --wait` ends the first instance; on_reboot restarts it under a new domid.
+fn judge_pv_reboot(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let doc = tagged_json(run)?;
+    let (a, b) = (
+        field_u64(&doc, "first", "domid")?,
+        field_u64(&doc, "second", "domid")?,
+    );
+    if a == b {
+        return Err(format!(
+            "echo was not restarted as a new domain: {}",
+            one_line(&run.output)
+        ));
+    }
+    Ok(())
+}
+
+/// A guest that never waits for events ignores the request: `--wait` times out (exit 5)
+/// instead of waiting forever; Domain-0 is refused (4); an unknown domain is 3.
+fn judge_refusals(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    for (key, want) in [
+        ("shutdown-status", "5"),
+        ("dom0-status", "4"),
+        ("logs-status", "3"),
+    ] {
+        let got = run
+            .output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+            .ok_or_else(|| format!("no {key} line: {}", one_line(&run.output)))?;
+        if got != want {
+            return Err(format!(
+                "{key} {got}, expected {want}: {}",
+                one_line(&run.output)
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// `on_crash = "preserve"`: the crashed DomU stays listed as crashed.
 fn judge_crash_preserved(run: &CheckRun, _env: &Env) -> Result<(), String> {
@@ -733,6 +964,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     },
     DOM0_CREATE,
     DOM0_ON_CRASH,
+    DOM0_CONSOLE,
     Dom0Scenario {
         name: "dom0-exec-false",
         guests: &[],
