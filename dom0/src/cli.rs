@@ -57,7 +57,8 @@ pub struct GlobalArgs {
     )]
     pub socket: PathBuf,
 
-    /// Limit on each reply from dom0d, e.g. `30s`, `500ms`, `2m`
+    /// Limit on each reply from dom0d, and on `shutdown --wait`/`reboot --wait`, e.g.
+    /// `30s`, `500ms`, `2m`
     #[arg(
         long,
         global = true,
@@ -164,9 +165,10 @@ pub enum Command {
     /// DOM is a domain id (all digits) or an exact name. Writes `poweroff` to the guest's
     /// `control/shutdown` and returns; the domain's on_poweroff then applies when it has
     /// shut down. With `--wait`, returns once it has shut down, crashed or is gone, or
-    /// fails after `--timeout` (the global option, default 30 s). Exit 3 no such domain, 4 Domain-0 or a
-    /// domain that has already ended, 5 timed out, 6 the guest never announced PV shutdown
-    /// support (`control/feature-poweroff`) or dom0d serves no xenstore for it.
+    /// fails after `--timeout` (the global option, default 30 s). Exit 3 no such domain, 4
+    /// Domain-0 or a domain that has already ended, 5 timed out, 6 the guest never
+    /// announced PV shutdown support (`control/feature-poweroff`) or dom0d serves no
+    /// xenstore for it.
     Shutdown {
         /// Domain id or name
         #[arg(value_name = "DOM")]
@@ -179,8 +181,10 @@ pub enum Command {
 
     /// Ask a domain's guest to reboot (PV reboot through xenstore)
     ///
-    /// As `shutdown`, with `reboot` written; on_reboot (default: restart) then applies.
-    /// With `--wait`, returns once this instance of the domain has ended.
+    /// As `shutdown`, with `reboot` written (the guest must have announced
+    /// `control/feature-reboot`); on_reboot (default: restart) then applies. With
+    /// `--wait`, returns once this instance of the domain has ended: shut down, crashed,
+    /// or gone (a restart gets a new domain id).
     Reboot {
         /// Domain id or name
         #[arg(value_name = "DOM")]
@@ -213,10 +217,12 @@ pub enum Command {
     ///
     /// DOM is a domain id (all digits) or an exact name. `^]` detaches. On a terminal, it
     /// is switched to raw mode for the session (restored on every exit path). When stdin
-    /// is not a terminal, it is forwarded until end of file, then output is still printed
-    /// for 1 s, e.g. `printf 'help\r' | dom0 console DOM`. One client may be attached at a
-    /// time: another attach exits 4 unless `--force`, which detaches the first. Exit 3 if
-    /// there is no such domain, 6 if dom0d serves no console for it.
+    /// is not a terminal, the attach is NOT read-only: stdin is forwarded to the guest
+    /// until end of file, then output is still printed for 1 s, e.g. `printf 'help\r' |
+    /// dom0 console DOM` (use `dom0 logs -f DOM` to watch without writing). One client may
+    /// be attached at a time, piped or not: another attach exits 4 unless `--force`, which
+    /// detaches the first. Exit 3 if there is no such domain, 6 if dom0d serves no console
+    /// for it.
     Console {
         /// Domain id or name
         #[arg(value_name = "DOM")]

@@ -92,7 +92,7 @@ pub enum CliError {
     /// `shutdown --wait` / `reboot --wait`: the domain did not get there in time.
     #[error("{what}")]
     WaitTimedOut {
-        /// e.g. `domain 3 (web) did not shut down within 60 s`.
+        /// e.g. `domain 3 (web) did not shut down within 30 s (it is running)`.
         what: String,
         /// The domain, as `dom0 destroy` takes it.
         domain: String,

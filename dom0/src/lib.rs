@@ -771,20 +771,22 @@ fn guest_request(
                 }
                 Err(e) => return Err(self::request(format!("cannot watch {label}"))(e)),
             }
-            if started.elapsed() >= limit {
+            let waited = started.elapsed();
+            if waited >= limit {
                 return Err(CliError::WaitTimedOut {
                     what: format!(
-                        "{label} did not {} within {} s",
+                        "{label} did not {} within {} s (it is {})",
                         match request {
                             GuestRequest::Poweroff => "shut down",
                             GuestRequest::Reboot => "reboot",
                         },
-                        limit.as_secs()
+                        limit.as_secs_f64(),
+                        state.map_or("gone", State::name)
                     ),
                     domain: error::domain_ref(d.domid, &d.name),
                 });
             }
-            std::thread::sleep(WAIT_POLL);
+            std::thread::sleep(WAIT_POLL.min(limit - waited));
         }
     }
     write_out(

@@ -9,7 +9,9 @@
 //! are answered and queued watch events delivered, and every domain whose ring received
 //! bytes is signalled. A connection that breaks the protocol (an index overrun, an
 //! oversized message, or more than 64 KiB of replies left unread) is cut off with one log
-//! line; the store and every other domain carry on.
+//! line: its page is unmapped and its port closed at once (the guest's signals go nowhere
+//! after that), its home stays until the domain is gone; its console, the store and every
+//! other domain carry on.
 //!
 //! **PV shutdown** ([`Xenstored::request_shutdown`]) follows Xen's convention: a guest that
 //! handles it writes `control/feature-poweroff` (and `feature-reboot`) = `1`, and watches
@@ -24,7 +26,7 @@ use crate::builder::{RingSetup, undo_ring};
 use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_send};
 use crate::pages::PagePool;
-use crate::proto::{Domain, errno_text};
+use crate::proto::{Domain, domain_label, errno_text};
 use crate::xenstore::path::home;
 use crate::xenstore::service::{Pumped, Service};
 
@@ -41,12 +43,22 @@ pub enum ShutdownRefused {
     },
 }
 
+/// A domain dom0d introduced to the store.
+#[derive(Debug)]
+struct Served {
+    name: String,
+    /// Its page and port; `None` once its connection broke (released at once).
+    ring: Option<RingSetup>,
+}
+
 #[derive(Debug)]
 struct Inner {
     svc: Service<Arc<dyn PageMap>>,
-    rings: BTreeMap<u32, RingSetup>,
-    /// Domain 0 port to domid.
+    domains: BTreeMap<u32, Served>,
+    /// Domain 0 port to domid, for the connected domains.
     ports: BTreeMap<u32, u32>,
+    /// Connections cut off so far.
+    cut_off: u64,
 }
 
 /// The xenstore of every domain dom0d built.
@@ -64,8 +76,9 @@ impl Xenstored {
             pool,
             inner: Mutex::new(Inner {
                 svc: Service::new(),
-                rings: BTreeMap::new(),
+                domains: BTreeMap::new(),
                 ports: BTreeMap::new(),
+                cut_off: 0,
             }),
         }
     }
@@ -79,6 +92,8 @@ impl Xenstored {
     /// Introduces domain `name` and serves the store page the builder made for it.
     pub fn register(&self, mv: &dyn Microvisor, name: &str, setup: RingSetup) {
         let domid = setup.domid;
+        // A domid dom0d still knows is a domain whose end it missed: forget it first.
+        self.domain_gone(mv, domid);
         let mut inner = self.lock();
         if let Err(e) = inner
             .svc
@@ -86,17 +101,23 @@ impl Xenstored {
         {
             log::write(
                 Level::Error,
-                format_args!("xenstore: domain {domid} ({name}): {e}"),
+                format_args!("xenstore: {}: {e}", domain_label(domid, name)),
             );
             drop(inner);
             undo_ring(mv, &self.pool, setup);
             return;
         }
         inner.ports.insert(setup.port, domid);
-        inner.rings.insert(domid, setup);
+        inner.domains.insert(
+            domid,
+            Served {
+                name: name.to_owned(),
+                ring: Some(setup),
+            },
+        );
         // The guest may have queued requests before it was introduced.
         let pumped = inner.svc.pump(domid);
-        act(&inner, mv, pumped);
+        self.act(&mut inner, mv, pumped);
     }
 
     /// Serves the stores of the pending domain 0 `ports`; returns the ports that are not
@@ -108,7 +129,7 @@ impl Xenstored {
             match inner.ports.get(&port).copied() {
                 Some(domid) => {
                     let pumped = inner.svc.pump(domid);
-                    act(&inner, mv, pumped);
+                    self.act(&mut inner, mv, pumped);
                 }
                 None => others.push(port),
             }
@@ -119,10 +140,10 @@ impl Xenstored {
     /// Serves every store (the safety poll, in case an event was lost).
     pub fn pump_all(&self, mv: &dyn Microvisor) {
         let mut inner = self.lock();
-        let domids: Vec<u32> = inner.rings.keys().copied().collect();
+        let domids: Vec<u32> = inner.ports.values().copied().collect();
         for domid in domids {
             let pumped = inner.svc.pump(domid);
-            act(&inner, mv, pumped);
+            self.act(&mut inner, mv, pumped);
         }
     }
 
@@ -130,47 +151,62 @@ impl Xenstored {
     /// page is unmapped and its port closed.
     pub fn domain_gone(&self, mv: &dyn Microvisor, domid: u32) {
         let mut inner = self.lock();
-        let Some(setup) = inner.rings.remove(&domid) else {
+        let Some(served) = inner.domains.remove(&domid) else {
             return;
         };
-        inner.ports.remove(&setup.port);
         drop(inner.svc.remove_domain(domid));
+        if let Some(setup) = served.ring {
+            inner.ports.remove(&setup.port);
+            undo_ring(mv, &self.pool, setup);
+        }
         let pumped = inner.svc.flush();
-        act(&inner, mv, pumped);
-        drop(inner);
-        undo_ring(mv, &self.pool, setup);
+        self.act(&mut inner, mv, pumped);
     }
 
     /// Ends the stores of domains that are not in `listed` (or whose domid now holds
     /// another name).
     pub fn sweep(&self, mv: &dyn Microvisor, listed: &[Domain]) {
-        let gone: Vec<u32> = {
-            let inner = self.lock();
-            inner
-                .rings
-                .keys()
-                .copied()
-                .filter(|domid| {
-                    let name = inner
-                        .svc
-                        .store_ref()
-                        .read(0, &format!("{}/name", home(*domid)));
-                    !listed.iter().any(|d| {
-                        d.domid == *domid && name.as_deref().is_ok_and(|n| n == d.name.as_bytes())
-                    })
-                })
-                .collect()
-        };
+        let gone: Vec<u32> = self
+            .lock()
+            .domains
+            .iter()
+            .filter(|(domid, served)| {
+                !listed
+                    .iter()
+                    .any(|d| d.domid == **domid && d.name == served.name)
+            })
+            .map(|(domid, _)| *domid)
+            .collect();
         for domid in gone {
             self.domain_gone(mv, domid);
         }
     }
 
-    /// Whether dom0d serves a store for `domid`.
+    /// Whether dom0d serves a working store connection for `domid`.
     #[must_use]
     pub fn serves(&self, domid: u32) -> bool {
         let inner = self.lock();
-        inner.rings.contains_key(&domid) && inner.svc.is_connected(domid)
+        inner.domains.get(&domid).is_some_and(|s| s.ring.is_some()) && inner.svc.is_connected(domid)
+    }
+
+    /// Whether dom0d keeps store state (a home) for `domid`, connected or not.
+    #[must_use]
+    pub fn knows(&self, domid: u32) -> bool {
+        self.lock().domains.contains_key(&domid)
+    }
+
+    /// How many connections were cut off for breaking the protocol (one log line each).
+    #[must_use]
+    pub fn connections_cut(&self) -> u64 {
+        self.lock().cut_off
+    }
+
+    /// Reads `path` with domain 0's rights (for tests and diagnostics).
+    ///
+    /// # Errors
+    /// The store's error (`ENOENT`, ...).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, crate::xenstore::XsErr> {
+        self.lock().svc.store_ref().read(0, path)
     }
 
     /// Asks domain `domid` to `poweroff` or `reboot` by writing `control/shutdown`.
@@ -184,7 +220,8 @@ impl Xenstored {
         action: &str,
     ) -> Result<(), ShutdownRefused> {
         let mut inner = self.lock();
-        if !inner.rings.contains_key(&domid) || !inner.svc.is_connected(domid) {
+        let connected = inner.domains.get(&domid).is_some_and(|s| s.ring.is_some());
+        if !connected || !inner.svc.is_connected(domid) {
             return Err(ShutdownRefused::NoXenstore);
         }
         let control = format!("{}/control", home(domid));
@@ -208,30 +245,636 @@ impl Xenstored {
             return Err(ShutdownRefused::NoXenstore);
         }
         let pumped = inner.svc.flush();
-        act(&inner, mv, pumped);
+        self.act(&mut inner, mv, pumped);
         Ok(())
     }
-}
 
-/// Signals the domains whose rings got bytes and logs connections that broke.
-fn act(inner: &Inner, mv: &dyn Microvisor, pumped: Pumped) {
-    for (_, why) in pumped.broke {
-        log::write(
-            Level::Warn,
-            format_args!("xenstore: {why}; the domain's console and every other domain carry on"),
-        );
-    }
-    for domid in pumped.notify {
-        if let Some(setup) = inner.rings.get(&domid)
-            && let Err(errno) = evtchn_send(mv, setup.port)
-        {
-            log::limited(
+    /// Signals the domains whose rings got bytes, and cuts off the connections that broke:
+    /// one log line each, their page unmapped and their port closed.
+    fn act(&self, inner: &mut Inner, mv: &dyn Microvisor, pumped: Pumped) {
+        for (domid, why) in pumped.broke {
+            let Some(served) = inner.domains.get_mut(&domid) else {
+                continue;
+            };
+            let label = domain_label(domid, &served.name);
+            let ring = served.ring.take();
+            inner.cut_off += 1;
+            drop(inner.svc.disconnect_domain(domid));
+            if let Some(setup) = ring {
+                inner.ports.remove(&setup.port);
+                undo_ring(mv, &self.pool, setup);
+            }
+            log::write(
                 Level::Warn,
                 format_args!(
-                    "xenstore: signalling domain {domid} failed with {}",
-                    errno_text(errno)
+                    "xenstore: {label} {why}; its xenstore connection is cut off (page unmapped, port closed); its console and every other domain carry on"
                 ),
             );
         }
+        for domid in pumped.notify {
+            if let Some(setup) = inner.domains.get(&domid).and_then(|s| s.ring.as_ref())
+                && let Err(errno) = evtchn_send(mv, setup.port)
+            {
+                log::limited(
+                    Level::Warn,
+                    format_args!(
+                        "xenstore: signalling domain {domid} failed with {}",
+                        errno_text(errno)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pv_drivers::xenstore::{XsCallError, XsClient, XsIo, header_bytes};
+    use pv_drivers::{SharedMem, VecMem};
+    use shared_abi::control::ControlOp;
+    use shared_abi::hvm::{
+        HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN,
+        HVM_PARAM_STORE_PFN,
+    };
+    use shared_abi::io::xenstore::{MsgHeader, REQ_PROD, XS_READ, XS_WATCH, XS_WRITE};
+
+    use super::*;
+    use crate::builder::test_elf::{Seg, pvh_elf};
+    use crate::builder::{self, Options};
+    use crate::config::{DomainConfig, OnEvent};
+    use crate::fake::FakeMicrovisor;
+    use crate::lifecycle::Waits;
+    use crate::proto::{ApiError, GuestRequest, NotApplicable, Request, Response, State};
+    use crate::server::Service;
+    use crate::supervisor::Outcome;
+
+    const ENOSYS: i32 = 38;
+
+    /// A fake microvisor and a dom0d service on it (no socket: requests go to
+    /// `Service::handle`, events are delivered by calling `take_pending`).
+    struct Rig {
+        fake: Arc<FakeMicrovisor>,
+        service: Service,
+        _dir: tempfile::TempDir,
+        kernel: String,
+    }
+
+    fn rig() -> Rig {
+        let fake = Arc::new(FakeMicrovisor::new());
+        let mv: Arc<dyn Microvisor> = Arc::clone(&fake) as Arc<dyn Microvisor>;
+        let service = Service::new(mv).with_waits(Waits {
+            pause: Duration::from_millis(200),
+            destroy: Duration::from_millis(200),
+            poll: Duration::from_millis(1),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k.elf");
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![0x90; 64],
+            mem: 4096,
+        };
+        std::fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+        Rig {
+            fake,
+            service,
+            kernel: kernel.to_str().unwrap().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    use std::time::Duration;
+
+    fn config(kernel: &str, name: &str) -> DomainConfig {
+        DomainConfig {
+            name: name.into(),
+            kernel: kernel.to_owned(),
+            ramdisk: None,
+            cmdline: None,
+            memory_mib: 2,
+            vcpus: 1,
+            on_poweroff: OnEvent::Destroy,
+            on_reboot: OnEvent::Restart,
+            on_crash: OnEvent::Destroy,
+        }
+    }
+
+    impl Rig {
+        async fn create(&self, name: &str) -> u32 {
+            let req = Request::Create {
+                config: config(&self.kernel, name),
+                dry_run: false,
+                paused: false,
+            };
+            match self.service.handle(&req).await {
+                Response::Created(r) => r.domid.unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        async fn shutdown(&self, domid: u32, request: GuestRequest) -> Response {
+            self.service
+                .handle(&Request::Shutdown { domid, request })
+                .await
+        }
+
+        fn param(&self, domid: u32, index: u32) -> u64 {
+            self.fake.param(domid, index).unwrap()
+        }
+
+        /// The guest side of `domid`'s xenstore, on the page and port the builder gave it.
+        fn guest(&self, domid: u32) -> Guest<'_> {
+            let page = self
+                .fake
+                .guest_page(domid, self.param(domid, HVM_PARAM_STORE_PFN))
+                .unwrap();
+            Guest {
+                rig: self,
+                domid,
+                port: u32::try_from(self.param(domid, HVM_PARAM_STORE_EVTCHN)).unwrap(),
+                client: XsClient::new(page).unwrap(),
+            }
+        }
+
+        fn xs(&self) -> &Xenstored {
+            &self.service.xenstored
+        }
+
+        /// Whether any of domain 0's ports, window slots or pages still belong to `domid`.
+        fn holds_anything_of(&self, domid: u32) -> bool {
+            self.fake
+                .dom0_ports()
+                .iter()
+                .any(|(_, peer)| peer.is_some_and(|(d, _)| d == domid))
+                || self
+                    .fake
+                    .foreign_slots()
+                    .iter()
+                    .any(|&(_, d, _)| d == domid)
+        }
+    }
+
+    /// A scripted guest xenstore front-end: every wait for the store is one round of what
+    /// dom0d does on `EVENT_EVTCHN`.
+    struct Guest<'a> {
+        rig: &'a Rig,
+        domid: u32,
+        port: u32,
+        client: XsClient<Arc<VecMem>>,
+    }
+
+    struct Io<'a> {
+        rig: &'a Rig,
+        domid: u32,
+        port: u32,
+        waits: u32,
+    }
+
+    impl XsIo for Io<'_> {
+        fn notify(&mut self) {
+            self.rig.fake.guest_send(self.domid, self.port);
+        }
+
+        fn wait(&mut self) {
+            self.waits += 1;
+            assert!(self.waits < 20, "the store never answered");
+            self.rig.service.take_pending();
+        }
+    }
+
+    impl Guest<'_> {
+        /// One request; the reply payload, or the errno name the store sent.
+        fn call(&mut self, msg_type: u32, parts: &[&[u8]]) -> Result<Vec<u8>, String> {
+            let mut io = Io {
+                rig: self.rig,
+                domid: self.domid,
+                port: self.port,
+                waits: 0,
+            };
+            let mut out = [0u8; 512];
+            match self.client.call(&mut io, msg_type, parts, &mut out) {
+                Ok(n) => Ok(out[..n].to_vec()),
+                Err(XsCallError::Store(name)) => Err(String::from_utf8_lossy(&name)
+                    .trim_end_matches('\0')
+                    .to_owned()),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+
+        fn write(&mut self, path: &str, value: &[u8]) -> Result<(), String> {
+            let p = format!("{path}\0");
+            self.call(XS_WRITE, &[p.as_bytes(), value]).map(|_| ())
+        }
+
+        fn read(&mut self, path: &str) -> Result<Vec<u8>, String> {
+            let p = format!("{path}\0");
+            self.call(XS_READ, &[p.as_bytes()])
+        }
+
+        /// What a guest-rt guest does at boot: announce poweroff and watch the node.
+        fn announce_poweroff(&mut self) {
+            self.write("control/feature-poweroff", b"1").unwrap();
+            assert_eq!(
+                self.call(XS_WATCH, &[b"control/shutdown\0", b"shutdown\0"]),
+                Ok(b"OK\0".to_vec())
+            );
+            self.client.poll().unwrap();
+            assert_eq!(self.client.watch_events(), 1, "a new watch fires once");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_announced_poweroff_sees_the_request_through_its_watch() {
+        let r = rig();
+        let domid = r.create("spin").await;
+        let other = r.create("other").await;
+        let mut g = r.guest(domid);
+        // The toolstack's nodes, read-only to the guest; other homes are closed to it.
+        assert_eq!(g.read("name"), Ok(b"spin".to_vec()));
+        assert_eq!(g.read("domid"), Ok(domid.to_string().into_bytes()));
+        assert_eq!(g.write("name", b"evil"), Err("EACCES".to_owned()));
+        assert_eq!(
+            g.read(&format!("/local/domain/{other}/name")),
+            Err("EACCES".to_owned())
+        );
+        g.announce_poweroff();
+        assert_eq!(
+            r.xs()
+                .read(&format!("/local/domain/{domid}/control/feature-poweroff")),
+            Ok(b"1".to_vec())
+        );
+
+        let signalled = r.fake.notified(domid, g.port);
+        match r.shutdown(domid, GuestRequest::Poweroff).await {
+            Response::ShutdownSent(sent) => {
+                assert_eq!(
+                    (sent.request, sent.domid, sent.name.as_str(), sent.state),
+                    (GuestRequest::Poweroff, domid, "spin", State::Running)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The guest is signalled, its watch fires, and the node says what to do.
+        assert!(r.fake.notified(domid, g.port) > signalled);
+        g.client.poll().unwrap();
+        assert_eq!(g.client.watch_events(), 2);
+        assert_eq!(g.client.last_token(), b"shutdown");
+        assert_eq!(g.read("control/shutdown"), Ok(b"poweroff".to_vec()));
+        // It acknowledges, as Xen guests do.
+        g.write("control/shutdown", b"").unwrap();
+        assert_eq!(
+            r.xs()
+                .read(&format!("/local/domain/{domid}/control/shutdown")),
+            Ok(Vec::new())
+        );
+        // It never announced reboot: refused, and nothing is written.
+        match r.shutdown(domid, GuestRequest::Reboot).await {
+            Response::Error(e @ ApiError::PvShutdownUnsupported { .. }) => {
+                assert_eq!(
+                    e,
+                    ApiError::PvShutdownUnsupported {
+                        request: GuestRequest::Reboot,
+                        domid,
+                        name: "spin".into(),
+                        node: Some("control/feature-reboot".into()),
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(g.read("control/shutdown"), Ok(Vec::new()));
+        g.client.poll().unwrap();
+        assert_eq!(g.client.watch_events(), 3, "only the guest's own ack fired");
+        // The other domain saw none of it.
+        let mut o = r.guest(other);
+        assert_eq!(o.read("control/shutdown"), Err("ENOENT".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_never_announced_it_is_refused_at_once() {
+        let r = rig();
+        let domid = r.create("mute").await;
+        let refused = |node: Option<&str>, domid: u32, name: &str| {
+            Response::Error(ApiError::PvShutdownUnsupported {
+                request: GuestRequest::Poweroff,
+                domid,
+                name: name.into(),
+                node: node.map(str::to_owned),
+            })
+        };
+        let answer = r.shutdown(domid, GuestRequest::Poweroff).await;
+        assert_eq!(
+            answer,
+            refused(Some("control/feature-poweroff"), domid, "mute")
+        );
+        let Response::Error(e) = answer else {
+            unreachable!()
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "domain {domid} (mute) does not handle PV shutdown requests: the guest never wrote control/feature-poweroff = 1"
+            )
+        );
+        let mut g = r.guest(domid);
+        assert_eq!(g.read("control/shutdown"), Err("ENOENT".to_owned()));
+        // Only "1" announces it.
+        g.write("control/feature-poweroff", b"0").unwrap();
+        assert_eq!(
+            r.shutdown(domid, GuestRequest::Poweroff).await,
+            refused(Some("control/feature-poweroff"), domid, "mute")
+        );
+        // A boot-time domain has no xenstore dom0d serves.
+        assert_eq!(
+            r.shutdown(1, GuestRequest::Poweroff).await,
+            refused(None, 1, "hello1")
+        );
+        // Nor has a domain built without event channels.
+        r.fake
+            .fail_nth(ControlOp::EvtchnAllocUnbound as u64, 1, ENOSYS);
+        let bare = r.create("bare").await;
+        assert_eq!(r.fake.param(bare, HVM_PARAM_STORE_PFN), None);
+        assert!(!r.xs().knows(bare));
+        let answer = r.shutdown(bare, GuestRequest::Poweroff).await;
+        assert_eq!(answer, refused(None, bare, "bare"));
+        let Response::Error(e) = answer else {
+            unreachable!()
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "domain {bare} (bare) cannot be sent a PV shutdown request: dom0d serves no xenstore for it"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn domain_0_and_ended_domains_are_not_asked() {
+        let r = rig();
+        let not = |request, domid, name: &str, why| {
+            Response::Error(ApiError::GuestRequestNotApplicable {
+                request,
+                domid,
+                name: name.into(),
+                why,
+            })
+        };
+        assert_eq!(
+            r.shutdown(0, GuestRequest::Poweroff).await,
+            not(
+                GuestRequest::Poweroff,
+                0,
+                "Domain-0",
+                NotApplicable::DomainZero
+            )
+        );
+        assert_eq!(
+            r.shutdown(0, GuestRequest::Reboot).await,
+            not(
+                GuestRequest::Reboot,
+                0,
+                "Domain-0",
+                NotApplicable::DomainZero
+            )
+        );
+        let off = r.create("off").await;
+        let crashed = r.create("crashed").await;
+        for domid in [off, crashed] {
+            r.guest(domid).announce_poweroff();
+        }
+        // Shut down and crashed, with nothing applied yet (on_* sweeps come later).
+        assert!(r.fake.shut_down(off, 0));
+        assert!(r.fake.crash(crashed));
+        assert_eq!(
+            r.shutdown(off, GuestRequest::Poweroff).await,
+            not(
+                GuestRequest::Poweroff,
+                off,
+                "off",
+                NotApplicable::Ended(State::Shutdown)
+            )
+        );
+        let answer = r.shutdown(crashed, GuestRequest::Reboot).await;
+        assert_eq!(
+            answer,
+            not(
+                GuestRequest::Reboot,
+                crashed,
+                "crashed",
+                NotApplicable::Ended(State::Crashed)
+            )
+        );
+        let Response::Error(e) = answer else {
+            unreachable!()
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "domain {crashed} (crashed) cannot be sent a PV reboot request: it has crashed"
+            )
+        );
+        for domid in [off, crashed] {
+            assert_eq!(
+                r.xs()
+                    .read(&format!("/local/domain/{domid}/control/shutdown")),
+                Err(crate::xenstore::XsErr::NoEnt),
+                "nothing was written"
+            );
+        }
+        // No such domain.
+        assert!(matches!(
+            r.shutdown(99, GuestRequest::Poweroff).await,
+            Response::Error(ApiError::NoSuchDomain { domid: 99 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_domain_that_is_gone_leaves_no_xenstore_state() {
+        let r = rig();
+        let free = r.fake.mem_free_kib();
+        let a = r.create("a").await;
+        let b = r.create("b").await;
+        let c = r.create("c").await;
+        for domid in [a, b, c] {
+            let mut g = r.guest(domid);
+            g.announce_poweroff();
+            g.write("data/x", b"v").unwrap();
+        }
+        assert_eq!(r.fake.page_maps(), 6, "a console and a store page each");
+        // `dom0 destroy a`: its home, page and port go with it.
+        assert!(matches!(
+            r.service.handle(&Request::Destroy { domid: a }).await,
+            Response::Lifecycle(_)
+        ));
+        assert!(!r.xs().knows(a));
+        assert_eq!(
+            r.xs().read(&format!("/local/domain/{a}/name")),
+            Err(crate::xenstore::XsErr::NoEnt)
+        );
+        assert!(!r.holds_anything_of(a));
+        // b powers off when asked, and on_poweroff destroys it.
+        assert!(matches!(
+            r.shutdown(b, GuestRequest::Poweroff).await,
+            Response::ShutdownSent(_)
+        ));
+        assert!(r.fake.shut_down(b, 0));
+        let applied = r.service.supervise_once().await;
+        assert_eq!(applied.len(), 1, "{applied:?}");
+        assert_eq!(applied[0].outcome, Outcome::Destroyed);
+        assert!(!r.xs().knows(b));
+        assert!(!r.holds_anything_of(b));
+        // c is destroyed behind dom0d's back: the next sweep notices.
+        r.fake
+            .control(ControlOp::DomainDestroy as u64, u64::from(c), &mut [])
+            .unwrap();
+        r.service.supervise_once().await;
+        assert!(!r.xs().knows(c));
+        assert!(!r.holds_anything_of(c));
+        // Everything is back.
+        assert_eq!(r.fake.page_maps(), 0);
+        assert!(r.fake.dom0_ports().is_empty());
+        assert!(r.fake.foreign_slots().is_empty());
+        assert_eq!(r.service.consoles.pool().in_use(), 0);
+        assert_eq!(r.fake.mem_free_kib(), free);
+        // Gone twice is harmless.
+        r.xs().domain_gone(&*r.fake, a);
+    }
+
+    #[tokio::test]
+    async fn a_hostile_store_ring_is_cut_off_alone() {
+        let r = rig();
+        let bad = r.create("bad").await;
+        let good = r.create("good").await;
+        let mut g = r.guest(bad);
+        g.announce_poweroff();
+        let store_port = g.port;
+        let store_gfn = r.param(bad, HVM_PARAM_STORE_PFN);
+        let console_gfn = r.param(bad, HVM_PARAM_CONSOLE_PFN);
+        // The guest claims 9999 request bytes in a 1 KiB ring.
+        let page = r.fake.guest_page(bad, store_gfn).unwrap();
+        page.store_release_u32(REQ_PROD, 9999).unwrap();
+        assert!(r.fake.guest_send(bad, store_port));
+        r.service.take_pending();
+        assert_eq!(r.xs().connections_cut(), 1);
+        assert!(!r.xs().serves(bad));
+        assert!(r.xs().knows(bad), "its home stays until it is gone");
+        // Its store page and port are given up at once; its console's stay.
+        let slots: Vec<(u32, u64)> = r
+            .fake
+            .foreign_slots()
+            .iter()
+            .filter(|s| s.1 == bad)
+            .map(|s| (s.1, s.2))
+            .collect();
+        assert_eq!(slots, [(bad, console_gfn)]);
+        let console_port = u32::try_from(r.param(bad, HVM_PARAM_CONSOLE_EVTCHN)).unwrap();
+        assert_eq!(
+            r.fake.domu_ports(bad),
+            [(console_port, true), (store_port, false)]
+        );
+        // Its signals go nowhere now: no second log line, however often it tries.
+        assert!(!r.fake.guest_send(bad, store_port));
+        r.service.take_pending();
+        r.xs().pump_all(&*r.fake);
+        assert_eq!(r.xs().connections_cut(), 1);
+        // Its console still works.
+        assert_eq!(r.fake.console_write(bad, b"still here"), Some(10));
+        r.service.take_pending();
+        let consoles = &r.service.consoles;
+        let log = consoles.resolve("bad").unwrap();
+        let opened = consoles.open(&log).unwrap();
+        assert_eq!(
+            consoles.read_since(&log, opened.start, 100).bytes,
+            b"still here"
+        );
+        // It cannot be asked to shut down any more; the other domain can.
+        assert_eq!(
+            r.shutdown(bad, GuestRequest::Poweroff).await,
+            Response::Error(ApiError::PvShutdownUnsupported {
+                request: GuestRequest::Poweroff,
+                domid: bad,
+                name: "bad".into(),
+                node: None,
+            })
+        );
+        let mut o = r.guest(good);
+        o.announce_poweroff();
+        assert!(matches!(
+            r.shutdown(good, GuestRequest::Poweroff).await,
+            Response::ShutdownSent(_)
+        ));
+        assert_eq!(o.read("control/shutdown"), Ok(b"poweroff".to_vec()));
+        // Destroying it later still cleans up the rest.
+        assert!(matches!(
+            r.service.handle(&Request::Destroy { domid: bad }).await,
+            Response::Lifecycle(_)
+        ));
+        assert!(!r.xs().knows(bad));
+        assert!(!r.holds_anything_of(bad));
+    }
+
+    #[test]
+    fn requests_queued_before_the_domain_is_introduced_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k.elf");
+        let seg = Seg {
+            paddr: 0x10_0000,
+            data: vec![0x90; 64],
+            mem: 4096,
+        };
+        std::fs::write(&kernel, pvh_elf(0x10_0000, &[seg])).unwrap();
+        let fake = FakeMicrovisor::new();
+        let pool = Arc::new(PagePool::default());
+        let xs = Xenstored::new(Arc::clone(&pool));
+        let built = builder::create(
+            &fake,
+            &pool,
+            &config(kernel.to_str().unwrap(), "early"),
+            Options::default(),
+            &Mutex::new(None),
+        )
+        .unwrap();
+        let domid = built.report.domid.unwrap();
+        let store = built.store.unwrap();
+        let remote = store.remote_port;
+        // The guest asks before dom0d has introduced it (and its signal is lost).
+        let page = fake.guest_page(domid, store.gfn).unwrap();
+        let mut front = pv_drivers::xenstore::XsFront::new(Arc::clone(&page)).unwrap();
+        let mut m = header_bytes(&MsgHeader {
+            msg_type: XS_READ,
+            req_id: 7,
+            tx_id: 0,
+            len: 5,
+        })
+        .to_vec();
+        m.extend_from_slice(b"name\0");
+        assert_eq!(front.write(&m).unwrap(), m.len());
+        xs.register(&fake, "early", store);
+        let (h, payload) = front.next_message().unwrap().unwrap();
+        assert_eq!((h.msg_type, h.req_id, payload), (XS_READ, 7, &b"early"[..]));
+        assert_eq!(fake.notified(domid, remote), 1);
+        assert!(xs.serves(domid));
+        // Introduced again under the same id (dom0d missed the end): the old connection,
+        // page and port go first.
+        let old_port = fake.dom0_ports()[1].0;
+        let again = builder::setup_ring(&fake, &pool, domid, 2 << 20, builder::RingKind::Store)
+            .unwrap()
+            .unwrap();
+        assert_eq!(pool.in_use(), 3);
+        xs.register(&fake, "again", again);
+        assert_eq!(pool.in_use(), 2);
+        assert!(fake.dom0_ports().iter().all(|(p, _)| *p != old_port));
+        assert_eq!(
+            xs.read(&format!("/local/domain/{domid}/name")),
+            Ok(b"again".to_vec())
+        );
+        xs.domain_gone(&fake, domid);
+        assert!(!xs.knows(domid));
+        assert_eq!(pool.in_use(), 1, "only the console page is left");
+        builder::undo_ring(&fake, &pool, built.console.unwrap());
+        assert_eq!(pool.in_use(), 0);
+        assert!(fake.dom0_ports().is_empty());
     }
 }

@@ -25,7 +25,8 @@ struct Ring<M> {
 pub struct Pumped {
     /// Domains whose ring received bytes: signal their store port.
     pub notify: Vec<u32>,
-    /// Domains whose connection just broke, with why (log it once).
+    /// Domains whose connection just broke, with why, e.g. `broke its xenstore ring
+    /// (...)` (log it once, after the domain's name).
     pub broke: Vec<(u32, String)>,
 }
 
@@ -87,9 +88,17 @@ impl<M: SharedMem> Service<M> {
     }
 
     /// Forgets DomU `domid`: its subtree, watches and connection (`@releaseDomain` fires).
-    /// Returns its page so the caller can unmap it.
+    /// Returns its page so the caller can unmap it (`None` if it was disconnected).
     pub fn remove_domain(&mut self, domid: u32) -> Option<M> {
         self.store.release_domain(domid);
+        self.rings.remove(&domid).map(|r| r.back.into_mem())
+    }
+
+    /// Drops DomU `domid`'s connection (its watches, open transactions and queued
+    /// output) but keeps its subtree until [`Self::remove_domain`]. Returns its page so
+    /// the caller can unmap it.
+    pub fn disconnect_domain(&mut self, domid: u32) -> Option<M> {
+        self.store.disconnect(conn(domid));
         self.rings.remove(&domid).map(|r| r.back.into_mem())
     }
 
@@ -113,7 +122,7 @@ impl<M: SharedMem> Service<M> {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let why = format!("xenstore connection of domain {domid} broken: {e}");
+                        let why = format!("broke its xenstore ring ({e})");
                         ring.broken = Some(why.clone());
                         self.store.disconnect(conn(domid));
                         broke.push((domid, why));
@@ -150,15 +159,14 @@ impl<M: SharedMem> Service<M> {
                         wrote = true;
                     }
                     Err(e) => {
-                        ring.broken =
-                            Some(format!("xenstore connection of domain {domid} broken: {e}"));
+                        ring.broken = Some(format!("broke its xenstore ring ({e})"));
                         break;
                     }
                 }
             }
             if ring.broken.is_none() && ring.out.len() > MAX_QUEUED {
                 ring.broken = Some(format!(
-                    "xenstore connection of domain {domid} cut off: it left more than {MAX_QUEUED} bytes of replies unread"
+                    "left more than {MAX_QUEUED} bytes of xenstore replies unread"
                 ));
             }
             if let Some(why) = ring.broken.as_ref() {
@@ -257,7 +265,7 @@ mod tests {
         assert!(
             broke
                 .iter()
-                .any(|(d, why)| *d == 6 && why.contains("cut off")),
+                .any(|(d, why)| *d == 6 && why.contains("replies unread")),
             "{broke:?}"
         );
         send(&mut fg, XS_READ, 9, b"name\0");
