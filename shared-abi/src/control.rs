@@ -186,7 +186,9 @@
 //! then its record goes ([`EVENT_DOMAIN_STATE`]). A DomU that shut down or crashed keeps
 //! its state until it is destroyed, then is dying the same way if mappings remain.
 //! Destroying a dying domain again is `ESRCH` (it is destroyed already); pause and unpause
-//! are `ESRCH` too.
+//! are `ESRCH` too. A dying domain keeps its name: [`ControlOp::DomainCreate`] with that
+//! name is `EEXIST` until it is gone, so a toolstack that restarts a domain releases its
+//! back-ends' grant mappings first.
 //!
 //! ## Events
 //!
