@@ -77,7 +77,9 @@ fn main(boot: &BootInfo) -> ShutdownReason {
         boot.cmdline()
     );
     checks.garbage_hypercall_numbers();
-    checks.garbage_hypercall_arguments(ram_end);
+    // Beyond every entry of the map: the reserved console and xenstore pages that a Dom0
+    // builder puts above RAM are this domain's memory too.
+    checks.garbage_hypercall_arguments(boot.map_end().max(ram_end));
     checks.port_io();
     checks.msrs();
     checks.svm_instructions();
@@ -206,12 +208,12 @@ impl Checks {
         }
     }
 
-    fn garbage_hypercall_arguments(&mut self, ram_end: u64) {
+    fn garbage_hypercall_arguments(&mut self, mem_end: u64) {
         let console = Hypercall::ConsoleIo as u64;
         let version = Hypercall::XenVersion as u64;
         let sched = Hypercall::SchedOp as u64;
-        let beyond_ram = ram_end.saturating_add(4096);
-        let unmapped = IDENTITY_MAP_END.max(ram_end).saturating_add(4096);
+        let beyond_ram = mem_end.saturating_add(4096);
+        let unmapped = IDENTITY_MAP_END.max(mem_end).saturating_add(4096);
         let text = b"hostile: this must not be printed\n";
         let buf = text.as_ptr() as u64;
 

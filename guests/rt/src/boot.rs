@@ -230,6 +230,11 @@ impl BootInfo {
         memmap::ram_end(self.memmap())
     }
 
+    /// End of the memory map, reserved entries included ([`memmap::map_end`]).
+    pub fn map_end(&self) -> u64 {
+        memmap::map_end(self.memmap())
+    }
+
     /// Total bytes of RAM in the memory map.
     pub fn ram_size(&self) -> u64 {
         memmap::ram_size(self.memmap())

@@ -20,6 +20,12 @@ pub fn ram_end(map: &[HvmMemmapEntry]) -> u64 {
     ram_entries(map).map(entry_end).max().unwrap_or(0)
 }
 
+/// End of the highest entry of any type: where the domain's guest-physical memory ends
+/// (RAM plus the reserved pages a builder puts at its top, such as the console page).
+pub fn map_end(map: &[HvmMemmapEntry]) -> u64 {
+    map.iter().map(entry_end).max().unwrap_or(0)
+}
+
 /// Total bytes of RAM (sum of RAM entries; overlaps are counted twice).
 pub fn ram_size(map: &[HvmMemmapEntry]) -> u64 {
     ram_entries(map).fold(0u64, |acc, e| acc.saturating_add(e.size))
@@ -69,6 +75,15 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn map_end_counts_reserved_pages_above_ram() {
+        let map = [e(0, 0xffe000, E820_RAM), e(0xffe000, 0x2000, E820_RESERVED)];
+        assert_eq!(ram_end(&map), 0xffe000);
+        assert_eq!(map_end(&map), 0x100_0000);
+        assert_eq!(map_end(&[]), 0);
+        assert_eq!(map_end(&[e(u64::MAX, 2, E820_RESERVED)]), u64::MAX);
+    }
 
     #[test]
     fn single_ram_entry() {
