@@ -508,6 +508,33 @@ const DOM0_CREATE: Dom0Scenario = Dom0Scenario {
             judge_refused_create,
         ),
         check(
+            "create-zero-vcpus",
+            "echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create --set vcpus=0 /etc/dom0/examples/waiter.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_refused_create,
+        ),
+        check(
+            "create-malformed-config",
+            "printf 'name = \"bad\"\\nmemory = [16\\n' >/tmp/malformed.toml\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /tmp/malformed.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"",
+            judge_refused_create,
+        ),
+        check(
+            "create-duplicate-name",
+            "dom0 create /etc/dom0/examples/waiter.toml >/dev/null\n\
+             echo \"before $(dom0 host info -o jsonl)\"\n\
+             dom0 create /etc/dom0/examples/waiter.toml\n\
+             echo \"create-status $?\"\n\
+             echo \"after $(dom0 host info -o jsonl)\"\n\
+             dom0 destroy waiter",
+            judge_refused_create,
+        ),
+        check(
             "fifty-create-destroy-cycles",
             "set -e\n\
              echo \"before $(dom0 host info -o jsonl)\"\n\
