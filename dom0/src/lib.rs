@@ -748,10 +748,7 @@ fn guest_request(
     let label = proto::domain_label(d.domid, &d.name);
     let sent = client
         .shutdown(d.domid, request)
-        .map_err(self::request(format!(
-            "cannot {} {label}",
-            request.command()
-        )))?;
+        .map_err(self::request(format!("cannot {} {label}", request.verb())))?;
     let mut state = Some(sent.state);
     if let Some(limit) = wait {
         let started = std::time::Instant::now();
@@ -776,10 +773,7 @@ fn guest_request(
                 return Err(CliError::WaitTimedOut {
                     what: format!(
                         "{label} did not {} within {} s (it is {})",
-                        match request {
-                            GuestRequest::Poweroff => "shut down",
-                            GuestRequest::Reboot => "reboot",
-                        },
+                        request.verb(),
                         limit.as_secs_f64(),
                         state.map_or("gone", State::name)
                     ),

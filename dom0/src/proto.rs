@@ -29,7 +29,9 @@
 //! [`Request::Logs`], [`Request::ConsoleAttach`], [`Request::ConsoleInput`] and
 //! [`Request::ConsoleDetach`] (with [`Response::ConsoleStatus`],
 //! [`Response::ConsoleOpened`], [`Response::ConsoleOutput`], [`Response::ConsoleEnd`] and
-//! [`ApiError::UnknownDomain`], [`ApiError::NoConsole`], [`ApiError::ConsoleBusy`]).
+//! [`ApiError::UnknownDomain`], [`ApiError::NoConsole`], [`ApiError::ConsoleBusy`]), then
+//! [`Request::Shutdown`] (with [`Response::ShutdownSent`],
+//! [`ApiError::PvShutdownUnsupported`] and [`ApiError::GuestRequestNotApplicable`]).
 //!
 //! ## Console streams
 //!
@@ -144,10 +146,12 @@ pub enum Request {
     ConsoleInput(Vec<u8>),
     /// End the console session: dom0d answers [`ConsoleEnd::Detached`].
     ConsoleDetach,
-    /// Ask the guest to power off (`reboot` false) or reboot, through its xenstore
-    /// `control/shutdown` node: [`Response::Lifecycle`] once the request is written (the
-    /// guest acts on it in its own time), [`ApiError::PvShutdownUnsupported`] at once if
-    /// the guest never announced support. Appended within protocol 1.
+    /// Ask the guest to power off or reboot, through its xenstore `control/shutdown` node:
+    /// [`Response::ShutdownSent`] once the request is written (the guest acts on it in
+    /// its own time), [`ApiError::PvShutdownUnsupported`] at once if the guest never
+    /// announced support (or dom0d serves no xenstore for it),
+    /// [`ApiError::GuestRequestNotApplicable`] for Domain-0 or a domain that has ended,
+    /// [`ApiError::NoSuchDomain`]. Appended within protocol 1.
     Shutdown {
         /// The domain id (not 0).
         domid: u32,
@@ -181,6 +185,15 @@ impl GuestRequest {
     pub fn command(self) -> &'static str {
         match self {
             Self::Poweroff => "shutdown",
+            Self::Reboot => "reboot",
+        }
+    }
+
+    /// The verb, for messages: `shut down` or `reboot`.
+    #[must_use]
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Poweroff => "shut down",
             Self::Reboot => "reboot",
         }
     }
@@ -1276,6 +1289,14 @@ mod tests {
             },
             Request::ConsoleInput(b"ls\r\x1b[A\0\xff".to_vec()),
             Request::ConsoleDetach,
+            Request::Shutdown {
+                domid: 3,
+                request: GuestRequest::Poweroff,
+            },
+            Request::Shutdown {
+                domid: u32::MAX,
+                request: GuestRequest::Reboot,
+            },
         ]
     }
 
@@ -1479,6 +1500,36 @@ mod tests {
                 last_unix_ms: Some(0),
                 last_age_ms: Some(u64::MAX),
             }),
+            Response::ShutdownSent(ShutdownSent {
+                request: GuestRequest::Reboot,
+                domid: 3,
+                name: "web".into(),
+                state: State::Blocked,
+            }),
+            Response::Error(ApiError::PvShutdownUnsupported {
+                request: GuestRequest::Poweroff,
+                domid: 3,
+                name: "web".into(),
+                node: Some("control/feature-poweroff".into()),
+            }),
+            Response::Error(ApiError::PvShutdownUnsupported {
+                request: GuestRequest::Reboot,
+                domid: 1,
+                name: "hello1".into(),
+                node: None,
+            }),
+            Response::Error(ApiError::GuestRequestNotApplicable {
+                request: GuestRequest::Poweroff,
+                domid: 0,
+                name: "Domain-0".into(),
+                why: NotApplicable::DomainZero,
+            }),
+            Response::Error(ApiError::GuestRequestNotApplicable {
+                request: GuestRequest::Reboot,
+                domid: 5,
+                name: "off".into(),
+                why: NotApplicable::Ended(State::Crashed),
+            }),
         ]
     }
 
@@ -1634,6 +1685,81 @@ mod tests {
             reference: "a".into(),
         });
         assert_eq!(resp(&e), [1, 13, 1, b'a']);
+    }
+
+    #[test]
+    fn shutdown_messages_were_appended_after_the_console_ones() {
+        let req = |r: &Request| postcard::to_stdvec(r).unwrap();
+        assert_eq!(
+            req(&Request::Shutdown {
+                domid: 7,
+                request: GuestRequest::Poweroff
+            }),
+            [15, 7, 0]
+        );
+        assert_eq!(
+            req(&Request::Shutdown {
+                domid: 7,
+                request: GuestRequest::Reboot
+            }),
+            [15, 7, 1]
+        );
+        let resp = |r: &Response| postcard::to_stdvec(r).unwrap();
+        assert_eq!(
+            resp(&Response::ShutdownSent(ShutdownSent {
+                request: GuestRequest::Poweroff,
+                domid: 3,
+                name: "a".into(),
+                state: State::Running,
+            }))[..4],
+            [13, 0, 3, 1]
+        );
+        let e = Response::Error(ApiError::PvShutdownUnsupported {
+            request: GuestRequest::Poweroff,
+            domid: 3,
+            name: "a".into(),
+            node: None,
+        });
+        assert_eq!(resp(&e), [1, 16, 0, 3, 1, b'a', 0]);
+        let e = Response::Error(ApiError::GuestRequestNotApplicable {
+            request: GuestRequest::Reboot,
+            domid: 0,
+            name: String::new(),
+            why: NotApplicable::DomainZero,
+        });
+        assert_eq!(resp(&e), [1, 17, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn shutdown_error_messages() {
+        let e = ApiError::PvShutdownUnsupported {
+            request: GuestRequest::Reboot,
+            domid: 3,
+            name: "web".into(),
+            node: Some("control/feature-reboot".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain 3 (web) does not handle PV reboot requests: the guest never wrote control/feature-reboot = 1"
+        );
+        let e = ApiError::GuestRequestNotApplicable {
+            request: GuestRequest::Poweroff,
+            domid: 5,
+            name: "off".into(),
+            why: NotApplicable::Ended(State::Shutdown),
+        };
+        assert_eq!(
+            e.to_string(),
+            "domain 5 (off) cannot be sent a PV shutdown request: it has shut down"
+        );
+        assert_eq!(
+            (GuestRequest::Poweroff.word(), GuestRequest::Reboot.word()),
+            ("poweroff", "reboot")
+        );
+        assert_eq!(
+            (GuestRequest::Poweroff.verb(), GuestRequest::Reboot.verb()),
+            ("shut down", "reboot")
+        );
     }
 
     #[test]

@@ -695,6 +695,29 @@ pub fn spawn_service(
     service: Service,
     limits: Limits,
 ) -> io::Result<BackgroundServer> {
+    spawn(path, service, limits, false)
+}
+
+/// As [`spawn_service`], and with the `on_*` sweeps ([`Service::supervise`]) too, as
+/// dom0d runs them: once at startup, after every create, and after every event mask the
+/// service's [`EventMonitor`] records.
+///
+/// # Errors
+/// Building the runtime or binding the socket failed.
+pub fn spawn_supervised(
+    path: &Path,
+    service: Service,
+    limits: Limits,
+) -> io::Result<BackgroundServer> {
+    spawn(path, service, limits, true)
+}
+
+fn spawn(
+    path: &Path,
+    service: Service,
+    limits: Limits,
+    supervise: bool,
+) -> io::Result<BackgroundServer> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let socket = path.to_path_buf();
@@ -716,6 +739,9 @@ pub fn spawn_service(
                 let service = Arc::new(service);
                 rt.block_on(async {
                     tokio::spawn(Arc::clone(&service).pump_evtchn());
+                    if supervise {
+                        tokio::spawn(Arc::clone(&service).supervise());
+                    }
                     serve(listener, service, limits, async {
                         let _ = stop_rx.await;
                     })

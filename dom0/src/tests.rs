@@ -392,6 +392,9 @@ struct Dom0d {
     server: BackgroundServer,
     fake: Arc<FakeMicrovisor>,
     consoles: Arc<crate::console::Consoles>,
+    xenstored: Arc<crate::xenstored::Xenstored>,
+    /// What the service's event task would record (only for [`Dom0d::supervised`]).
+    monitor: Option<Arc<EventMonitor>>,
     _dir: tempfile::TempDir,
 }
 
@@ -409,11 +412,40 @@ impl Dom0d {
     fn serve(fake: Arc<FakeMicrovisor>, service: Service, limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let consoles = Arc::clone(service.consoles());
+        let xenstored = Arc::clone(&service.xenstored);
         let server = spawn_service(&dir.path().join("dom0d.sock"), service, limits).unwrap();
         Self {
             server,
             fake,
             consoles,
+            xenstored,
+            monitor: None,
+            _dir: dir,
+        }
+    }
+
+    /// A dom0d that also applies the `on_*` actions, as the real one does; the test
+    /// stands in for the microvisor's events with [`Dom0d::state_changed`].
+    fn supervised(fake: FakeMicrovisor) -> Self {
+        let fake = Arc::new(fake);
+        let mv: Arc<dyn Microvisor> = fake.clone();
+        let monitor = Arc::new(EventMonitor::new(EventStatus::Listening));
+        let service = Service::with_events(mv, Arc::clone(&monitor));
+        let dir = tempfile::tempdir().unwrap();
+        let consoles = Arc::clone(service.consoles());
+        let xenstored = Arc::clone(&service.xenstored);
+        let server = crate::server::spawn_supervised(
+            &dir.path().join("dom0d.sock"),
+            service,
+            Limits::default(),
+        )
+        .unwrap();
+        Self {
+            server,
+            fake,
+            consoles,
+            xenstored,
+            monitor: Some(monitor),
             _dir: dir,
         }
     }
@@ -2332,4 +2364,449 @@ fn logs_and_console_need_a_dom0d_that_knows_them() {
     assert_eq!(status, ExitStatus::ServiceUnavailable);
     assert!(err.contains("does not know the console request"), "{err}");
     old.join().unwrap();
+}
+
+// ---- shutdown and reboot ----
+
+const POWEROFF: u32 = 0;
+const REBOOT: u32 = 1;
+
+/// A guest's xenstore client on the store page and port dom0d's builder gave `domid`;
+/// each wait for the store serves every store once, as dom0d's event task would.
+struct PvGuest {
+    fake: Arc<FakeMicrovisor>,
+    xenstored: Arc<crate::xenstored::Xenstored>,
+    monitor: Option<Arc<EventMonitor>>,
+    domid: u32,
+    port: u32,
+    client: pv_drivers::xenstore::XsClient<Arc<pv_drivers::VecMem>>,
+}
+
+struct PvIo<'a> {
+    fake: &'a FakeMicrovisor,
+    xenstored: &'a crate::xenstored::Xenstored,
+    domid: u32,
+    port: u32,
+    waits: u32,
+}
+
+impl pv_drivers::xenstore::XsIo for PvIo<'_> {
+    fn notify(&mut self) {
+        self.fake.guest_send(self.domid, self.port);
+    }
+
+    fn wait(&mut self) {
+        self.waits += 1;
+        assert!(self.waits < 1000, "the store never answered");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.xenstored.pump_all(self.fake);
+    }
+}
+
+impl PvGuest {
+    /// Connects and, as guest-rt does, writes `control/feature-<f>` = 1 for each of
+    /// `features` and watches `control/shutdown`.
+    fn announce(d: &Dom0d, domid: u32, features: &[&str]) -> Self {
+        use shared_abi::hvm::{HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
+        use shared_abi::io::xenstore::XS_WATCH;
+        let pfn = d.fake.param(domid, HVM_PARAM_STORE_PFN).unwrap();
+        let port = d.fake.param(domid, HVM_PARAM_STORE_EVTCHN).unwrap();
+        let mut g = Self {
+            fake: Arc::clone(&d.fake),
+            xenstored: Arc::clone(&d.xenstored),
+            monitor: d.monitor.clone(),
+            domid,
+            port: u32::try_from(port).unwrap(),
+            client: pv_drivers::xenstore::XsClient::new(d.fake.guest_page(domid, pfn).unwrap())
+                .unwrap(),
+        };
+        for f in features {
+            g.announce_feature(f);
+        }
+        g.call(XS_WATCH, &[b"control/shutdown\0", b"shutdown\0"]);
+        g
+    }
+
+    /// Writes `control/feature-<f>` = 1.
+    fn announce_feature(&mut self, f: &str) {
+        let node = format!("control/feature-{f}\0");
+        self.call(shared_abi::io::xenstore::XS_WRITE, &[node.as_bytes(), b"1"]);
+    }
+
+    fn call(&mut self, msg_type: u32, parts: &[&[u8]]) -> Vec<u8> {
+        let mut io = PvIo {
+            fake: &self.fake,
+            xenstored: &self.xenstored,
+            domid: self.domid,
+            port: self.port,
+            waits: 0,
+        };
+        let mut out = [0u8; 64];
+        let n = self
+            .client
+            .call(&mut io, msg_type, parts, &mut out)
+            .unwrap();
+        out[..n].to_vec()
+    }
+
+    /// Runs the guest on a thread: waits for a watch event whose `control/shutdown` is
+    /// not empty, acknowledges it, and shuts down with that reason (the microvisor's
+    /// state event is recorded for dom0d). Returns what it was asked.
+    fn obey(mut self) -> std::thread::JoinHandle<String> {
+        use shared_abi::io::xenstore::{XS_READ, XS_WRITE};
+        std::thread::spawn(move || {
+            let mut seen = self.client.watch_events();
+            for _ in 0..5000 {
+                self.xenstored.pump_all(&*self.fake);
+                self.client.poll().unwrap();
+                if self.client.watch_events() != seen {
+                    seen = self.client.watch_events();
+                    let asked = self.call(XS_READ, &[b"control/shutdown\0"]);
+                    if !asked.is_empty() {
+                        self.call(XS_WRITE, &[b"control/shutdown\0", b""]);
+                        let reason = if asked == b"reboot" { REBOOT } else { POWEROFF };
+                        assert!(self.fake.shut_down(self.domid, reason));
+                        if let Some(m) = &self.monitor {
+                            m.record(shared_abi::control::EVENT_DOMAIN_STATE);
+                        }
+                        return String::from_utf8(asked).unwrap();
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            panic!("domain {} was never asked", self.domid);
+        })
+    }
+}
+
+#[test]
+fn shutdown_and_reboot_parse() {
+    for (args, want, wait) in [
+        (&["shutdown", "web"][..], "shutdown", false),
+        (&["shutdown", "-w", "3"], "shutdown", true),
+        (&["shutdown", "--wait", "web", "--json"], "shutdown", true),
+        (&["reboot", "web"], "reboot", false),
+        (&["reboot", "web", "--wait"], "reboot", true),
+    ] {
+        let got = match parse(args).unwrap().command {
+            Command::Shutdown { domain, wait } => ("shutdown", domain, wait),
+            Command::Reboot { domain, wait } => ("reboot", domain, wait),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((got.0, got.2), (want, wait), "{args:?}");
+        assert!(["web", "3"].contains(&got.1.as_str()), "{args:?}");
+    }
+    // The wait is bounded by the global --timeout, before or after the command.
+    let cli = parse(&["--timeout", "2s", "shutdown", "-w", "web"]).unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_secs(2));
+    let cli = parse(&["reboot", "web", "--wait", "--timeout", "750ms"]).unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_millis(750));
+    for args in [
+        &["shutdown"][..],
+        &["reboot"],
+        &["shutdown", "a", "b"],
+        &["shutdown", "--all"],
+        &["reboot", "web", "--wait", "--timeout", "soon"],
+        &["shutdow", "web"],
+    ] {
+        let (status, out, err) = dom0(args);
+        assert_eq!(status, ExitStatus::Usage, "{args:?}");
+        assert!(out.is_empty() && !err.is_empty(), "{args:?}");
+    }
+    // Without dom0d: 69, as for every command that needs it.
+    assert_eq!(dom0(&["shutdown", "web"]).0, ExitStatus::ServiceUnavailable);
+    for shell in ["bash", "zsh", "fish"] {
+        let (_, out, _) = dom0(&["completions", shell]);
+        for cmd in ["shutdown", "reboot"] {
+            assert!(out.contains(cmd), "{shell}: {cmd}");
+        }
+    }
+    let (status, out, _) = dom0(&["shutdown", "--help"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(out.contains("control/feature-poweroff"), "{out}");
+}
+
+#[test]
+fn shutdown_asks_the_guest_and_waits_until_it_is_down() {
+    let g = Guest::new();
+    let d = Dom0d::supervised(FakeMicrovisor::new());
+    // Kept after the poweroff, so what --wait reached is the same every run.
+    let set = "on_poweroff=preserve";
+    let (status, _, err) = d.run(&["create", &g.path("web.toml"), "--set", set]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let domid = d.create(&g, "db");
+    let web = d.run(&["info", "web", "-o", "json"]).1;
+    let web = serde_json::from_str::<Value>(&web).unwrap()["domid"]
+        .as_u64()
+        .unwrap();
+    let guest = PvGuest::announce(&d, u32::try_from(web).unwrap(), &["poweroff"]).obey();
+    let (status, out, err) = d.run(&["shutdown", "web", "--wait", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(guest.join().unwrap(), "poweroff");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        serde_json::json!({
+            "api_version": "dom0/v1",
+            "action": "shutdown",
+            "domid": web,
+            "name": "web",
+            "waited": true,
+            "state": "shutdown",
+        })
+    );
+    let (_, list, _) = d.run(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&format!("{web}   web")) && l.contains("---so-")),
+        "{list}"
+    );
+    // It has ended: a second request does not apply (4).
+    let (status, out, err) = d.run(&["shutdown", "web"]);
+    assert_eq!(status, ExitStatus::InvalidState);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot shut down domain {web} (web)\n  caused by: domain {web} (web) cannot be \
+             sent a PV shutdown request: it has shut down\n"
+        )
+    );
+    // Without --wait: nothing printed, or the request and the state then under -o json.
+    let guest = PvGuest::announce(&d, domid, &["poweroff"]).obey();
+    let (status, out, err) = d.run(&["shutdown", &domid.to_string(), "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&doc["action"], &doc["waited"], &doc["state"], &doc["name"]),
+        (
+            &"shutdown".into(),
+            &false.into(),
+            &"running".into(),
+            &"db".into()
+        )
+    );
+    assert_eq!(guest.join().unwrap(), "poweroff");
+    // on_poweroff (destroy) removes it; its xenstore goes with it.
+    for _ in 0..500 {
+        if d.run(&["info", "db"]).0 == ExitStatus::NotFound {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(d.run(&["info", "db"]).0, ExitStatus::NotFound);
+    assert!(!d.xenstored.knows(domid));
+}
+
+#[test]
+fn reboot_wait_returns_once_this_instance_has_ended() {
+    let g = Guest::new();
+    let d = Dom0d::supervised(FakeMicrovisor::new());
+    let first = d.create(&g, "web");
+    let guest = PvGuest::announce(&d, first, &["poweroff", "reboot"]).obey();
+    let (status, out, err) = d.run(&["reboot", "web", "--wait", "--timeout", "5s", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(guest.join().unwrap(), "reboot");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&doc["action"], &doc["domid"], &doc["waited"]),
+        (&"reboot".into(), &first.into(), &true.into())
+    );
+    // Seen shut down, or already gone (on_reboot restarted it).
+    assert!(
+        doc["state"].is_null() || doc["state"] == "shutdown",
+        "{doc}"
+    );
+    // on_reboot restarts it under a new domain id (ids go round), with a new xenstore.
+    let mut second = None;
+    for _ in 0..500 {
+        let (status, out, _) = d.run(&["info", "web", "-o", "json"]);
+        if status == ExitStatus::Success {
+            let doc: Value = serde_json::from_str(&out).unwrap();
+            let id = doc["domid"].as_u64().unwrap();
+            if id != u64::from(first) && doc["state"] == "running" {
+                second = Some(u32::try_from(id).unwrap());
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = second.expect("restarted");
+    assert!(!d.xenstored.knows(first));
+    assert!(d.xenstored.knows(second));
+    // The new instance announces reboot too and obeys again; a --wait on the name's new
+    // id ends with it.
+    let guest = PvGuest::announce(&d, second, &["reboot"]).obey();
+    let (status, _, err) = d.run(&["reboot", &second.to_string(), "--wait"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(guest.join().unwrap(), "reboot");
+}
+
+#[test]
+fn a_guest_that_ignores_the_request_makes_wait_time_out_with_exit_5() {
+    let g = Guest::new();
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let domid = d.create(&g, "web");
+    // It announces the feature, then never looks at its watch.
+    let mut guest = PvGuest::announce(&d, domid, &["poweroff"]);
+    let started = std::time::Instant::now();
+    let (status, out, err) = d.run(&["--timeout", "300ms", "shutdown", "web", "--wait"]);
+    assert_eq!(status, ExitStatus::Timeout);
+    assert_eq!(status.code(), 5);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        format!(
+            "error: domain {domid} (web) did not shut down within 0.3 s (it is running)\n  hint: \
+             the guest may ignore the request; `dom0 destroy web` stops it at once\n"
+        )
+    );
+    // The request was written all the same.
+    assert_eq!(
+        d.xenstored
+            .read(&format!("/local/domain/{domid}/control/shutdown")),
+        Ok(b"poweroff".to_vec())
+    );
+    let (status, out, err) = d.run(&["reboot", "web", "-w", "--timeout", "200ms", "-o", "json"]);
+    assert_eq!(status, ExitStatus::NotSupported, "{err}");
+    assert!(out.is_empty());
+    // Reboot was never announced: refused at once rather than waited for.
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(
+        (doc["code"].as_str(), doc["exit_code"].as_u64()),
+        (Some("pv_shutdown_unsupported"), Some(6))
+    );
+    guest.announce_feature("reboot");
+    let (status, out, err) = d.run(&["reboot", "web", "-w", "--timeout", "200ms", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Timeout);
+    assert!(out.is_empty());
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "code": "timeout",
+            "message": format!("domain {domid} (web) did not reboot within 0.2 s (it is running)"),
+            "causes": [],
+            "hint": "the guest may ignore the request; `dom0 destroy web` stops it at once",
+            "exit_code": 5,
+        })
+    );
+}
+
+#[test]
+fn shutdown_refusals_exit_4_or_6_at_once() {
+    let g = Guest::new();
+    let d = Dom0d::start(lifecycle_fake());
+    // Domain-0, and domains that have ended: 4.
+    for (args, what, why) in [
+        (
+            &["shutdown", "0"][..],
+            "shut down domain 0 (Domain-0)",
+            "domain 0 (Domain-0) cannot be sent a PV shutdown request: it is the control domain",
+        ),
+        (
+            &["reboot", "Domain-0", "--wait"],
+            "reboot domain 0 (Domain-0)",
+            "domain 0 (Domain-0) cannot be sent a PV reboot request: it is the control domain",
+        ),
+        (
+            &["shutdown", "off", "-w"],
+            "shut down domain 5 (off)",
+            "domain 5 (off) cannot be sent a PV shutdown request: it has shut down",
+        ),
+        (
+            &["reboot", "boom"],
+            "reboot domain 6 (boom)",
+            "domain 6 (boom) cannot be sent a PV reboot request: it has crashed",
+        ),
+    ] {
+        let (status, out, err) = d.run(args);
+        assert_eq!(status, ExitStatus::InvalidState, "{args:?}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err,
+            format!("error: cannot {what}\n  caused by: {why}\n"),
+            "{args:?}"
+        );
+    }
+    let (status, _, err) = d.run(&["shutdown", "0", "-o", "json"]);
+    assert_eq!(status.code(), 4);
+    let doc: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(
+        (doc["code"].as_str(), doc["exit_code"].as_u64()),
+        (Some("not_applicable"), Some(4))
+    );
+    // A guest that never announced PV shutdown, and a domain without a xenstore dom0d
+    // serves: 6, with the way out.
+    let domid = d.create(&g, "web");
+    let started = std::time::Instant::now();
+    let (status, out, err) = d.run(&["shutdown", "web", "--wait"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "no wait"
+    );
+    assert_eq!(status, ExitStatus::NotSupported);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot shut down domain {domid} (web)\n  caused by: domain {domid} (web) does \
+             not handle PV shutdown requests: the guest never wrote control/feature-poweroff = \
+             1\n  hint: `dom0 destroy web` stops it at once\n"
+        )
+    );
+    let (status, _, err) = d.run(&["reboot", "hello1"]);
+    assert_eq!(status, ExitStatus::NotSupported);
+    assert_eq!(
+        err,
+        "error: cannot reboot domain 1 (hello1)\n  caused by: domain 1 (hello1) cannot be sent a PV \
+         reboot request: dom0d serves no xenstore for it\n  hint: `dom0 destroy hello1` stops it at \
+         once\n"
+    );
+    // Unknown domains: 3.
+    let (status, _, err) = d.run(&["shutdown", "nosuch"]);
+    assert_eq!(status, ExitStatus::NotFound);
+    assert!(
+        err.starts_with("error: no domain named \"nosuch\"\n"),
+        "{err}"
+    );
+    assert_eq!(d.run(&["reboot", "4000", "-w"]).0, ExitStatus::NotFound);
+}
+
+#[test]
+fn a_dom0d_without_pv_shutdown_exits_69() {
+    use crate::proto::{ApiError, Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fake = lifecycle_fake();
+    let old = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        while let Ok(Some(payload)) = crate::proto::read_frame(&mut s, crate::proto::MAX_FRAME) {
+            let reply = match crate::proto::decode::<Request>(&payload) {
+                Ok(Request::Hello { .. }) => Service::hello(),
+                Ok(Request::DomainInfo { domid }) => {
+                    Response::Domain(crate::microvisor::domain_info(&fake, domid).unwrap())
+                }
+                _ => Response::Error(ApiError::Malformed {
+                    reason: "cannot decode message".into(),
+                }),
+            };
+            s.write_all(&crate::proto::encode(&reply).unwrap()).unwrap();
+        }
+    });
+    let (status, out, err) = dom0_at(&path, &["reboot", "3"]);
+    old.join().unwrap();
+    assert_eq!(status, ExitStatus::ServiceUnavailable);
+    assert!(out.is_empty());
+    let software = format!("dom0d {}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot reboot domain 3 (spin)\n  caused by: dom0d at {} ({software}) does not \
+             know the reboot request\n  hint: install dom0 and dom0d from the same build\n",
+            path.display()
+        )
+    );
 }
