@@ -9,11 +9,10 @@
 //!    [`MAX_KERNEL_BYTES`]; it is an x86-64 ELF executable with a PVH entry note
 //!    (`microvisor::elf::PvhImage`); every `PT_LOAD` segment lies inside guest RAM, clear
 //!    of page 0, the boot page and the xenstore and console pages (the last two pages of
-//!    RAM), and the entry
-//!    point inside a segment (`microvisor::domain::check`); the command line fits the boot
-//!    page; the ramdisk fits between the kernel's end and those pages; the memory is
-//!    at most what `HostInfo` reports free; no domain has the name; the microvisor has a
-//!    foreign window.
+//!    RAM), and the entry point inside a segment (`microvisor::domain::check`); the command
+//!    line fits the boot page; the ramdisk fits between the kernel's end and those pages;
+//!    the memory is at most what `HostInfo` reports free; no domain has the name; the
+//!    microvisor has a foreign window.
 //! 2. `DomainCreate`: an empty, paused domain with zeroed RAM at `0..memory`.
 //! 3. Its memory is written through [`WINDOW_SLOTS`] foreign-window slots, reused in
 //!    batches: `ForeignMap` each page of a batch into a slot, `mmap` the slots, copy,
@@ -922,7 +921,7 @@ impl Default for Options {
 }
 
 /// Builds (or, for a dry run, plans) the domain `config` describes, as the module docs
-/// say, mapping its console page through `pool`. `created` receives the new domain's id as
+/// say, mapping its console and xenstore pages through `pool`. `created` receives the new domain's id as
 /// soon as it exists, so a caller can clean up even if this thread dies.
 ///
 /// # Errors

@@ -54,6 +54,21 @@
 //! its ring gets `WARN console: domain 3 (x) broke its console ring (...); its console is
 //! disabled`, and only its console stops.
 //!
+//! **xenstore** ([`xenstored`], [`xenstore`]): dom0d is the store of the domains it builds,
+//! served over each one's xenstore page like its console (pending ports, the sweeps, the
+//! 500 ms poll). Each domain gets `/local/domain/<id>` with `name` and `domid` (read-only
+//! to it) and `control`; a guest reads and writes only below its home (and nodes whose
+//! permissions name it), may watch paths and use transactions; Domain 0 may do everything.
+//! Quotas: 1000 nodes per domain, 2 KiB per value, 128 watches and 10 transactions per
+//! connection, 64 KiB of unread replies. A guest that breaks its ring or stops reading
+//! gets one `WARN xenstore: domain 3 (x) broke its xenstore ring (...); its xenstore
+//! connection is cut off (page unmapped, port closed); ...` line; its home stays until
+//! the domain is gone (destroy, `on_*` action, or the sweep), when `@releaseDomain` fires.
+//! **PV shutdown** follows Xen's convention: a guest that handles it writes
+//! `control/feature-poweroff` (`feature-reboot`) = `1` and watches `control/shutdown`;
+//! `Shutdown` requests write `poweroff` or `reboot` there, logging `shutdown: domain 3
+//! (spin) asked to poweroff`, or are refused at once if the guest never announced it.
+//!
 //! **Events** ([`events`]): a task waits (epoll, no polling loop) until the event handle is
 //! readable, reads the 8-byte mask, logs `event: domain state changed (mask 0x1, N so far)`
 //! (rate-limited; a mask of only `EVENT_EVTCHN` at debug level) and counts it; `Events` requests report the count and the time of the
@@ -93,6 +108,7 @@
 //! | `Logs { domain, follow }` | a console stream (below): the history, and with `follow` new output until the domain is destroyed |
 //! | `ConsoleAttach { domain, force }` | a console stream with input: the history, new output, and `ConsoleInput(bytes)` frames from the client into the guest; `Error(ConsoleBusy)` while another client is attached, unless `force` (which ends the other session with `TakenOver`) |
 //! | `ConsoleInput(bytes)`, `ConsoleDetach` | only inside an attach stream (no reply; the detach is answered with `ConsoleEnd(Detached)`) |
+//! | `Shutdown { domid, request: Poweroff\|Reboot }` | `ShutdownSent { request, domid, name, state }` once `poweroff`/`reboot` is in the guest's `control/shutdown` (the guest acts in its own time); `Error(PvShutdownUnsupported { request, domid, name, node })` at once if the guest never wrote `node` (`control/feature-poweroff` or `-reboot`) = 1, or `node: None` if dom0d serves no xenstore for it; `Error(GuestRequestNotApplicable { request, domid, name, why: DomainZero\|Ended(state) })`. Appended within protocol 1 (an older dom0d: `Malformed`, exit 69) |
 //!
 //! **Console streams** ([`session`]): `domain` is a domid or a name (a domain that is gone
 //! still has its kept history). dom0d answers `ConsoleOpened { name, domid, last_domid,
@@ -129,7 +145,9 @@
 //!   `BadRecord` (the microvisor's answer did not validate), `Busy`, and for lifecycle
 //!   requests `DomainZero { action }`, `AlreadyPaused { domid, name }`,
 //!   `NotPaused { domid, name, state }`, `DomainEnded { action, domid, name, state,
-//!   reason }`, `LifecycleTimeout { action, domid, name, waited_ms, state }`.
+//!   reason }`, `LifecycleTimeout { action, domid, name, waited_ms, state }`; for
+//!   consoles `UnknownDomain`, `NoConsole`, `ConsoleBusy`; for `Shutdown`
+//!   `PvShutdownUnsupported` and `GuestRequestNotApplicable`.
 //!
 //! ### Building domains
 //!
@@ -142,28 +160,31 @@
 //! 1. everything is checked before the domain exists: the config, the kernel file (at most
 //!    256 MiB; an x86-64 ELF executable with the PVH entry note, parsed by
 //!    `microvisor::elf::PvhImage`), every `PT_LOAD` segment inside the domain's RAM and
-//!    clear of page 0, the boot page and the console page (the last page of RAM), the entry
-//!    inside a segment, the command line (`microvisor::domain::check`), the ramdisk between
-//!    the kernel's end and the console page, the memory against `HostInfo`'s free memory,
-//!    the name against every domain's, and the foreign window;
-//! 2. `DomainCreate` (a paused domain with zeroed RAM);
+//!    clear of page 0, the boot page and the xenstore and console pages (the last two
+//!    pages of RAM), the entry inside a segment, the command line
+//!    (`microvisor::domain::check`), the ramdisk between the kernel's end and those pages,
+//!    the memory against `HostInfo`'s free memory, the name against every domain's, and
+//!    the foreign window;
+//! 2. `DomainCreate` (a paused domain with zeroed RAM; the microvisor hands out domids
+//!    round-robin, so a domid that was just freed names no new domain for a while);
 //! 3. its memory is written through 64 foreign-window slots from the middle of the window
 //!    (`ForeignMap` each page of a batch, `mmap`, copy, `munmap`, `ForeignUnmap`): the
 //!    segments' file bytes, the boot page at 0x1000 (`microvisor::domain::boot_info_page`:
 //!    `hvm_start_info`, the command line at 0x1100, and a memory map of two entries: RAM
-//!    `0..memory - 4 KiB` and the console page as `E820_RESERVED`) and the ramdisk,
-//!    page-aligned below the console page, as the start info's one module (its
+//!    `0..memory - 8 KiB` and the xenstore and console pages as `E820_RESERVED`) and the
+//!    ramdisk, page-aligned below them, as the start info's one module (its
 //!    `hvm_modlist_entry` at 0x1080);
-//! 4. the PV console: `EvtchnAllocUnbound` (the DomU's port), `EvtchnBindInterdomain`
-//!    (domain 0's port), the console page `ForeignMap`ped into a slot of its own and
-//!    `mmap`ed for the domain's life ([`pages`]), and `DomainSetParam` of `CONSOLE_PFN` and
-//!    `CONSOLE_EVTCHN`; a microvisor without event channels (`ENOSYS`) builds domains
-//!    without a console (one warning);
+//! 4. the PV console, then the xenstore page, each: `EvtchnAllocUnbound` (the DomU's
+//!    port), `EvtchnBindInterdomain` (domain 0's port), the page (console: `memory - 4
+//!    KiB`, xenstore: `memory - 8 KiB`) `ForeignMap`ped into a slot of its own and
+//!    `mmap`ed for the domain's life ([`pages`]), and `DomainSetParam` of `CONSOLE_PFN`
+//!    and `CONSOLE_EVTCHN` (`STORE_PFN`, `STORE_EVTCHN`); a microvisor without event
+//!    channels (`ENOSYS`) builds domains without either (one warning);
 //! 5. `DomainSetEntry { entry, start_info: 0x1000 }`;
 //! 6. `DomainUnpause`, unless `paused`.
 //!
-//! If any step after `DomainCreate` fails, dom0d closes the console's port, unmaps its page,
-//! destroys the domain and waits until it is gone, so the free memory is what it was
+//! If any step after `DomainCreate` fails, dom0d closes the ports it bound, unmaps the
+//! pages, destroys the domain and waits until it is gone, so the free memory is what it was
 //! before; only if that fails too does the error name the domain left behind. The microvisor's errnos become typed errors (`ENOMEM`
 //! `NotEnoughMemory`, `EEXIST` `NameInUse`, `ENOSPC` `NoFreeDomid`, `EINVAL`
 //! `InvalidConfig`). Each create is logged with its duration, e.g. `create: domain 3
@@ -187,17 +208,20 @@
 //! | `dom0 list` | one line per domain: `ID NAME STATE MEM(MiB) VCPUS PCPU TIME(s)`, STATE being xl's flags (`r` running, `b` blocked, `p` paused, `s` shut down + reason letter `o`/`r`/`s`/`c`/`w`, `c` in the fifth column for crashed) |
 //! | `dom0 info DOM` | `key: value` lines for one domain; DOM is a domid (all digits) or an exact name. `console:` is `none`, `no output yet`, or the bytes received and the time from the create request to the first byte (`-o json`: `console_first_byte_ms`, `console {first_byte_ms, total_bytes, history_bytes, disabled, attached}`) |
 //! | `dom0 logs DOM [-f]` | the console history (raw bytes, unchanged); `-f` goes on printing new output until the domain is destroyed or Ctrl-C. DOM may be a domain that is gone whose history dom0d still keeps |
-//! | `dom0 console DOM [--force]` | attaches: `Connected to NAME (domid N). Escape character is ^]` on stderr, the history and live output on stdout, stdin to the guest; `^]` detaches. A terminal is put in raw mode (restored on every exit path: return, error, panic, SIGTERM/SIGHUP/SIGINT/SIGQUIT); piped stdin is sent until end of file, then output is printed for 1 s more. One client at a time: another gets exit 4, `--force` takes over (the first prints `detached: another ... took over` and exits 0) |
+//! | `dom0 console DOM [--force]` | attaches: `Connected to NAME (domid N). Escape character is ^]` on stderr, the history and live output on stdout, stdin to the guest; `^]` detaches. A terminal is put in raw mode (restored on every exit path: return, error, panic, SIGTERM/SIGHUP/SIGINT/SIGQUIT). Piped stdin is *not* a read-only attach (as CLI.md §9 would have it): it is sent to the guest until end of file, then output is printed for 1 s more; `dom0 logs -f` is the read-only view. One client at a time, piped or not: another gets exit 4, `--force` takes over (the first prints `detached: another ... took over` and exits 0) |
 //! | `dom0 pause DOM` | stops scheduling the domain; returns once it is paused |
 //! | `dom0 unpause DOM` (alias `resume`) | resumes a paused domain |
 //! | `dom0 destroy DOM` | tears the domain down at once, in any state, and frees its memory; returns once it is gone from the list |
+//! | `dom0 shutdown DOM [--wait]` | asks the guest to power off through xenstore (`control/shutdown` = `poweroff`) and returns; `on_poweroff` applies once it has. `--wait` returns once the domain has shut down, crashed or is gone, bounded by `--timeout` (exit 5: `domain 3 (web) did not shut down within 30 s (it is running)`). Exit 6 at once if the guest never wrote `control/feature-poweroff` = 1 or dom0d serves no xenstore for it (hint: `dom0 destroy`), 4 for Domain-0 or a domain that has ended |
+//! | `dom0 reboot DOM [--wait]` | the same with `reboot` (and `control/feature-reboot`); `on_reboot` (default `restart`) applies. `--wait` ends when this instance has ended: a restart gets a new domid, since domids go round |
 //! | `dom0 validate CFG [--set K=V]...` | checks the config, the kernel and the ramdisk without dom0d and prints the effective config and the layout (`key: value` lines: the keys, `entry`, `start_info`, one `segment` line per segment, `ramdisk_at`) |
 //! | `dom0 create CFG [--set K=V]... [--paused] [--dry-run]` | builds and starts the domain; prints `domid`, `name` and `state`. `--paused` leaves it paused; `--dry-run` runs every check, dom0d's too (free memory, unique name), and prints what `validate` prints, creating nothing |
 //! | `dom0 host info` | `key: value` lines: microvisor version, control version, pCPUs, Dom0's pCPU, memory (MiB), TSC, uptime, `events` (masks dom0d received, or `unavailable (why)`), `last_event` (`2025-01-31T12:00:00.123Z (4.2 s ago): domain state changed`, or `-`) |
 //! | `dom0 version` | versions of the CLI, its interfaces, and (when reachable) dom0d and the microvisor; succeeds while dom0d is down |
 //! | `dom0 completions SHELL` | a static completion script for bash, zsh, fish, elvish or powershell |
 //!
-//! `pause`, `unpause` and `destroy` print nothing on success (exit 0) unless `-o json`.
+//! `pause`, `unpause`, `destroy`, `shutdown` and `reboot` print nothing on success (exit
+//! 0) unless `-o json`.
 //! They refuse Domain-0 (exit 4). Pausing a paused domain, unpausing one that is not
 //! paused, and pausing or unpausing one that shut down or crashed are errors that name the
 //! current state (exit 4, CLI.md §7), e.g.:
@@ -243,7 +267,8 @@
 //!
 //! Global flags, accepted before or after the subcommand: `-o, --output table|json|jsonl`,
 //! `--json` (short for `-o json`), `--socket PATH` (env `DOM0_SOCKET`, default
-//! `/run/dom0/control.sock`) and `--timeout DURATION` (each reply, default `30s`; `500ms`, `2m`).
+//! `/run/dom0/control.sock`) and `--timeout DURATION` (each reply, and the wait of
+//! `shutdown`/`reboot --wait`; default `30s`; `500ms`, `2m`).
 //! Data goes to stdout; errors go to stderr.
 //!
 //! ### JSON
@@ -276,6 +301,9 @@
 //!   file_bytes, mem_bytes}]`, `ramdisk`: `{paddr, bytes}` or `null`).
 //! - `create`: `api_version`, `domid` (`null` for `--dry-run`), `name`, `state` (`running`,
 //!   `blocked`, `paused`; `null` for `--dry-run`), `dry_run`, `took_ms`, `config`, `plan`.
+//! - `shutdown`, `reboot`: `api_version`, `action` (`shutdown`, `reboot`), `domid`, `name`,
+//!   `waited` (whether `--wait` was given), `state` (when the request was written, or the
+//!   last seen after the wait: `shutdown`, `crashed`, or `null` once the domain is gone).
 //!
 //! ### Exit codes
 //!
@@ -287,9 +315,9 @@
 //! | 1 | any other failure (e.g. the microvisor returned a bad record or an unexpected errno; `create` with more memory than the host has free, or no domain id left) |
 //! | 2 | usage error |
 //! | 3 | no such domain (for `logs`/`console`: nor a kept history), or a file not found: the config, its kernel or ramdisk |
-//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause` of one that shut down or crashed; `create` with a name another domain has; `console` while another client is attached |
-//! | 5 | dom0d did not answer within `--timeout`, or a pause or destroy did not take effect within dom0d's limit (2 s, 5 s) |
-//! | 6 | the microvisor does not implement the operation (`ENOSYS`), or offers no foreign window to build domains through; `logs`/`console` of a domain without a console dom0d serves (Domain-0, boot-time DomUs) |
+//! | 4 | invalid state for the operation: `pause`/`unpause`/`destroy`/`shutdown`/`reboot` of Domain-0, `pause` of a paused domain, `unpause` of one that is not paused, `pause`/`unpause`/`shutdown`/`reboot` of one that shut down or crashed; `create` with a name another domain has; `console` while another client is attached |
+//! | 5 | dom0d did not answer within `--timeout`, a pause or destroy did not take effect within dom0d's limit (2 s, 5 s), or `shutdown`/`reboot --wait` saw no end within `--timeout` |
+//! | 6 | the microvisor does not implement the operation (`ENOSYS`), or offers no foreign window to build domains through; `logs`/`console` of a domain without a console dom0d serves (Domain-0, boot-time DomUs); `shutdown`/`reboot` of a guest that never announced PV shutdown, or of a domain without a xenstore dom0d serves |
 //! | 7 | invalid config: a syntax error, unknown or unsupported key, bad value (zero or several vCPUs, memory out of range, a bad name), a kernel that is not an x86-64 ELF, has no PVH note or does not fit the memory, a ramdisk that does not fit |
 //! | 8 | permission denied: the socket is root-only, the microvisor refused (`EPERM`), or a file could not be read |
 //! | 69 | dom0d unreachable, busy, speaking another protocol version, or too old for the request |

@@ -1,5 +1,5 @@
-//! DomU pages that dom0d keeps mapped for a domain's life (its PV console ring), each in
-//! a foreign-window slot of its own.
+//! DomU pages that dom0d keeps mapped for a domain's life (its PV console and xenstore
+//! rings), each in a foreign-window slot of its own.
 //!
 //! The window's slots are shared out by convention: `dom0-probe` uses the first two and
 //! the last, the builder [`WINDOW_SLOTS`] from the middle ([`builder::window`]), and this
