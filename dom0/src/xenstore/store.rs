@@ -1,5 +1,10 @@
 //! The xenstore tree with permissions, watches and transactions, and the request handler
 //! for one message ([`Store::handle`]).
+//!
+//! A transaction keeps only the nodes it writes or removes, on top of the live tree; it
+//! commits them at once if nothing was committed since it started (else `EAGAIN`). So an
+//! open transaction costs what it changed, bounded by the quotas, never a copy of the
+//! store, and the per-domain node quota is kept as a count per owner.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -135,96 +140,214 @@ impl Perms {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Node {
     value: Vec<u8>,
     perms: Perms,
 }
 
 /// The nodes, by absolute path; a node's children are the paths one component below it.
-#[derive(Debug, Clone, Default)]
+/// Counts the nodes each domain owns, for the quota.
+#[derive(Debug, Default)]
 struct Tree {
     nodes: BTreeMap<String, Node>,
+    owned: BTreeMap<u32, usize>,
+}
+
+/// What the node operations need of a tree: the store's own ([`Tree`]), or a
+/// transaction's view of it ([`TxView`]).
+trait Nodes {
+    fn node(&self, p: &str) -> Option<&Node>;
+    /// Inserts or replaces the node at `p`.
+    fn put(&mut self, p: &str, n: Node);
+    fn take(&mut self, p: &str) -> Option<Node>;
+    /// The paths that start with `prefix`, ascending.
+    fn paths_from(&self, prefix: &str) -> Vec<String>;
+    fn owned_by(&self, dom: u32) -> usize;
 }
 
 impl Tree {
-    fn children(&self, p: &str) -> Vec<String> {
-        let prefix = if p == "/" {
-            "/".to_owned()
+    fn count(&mut self, owner: u32, up: bool) {
+        let c = self.owned.entry(owner).or_insert(0);
+        if up {
+            *c += 1;
         } else {
-            format!("{p}/")
-        };
-        self.nodes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, _)| {
-                let rest = &k[prefix.len()..];
-                (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned())
-            })
-            .collect()
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+}
+
+impl Nodes for Tree {
+    fn node(&self, p: &str) -> Option<&Node> {
+        self.nodes.get(p)
     }
 
-    fn subtree(&self, p: &str) -> Vec<String> {
+    fn put(&mut self, p: &str, n: Node) {
+        let owner = n.perms.owner;
+        if let Some(old) = self.nodes.insert(p.to_owned(), n) {
+            self.count(old.perms.owner, false);
+        }
+        self.count(owner, true);
+    }
+
+    fn take(&mut self, p: &str) -> Option<Node> {
+        let n = self.nodes.remove(p)?;
+        self.count(n.perms.owner, false);
+        Some(n)
+    }
+
+    fn paths_from(&self, prefix: &str) -> Vec<String> {
         self.nodes
-            .keys()
-            .filter(|k| is_at_or_below(k, p))
-            .cloned()
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
     fn owned_by(&self, dom: u32) -> usize {
-        self.nodes.values().filter(|n| n.perms.owner == dom).count()
+        self.owned.get(&dom).copied().unwrap_or(0)
+    }
+}
+
+/// A transaction's view: the store's tree under the transaction's own changes. A
+/// transaction costs what it changes, not a copy of the store.
+struct TxView<'a> {
+    base: &'a Tree,
+    /// The nodes the transaction wrote (`Some`) or removed (`None`).
+    overlay: &'a mut BTreeMap<String, Option<Node>>,
+}
+
+impl Nodes for TxView<'_> {
+    fn node(&self, p: &str) -> Option<&Node> {
+        match self.overlay.get(p) {
+            Some(n) => n.as_ref(),
+            None => self.base.nodes.get(p),
+        }
     }
 
-    /// The closest existing node at or above `p`.
-    fn nearest(&self, p: &str) -> Option<(&str, &Node)> {
-        let mut at = Some(p);
-        while let Some(q) = at {
-            if let Some((k, n)) = self.nodes.get_key_value(q) {
-                return Some((k.as_str(), n));
-            }
-            at = parent(q);
-        }
-        None
+    fn put(&mut self, p: &str, n: Node) {
+        self.overlay.insert(p.to_owned(), Some(n));
     }
 
-    /// Creates `p` and its missing parents for `dom`, each inheriting its parent's
-    /// permissions (owned by `dom` unless that is domain 0). Returns the paths created.
-    fn create(&mut self, dom: u32, p: &str) -> Result<Vec<String>, XsErr> {
-        let (_, anchor) = self.nearest(p).ok_or(XsErr::NoEnt)?;
-        if !anchor.perms.access(dom).writes() {
-            return Err(XsErr::Acces);
-        }
-        let mut missing = Vec::new();
-        let mut at = Some(p);
-        while let Some(q) = at {
-            if self.nodes.contains_key(q) {
-                break;
-            }
-            missing.push(q.to_owned());
-            at = parent(q);
-        }
-        if dom != 0 && self.owned_by(dom) + missing.len() > MAX_NODES_PER_DOMAIN {
-            return Err(XsErr::NoSpc);
-        }
-        missing.reverse();
-        for q in &missing {
-            let mut perms = parent(q)
-                .and_then(|pp| self.nodes.get(pp))
-                .map_or_else(|| Perms::private(0), |n| n.perms.clone());
-            if dom != 0 {
-                perms.owner = dom;
-            }
-            self.nodes.insert(
-                q.clone(),
-                Node {
-                    value: Vec::new(),
-                    perms,
-                },
-            );
-        }
-        Ok(missing)
+    fn take(&mut self, p: &str) -> Option<Node> {
+        let n = self.node(p).cloned()?;
+        self.overlay.insert(p.to_owned(), None);
+        Some(n)
     }
+
+    fn paths_from(&self, prefix: &str) -> Vec<String> {
+        let mut all: std::collections::BTreeSet<String> = self
+            .base
+            .paths_from(prefix)
+            .into_iter()
+            .filter(|k| !matches!(self.overlay.get(k), Some(None)))
+            .collect();
+        all.extend(
+            self.overlay
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(_, n)| n.is_some())
+                .map(|(k, _)| k.clone()),
+        );
+        all.into_iter().collect()
+    }
+
+    fn owned_by(&self, dom: u32) -> usize {
+        let mut n = self.base.owned_by(dom);
+        for (k, over) in self.overlay.iter() {
+            if self.base.nodes.get(k).is_some_and(|b| b.perms.owner == dom) {
+                n = n.saturating_sub(1);
+            }
+            if over.as_ref().is_some_and(|o| o.perms.owner == dom) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn children(tree: &impl Nodes, p: &str) -> Vec<String> {
+    let prefix = if p == "/" {
+        "/".to_owned()
+    } else {
+        format!("{p}/")
+    };
+    tree.paths_from(&prefix)
+        .into_iter()
+        .filter_map(|k| {
+            let rest = &k[prefix.len()..];
+            (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned())
+        })
+        .collect()
+}
+
+/// `p` and every path below it.
+fn subtree(tree: &impl Nodes, p: &str) -> Vec<String> {
+    if p == "/" {
+        return tree.paths_from("/");
+    }
+    let mut all: Vec<String> = tree.node(p).map(|_| p.to_owned()).into_iter().collect();
+    all.extend(tree.paths_from(&format!("{p}/")));
+    all
+}
+
+/// The closest existing node at or above `p`.
+fn nearest<'t>(tree: &'t impl Nodes, p: &str) -> Option<&'t Node> {
+    let mut at = Some(p);
+    while let Some(q) = at {
+        if let Some(n) = tree.node(q) {
+            return Some(n);
+        }
+        at = parent(q);
+    }
+    None
+}
+
+/// Creates `p` and its missing parents for `dom`, each inheriting its parent's
+/// permissions (owned by `dom` unless that is domain 0). Returns the paths created.
+fn create(tree: &mut impl Nodes, dom: u32, p: &str) -> Result<Vec<String>, XsErr> {
+    let anchor = nearest(tree, p).ok_or(XsErr::NoEnt)?;
+    if !anchor.perms.access(dom).writes() {
+        return Err(XsErr::Acces);
+    }
+    let mut missing = Vec::new();
+    let mut at = Some(p);
+    while let Some(q) = at {
+        if tree.node(q).is_some() {
+            break;
+        }
+        missing.push(q.to_owned());
+        at = parent(q);
+    }
+    if dom != 0 && tree.owned_by(dom) + missing.len() > MAX_NODES_PER_DOMAIN {
+        return Err(XsErr::NoSpc);
+    }
+    missing.reverse();
+    for q in &missing {
+        let mut perms = parent(q)
+            .and_then(|pp| tree.node(pp))
+            .map_or_else(|| Perms::private(0), |n| n.perms.clone());
+        if dom != 0 {
+            perms.owner = dom;
+        }
+        tree.put(
+            q,
+            Node {
+                value: Vec::new(),
+                perms,
+            },
+        );
+    }
+    Ok(missing)
 }
 
 /// A client connection: a DomU's ring (`index` 0) or a Dom0 client.
@@ -247,7 +370,9 @@ struct Watch {
 
 #[derive(Debug)]
 struct Transaction {
-    tree: Tree,
+    /// The nodes it wrote (`Some`) or removed (`None`), applied on commit.
+    overlay: BTreeMap<String, Option<Node>>,
+    /// The store's generation when it started.
     base: u64,
     changed: Vec<(String, Perms)>,
 }
@@ -315,8 +440,8 @@ impl Store {
     pub fn new() -> Self {
         let mut tree = Tree::default();
         for p in ["/", "/local", "/local/domain"] {
-            tree.nodes.insert(
-                p.to_owned(),
+            tree.put(
+                p,
                 Node {
                     value: Vec::new(),
                     perms: Perms::private(0),
@@ -379,7 +504,7 @@ impl Store {
     /// # Errors
     /// `ENOENT`, `EACCES`.
     pub fn read(&self, dom: u32, p: &str) -> Result<Vec<u8>, XsErr> {
-        let n = self.tree.nodes.get(p).ok_or(XsErr::NoEnt)?;
+        let n = self.tree.node(p).ok_or(XsErr::NoEnt)?;
         if !n.perms.access(dom).reads() {
             return Err(XsErr::Acces);
         }
@@ -489,7 +614,7 @@ impl Store {
                 c.transactions.insert(
                     id,
                     Transaction {
-                        tree: self.tree.clone(),
+                        overlay: BTreeMap::new(),
                         base: self.generation,
                         changed: Vec::new(),
                     },
@@ -504,7 +629,12 @@ impl Store {
                         if tx.base != self.generation {
                             return Err(XsErr::Again);
                         }
-                        self.tree = tx.tree;
+                        for (p, n) in tx.overlay {
+                            match n {
+                                Some(n) => self.tree.put(&p, n),
+                                None => drop(self.tree.take(&p)),
+                            }
+                        }
                         self.commit_changes(tx.changed);
                         ok()
                     }
@@ -582,62 +712,78 @@ impl Store {
         if p.starts_with('@') {
             return Err(XsErr::Inval);
         }
-        let in_tx = h.tx_id != 0;
-        let (tree, changed) = if in_tx {
+        let (reply, made) = if h.tx_id == 0 {
+            node_op_in(&mut self.tree, dom, h.msg_type, &p, rest)?
+        } else {
             let tx = self
                 .conns
                 .get_mut(&conn)
                 .and_then(|c| c.transactions.get_mut(&h.tx_id))
                 .ok_or(XsErr::NoEnt)?;
-            (&mut tx.tree, Some(&mut tx.changed))
-        } else {
-            (&mut self.tree, None)
+            let mut view = TxView {
+                base: &self.tree,
+                overlay: &mut tx.overlay,
+            };
+            let done = node_op_in(&mut view, dom, h.msg_type, &p, rest)?;
+            tx.changed.extend(done.1);
+            (done.0, Vec::new())
         };
-        let readable = |tree: &Tree| -> Result<Node, XsErr> {
-            let n = tree.nodes.get(&p).ok_or(XsErr::NoEnt)?;
-            if n.perms.access(dom).reads() {
-                Ok(n.clone())
-            } else {
-                Err(XsErr::Acces)
-            }
-        };
-        let (reply, made) = match h.msg_type {
-            XS_READ => (readable(tree)?.value, Vec::new()),
-            XS_DIRECTORY => {
-                readable(tree)?;
-                (nul_terminated(&tree.children(&p)), Vec::new())
-            }
-            XS_GET_PERMS => (
-                nul_terminated(&readable(tree)?.perms.to_strings()),
-                Vec::new(),
-            ),
-            XS_WRITE => (b"OK\0".to_vec(), write_in(tree, dom, &p, rest)?),
-            XS_MKDIR => {
-                let made = if tree.nodes.contains_key(&p) {
-                    Vec::new()
-                } else {
-                    write_in(tree, dom, &p, b"")?
-                };
-                (b"OK\0".to_vec(), made)
-            }
-            XS_RM => (b"OK\0".to_vec(), rm_in(tree, dom, &p)?),
-            XS_SET_PERMS => {
-                let perms = Perms::parse(args(rest).into_iter())?;
-                (b"OK\0".to_vec(), set_perms_in(tree, dom, &p, perms)?)
-            }
-            _ => return Err(XsErr::NoSys),
-        };
-        match changed {
-            Some(c) => c.extend(made),
-            None => self.commit_changes(made),
-        }
+        self.commit_changes(made);
         Ok(reply)
     }
 }
 
+/// Paths a change touched, with their permissions then (who may see the watch event).
+type Changed = Vec<(String, Perms)>;
+
+/// One node operation on `tree` as `dom`: the reply payload, and the changed paths with
+/// their permissions.
+fn node_op_in(
+    tree: &mut impl Nodes,
+    dom: u32,
+    msg_type: u32,
+    p: &str,
+    rest: &[u8],
+) -> Result<(Vec<u8>, Changed), XsErr> {
+    let readable = |n: Option<&Node>| -> Result<Node, XsErr> {
+        let n = n.ok_or(XsErr::NoEnt)?;
+        if n.perms.access(dom).reads() {
+            Ok(n.clone())
+        } else {
+            Err(XsErr::Acces)
+        }
+    };
+    Ok(match msg_type {
+        XS_READ => (readable(tree.node(p))?.value, Vec::new()),
+        XS_DIRECTORY => {
+            readable(tree.node(p))?;
+            (nul_terminated(&children(tree, p)), Vec::new())
+        }
+        XS_GET_PERMS => (
+            nul_terminated(&readable(tree.node(p))?.perms.to_strings()),
+            Vec::new(),
+        ),
+        XS_WRITE => (b"OK\0".to_vec(), write_in(tree, dom, p, rest)?),
+        XS_MKDIR => {
+            let made = if tree.node(p).is_some() {
+                Vec::new()
+            } else {
+                write_in(tree, dom, p, b"")?
+            };
+            (b"OK\0".to_vec(), made)
+        }
+        XS_RM => (b"OK\0".to_vec(), rm_in(tree, dom, p)?),
+        XS_SET_PERMS => {
+            let perms = Perms::parse(args(rest).into_iter())?;
+            (b"OK\0".to_vec(), set_perms_in(tree, dom, p, perms)?)
+        }
+        _ => return Err(XsErr::NoSys),
+    })
+}
+
 /// Writes `value` at `p` in `tree` as `dom`; returns the changed paths with their perms.
 fn write_in(
-    tree: &mut Tree,
+    tree: &mut impl Nodes,
     dom: u32,
     p: &str,
     value: &[u8],
@@ -645,49 +791,51 @@ fn write_in(
     if value.len() > MAX_VALUE {
         return Err(XsErr::TooBig);
     }
-    let mut changed: Vec<String> = match tree.nodes.get(p) {
+    let mut changed: Vec<String> = match tree.node(p) {
         Some(n) if !n.perms.access(dom).writes() => return Err(XsErr::Acces),
         Some(_) => Vec::new(),
-        None => tree.create(dom, p)?,
+        None => create(tree, dom, p)?,
     };
-    if let Some(n) = tree.nodes.get_mut(p) {
+    if let Some(mut n) = tree.node(p).cloned() {
         n.value = value.to_vec();
+        tree.put(p, n);
     }
     if !changed.iter().any(|c| c == p) {
         changed.push(p.to_owned());
     }
     Ok(changed
         .into_iter()
-        .filter_map(|c| tree.nodes.get(&c).map(|n| (c, n.perms.clone())))
+        .filter_map(|c| tree.node(&c).map(|n| (c.clone(), n.perms.clone())))
         .collect())
 }
 
-fn rm_in(tree: &mut Tree, dom: u32, p: &str) -> Result<Vec<(String, Perms)>, XsErr> {
+fn rm_in(tree: &mut impl Nodes, dom: u32, p: &str) -> Result<Vec<(String, Perms)>, XsErr> {
     if p == "/" {
         return Err(XsErr::Inval);
     }
-    let n = tree.nodes.get(p).ok_or(XsErr::NoEnt)?;
+    let n = tree.node(p).ok_or(XsErr::NoEnt)?;
     if !n.perms.access(dom).writes() {
         return Err(XsErr::Acces);
     }
-    let gone = tree.subtree(p);
+    let gone = subtree(tree, p);
     Ok(gone
         .into_iter()
-        .filter_map(|q| tree.nodes.remove(&q).map(|n| (q, n.perms)))
+        .filter_map(|q| tree.take(&q).map(|n| (q, n.perms)))
         .collect())
 }
 
 fn set_perms_in(
-    tree: &mut Tree,
+    tree: &mut impl Nodes,
     dom: u32,
     p: &str,
     perms: Perms,
 ) -> Result<Vec<(String, Perms)>, XsErr> {
-    let n = tree.nodes.get_mut(p).ok_or(XsErr::NoEnt)?;
+    let mut n = tree.node(p).cloned().ok_or(XsErr::NoEnt)?;
     if dom != 0 && (n.perms.owner != dom || perms.owner != dom) {
         return Err(XsErr::Acces);
     }
     n.perms = perms.clone();
+    tree.put(p, n);
     Ok(vec![(p.to_owned(), perms)])
 }
 
@@ -963,7 +1111,183 @@ mod tests {
         assert_eq!(req(&mut s, D4, XS_WATCH, 0, b"w\0extra\0"), err("ENOSPC"));
     }
 
+    fn tx_start(s: &mut Store, c: ConnId) -> u32 {
+        let (t, id) = req(s, c, XS_TRANSACTION_START, 0, b"\0");
+        assert_eq!(t, XS_TRANSACTION_START);
+        String::from_utf8(id)
+            .unwrap()
+            .trim_end_matches('\0')
+            .parse()
+            .unwrap()
+    }
+
+    /// Nodes held by open transactions, over all connections.
+    fn tx_nodes(s: &Store) -> usize {
+        s.conns
+            .values()
+            .flat_map(|c| c.transactions.values())
+            .map(|t| t.overlay.len())
+            .sum()
+    }
+
+    /// The per-owner counts, recounted from the nodes.
+    fn recount(t: &Tree) -> BTreeMap<u32, usize> {
+        let mut m = BTreeMap::new();
+        for n in t.nodes.values() {
+            *m.entry(n.perms.owner).or_insert(0) += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn a_transaction_costs_what_it_changes_not_a_copy_of_the_store() {
+        let mut s = store();
+        // A big store: domain 3 fills most of its quota with 2 KiB values.
+        let value = vec![b'v'; MAX_VALUE];
+        for i in 0..900 {
+            let mut p = format!("n{i}\0").into_bytes();
+            p.extend_from_slice(&value);
+            assert_eq!(req(&mut s, D3, XS_WRITE, 0, &p).0, XS_WRITE);
+        }
+        // Domain 4 opens every transaction it may: nothing is copied.
+        let ids: Vec<u32> = (0..MAX_TRANSACTIONS)
+            .map(|_| tx_start(&mut s, D4))
+            .collect();
+        assert_eq!(tx_nodes(&s), 0);
+        // A write costs the nodes it makes (here the node and its new parent).
+        assert_eq!(req(&mut s, D4, XS_WRITE, ids[0], b"a/b\0x").0, XS_WRITE);
+        assert_eq!(tx_nodes(&s), 2);
+        // Removing a subtree costs one marker per node removed.
+        let t3 = tx_start(&mut s, D3);
+        for i in 0..10 {
+            req(&mut s, D3, XS_WRITE, 0, format!("sub/{i}\0v").as_bytes());
+        }
+        assert_eq!(req(&mut s, D3, XS_RM, t3, b"sub\0").0, XS_RM);
+        assert_eq!(tx_nodes(&s), 2 + 11);
+        // Outside the transaction nothing changed.
+        assert!(s.read(0, "/local/domain/3/sub/9").is_ok());
+    }
+
+    #[test]
+    fn transactions_see_their_own_changes_and_commit_them_whole() {
+        let mut s = store();
+        req(&mut s, D3, XS_WRITE, 0, b"keep\0k");
+        req(&mut s, D3, XS_WRITE, 0, b"old/x\0o");
+        req(&mut s, D3, XS_WATCH, 0, b"new\0w\0");
+        s.take_events();
+        let t = tx_start(&mut s, D3);
+        assert_eq!(req(&mut s, D3, XS_WRITE, t, b"new/y\0n").0, XS_WRITE);
+        assert_eq!(req(&mut s, D3, XS_RM, t, b"old\0").0, XS_RM);
+        assert_eq!(req(&mut s, D3, XS_MKDIR, t, b"dir\0").0, XS_MKDIR);
+        // Inside: the changes; outside: none of them, and no watch fired yet.
+        assert_eq!(
+            req(&mut s, D3, XS_DIRECTORY, t, b"/local/domain/3\0"),
+            (
+                XS_DIRECTORY,
+                b"control\0dir\0domid\0keep\0name\0new\0".to_vec()
+            )
+        );
+        assert_eq!(req(&mut s, D3, XS_READ, t, b"old/x\0"), err("ENOENT"));
+        assert_eq!(
+            req(&mut s, D3, XS_READ, t, b"new/y\0"),
+            (XS_READ, b"n".to_vec())
+        );
+        assert_eq!(s.read(0, "/local/domain/3/old/x").unwrap(), b"o");
+        assert_eq!(s.read(0, "/local/domain/3/new/y"), Err(XsErr::NoEnt));
+        assert!(events_for(&mut s, D3).is_empty());
+        // Another domain's transaction does not see them either.
+        let t4 = tx_start(&mut s, D4);
+        assert_eq!(
+            req(&mut s, D4, XS_READ, t4, b"/local/domain/3/new/y\0"),
+            err("ENOENT")
+        );
+        assert_eq!(
+            req(&mut s, D3, XS_TRANSACTION_END, t, b"T\0").0,
+            XS_TRANSACTION_END
+        );
+        assert_eq!(s.read(0, "/local/domain/3/new/y").unwrap(), b"n");
+        assert_eq!(s.read(0, "/local/domain/3/old"), Err(XsErr::NoEnt));
+        assert_eq!(s.read(0, "/local/domain/3/keep").unwrap(), b"k");
+        assert_eq!(events_for(&mut s, D3), ["new|w|", "new/y|w|"]);
+        assert_eq!(s.tree.owned, recount(&s.tree));
+        // The open transaction of domain 4 now conflicts.
+        assert_eq!(req(&mut s, D4, XS_WRITE, t4, b"z\0z").0, XS_WRITE);
+        assert_eq!(
+            req(&mut s, D4, XS_TRANSACTION_END, t4, b"T\0"),
+            err("EAGAIN")
+        );
+        assert_eq!(s.read(0, "/local/domain/4/z"), Err(XsErr::NoEnt));
+        // The quota counts what a transaction would own: nodes it rewrites count once.
+        let t = tx_start(&mut s, D4);
+        let owned = s.tree.owned_by(4);
+        assert_eq!(req(&mut s, D4, XS_WRITE, t, b"control\0x").0, XS_WRITE);
+        for i in 0..(MAX_NODES_PER_DOMAIN - owned) {
+            let w = req(&mut s, D4, XS_WRITE, t, format!("q{i}\0v").as_bytes());
+            assert_eq!(w.0, XS_WRITE, "{i}");
+        }
+        assert_eq!(req(&mut s, D4, XS_WRITE, t, b"one-more\0v"), err("ENOSPC"));
+        // An aborted transaction leaves nothing.
+        assert_eq!(
+            req(&mut s, D4, XS_TRANSACTION_END, t, b"F\0").0,
+            XS_TRANSACTION_END
+        );
+        assert_eq!(s.tree.owned_by(4), owned);
+        assert_eq!(s.read(0, "/local/domain/4/q0"), Err(XsErr::NoEnt));
+    }
+
+    /// A guest's node operation for the model test: write, mkdir, rm, directory, read or
+    /// set-perms on a few paths.
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = (u32, Vec<u8>)> {
+        use proptest::prelude::*;
+        let path = prop_oneof![
+            Just("a"),
+            Just("a/b"),
+            Just("a/b/c"),
+            Just("d"),
+            Just("/local/domain/4/x"),
+            Just("/local/domain/3"),
+        ];
+        (0u32..6, path, 0u8..3).prop_map(|(kind, p, v)| match kind {
+            0 => (XS_WRITE, format!("{p}\0{v}").into_bytes()),
+            1 => (XS_MKDIR, format!("{p}\0").into_bytes()),
+            2 => (XS_RM, format!("{p}\0").into_bytes()),
+            3 => (XS_DIRECTORY, format!("{p}\0").into_bytes()),
+            4 => (XS_READ, format!("{p}\0").into_bytes()),
+            _ => (
+                XS_SET_PERMS,
+                format!("{p}\0{}3\0", ['n', 'r', 'b'][usize::from(v)]).into_bytes(),
+            ),
+        })
+    }
+
     proptest::proptest! {
+        /// Operations inside one transaction, committed, leave the store as the same
+        /// operations outside one, with the same replies.
+        #[test]
+        fn a_committed_transaction_equals_the_operations_done_directly(
+            ops in proptest::collection::vec(op_strategy(), 0..24)
+        ) {
+            let mut direct = store();
+            let mut txed = store();
+            // Nodes that exist before the transaction, for it to change and remove.
+            for s in [&mut direct, &mut txed] {
+                for p in [&b"a/b\0v"[..], b"d\0v"] {
+                    req(s, D3, XS_WRITE, 0, p);
+                }
+            }
+            let t = tx_start(&mut txed, D3);
+            for (msg_type, payload) in &ops {
+                let a = req(&mut direct, D3, *msg_type, 0, payload);
+                let b = req(&mut txed, D3, *msg_type, t, payload);
+                proptest::prop_assert_eq!(a, b);
+            }
+            let (end, _) = req(&mut txed, D3, XS_TRANSACTION_END, t, b"T\0");
+            proptest::prop_assert_eq!(end, XS_TRANSACTION_END);
+            proptest::prop_assert_eq!(&direct.tree.nodes, &txed.tree.nodes);
+            proptest::prop_assert_eq!(&txed.tree.owned, &recount(&txed.tree));
+            proptest::prop_assert_eq!(&direct.tree.owned, &recount(&direct.tree));
+        }
+
         #[test]
         fn garbage_requests_never_panic(t in 0u32..24, tx in 0u32..4, payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let mut s = store();
