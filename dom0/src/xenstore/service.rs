@@ -12,6 +12,11 @@ use super::store::{ConnId, Store};
 /// Reply and event bytes queued for one domain before it is cut off as not reading them.
 pub const MAX_QUEUED: usize = 64 * 1024;
 
+/// Requests served per pump of one domain: a guest that refills its ring as fast as dom0d
+/// empties it cannot hold dom0d in a loop; the rest waits for its next signal (or the
+/// poll).
+pub const REQUESTS_PER_PUMP: usize = 256;
+
 /// One DomU's connection.
 #[derive(Debug)]
 struct Ring<M> {
@@ -108,12 +113,16 @@ impl<M: SharedMem> Service<M> {
         self.rings.get(&domid).is_some_and(|r| r.broken.is_none())
     }
 
-    /// Serves every complete request in `domid`'s ring, then delivers queued output to
-    /// every domain.
+    /// Serves the complete requests in `domid`'s ring (at most [`REQUESTS_PER_PUMP`], and
+    /// none once [`MAX_QUEUED`] bytes of output wait for it), then delivers queued output
+    /// to every domain.
     pub fn pump(&mut self, domid: u32) -> Pumped {
         let mut broke = Vec::new();
         if let Some(ring) = self.rings.get_mut(&domid).filter(|r| r.broken.is_none()) {
-            loop {
+            for _ in 0..REQUESTS_PER_PUMP {
+                if ring.out.len() > MAX_QUEUED {
+                    break;
+                }
                 match ring.back.next_request() {
                     Ok(Some((h, payload))) => {
                         let payload = payload.to_vec();
@@ -283,5 +292,91 @@ mod tests {
         let p = svc.pump(8);
         assert_eq!(p.broke.len(), 1);
         assert!(!svc.is_connected(8));
+    }
+}
+
+#[cfg(test)]
+mod endless {
+    use std::sync::Arc;
+
+    use pv_drivers::xenstore::header_bytes;
+    use pv_drivers::{MemError, SharedMem, VecMem};
+    use shared_abi::io::xenstore::{MsgHeader, REQ, REQ_CONS, REQ_PROD, RING_SIZE, XS_READ};
+
+    use super::*;
+
+    /// A guest that refills its request ring as fast as the store empties it: the ring
+    /// always holds 32 whole 32-byte requests, whatever the consumer index says.
+    #[derive(Debug)]
+    struct Endless(VecMem);
+
+    impl SharedMem for Endless {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemError> {
+            self.0.read_bytes(offset, buf)
+        }
+        fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), MemError> {
+            self.0.write_bytes(offset, data)
+        }
+        fn load_acquire_u32(&self, offset: usize) -> Result<u32, MemError> {
+            if offset == REQ_PROD {
+                let cons = self.0.load_acquire_u32(REQ_CONS)?;
+                return Ok(cons.wrapping_add(RING_SIZE));
+            }
+            self.0.load_acquire_u32(offset)
+        }
+        fn store_release_u32(&self, offset: usize, value: u32) -> Result<(), MemError> {
+            self.0.store_release_u32(offset, value)
+        }
+    }
+
+    fn endless_page() -> Arc<Endless> {
+        let mem = VecMem::new(4096);
+        let mut msg = header_bytes(&MsgHeader {
+            msg_type: XS_READ,
+            req_id: 1,
+            tx_id: 0,
+            len: 16,
+        })
+        .to_vec();
+        msg.extend_from_slice(b"nothing-here-xx\0");
+        assert_eq!(msg.len(), 32);
+        for i in 0..(RING_SIZE as usize / 32) {
+            mem.write_bytes(REQ + i * 32, &msg).unwrap();
+        }
+        Arc::new(Endless(mem))
+    }
+
+    #[test]
+    fn a_guest_that_never_stops_asking_cannot_hold_the_store_in_a_loop() {
+        let page = endless_page();
+        let mut svc: Service<Arc<Endless>> = Service::new();
+        svc.add_domain(9, "greedy", Arc::clone(&page)).unwrap();
+        // One pump serves a bounded number of requests and returns.
+        svc.pump(9);
+        let served = page.0.load_acquire_u32(REQ_CONS).unwrap() as usize / 32;
+        assert_eq!(served, REQUESTS_PER_PUMP);
+        assert!(svc.is_connected(9));
+        // It never reads the replies: once they pile up, it is cut off.
+        let mut broke = Vec::new();
+        for _ in 0..100 {
+            broke.extend(svc.pump(9).broke);
+            if !svc.is_connected(9) {
+                break;
+            }
+        }
+        assert!(!svc.is_connected(9));
+        assert!(
+            broke
+                .iter()
+                .any(|(d, why)| *d == 9 && why.contains("replies unread")),
+            "{broke:?}"
+        );
+        // Cut off, it is not served any more.
+        let before = page.0.load_acquire_u32(REQ_CONS).unwrap();
+        svc.pump(9);
+        assert_eq!(page.0.load_acquire_u32(REQ_CONS).unwrap(), before);
     }
 }
