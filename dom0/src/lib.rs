@@ -784,7 +784,7 @@ fn guest_request(
             match client.domain_info(d.domid) {
                 Ok(now) if now.name == d.name => {
                     state = Some(now.state);
-                    if matches!(now.state, State::Shutdown | State::Crashed) {
+                    if now.state.ended() {
                         break;
                     }
                 }

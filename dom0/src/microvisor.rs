@@ -334,6 +334,7 @@ pub fn decode_domain(raw: &DomainInfo) -> Result<Domain, ApiError> {
         Some(DomainState::Paused) => State::Paused,
         Some(DomainState::Shutdown) => State::Shutdown,
         Some(DomainState::Crashed) => State::Crashed,
+        Some(DomainState::Dying) => State::Dying,
         None => {
             return Err(bad(format!(
                 "domain {domid} has unknown state {}",
@@ -532,6 +533,11 @@ mod tests {
             "the microvisor returned a bad record: domain 3 has unknown state 0"
         );
         raw.state = 6;
+        let dying = decode_domain(&raw).unwrap();
+        assert_eq!(dying.state, State::Dying);
+        assert!(dying.state.ended());
+        assert_eq!(crate::output::state_flags(&dying), "-----d");
+        raw.state = 7;
         assert!(decode_domain(&raw).is_err());
 
         let mut raw = domain_record(3, "x", DomainState::Blocked, 1);

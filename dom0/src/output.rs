@@ -278,7 +278,7 @@ pub fn json_doc<T: Serialize>(value: &T, format: OutputFormat) -> Result<String,
 }
 
 /// xl's six-column state flags (CLI.md §5): `r`, `b`, `p`, `s`, the shutdown reason letter
-/// (`c` for a crash), and `d` for dying (never set yet).
+/// (`c` for a crash), and `d` for dying (destroyed, waiting for Dom0's grant mappings to go).
 #[must_use]
 pub fn state_flags(d: &Domain) -> String {
     let mut f = ['-'; 6];
@@ -293,6 +293,7 @@ pub fn state_flags(d: &Domain) -> String {
             }
         }
         State::Crashed => f[4] = 'c',
+        State::Dying => f[5] = 'd',
     }
     f.iter().collect()
 }

@@ -608,7 +608,7 @@ pub enum ApiError {
     /// or crashed. Appended within protocol 1.
     #[error("{} cannot be sent a PV {} request: {}", domain_label(*.domid, .name), .request.command(), match .why {
         NotApplicable::DomainZero => "it is the control domain".to_owned(),
-        NotApplicable::Ended(state) => format!("it has {}", if *state == State::Crashed { "crashed" } else { "shut down" }),
+        NotApplicable::Ended(state) => format!("it has {}", match state { State::Crashed => "crashed", State::Dying => "been destroyed", _ => "shut down" }),
     })]
     GuestRequestNotApplicable {
         /// What was asked.
@@ -1021,6 +1021,9 @@ pub enum State {
     Shutdown,
     /// Crashed.
     Crashed,
+    /// Destroyed, but kept by the microvisor until Dom0 releases its grant mappings of it.
+    /// Appended within protocol 1.
+    Dying,
 }
 
 impl State {
@@ -1033,7 +1036,14 @@ impl State {
             Self::Paused => "paused",
             Self::Shutdown => "shutdown",
             Self::Crashed => "crashed",
+            Self::Dying => "dying",
         }
+    }
+
+    /// Whether the domain has ended (shut down, crashed or dying): it will not run again.
+    #[must_use]
+    pub fn ended(self) -> bool {
+        matches!(self, Self::Shutdown | Self::Crashed | Self::Dying)
     }
 }
 

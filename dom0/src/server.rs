@@ -34,7 +34,6 @@ use crate::pages::PagePool;
 use crate::proto::{
     self, ApiError, Cleanup, CreateError, CreateReport, FrameError, GuestRequest, Lifecycle,
     MAX_FRAME, NotApplicable, PROTOCOL_VERSION, Request, Response, ServiceVersion, ShutdownSent,
-    State,
 };
 use crate::supervisor::Supervisor;
 use crate::xenstored::{ShutdownRefused, Xenstored};
@@ -220,7 +219,7 @@ impl Service {
         if domid == 0 {
             return Err(not(NotApplicable::DomainZero));
         }
-        if matches!(d.state, State::Shutdown | State::Crashed) {
+        if d.state.ended() {
             return Err(not(NotApplicable::Ended(d.state)));
         }
         match self.xenstored.request_shutdown(mv, domid, request.word()) {

@@ -464,14 +464,14 @@ pub enum DomainState {
     Shutdown = 4,
     /// Crashed; the microvisor's log says why.
     Crashed = 5,
+    /// Destroyed while domain 0 still maps some of its grants: its memory is back in the
+    /// pool except those frames, and the record (and the domid) stays until Dom0 unmaps
+    /// the last of them; `mem_kib` is 0.
+    Dying = 6,
 }
 
-/// [`DomainInfo::state`] of a DomU destroyed while domain 0 still maps some of its grants:
-/// its memory is back in the pool except those frames, and the record (and the domid)
-/// stays until Dom0 unmaps the last of them; `mem_kib` is 0. [`DomainState::from_u32`]
-/// does not decode it yet (a new variant would break exhaustive matches in its users);
-/// callers that meet it should treat it as "dying".
-pub const DOMAIN_STATE_DYING: u32 = 6;
+/// [`DomainState::Dying`] as `u32`.
+pub const DOMAIN_STATE_DYING: u32 = DomainState::Dying as u32;
 
 impl DomainState {
     /// Decodes a state; `None` for values this version does not know.
@@ -482,6 +482,7 @@ impl DomainState {
             3 => DomainState::Paused,
             4 => DomainState::Shutdown,
             5 => DomainState::Crashed,
+            6 => DomainState::Dying,
             _ => return None,
         })
     }
@@ -494,6 +495,7 @@ impl DomainState {
             DomainState::Paused => "paused",
             DomainState::Shutdown => "shutdown",
             DomainState::Crashed => "crashed",
+            DomainState::Dying => "dying",
         }
     }
 }
@@ -509,7 +511,7 @@ pub const DOMAIN_FLAG_PRIVILEGED: u32 = 1 << 0;
 pub struct DomainInfo {
     /// Domain id.
     pub domid: u32,
-    /// A [`DomainState`] as `u32`, or [`DOMAIN_STATE_DYING`].
+    /// A [`DomainState`] as `u32`.
     pub state: u32,
     /// [`DOMAIN_FLAG_PRIVILEGED`] and future flags.
     pub flags: u32,
@@ -636,7 +638,11 @@ mod tests {
         assert_eq!(fixed_str(b"ab\0c"), None);
         assert_eq!(fixed_str(b"a\x01\0\0"), None);
         assert_eq!(DomainState::from_u32(9), None);
-        assert_eq!(DomainState::from_u32(DOMAIN_STATE_DYING), None);
+        assert_eq!(
+            DomainState::from_u32(DOMAIN_STATE_DYING),
+            Some(DomainState::Dying)
+        );
+        assert_eq!(DomainState::from_u32(7), None);
         assert_eq!(
             DomainState::from_u32(4).map(DomainState::name),
             Some("shutdown")
