@@ -17,7 +17,8 @@ pub enum Hypercall {
     XenVersion = 17,
     /// `console_io(cmd, count, buffer)`: the hypervisor console. See [`crate::console`].
     ConsoleIo = 18,
-    /// `grant_table_op(cmd, uop, count)`: not implemented.
+    /// `grant_table_op(cmd, uop, count)`: query_size, set/get_version. See
+    /// [`crate::grant_table`].
     GrantTableOp = 20,
     /// `vm_assist(cmd, type)`: not implemented.
     VmAssist = 21,

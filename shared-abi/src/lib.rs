@@ -39,10 +39,11 @@
 //!
 //! | number | call | module | status |
 //! |--------|------|--------|--------|
-//! | 12 | `memory_op`    | [`memory`]  | add_to_physmap (shared_info) |
+//! | 12 | `memory_op`    | [`memory`]  | add_to_physmap (shared_info, grant table frames) |
 //! | 15 | `set_timer_op` | [`vcpu`]    | single-shot timer |
 //! | 17 | `xen_version`  | [`version`] | version, extraversion, get_features, pagesize |
 //! | 18 | `console_io`   | [`console`] | write |
+//! | 20 | `grant_table_op` | [`grant_table`] | query_size, set_version (1), get_version |
 //! | 24 | `vcpu_op`      | [`vcpu`]    | set/stop_singleshot_timer, stop_periodic_timer |
 //! | 29 | `sched_op`     | [`sched`]   | yield, block, poll, shutdown |
 //! | 32 | `event_channel_op` | [`event_channel`] | alloc_unbound, bind_interdomain, bind_virq, close, send, status, unmask |
