@@ -13,8 +13,13 @@ use crate::event_channel::{
     EVTCHNOP_SEND, EVTCHNOP_STATUS, EVTCHNOP_UNMASK, EvtchnAllocUnbound, EvtchnBindInterdomain,
     EvtchnBindVirq, EvtchnPort, EvtchnStatus,
 };
+use crate::grant_table::{
+    GNTST_OKAY, GNTTABOP_GET_VERSION, GNTTABOP_QUERY_SIZE, GnttabGetVersion, GnttabQuerySize,
+};
 use crate::hvm::{HVMOP_GET_PARAM, HVMOP_SET_PARAM, XenHvmParam};
-use crate::memory::{XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap};
+use crate::memory::{
+    XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP, XenAddToPhysmap,
+};
 use crate::sched::{
     SCHEDOP_BLOCK, SCHEDOP_POLL, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD, SchedPoll, SchedShutdown,
     ShutdownReason,
@@ -243,6 +248,59 @@ pub fn add_to_physmap(space: u32, idx: u64, gpfn: u64) -> Result<(), Errno> {
 /// (`XENMEM_add_to_physmap`, space `shared_info`, idx 0).
 pub fn add_to_physmap_shared_info(gpfn: u64) -> Result<(), Errno> {
     add_to_physmap(XENMAPSPACE_SHARED_INFO, 0, gpfn)
+}
+
+/// Places frame `idx` of the caller's grant table at guest frame `gpfn`
+/// (`XENMEM_add_to_physmap`, space `grant_table`): that frame of the caller's RAM becomes
+/// the table frame ([`crate::grant_table`]).
+pub fn add_to_physmap_grant_table(idx: u32, gpfn: u64) -> Result<(), Errno> {
+    add_to_physmap(XENMAPSPACE_GRANT_TABLE, u64::from(idx), gpfn)
+}
+
+/// `grant_table_op(cmd, &mut arg, 1)`: one argument structure, which the hypervisor may
+/// read and write.
+fn gnttab_op_one<T>(cmd: u64, arg: &mut T) -> Result<u64, Errno> {
+    // SAFETY: `arg` is a valid, writable `T` that lives for the duration of the call; with
+    // a count of 1 the hypervisor accesses at most `size_of::<T>()` bytes of it (the
+    // structure of `cmd`).
+    let ret = unsafe {
+        hypercall_raw(
+            Hypercall::GrantTableOp as u64,
+            cmd,
+            core::ptr::from_mut(arg) as u64,
+            1,
+            0,
+            0,
+        )
+    };
+    Errno::from_ret(ret)
+}
+
+/// `GNTTABOP_query_size` for the caller: `(nr_frames, max_nr_frames)`, the table frames
+/// placed so far and the most it may have.
+///
+/// # Errors
+/// The call's error; `EINVAL` if it returned a `GNTST_*` status other than okay.
+pub fn gnttab_query_size() -> Result<(u32, u32), Errno> {
+    let mut arg = GnttabQuerySize {
+        dom: DomId::SELF.0,
+        ..GnttabQuerySize::default()
+    };
+    gnttab_op_one(GNTTABOP_QUERY_SIZE, &mut arg)?;
+    if arg.status != GNTST_OKAY {
+        return Err(Errno::EINVAL);
+    }
+    Ok((arg.nr_frames, arg.max_nr_frames))
+}
+
+/// `GNTTABOP_get_version` for the caller: the grant table version in effect.
+pub fn gnttab_get_version() -> Result<u32, Errno> {
+    let mut arg = GnttabGetVersion {
+        dom: DomId::SELF.0,
+        ..GnttabGetVersion::default()
+    };
+    gnttab_op_one(GNTTABOP_GET_VERSION, &mut arg)?;
+    Ok(arg.version)
 }
 
 /// `set_timer_op`: arms the single-shot timer for `deadline_ns` of system time; 0

@@ -23,8 +23,21 @@
 //! domain 0 writes [`RELEASE_MAGIC`] into its memory at guest-physical
 //! [`RELEASE_GPA`] through a foreign mapping (the Dom0 scenario tests use this to exercise
 //! foreign mappings and the event interrupt its shutdown raises).
+//!
+//! With `grant-demo` on its command line it then shares a page with domain 0 through its
+//! grant table: it places table frame 0, fills a page with the pattern byte `i` =
+//! `i as u8 ^ 0x5a`, grants it to domain 0 writable as reference [`DEMO_REF`] and prints
+//! `hello: granted page <gfn> as ref 8`. It sleeps on the timer until the page's first 8
+//! bytes hold [`DOM0_MAGIC`] (written by `dom0-probe grant` through its grant mapping),
+//! prints `hello: dom0 wrote through the grant`, tries `end_access(8)` (which must be
+//! refused while Dom0 still maps the grant) and tells Dom0 the outcome in the page's
+//! next 8 bytes ([`ACK_REFUSED`] or [`ACK_REVOKED`]); then it retries until the revoke
+//! succeeds (once Dom0 has unmapped) and powers off. It gives up (crash) after
+//! [`GRANT_WAIT_SECS`] seconds at each wait.
 #![no_std]
 #![no_main]
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_rt::console::{self, PvStatus};
 use guest_rt::fmt::{HypercallRet, Size};
@@ -37,7 +50,7 @@ use guest_rt::shared_abi::vcpu::VCPU_SSHOTTMR_FUTURE;
 use guest_rt::shared_abi::version::feature;
 use guest_rt::shared_abi::{DomId, Errno};
 use guest_rt::time::{self, NS_PER_SEC, deadline_after};
-use guest_rt::{BootInfo, ShutdownReason, events, println};
+use guest_rt::{BootInfo, ShutdownReason, events, grants, println};
 
 guest_rt::entry!(main);
 
@@ -47,6 +60,25 @@ const INVALID_HYPERCALL: u64 = 9999;
 const RELEASE_GPA: u64 = 0x2000;
 /// The value Dom0 writes to release the guest ("MVGO").
 const RELEASE_MAGIC: u64 = 0x4F47_564D;
+/// The grant reference `grant-demo` uses (the first after the reserved ones).
+const DEMO_REF: u32 = 8;
+/// What Dom0 writes into the first 8 bytes of the granted page ("DVMGRANT" read as
+/// little-endian bytes).
+const DOM0_MAGIC: u64 = 0x544e_4152_474d_5644;
+/// What `grant-demo` writes at byte 8 of the page when `end_access` was refused while
+/// Dom0 mapped the grant ("REFUSED!").
+const ACK_REFUSED: u64 = 0x2144_4553_5546_4552;
+/// ... and when it was not ("REVOKED!"): the entry could be taken back under a mapping.
+const ACK_REVOKED: u64 = 0x2144_454b_4f56_4552;
+/// How long `grant-demo` waits for Dom0 at each step.
+const GRANT_WAIT_SECS: u64 = 120;
+
+/// The page `grant-demo` grants: page-aligned, in `.bss`, accessed with atomics only
+/// (Dom0 writes it concurrently).
+#[repr(C, align(4096))]
+struct SharedPage([AtomicU64; 512]);
+
+static DEMO_PAGE: SharedPage = SharedPage([const { AtomicU64::new(0) }; 512]);
 
 fn main(boot: &BootInfo) -> ShutdownReason {
     let pv = console::init_pv();
@@ -79,6 +111,11 @@ fn main(boot: &BootInfo) -> ShutdownReason {
     if guest_rt::cmdline::words(boot.cmdline()).any(|w| w == "wait-for-dom0") {
         wait_for_dom0();
     }
+    let ok = if guest_rt::cmdline::words(boot.cmdline()).any(|w| w == "grant-demo") {
+        grant_demo() && ok
+    } else {
+        ok
+    };
     if ok {
         ShutdownReason::Poweroff
     } else {
@@ -244,6 +281,89 @@ fn wait_for_dom0() {
         }
         core::hint::spin_loop();
     }
+}
+
+/// The pattern word `w` of the demo page: bytes `i as u8 ^ 0x5a` for `i` in `8w..8w + 8`.
+fn pattern_word(w: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (k, b) in bytes.iter_mut().enumerate() {
+        *b = ((w * 8 + k) as u8) ^ 0x5a;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Sleeps (on the timer once events are set up) until `done` holds or `secs` pass.
+/// Returns whether `done` held.
+fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = deadline_after(time::now_ns(), secs * NS_PER_SEC);
+    loop {
+        if done() {
+            return true;
+        }
+        if time::now_ns() >= deadline {
+            return false;
+        }
+        time::sleep_ns(NS_PER_SEC / 20);
+    }
+}
+
+/// The `grant-demo` steps (see the crate docs). Returns whether every step held.
+fn grant_demo() -> bool {
+    // ORDERING: the page is shared with Dom0, which writes it through its own mapping:
+    // the fill is Relaxed and published by grant_access's Release store of the flags; the
+    // guest reads Dom0's magic with Acquire, and its acknowledgement is SeqCst.
+    let page = &DEMO_PAGE.0;
+    if let Err(e) = grants::init() {
+        println!("hello: grant-demo: ERROR: placing grant table frame 0 failed: -{e}");
+        return false;
+    }
+    match guest_rt::shared_abi::guest::gnttab_query_size() {
+        Ok((frames, max)) => println!(
+            "hello: grant table frame 0 at gfn {:#x} ({frames} of {max} frames placed)",
+            grants::table_gfn()
+        ),
+        Err(e) => println!("hello: grant-demo: query_size failed: -{e}"),
+    }
+    for (w, word) in page.iter().enumerate() {
+        word.store(pattern_word(w), Ordering::Relaxed);
+    }
+    let gfn = (core::ptr::from_ref(&DEMO_PAGE).addr() as u64) >> 12;
+    if let Err(e) = grants::grant_access(DEMO_REF, DomId::DOM0.0, gfn, false) {
+        println!("hello: grant-demo: ERROR: granting the page failed: {e}");
+        return false;
+    }
+    println!("hello: granted page {gfn:#x} as ref {DEMO_REF}");
+    if !wait_until(GRANT_WAIT_SECS, || page[0].load(Ordering::Acquire) == DOM0_MAGIC) {
+        println!("hello: grant-demo: ERROR: dom0 wrote nothing within {GRANT_WAIT_SECS} s");
+        let _ = grants::end_access(DEMO_REF);
+        return false;
+    }
+    println!("hello: dom0 wrote through the grant");
+    let first = grants::end_access(DEMO_REF);
+    let refused = first == Err(grants::GrantError::InUse);
+    page[1].store(
+        if refused { ACK_REFUSED } else { ACK_REVOKED },
+        Ordering::SeqCst,
+    );
+    match first {
+        Err(grants::GrantError::InUse) => {
+            println!("hello: end_access({DEMO_REF}) refused while dom0 maps the grant");
+        }
+        Ok(()) => {
+            println!("hello: grant-demo: ERROR: end_access({DEMO_REF}) succeeded while mapped");
+            return false;
+        }
+        Err(e) => {
+            println!("hello: grant-demo: ERROR: end_access({DEMO_REF}): {e}");
+            return false;
+        }
+    }
+    if !wait_until(GRANT_WAIT_SECS, || grants::end_access(DEMO_REF).is_ok()) {
+        println!("hello: grant-demo: ERROR: still mapped after {GRANT_WAIT_SECS} s");
+        return false;
+    }
+    println!("hello: end_access({DEMO_REF}) succeeded after dom0 unmapped");
+    true
 }
 
 fn report_memory(boot: &BootInfo) {

@@ -78,6 +78,7 @@ pub mod control;
 pub mod events;
 pub mod exception;
 pub mod fmt;
+pub mod grants;
 pub mod hv;
 pub mod memmap;
 pub mod probe;
