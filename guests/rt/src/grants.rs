@@ -273,12 +273,9 @@ mod tests {
             (e.flags, e.domid, e.frame),
             (GTF_PERMIT_ACCESS | GTF_READONLY, 7, 0x55)
         );
-        // The bytes are a v1 entry: flags, domid, frame, little-endian.
-        let raw = core::ptr::from_ref(&*t).cast::<u8>();
-        // SAFETY: the frame is 4096 initialised bytes; entry 9 is bytes 72..80; nothing
-        // writes it meanwhile.
-        let bytes = unsafe { core::slice::from_raw_parts(raw.add(72), 8) };
-        assert_eq!(bytes, [5, 0, 7, 0, 0x55, 0, 0, 0]);
+        // The word is a v1 entry's first 4 bytes: flags, then domid (little-endian).
+        assert_eq!(t.entries[9].word.load(Ordering::SeqCst), 0x0007_0005);
+        assert_eq!(t.entries[9].frame.load(Ordering::SeqCst), 0x55);
     }
 
     #[test]
