@@ -13,9 +13,12 @@
 //!   cannot pass.
 //! - `release-domain DOMID` and `bad-foreign DOMID`: foreign mappings and events, see
 //!   [`foreign`].
+//! - `grant DOMID GREF`: grant mappings and copies against a `hello grant-demo` guest, see
+//!   [`grant`].
 #![forbid(unsafe_code)]
 
 pub mod foreign;
+pub mod grant;
 
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;

@@ -7,6 +7,7 @@
 //!                                             # foreign mappings + events, end to end
 //! dom0-probe bad-foreign DOMID [--device PATH]
 //!                                             # hostile foreign maps, mmaps and reads
+//! dom0-probe grant DOMID GREF [--device PATH] # grant map/copy/unmap of a grant-demo guest
 //! ```
 //!
 //! One line per check (`ok: ...` / `FAIL: ...`); exit 0 only if every check passed,
@@ -55,6 +56,13 @@ enum Check {
         /// A running domain's id
         domid: u32,
     },
+    /// Map, copy and write a `hello grant-demo` guest's grant, with hostile grant calls
+    Grant {
+        /// The granting guest's domain id
+        domid: u32,
+        /// The grant reference it printed
+        gref: u32,
+    },
     /// (internal) the open-as-nobody child
     #[command(name = probe::CHILD_SUBCOMMAND, hide = true)]
     OpenAsSelf {
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
             &mut out,
         ),
         Check::BadForeign { domid } => probe::foreign::bad_foreign(&args.device, *domid, &mut out),
+        Check::Grant { domid, gref } => probe::grant::grant(&args.device, *domid, *gref, &mut out),
     };
     let _ = out.flush();
     match result {

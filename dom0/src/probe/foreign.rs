@@ -109,14 +109,14 @@ impl Target for Device {
 }
 
 /// Counts the `ok:` and `FAIL:` lines of one command.
-struct Tally<'a> {
+pub(super) struct Tally<'a> {
     out: &'a mut dyn Write,
     passed: usize,
     failed: usize,
 }
 
 impl<'a> Tally<'a> {
-    fn new(out: &'a mut dyn Write) -> Self {
+    pub(super) fn new(out: &'a mut dyn Write) -> Self {
         Self {
             out,
             passed: 0,
@@ -124,12 +124,12 @@ impl<'a> Tally<'a> {
         }
     }
 
-    fn pass(&mut self, what: impl Display) -> io::Result<()> {
+    pub(super) fn pass(&mut self, what: impl Display) -> io::Result<()> {
         self.passed += 1;
         writeln!(self.out, "ok: {what}")
     }
 
-    fn fail(&mut self, what: impl Display) -> io::Result<()> {
+    pub(super) fn fail(&mut self, what: impl Display) -> io::Result<()> {
         self.failed += 1;
         writeln!(self.out, "FAIL: {what}")
     }
@@ -146,7 +146,7 @@ impl<'a> Tally<'a> {
     }
 
     /// Reports a result against its expectation; returns whether it matched.
-    fn expect(
+    pub(super) fn expect(
         &mut self,
         what: impl Into<String>,
         result: Result<u64, i32>,
@@ -160,14 +160,14 @@ impl<'a> Tally<'a> {
     }
 
     /// Prints the summary line; returns whether every check passed.
-    fn finish(self, command: &str) -> io::Result<bool> {
+    pub(super) fn finish(self, command: &str) -> io::Result<bool> {
         let total = self.passed + self.failed;
         writeln!(self.out, "{command}: {} of {total} checks ok", self.passed)?;
         Ok(self.failed == 0 && self.passed > 0)
     }
 }
 
-fn open(device: &Path, t: &mut Tally<'_>) -> io::Result<Option<Device>> {
+pub(super) fn open(device: &Path, t: &mut Tally<'_>) -> io::Result<Option<Device>> {
     match Device::open(device) {
         Ok(d) => Ok(Some(d)),
         Err(e) => {
@@ -183,7 +183,7 @@ fn open(device: &Path, t: &mut Tally<'_>) -> io::Result<Option<Device>> {
 
 /// The foreign window's size from `HostInfo`, reported as one check; `None` if it failed
 /// or the window is smaller than `needed` slots.
-fn window_pages(mv: &dyn Microvisor, needed: u64, t: &mut Tally<'_>) -> io::Result<Option<u64>> {
+pub(super) fn window_pages(mv: &dyn Microvisor, needed: u64, t: &mut Tally<'_>) -> io::Result<Option<u64>> {
     match microvisor::host_record(mv) {
         Ok(h) if h.foreign_window_pages >= needed => {
             t.pass(format_args!(
