@@ -849,6 +849,69 @@ fn judge_cycles(run: &CheckRun, _env: &Env) -> Result<(), String> {
     same_free_memory(&tagged_json(run)?)
 }
 
+/// Grant tables end to end: a `hello grant-demo` DomU grants Dom0 a page, which
+/// `dom0-probe grant` maps, checks, copies from and writes through; the guest sees the
+/// write, is refused the revoke while mapped, and powers off once unmapped.
+const DOM0_GRANT: Dom0Scenario = Dom0Scenario {
+    name: "dom0-grant",
+    guests: &[],
+    checks: &[check(
+        "grant-demo",
+        "echo \"before $(dom0 host info -o jsonl)\"\n\
+         dom0 create --set cmdline=grant-demo --set name=gdemo /etc/dom0/examples/hello.toml >/dev/null\n\
+         echo \"create-status $?\"\n\
+         i=0\n\
+         while ! dom0 logs gdemo 2>/dev/null | grep -q 'hello: granted page' && [ $i -lt 300 ]; do\n\
+           sleep 0.1; i=$((i + 1))\n\
+         done\n\
+         d=$(dom0 info gdemo -o jsonl | sed -n 's/.*\"domid\": *\\([0-9]*\\).*/\\1/p')\n\
+         echo \"gdemo-domid $d\"\n\
+         dom0-probe grant \"$d\" 8\n\
+         echo \"probe-status $?\"\n\
+         i=0\n\
+         while ! dom0 logs gdemo 2>/dev/null | grep -q 'dom0 wrote through the grant' && [ $i -lt 300 ]; do\n\
+           sleep 0.1; i=$((i + 1))\n\
+         done\n\
+         i=0\n\
+         while dom0 info gdemo >/dev/null 2>&1 && [ $i -lt 300 ]; do\n\
+           sleep 0.1; i=$((i + 1))\n\
+         done\n\
+         if dom0 info gdemo >/dev/null 2>&1; then echo 'gone no'; else echo 'gone yes'; fi\n\
+         dom0 logs gdemo | grep '^hello'\n\
+         echo \"after $(dom0 host info -o jsonl)\"",
+        judge_grant_demo,
+    )],
+    raw: None,
+};
+
+/// The grant demo: the guest granted its page, the probe passed every step, the guest saw
+/// Dom0's write and was refused its revoke while mapped, powered off and was destroyed,
+/// and free memory is back where it was.
+fn judge_grant_demo(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let l = lines(run);
+    for want in ["create-status 0", "probe-status 0", "gone yes"] {
+        if !l.contains(&want) {
+            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
+        }
+    }
+    for want in [
+        "hello: granted page ",
+        "grant: ",
+        "hello: dom0 wrote through the grant",
+        "hello: end_access(8) refused while dom0 maps the grant",
+        "hello: end_access(8) succeeded after dom0 unmapped",
+    ] {
+        if !run.output.contains(want) {
+            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
+        }
+    }
+    if let Some(bad) = l.iter().find(|x| x.starts_with("FAIL") || x.contains("ERROR")) {
+        return Err(format!("`{bad}`"));
+    }
+    same_free_memory(&tagged_json(run)?)
+}
+
 /// A DomU that spins until Dom0 releases it (`hello wait-for-dom0`).
 const fn spinner(name: &'static str) -> crate::scenario::Dom {
     crate::scenario::Dom {
@@ -992,6 +1055,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     DOM0_CREATE,
     DOM0_ON_CRASH,
     DOM0_CONSOLE,
+    DOM0_GRANT,
     Dom0Scenario {
         name: "dom0-exec-false",
         guests: &[],
@@ -1269,6 +1333,29 @@ mod tests {
         .unwrap();
         assert!(judge_ping(&run(1, "1 packets transmitted, 0 packets received"), &ENV).is_err());
         assert!(judge_nonempty(&run(0, " \n"), &ENV).is_err());
+    }
+
+    #[test]
+    fn grant_demo_judge() {
+        let good = "before {\"mem_free_kib\":100}\ncreate-status 0\ngdemo-domid 1\n\
+                    ok: GrantMap ref 8 of domain 1 into slot 16 (writable): success (0)\n\
+                    grant: 15 of 15 checks ok\nprobe-status 0\ngone yes\n\
+                    hello: granted page 0x110 as ref 8\nhello: dom0 wrote through the grant\n\
+                    hello: end_access(8) refused while dom0 maps the grant\n\
+                    hello: end_access(8) succeeded after dom0 unmapped\n\
+                    after {\"mem_free_kib\":100}";
+        judge_grant_demo(&run(0, good), &ENV).unwrap();
+        for (from, to) in [
+            ("probe-status 0", "probe-status 1"),
+            ("gone yes", "gone no"),
+            ("after {\"mem_free_kib\":100}", "after {\"mem_free_kib\":96}"),
+            ("hello: dom0 wrote through the grant\n", ""),
+            ("ok: GrantMap", "FAIL: GrantMap"),
+        ] {
+            let bad = good.replace(from, to);
+            assert!(judge_grant_demo(&run(0, &bad), &ENV).is_err(), "{from} -> {to}");
+        }
+        assert!(judge_grant_demo(&run(1, good), &ENV).is_err());
     }
 
     #[test]
