@@ -444,7 +444,7 @@ fn failed(step: &str, e: &ApiError) -> CreateError {
 }
 
 /// The foreign-window slots a build uses: [`WINDOW_SLOTS`] from the middle of the window
-/// (`dom0-probe` uses its first two and its last slot).
+/// (`dom0-probe` uses its first two, slot 16 and its last slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     /// The first slot.

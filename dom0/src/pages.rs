@@ -1,14 +1,14 @@
 //! DomU pages that dom0d keeps mapped for a domain's life (its PV console and xenstore
 //! rings), each in a foreign-window slot of its own.
 //!
-//! The window's slots are shared out by convention: `dom0-probe` uses the first two and
-//! the last, the builder [`WINDOW_SLOTS`] from the middle ([`builder::window`]), and this
-//! pool the slots between the builder's and the last one. A page is mapped with
-//! `ForeignMap` into a free slot of the pool and then `mmap`ed
-//! ([`Microvisor::map_page`]); it is released in the opposite order: the process mapping
-//! is dropped, then `ForeignUnmap` empties the slot. The frame stays allocated while the
-//! slot holds it, even after its domain is destroyed, so a console can still be drained
-//! after the end; only the release gives the frame back to the microvisor.
+//! The window's slots are shared out by convention: `dom0-probe` uses the first two,
+//! slot 16 (`grant`) and the last, the builder [`WINDOW_SLOTS`] from the middle
+//! ([`builder::window`]), and this pool the slots between the builder's and the last
+//! one. A page is mapped with `ForeignMap` into a free slot of the pool and then
+//! `mmap`ed ([`Microvisor::map_page`]); it is released in the opposite order: the process
+//! mapping is dropped, then `ForeignUnmap` empties the slot. The frame stays allocated
+//! while the slot holds it, even after its domain is destroyed, so a console can still be
+//! drained after the end; only the release gives the frame back to the microvisor.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;

@@ -906,7 +906,10 @@ fn judge_grant_demo(run: &CheckRun, _env: &Env) -> Result<(), String> {
             return Err(format!("expected `{want}`: {}", one_line(&run.output)));
         }
     }
-    if let Some(bad) = l.iter().find(|x| x.starts_with("FAIL") || x.contains("ERROR")) {
+    if let Some(bad) = l
+        .iter()
+        .find(|x| x.starts_with("FAIL") || x.contains("ERROR"))
+    {
         return Err(format!("`{bad}`"));
     }
     same_free_memory(&tagged_json(run)?)
@@ -1348,12 +1351,18 @@ mod tests {
         for (from, to) in [
             ("probe-status 0", "probe-status 1"),
             ("gone yes", "gone no"),
-            ("after {\"mem_free_kib\":100}", "after {\"mem_free_kib\":96}"),
+            (
+                "after {\"mem_free_kib\":100}",
+                "after {\"mem_free_kib\":96}",
+            ),
             ("hello: dom0 wrote through the grant\n", ""),
             ("ok: GrantMap", "FAIL: GrantMap"),
         ] {
             let bad = good.replace(from, to);
-            assert!(judge_grant_demo(&run(0, &bad), &ENV).is_err(), "{from} -> {to}");
+            assert!(
+                judge_grant_demo(&run(0, &bad), &ENV).is_err(),
+                "{from} -> {to}"
+            );
         }
         assert!(judge_grant_demo(&run(1, good), &ENV).is_err());
     }

@@ -333,7 +333,9 @@ fn grant_demo() -> bool {
         return false;
     }
     println!("hello: granted page {gfn:#x} as ref {DEMO_REF}");
-    if !wait_until(GRANT_WAIT_SECS, || page[0].load(Ordering::Acquire) == DOM0_MAGIC) {
+    if !wait_until(GRANT_WAIT_SECS, || {
+        page[0].load(Ordering::Acquire) == DOM0_MAGIC
+    }) {
         println!("hello: grant-demo: ERROR: dom0 wrote nothing within {GRANT_WAIT_SECS} s");
         let _ = grants::end_access(DEMO_REF);
         return false;
