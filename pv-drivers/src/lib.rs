@@ -45,6 +45,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod blkif;
 pub mod byte_ring;
 pub mod console;
 #[allow(
