@@ -183,7 +183,11 @@ pub(super) fn open(device: &Path, t: &mut Tally<'_>) -> io::Result<Option<Device
 
 /// The foreign window's size from `HostInfo`, reported as one check; `None` if it failed
 /// or the window is smaller than `needed` slots.
-pub(super) fn window_pages(mv: &dyn Microvisor, needed: u64, t: &mut Tally<'_>) -> io::Result<Option<u64>> {
+pub(super) fn window_pages(
+    mv: &dyn Microvisor,
+    needed: u64,
+    t: &mut Tally<'_>,
+) -> io::Result<Option<u64>> {
     match microvisor::host_record(mv) {
         Ok(h) if h.foreign_window_pages >= needed => {
             t.pass(format_args!(
