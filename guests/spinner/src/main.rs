@@ -26,7 +26,11 @@ fn main(boot: &BootInfo) -> ShutdownReason {
     // The timer needs events even without a console.
     let have_events = guest_rt::hypervisor_present() && events::init().is_ok();
     let busy = boot.cmdline_value("busy").is_some();
-    let how = match (time::clock(), have_events && events::timer_port().is_some(), busy) {
+    let how = match (
+        time::clock(),
+        have_events && events::timer_port().is_some(),
+        busy,
+    ) {
         (Clock::Pvclock, true, false) => "pvclock, sleeping on the timer",
         (Clock::Pvclock, _, _) => "pvclock, busy-waiting",
         (Clock::Tsc, _, _) => "TSC, busy-waiting",
