@@ -52,7 +52,14 @@ use shared_abi::control::{
     DomainParam, DomainState, EVENT_EVTCHN, ForeignMapRequest, HostInfo, MAX_BUFFER,
     MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB, VcpuEntry, fill_fixed_str, fixed_str,
 };
+use shared_abi::control::{GRANT_MAP_READONLY, GrantCopyPtr, GrantCopySegment, GrantMapRequest};
 use shared_abi::event_channel::MAX_PORTS;
+use shared_abi::grant_table::{
+    ENTRIES_PER_FRAME, GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTST_BAD_COPY_ARG,
+    GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_BAD_PAGE, GNTST_GENERAL_ERROR, GNTST_OKAY,
+    GNTST_PERMISSION_DENIED, GNTTAB_MAX_FRAMES, GRANT_ENTRY_SIZE, GTF_PERMIT_ACCESS, GTF_READING,
+    GTF_READONLY, GTF_SUB_PAGE, GTF_TYPE_MASK, GTF_WRITING,
+};
 use shared_abi::hvm::{
     HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
@@ -70,6 +77,8 @@ const EEXIST: i32 = 17;
 const EINVAL: i32 = 22;
 const ENOSPC: i32 = 28;
 const ENOSYS: i32 = 38;
+const EAGAIN: i32 = 11;
+const ERANGE: i32 = 34;
 
 /// How the fake misbehaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,6 +114,8 @@ struct SlotEntry {
     gfn: u64,
     /// The domain was destroyed while the slot held its frame.
     orphan: bool,
+    /// A `GrantMap` mapping: the reference and whether it is writable.
+    grant: Option<(u32, bool)>,
 }
 
 /// What the fake keeps of a domain beyond its record: whether it has run, its entry
@@ -115,6 +126,18 @@ struct Guest {
     entry: Option<VcpuEntry>,
     params: BTreeMap<u32, u64>,
     pages: BTreeMap<u64, Arc<VecMem>>,
+    /// Grant table frames placed so far (table frame `i` is RAM frame `grant_frames[i]`).
+    grant_frames: Vec<u64>,
+    /// Entries in use by domain 0, by reference.
+    active: BTreeMap<u32, ActiveGrant>,
+}
+
+/// A grant entry domain 0 uses: the frame copied at the first pin, and the pins.
+#[derive(Debug, Clone, Copy)]
+struct ActiveGrant {
+    gfn: u64,
+    readers: u32,
+    writers: u32,
 }
 
 impl Guest {
@@ -859,6 +882,9 @@ impl FakeMicrovisor {
     fn foreign_unmap(&self, slot: u64) -> Result<u64, i32> {
         let slot = self.window_slot(slot)?;
         let mut slots = self.lock_slots();
+        if slots.get(&slot).ok_or(ENOENT)?.grant.is_some() {
+            return Err(EINVAL);
+        }
         let e = slots.remove(&slot).ok_or(ENOENT)?;
         if e.orphan
             && !slots
@@ -917,6 +943,7 @@ impl FakeMicrovisor {
                 domid: req.domid,
                 gfn: req.gfn,
                 orphan: false,
+                grant: None,
             },
         );
         Ok(0)
@@ -959,6 +986,328 @@ impl FakeMicrovisor {
             .fault
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Offset of grant entry `gref` in its table frame.
+fn entry_offset(gref: u32) -> usize {
+    (gref % ENTRIES_PER_FRAME) as usize * GRANT_ENTRY_SIZE
+}
+
+/// Grant tables and Dom0's grant operations (`GrantMap`, `GrantUnmap`, `GrantCopy`),
+/// following "Grant mappings and copies" of the ABI. A DomU's table lives in its own RAM
+/// (frames placed with [`FakeMicrovisor::place_grant_frame`], as `add_to_physmap` does);
+/// entries are read and marked there, so a test plays the granter by writing entries
+/// ([`FakeMicrovisor::grant_access`], or any raw bytes). A pin checks the `flags|domid`
+/// word (permit-access, not sub-page, grantee 0, not read-only for a writable use) and
+/// sets `GTF_READING` (+ `GTF_WRITING`); the frame is copied at the first pin and used
+/// from then on; the bits are cleared with the last writer / last user. The fake holds
+/// its guest lock across the check and the store, so the microvisor's compare-and-swap
+/// retry (5 attempts) never fails here. Simplifications: a read-only mapping is writable
+/// through [`Microvisor::map_page`], and a destroyed DomU's mapped grants orphan like
+/// foreign mappings (no dying state).
+impl FakeMicrovisor {
+    /// Test hook: DomU `domid` places frame `gfn` of its RAM as grant table frame
+    /// `index` (the next one, or one already placed). `false` if that is not allowed.
+    pub fn place_grant_frame(&self, domid: u32, index: u32, gfn: u64) -> bool {
+        if self.guest_page(domid, gfn).is_none() || index >= GNTTAB_MAX_FRAMES {
+            return false;
+        }
+        let mut guests = self.lock_guests();
+        let g = guests.entry(domid).or_default();
+        let i = index as usize;
+        match i.cmp(&g.grant_frames.len()) {
+            std::cmp::Ordering::Less => g.grant_frames[i] = gfn,
+            std::cmp::Ordering::Equal => g.grant_frames.push(gfn),
+            std::cmp::Ordering::Greater => return false,
+        }
+        true
+    }
+
+    /// Test hook: DomU `domid` grants frame `gfn` to domain 0 as `gref` (frame and domid
+    /// first, then the flags, as a granter does). `false` without a table frame for it.
+    pub fn grant_access(&self, domid: u32, gref: u32, gfn: u64, readonly: bool) -> bool {
+        let Some(page) = self.table_page(domid, gref) else {
+            return false;
+        };
+        let off = entry_offset(gref);
+        let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+        let frame = u32::try_from(gfn).unwrap_or(u32::MAX);
+        page.store_release_u32(off + 4, frame).is_ok()
+            && page.store_release_u32(off, u32::from(flags)).is_ok()
+    }
+
+    /// Test hook: DomU `domid` revokes `gref` as `gnttab_end_foreign_access` does: only
+    /// while neither `GTF_READING` nor `GTF_WRITING` is set. Whether it was revoked.
+    pub fn end_access(&self, domid: u32, gref: u32) -> bool {
+        let Some(page) = self.table_page(domid, gref) else {
+            return false;
+        };
+        let off = entry_offset(gref);
+        match page.load_acquire_u32(off) {
+            Ok(word) if word & u32::from(GTF_READING | GTF_WRITING) == 0 => {
+                page.store_release_u32(off, 0).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The flags of DomU `domid`'s entry `gref` (`None` without a table frame for it).
+    #[must_use]
+    pub fn grant_flags(&self, domid: u32, gref: u32) -> Option<u16> {
+        let page = self.table_page(domid, gref)?;
+        let word = page.load_acquire_u32(entry_offset(gref)).ok()?;
+        Some((word & 0xffff) as u16)
+    }
+
+    /// Entries of `domid` that domain 0 has in use.
+    #[must_use]
+    pub fn grants_in_use(&self, domid: u32) -> usize {
+        self.lock_guests().get(&domid).map_or(0, |g| g.active.len())
+    }
+
+    /// The table frame holding `gref` of `domid`.
+    fn table_page(&self, domid: u32, gref: u32) -> Option<Arc<VecMem>> {
+        let mut guests = self.lock_guests();
+        let g = guests.get_mut(&domid)?;
+        let gfn = *g.grant_frames.get((gref / ENTRIES_PER_FRAME) as usize)?;
+        Some(g.page(gfn))
+    }
+
+    /// Pins `gref` of live DomU `domid` for reading (and writing); returns the frame.
+    /// Errors are `GNTST_*` statuses.
+    fn pin(&self, domid: u32, gref: u32, writable: bool) -> Result<u64, i16> {
+        let mem_kib = self
+            .lock_domains()
+            .get(&domid)
+            .filter(|d| {
+                domid != 0
+                    && !matches!(
+                        DomainState::from_u32(d.state),
+                        Some(DomainState::Shutdown | DomainState::Crashed)
+                    )
+            })
+            .ok_or(GNTST_BAD_DOMAIN)?
+            .mem_kib;
+        let mut guests = self.lock_guests();
+        let g = guests.get_mut(&domid).ok_or(GNTST_BAD_DOMAIN)?;
+        let table_gfn = *g
+            .grant_frames
+            .get((gref / ENTRIES_PER_FRAME) as usize)
+            .ok_or(GNTST_BAD_GNTREF)?;
+        let page = g.page(table_gfn);
+        let off = entry_offset(gref);
+        let word = page
+            .load_acquire_u32(off)
+            .map_err(|_| GNTST_GENERAL_ERROR)?;
+        let flags = (word & 0xffff) as u16;
+        let grantee = word >> 16;
+        if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || flags & GTF_SUB_PAGE != 0 {
+            return Err(GNTST_BAD_GNTREF);
+        }
+        if grantee != 0 || (writable && flags & GTF_READONLY != 0) {
+            return Err(GNTST_PERMISSION_DENIED);
+        }
+        let gfn = match g.active.get(&gref) {
+            Some(a) => a.gfn,
+            None => {
+                let frame = page
+                    .load_acquire_u32(off + 4)
+                    .map_err(|_| GNTST_GENERAL_ERROR)?;
+                let gfn = u64::from(frame);
+                if gfn.saturating_mul(4096) >= mem_kib.saturating_mul(1024)
+                    || g.grant_frames.contains(&gfn)
+                {
+                    return Err(GNTST_BAD_PAGE);
+                }
+                gfn
+            }
+        };
+        let set = GTF_READING | if writable { GTF_WRITING } else { 0 };
+        page.store_release_u32(off, word | u32::from(set))
+            .map_err(|_| GNTST_GENERAL_ERROR)?;
+        let a = g.active.entry(gref).or_insert(ActiveGrant {
+            gfn,
+            readers: 0,
+            writers: 0,
+        });
+        a.readers += 1;
+        if writable {
+            a.writers += 1;
+        }
+        Ok(gfn)
+    }
+
+    /// Drops one pin of `gref` of `domid` (nothing if the domain is gone).
+    fn unpin(&self, domid: u32, gref: u32, writable: bool) {
+        let mut guests = self.lock_guests();
+        let Some(g) = guests.get_mut(&domid) else {
+            return;
+        };
+        let Some(a) = g.active.get_mut(&gref) else {
+            return;
+        };
+        a.readers = a.readers.saturating_sub(1);
+        if writable {
+            a.writers = a.writers.saturating_sub(1);
+        }
+        let mut clear = 0u16;
+        if a.writers == 0 {
+            clear |= GTF_WRITING;
+        }
+        if a.readers == 0 {
+            clear |= GTF_READING;
+            g.active.remove(&gref);
+        }
+        let Some(&table_gfn) = g.grant_frames.get((gref / ENTRIES_PER_FRAME) as usize) else {
+            return;
+        };
+        let page = g.page(table_gfn);
+        let off = entry_offset(gref);
+        if let Ok(word) = page.load_acquire_u32(off) {
+            let _ = page.store_release_u32(off, word & !u32::from(clear));
+        }
+    }
+
+    /// `GrantMap`.
+    fn grant_map(&self, slot: u64, buf: &[u8]) -> Result<u64, i32> {
+        let slot = self.window_slot(slot)?;
+        let raw = buf.get(..size_of::<GrantMapRequest>()).ok_or(EINVAL)?;
+        let req = GrantMapRequest::read_from_bytes(raw).map_err(|_| EINVAL)?;
+        if req.reserved != 0 || req.flags & !GRANT_MAP_READONLY != 0 {
+            return Err(EINVAL);
+        }
+        if req.domid == 0 {
+            return Err(ESRCH);
+        }
+        let mut slots = self.lock_slots();
+        if slots.contains_key(&slot) {
+            return Err(EBUSY);
+        }
+        let writable = req.flags & GRANT_MAP_READONLY == 0;
+        let gfn = self
+            .pin(req.domid, req.gref, writable)
+            .map_err(|st| match st {
+                GNTST_BAD_DOMAIN => ESRCH,
+                GNTST_BAD_GNTREF => ENOENT,
+                GNTST_PERMISSION_DENIED => EPERM,
+                GNTST_BAD_PAGE => ERANGE,
+                _ => EAGAIN,
+            })?;
+        slots.insert(
+            slot,
+            SlotEntry {
+                domid: req.domid,
+                gfn,
+                orphan: false,
+                grant: Some((req.gref, writable)),
+            },
+        );
+        Ok(0)
+    }
+
+    /// `GrantUnmap`.
+    fn grant_unmap(&self, slot: u64) -> Result<u64, i32> {
+        let slot = self.window_slot(slot)?;
+        let mut slots = self.lock_slots();
+        let (gref, writable) = slots.get(&slot).ok_or(ENOENT)?.grant.ok_or(EINVAL)?;
+        let e = slots.remove(&slot).ok_or(ENOENT)?;
+        if e.orphan {
+            if !slots
+                .values()
+                .any(|o| o.orphan && (o.domid, o.gfn) == (e.domid, e.gfn))
+            {
+                self.freed_kib.fetch_add(4, Ordering::Relaxed);
+            }
+        } else {
+            self.unpin(e.domid, gref, writable);
+        }
+        Ok(0)
+    }
+
+    /// `GrantCopy`: `n` segments at the start of `buf`, then data.
+    fn grant_copy(&self, n: u64, buf: &mut [u8]) -> Result<u64, i32> {
+        const SEG: usize = size_of::<GrantCopySegment>();
+        let n = usize::try_from(n).map_err(|_| EINVAL)?;
+        let data_start = n.checked_mul(SEG).ok_or(EINVAL)?;
+        if n == 0 || data_start > buf.len() {
+            return Err(EINVAL);
+        }
+        let mut ok = 0u64;
+        for i in 0..n {
+            let at = i * SEG;
+            let mut seg =
+                GrantCopySegment::read_from_bytes(&buf[at..at + SEG]).map_err(|_| EINVAL)?;
+            seg.status = self.copy_segment(&seg, buf, data_start);
+            if seg.status == GNTST_OKAY {
+                ok += 1;
+            }
+            buf[at..at + SEG].copy_from_slice(seg.as_bytes());
+        }
+        Ok(ok)
+    }
+
+    /// One segment of `GrantCopy`; its status.
+    fn copy_segment(&self, seg: &GrantCopySegment, buf: &mut [u8], data_start: usize) -> i16 {
+        let len = usize::from(seg.len);
+        let src_grant = seg.flags & GNTCOPY_SOURCE_GREF != 0;
+        let dst_grant = seg.flags & GNTCOPY_DEST_GREF != 0;
+        if seg.flags & !(GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF) != 0
+            || seg.pad != 0
+            || !(src_grant || dst_grant)
+            || len > 4096
+        {
+            return GNTST_BAD_COPY_ARG;
+        }
+        let side_ok = |p: &GrantCopyPtr, grant: bool| {
+            if grant {
+                usize::from(p.offset) + len <= 4096
+            } else {
+                p.domid == 0
+                    && p.offset == 0
+                    && (p.u as usize) >= data_start
+                    && (p.u as usize)
+                        .checked_add(len)
+                        .is_some_and(|e| e <= buf.len())
+            }
+        };
+        if !side_ok(&seg.source, src_grant) || !side_ok(&seg.dest, dst_grant) {
+            return GNTST_BAD_COPY_ARG;
+        }
+        let mut bytes = vec![0u8; len];
+        if src_grant {
+            let (d, r) = (u32::from(seg.source.domid), seg.source.u);
+            let gfn = match self.pin(d, r, false) {
+                Ok(g) => g,
+                Err(st) => return st,
+            };
+            let page = self.lock_guests().entry(d).or_default().page(gfn);
+            let read = page.read_bytes(usize::from(seg.source.offset), &mut bytes);
+            self.unpin(d, r, false);
+            if read.is_err() {
+                return GNTST_GENERAL_ERROR;
+            }
+        } else {
+            let s = seg.source.u as usize;
+            bytes.copy_from_slice(&buf[s..s + len]);
+        }
+        if dst_grant {
+            let (d, r) = (u32::from(seg.dest.domid), seg.dest.u);
+            let gfn = match self.pin(d, r, true) {
+                Ok(g) => g,
+                Err(st) => return st,
+            };
+            let page = self.lock_guests().entry(d).or_default().page(gfn);
+            let wrote = page.write_bytes(usize::from(seg.dest.offset), &bytes);
+            self.unpin(d, r, true);
+            if wrote.is_err() {
+                return GNTST_GENERAL_ERROR;
+            }
+        } else {
+            let d = seg.dest.u as usize;
+            buf[d..d + len].copy_from_slice(&bytes);
+        }
+        GNTST_OKAY
     }
 }
 
@@ -1005,6 +1354,9 @@ impl Microvisor for FakeMicrovisor {
         const EVTCHN_CLOSE: u64 = ControlOp::EvtchnClose as u64;
         const EVTCHN_TAKE_PENDING: u64 = ControlOp::EvtchnTakePending as u64;
         const DOMAIN_SET_PARAM: u64 = ControlOp::DomainSetParam as u64;
+        const GRANT_MAP: u64 = ControlOp::GrantMap as u64;
+        const GRANT_UNMAP: u64 = ControlOp::GrantUnmap as u64;
+        const GRANT_COPY: u64 = ControlOp::GrantCopy as u64;
         if matches!(op, DOMAIN_INFO | DOMAIN_LIST) {
             self.tick();
         }
@@ -1024,6 +1376,9 @@ impl Microvisor for FakeMicrovisor {
             EVTCHN_CLOSE => self.evtchn_close(arg),
             EVTCHN_TAKE_PENDING => self.evtchn_take_pending(arg, buf),
             DOMAIN_SET_PARAM => self.set_param(arg, buf),
+            GRANT_MAP => self.grant_map(arg, buf),
+            GRANT_UNMAP => self.grant_unmap(arg),
+            GRANT_COPY => self.grant_copy(arg, buf),
             HOST_INFO => {
                 let mut host = self.host;
                 host.mem_free_kib = self.mem_free_kib();

@@ -362,6 +362,7 @@
 #![deny(unsafe_code)]
 
 pub mod attach;
+
 pub mod builder;
 pub mod cli;
 pub mod client;
@@ -372,6 +373,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod grants;
 pub mod lifecycle;
 #[macro_use]
 pub mod log;
