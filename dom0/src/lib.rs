@@ -362,6 +362,7 @@
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod blkback;
 
 pub mod builder;
 pub mod cli;

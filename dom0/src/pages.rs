@@ -69,7 +69,7 @@ impl PagePool {
     }
 
     /// Takes a free slot, asking the microvisor for the window on first use.
-    fn take_slot(&self, mv: &dyn Microvisor) -> Result<u64, String> {
+    pub(crate) fn take_slot(&self, mv: &dyn Microvisor) -> Result<u64, String> {
         let mut inner = self.lock();
         let (first, end) = match inner.range {
             Some(r) => r,
@@ -93,7 +93,7 @@ impl PagePool {
         Ok(slot)
     }
 
-    fn free_slot(&self, slot: u64) {
+    pub(crate) fn free_slot(&self, slot: u64) {
         self.lock().used.remove(&slot);
     }
 

@@ -1,0 +1,644 @@
+//! dom0d's PV block back-end: one virtual block device (vbd) per `disk` entry of a
+//! domain's config, served from a file in Dom0.
+//!
+//! **xenstore.** [`BlkBack::add`] publishes the back-end directory
+//! `/local/domain/0/backend/vbd/<domid>/<devid>/` (`frontend`, `frontend-id`, `sectors`,
+//! `info`, `sector-size` 512, `feature-flush-cache` 1, `mode`, `state`), owned by domain 0
+//! and readable by the DomU, and the front-end directory
+//! `/local/domain/<domid>/device/vbd/<devid>/` (`backend`, `backend-id` 0,
+//! `virtual-device`, `state` 1), owned by the DomU (readable by domain 0, which reads
+//! everything anyway). The back-end starts in InitWait.
+//!
+//! **Handshake** ([`BlkBack::step`], run whenever the store may have changed): once the
+//! front-end's `state` is Initialised (or Connected), its `ring-ref` and `event-channel`
+//! are read (strict decimal), the ring page is mapped writable with `GrantMap` into a
+//! slot of dom0d's page pool, the event channel is bound with `EvtchnBindInterdomain`, and
+//! the back-end goes to Connected. Any failure undoes what was done, writes Closed and
+//! stops the device (one log line). A front-end that goes to Closing or Closed is
+//! disconnected (ring unmapped, port closed) and the back-end goes to Closed; if the
+//! front-end comes back to Initialising the back-end returns to InitWait.
+//!
+//! **Requests** ([`BlkBack::on_ports`], [`BlkBack::step`]): each request is copied out of
+//! the ring once and validated ([`pv_drivers::blkif`]); reads and writes move the data with
+//! `GrantCopy` between the granted pages and a dom0d buffer ([`crate::grants`]) and the
+//! file (`pread`/`pwrite`), flushes call `fdatasync`. Responses are pushed and the guest
+//! signalled per ring.h's rule; then the final check is made, so requests the front-end
+//! published meanwhile are served too. At most [`REQUESTS_PER_SERVE`] requests are served
+//! per call, so a front-end that refills its ring endlessly cannot hold dom0d.
+//!
+//! **Hostile front-ends.** An impossible ring index, a malformed request (segment count or
+//! sectors, a range past the end of the disk) or a grant the copy may not use (bad
+//! reference, read-only for a read, revoked) gets one warning line; that device is stopped
+//! (ring unmapped, port closed, `state` Closed) and never served again, while every other
+//! device and domain carry on. An operation this back-end does not serve is answered
+//! `EOPNOTSUPP` and a write to a read-only disk `ERROR`; an I/O error of the file is
+//! answered `ERROR`. Requests rewritten in the ring while being served change nothing:
+//! only the private copy is used.
+//!
+//! **Teardown** ([`BlkBack::domain_gone`]): the ring is unmapped, the port closed and both
+//! directories removed.
+//!
+//! The file I/O is synchronous; callers on the async runtime run these calls on a
+//! blocking thread.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use pv_drivers::blkif::{BlkBack as Ring, BlkOp, BlkRequest, Taken, response};
+use shared_abi::io::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SECTOR_SIZE, VDISK_READONLY};
+use shared_abi::io::xenbus::XenbusState;
+
+use crate::grants::{self, GrantPiece, grant_map, grant_unmap};
+use crate::log::{self, Level};
+use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_close, evtchn_send};
+use crate::pages::PagePool;
+use crate::proto::errno_text;
+use crate::xenstore::path::home;
+use crate::xenstore::store::{Access, Perms, Store};
+
+/// Requests served per device per call.
+pub const REQUESTS_PER_SERVE: usize = 256;
+
+/// A disk to serve: a file in Dom0, the device name the guest sees, and its access.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskSpec {
+    /// Absolute path of the image file.
+    pub path: String,
+    /// `xvda` ... `xvdz`.
+    pub vdev: String,
+    /// `access=ro`.
+    pub read_only: bool,
+}
+
+/// The xenstore device id of `xvd<letter>` (Xen's encoding: major 202, 16 minors per
+/// disk, and the extended form from the 17th disk on). `None` for anything else.
+#[must_use]
+pub fn devid_of(vdev: &str) -> Option<u32> {
+    let rest = vdev.strip_prefix("xvd")?;
+    let [c] = rest.as_bytes() else {
+        return None;
+    };
+    if !c.is_ascii_lowercase() {
+        return None;
+    }
+    let index = u32::from(c - b'a');
+    Some(if index < 16 {
+        (202 << 8) | (index << 4)
+    } else {
+        (1 << 28) | (index << 8)
+    })
+}
+
+/// The back-end directory of a vbd.
+#[must_use]
+pub fn backend_dir(domid: u32, devid: u32) -> String {
+    format!("/local/domain/0/backend/vbd/{domid}/{devid}")
+}
+
+/// The front-end directory of a vbd.
+#[must_use]
+pub fn frontend_dir(domid: u32, devid: u32) -> String {
+    format!("{}/device/vbd/{devid}", home(domid))
+}
+
+/// A connected ring.
+#[derive(Debug)]
+struct Conn {
+    slot: u64,
+    ring: Ring<Arc<dyn PageMap>>,
+    port: u32,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// InitWait: waiting for the front-end's ring details.
+    Waiting,
+    Connected(Conn),
+    /// Closed after the front-end closed; back to `Waiting` if it starts again.
+    Closed,
+    /// Stopped for breaking the protocol; never served again.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Vbd {
+    vdev: String,
+    file: File,
+    sectors: u64,
+    read_only: bool,
+    phase: Phase,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    vbds: BTreeMap<(u32, u32), Vbd>,
+    /// Domain 0 port to vbd.
+    ports: BTreeMap<u32, (u32, u32)>,
+    stopped: u64,
+}
+
+/// Every vbd dom0d serves.
+#[derive(Debug)]
+pub struct BlkBack {
+    pool: Arc<PagePool>,
+    inner: Mutex<Inner>,
+}
+
+fn write_node(store: &mut Store, path: &str, value: &str, perms: &Perms) -> Result<(), String> {
+    store
+        .write(0, path, value.as_bytes())
+        .and_then(|()| store.set_perms(0, path, perms.clone()))
+        .map_err(|e| format!("writing {path}: {e}"))
+}
+
+fn set_state(store: &mut Store, dir: &str, state: XenbusState) {
+    // Domain 0 may write anywhere; only a full store could refuse.
+    if let Err(e) = store.write(
+        0,
+        &format!("{dir}/state"),
+        state.as_u32().to_string().as_bytes(),
+    ) {
+        log::limited(
+            Level::Error,
+            format_args!("blkback: writing {dir}/state: {e}"),
+        );
+    }
+}
+
+/// A strict decimal `u32` node.
+fn read_u32(store: &Store, path: &str) -> Result<u32, String> {
+    let raw = store.read(0, path).map_err(|e| format!("{path}: {e}"))?;
+    let text = std::str::from_utf8(&raw)
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()));
+    text.and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("{path} is not a decimal number"))
+}
+
+impl BlkBack {
+    /// No devices yet; ring pages are mapped into slots of `pool`.
+    #[must_use]
+    pub fn new(pool: Arc<PagePool>) -> Self {
+        Self {
+            pool,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Devices stopped for breaking the protocol so far (one log line each).
+    #[must_use]
+    pub fn stopped(&self) -> u64 {
+        self.lock().stopped
+    }
+
+    /// Whether vbd `devid` of `domid` has a connected ring.
+    #[must_use]
+    pub fn is_connected(&self, domid: u32, devid: u32) -> bool {
+        matches!(
+            self.lock().vbds.get(&(domid, devid)).map(|v| &v.phase),
+            Some(Phase::Connected(_))
+        )
+    }
+
+    /// Devices served (any phase).
+    #[must_use]
+    pub fn devices(&self) -> usize {
+        self.lock().vbds.len()
+    }
+
+    /// Opens `disk` and publishes vbd nodes for DomU `domid`; returns the device id.
+    ///
+    /// # Errors
+    /// What failed, as text (bad `vdev`, a device id in use, the file, the store); nothing
+    /// is left published then.
+    pub fn add(&self, store: &mut Store, domid: u32, disk: &DiskSpec) -> Result<u32, String> {
+        let devid = devid_of(&disk.vdev)
+            .ok_or_else(|| format!("vdev {:?} is not xvda..xvdz", disk.vdev))?;
+        let mut inner = self.lock();
+        if inner.vbds.contains_key(&(domid, devid)) {
+            return Err(format!("domain {domid} already has a disk {}", disk.vdev));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(|e| format!("opening disk {}: {e}", disk.path))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("disk {}: {e}", disk.path))?
+            .len();
+        let sectors = len / SECTOR_SIZE;
+        if sectors == 0 {
+            return Err(format!("disk {} is smaller than one sector", disk.path));
+        }
+        let be = backend_dir(domid, devid);
+        let fe = frontend_dir(domid, devid);
+        let published = Self::publish(store, domid, devid, disk, sectors);
+        if let Err(e) = published {
+            let _ = store.rm(0, &be);
+            let _ = store.rm(0, &fe);
+            return Err(e);
+        }
+        inner.vbds.insert(
+            (domid, devid),
+            Vbd {
+                vdev: disk.vdev.clone(),
+                file,
+                sectors,
+                read_only: disk.read_only,
+                phase: Phase::Waiting,
+            },
+        );
+        Ok(devid)
+    }
+
+    fn publish(
+        store: &mut Store,
+        domid: u32,
+        devid: u32,
+        disk: &DiskSpec,
+        sectors: u64,
+    ) -> Result<(), String> {
+        let be = backend_dir(domid, devid);
+        let fe = frontend_dir(domid, devid);
+        // The back-end's nodes: domain 0's, readable by the DomU.
+        let public = Perms {
+            owner: 0,
+            others: Access::None,
+            acl: vec![(domid, Access::Read)],
+        };
+        // The front-end's nodes: the DomU's, readable by domain 0.
+        let guest = Perms {
+            owner: domid,
+            others: Access::None,
+            acl: vec![(0, Access::Read)],
+        };
+        let _ = store.rm(0, &be);
+        let _ = store.rm(0, &fe);
+        let info = if disk.read_only { VDISK_READONLY } else { 0 };
+        let mode = if disk.read_only { "r" } else { "w" };
+        for (leaf, value) in [
+            ("", String::new()),
+            ("frontend", fe.clone()),
+            ("frontend-id", domid.to_string()),
+            ("params", disk.path.clone()),
+            ("mode", mode.to_owned()),
+            ("sectors", sectors.to_string()),
+            ("info", info.to_string()),
+            ("sector-size", SECTOR_SIZE.to_string()),
+            ("feature-flush-cache", "1".to_owned()),
+            ("state", XenbusState::InitWait.as_u32().to_string()),
+        ] {
+            let p = if leaf.is_empty() {
+                be.clone()
+            } else {
+                format!("{be}/{leaf}")
+            };
+            write_node(store, &p, &value, &public)?;
+        }
+        for (leaf, value) in [
+            ("", String::new()),
+            ("backend", be.clone()),
+            ("backend-id", "0".to_owned()),
+            ("virtual-device", devid.to_string()),
+            ("state", XenbusState::Initialising.as_u32().to_string()),
+        ] {
+            let p = if leaf.is_empty() {
+                fe.clone()
+            } else {
+                format!("{fe}/{leaf}")
+            };
+            write_node(store, &p, &value, &guest)?;
+        }
+        Ok(())
+    }
+
+    /// Follows every front-end's state (connects, disconnects) and serves the connected
+    /// rings. Run after the store may have changed and on the periodic poll.
+    pub fn step(&self, mv: &dyn Microvisor, store: &mut Store) {
+        let mut inner = self.lock();
+        let keys: Vec<(u32, u32)> = inner.vbds.keys().copied().collect();
+        for key in keys {
+            let fe = frontend_dir(key.0, key.1);
+            let be = backend_dir(key.0, key.1);
+            let fe_state = store
+                .read(0, &format!("{fe}/state"))
+                .ok()
+                .and_then(|raw| XenbusState::parse(&raw))
+                .unwrap_or(XenbusState::Unknown);
+            let Some(vbd) = inner.vbds.get_mut(&key) else {
+                continue;
+            };
+            match (&vbd.phase, fe_state) {
+                (Phase::Waiting, XenbusState::Initialised | XenbusState::Connected) => {
+                    match self.connect(mv, store, key, vbd) {
+                        Ok(conn) => {
+                            let port = conn.port;
+                            vbd.phase = Phase::Connected(conn);
+                            log::write(
+                                Level::Info,
+                                format_args!(
+                                    "blkback: domain {} {} connected (port {port})",
+                                    key.0, vbd.vdev
+                                ),
+                            );
+                            inner.ports.insert(port, key);
+                            set_state(store, &be, XenbusState::Connected);
+                        }
+                        Err(why) => {
+                            self.stop(mv, store, &mut inner, key, &why);
+                            continue;
+                        }
+                    }
+                }
+                (
+                    Phase::Connected(_),
+                    XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown,
+                ) => {
+                    set_state(store, &be, XenbusState::Closing);
+                    self.disconnect(mv, &mut inner, key);
+                    if let Some(v) = inner.vbds.get_mut(&key) {
+                        v.phase = Phase::Closed;
+                    }
+                    set_state(store, &be, XenbusState::Closed);
+                }
+                (Phase::Closed, XenbusState::Initialising) => {
+                    vbd.phase = Phase::Waiting;
+                    set_state(store, &be, XenbusState::InitWait);
+                }
+                _ => {}
+            }
+            self.serve(mv, store, &mut inner, key);
+        }
+    }
+
+    /// Maps the front-end's ring and binds its event channel.
+    fn connect(
+        &self,
+        mv: &dyn Microvisor,
+        store: &Store,
+        (domid, devid): (u32, u32),
+        vbd: &Vbd,
+    ) -> Result<Conn, String> {
+        let fe = frontend_dir(domid, devid);
+        let gref = read_u32(store, &format!("{fe}/ring-ref"))?;
+        let remote = read_u32(store, &format!("{fe}/event-channel"))?;
+        if let Ok(p) = store.read(0, &format!("{fe}/protocol"))
+            && p != b"x86_64-abi"
+        {
+            return Err(format!(
+                "protocol {:?} is not x86_64-abi",
+                String::from_utf8_lossy(&p)
+            ));
+        }
+        let slot = self.pool.take_slot(mv)?;
+        if let Err(errno) = grant_map(mv, slot, domid, gref, false) {
+            self.pool.free_slot(slot);
+            return Err(format!(
+                "GrantMap of ring-ref {gref} failed with {}",
+                errno_text(errno)
+            ));
+        }
+        let undo_map = |why: String| {
+            self.unmap_slot(mv, slot);
+            why
+        };
+        let mem = mv.map_page(slot).map_err(|errno| {
+            undo_map(format!(
+                "mmap of slot {slot} failed with {}",
+                errno_text(errno)
+            ))
+        })?;
+        let ring = Ring::attach(mem, vbd.sectors, vbd.read_only)
+            .map_err(|e| undo_map(format!("ring: {e}")))?;
+        let port = match evtchn_bind_interdomain(mv, domid, remote) {
+            Ok(p) => p,
+            Err(errno) => {
+                drop(ring);
+                return Err(undo_map(format!(
+                    "binding event-channel {remote} failed with {}",
+                    errno_text(errno)
+                )));
+            }
+        };
+        Ok(Conn { slot, ring, port })
+    }
+
+    fn unmap_slot(&self, mv: &dyn Microvisor, slot: u64) {
+        match grant_unmap(mv, slot).or_else(|_| grant_unmap(mv, slot)) {
+            Ok(()) => self.pool.free_slot(slot),
+            Err(errno) => log::limited(
+                Level::Error,
+                format_args!(
+                    "blkback: GrantUnmap of slot {slot} failed with {}; the slot stays out of use",
+                    errno_text(errno)
+                ),
+            ),
+        }
+    }
+
+    /// Unmaps a connected ring and closes its port (the vbd stays, in whatever phase the
+    /// caller sets).
+    fn disconnect(&self, mv: &dyn Microvisor, inner: &mut Inner, key: (u32, u32)) {
+        let Some(vbd) = inner.vbds.get_mut(&key) else {
+            return;
+        };
+        if let Phase::Connected(conn) = std::mem::replace(&mut vbd.phase, Phase::Closed) {
+            inner.ports.remove(&conn.port);
+            let Conn { slot, ring, port } = conn;
+            drop(ring);
+            self.unmap_slot(mv, slot);
+            if let Err(errno) = evtchn_close(mv, port) {
+                log::limited(
+                    Level::Warn,
+                    format_args!(
+                        "blkback: closing port {port} failed with {}",
+                        errno_text(errno)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Stops a device for good: one log line, ring and port released, `state` Closed.
+    fn stop(
+        &self,
+        mv: &dyn Microvisor,
+        store: &mut Store,
+        inner: &mut Inner,
+        key: (u32, u32),
+        why: &str,
+    ) {
+        self.disconnect(mv, inner, key);
+        let Some(vbd) = inner.vbds.get_mut(&key) else {
+            return;
+        };
+        vbd.phase = Phase::Stopped;
+        inner.stopped += 1;
+        set_state(store, &backend_dir(key.0, key.1), XenbusState::Closed);
+        let vdev = inner.vbds.get(&key).map_or("?", |v| v.vdev.as_str());
+        log::write(
+            Level::Warn,
+            format_args!(
+                "blkback: domain {} {vdev}: {why}; this disk is no longer served, every other device and domain carry on",
+                key.0
+            ),
+        );
+    }
+
+    /// Serves the devices of the pending domain 0 `ports`; returns the other ports.
+    pub fn on_ports(&self, mv: &dyn Microvisor, store: &mut Store, ports: &[u32]) -> Vec<u32> {
+        let mut inner = self.lock();
+        let mut others = Vec::new();
+        for &port in ports {
+            match inner.ports.get(&port).copied() {
+                Some(key) => self.serve(mv, store, &mut inner, key),
+                None => others.push(port),
+            }
+        }
+        others
+    }
+
+    /// Serves one connected device; stops it if it broke the protocol.
+    fn serve(&self, mv: &dyn Microvisor, store: &mut Store, inner: &mut Inner, key: (u32, u32)) {
+        let Some(vbd) = inner.vbds.get_mut(&key) else {
+            return;
+        };
+        if let Err(why) = serve_ring(mv, key.0, vbd) {
+            self.stop(mv, store, inner, key, &why);
+        }
+    }
+
+    /// DomU `domid` is gone: its rings are unmapped, ports closed and nodes removed.
+    pub fn domain_gone(&self, mv: &dyn Microvisor, store: &mut Store, domid: u32) {
+        let mut inner = self.lock();
+        let keys: Vec<(u32, u32)> = inner
+            .vbds
+            .range((domid, 0)..=(domid, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.disconnect(mv, &mut inner, key);
+            inner.vbds.remove(&key);
+            let _ = store.rm(0, &backend_dir(key.0, key.1));
+            let _ = store.rm(0, &frontend_dir(key.0, key.1));
+        }
+        let _ = store.rm(0, &format!("/local/domain/0/backend/vbd/{domid}"));
+    }
+}
+
+/// Serves the requests waiting in a connected device's ring. `Err` names a protocol
+/// violation.
+fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), String> {
+    let Phase::Connected(conn) = &mut vbd.phase else {
+        return Ok(());
+    };
+    let mut served = 0usize;
+    loop {
+        while served < REQUESTS_PER_SERVE {
+            let Some(taken) = conn
+                .ring
+                .next_request()
+                .map_err(|e| format!("broke its ring ({e})"))?
+            else {
+                break;
+            };
+            served += 1;
+            let rsp = match taken {
+                Taken::Valid(req) => {
+                    let status = do_io(mv, domid, &vbd.file, &req)?;
+                    req.response(status)
+                }
+                Taken::Invalid { id, op, why } if !why.is_protocol_violation() => {
+                    response(id, op, why.status())
+                }
+                Taken::Invalid { id, why, .. } => {
+                    return Err(format!("sent a bad request (id {id}: {why})"));
+                }
+            };
+            conn.ring
+                .respond(&rsp)
+                .map_err(|e| format!("broke its ring ({e})"))?;
+        }
+        if conn
+            .ring
+            .push()
+            .map_err(|e| format!("broke its ring ({e})"))?
+            && let Err(errno) = evtchn_send(mv, conn.port)
+        {
+            log::limited(
+                Level::Warn,
+                format_args!(
+                    "blkback: signalling domain {domid} failed with {}",
+                    errno_text(errno)
+                ),
+            );
+        }
+        if served >= REQUESTS_PER_SERVE
+            || !conn
+                .ring
+                .final_check()
+                .map_err(|e| format!("broke its ring ({e})"))?
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Does one valid request; its status, or `Err` for a grant the front-end may not use.
+fn do_io(mv: &dyn Microvisor, domid: u32, file: &File, req: &BlkRequest) -> Result<i16, String> {
+    let dom =
+        u16::try_from(domid).map_err(|_| format!("domid {domid} does not fit a grant copy"))?;
+    let pieces: Vec<GrantPiece> = req
+        .segments()
+        .iter()
+        .map(|s| GrantPiece {
+            domid: dom,
+            gref: s.gref,
+            offset: s.offset,
+            len: s.len,
+        })
+        .collect();
+    let len = usize::try_from(req.bytes()).unwrap_or(usize::MAX);
+    let bad_grant = |e: grants::CopyError| {
+        format!("handed over a grant dom0d may not use (id {}: {e})", req.id)
+    };
+    let ok = |r: std::io::Result<()>| match r {
+        Ok(()) => BLKIF_RSP_OKAY,
+        Err(e) => {
+            log::limited(
+                Level::Warn,
+                format_args!("blkback: domain {domid}: disk I/O failed: {e}"),
+            );
+            BLKIF_RSP_ERROR
+        }
+    };
+    Ok(match req.op {
+        BlkOp::Flush => ok(file.sync_data()),
+        BlkOp::Read => {
+            let mut buf = vec![0u8; len];
+            let status = ok(file.read_exact_at(&mut buf, req.disk_offset()));
+            if status == BLKIF_RSP_OKAY {
+                grants::copy_to(mv, &pieces, &buf).map_err(bad_grant)?;
+            }
+            status
+        }
+        BlkOp::Write => {
+            let mut buf = vec![0u8; len];
+            grants::copy_from(mv, &pieces, &mut buf).map_err(bad_grant)?;
+            ok(file.write_all_at(&buf, req.disk_offset()))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;
