@@ -15,9 +15,10 @@
 //! - a send reads its own port under its own lock, then delivers under the peer's lock
 //!   after checking that the peer port still names the sender (so a channel closed or
 //!   rebound in between never gets a stray event);
-//! - every write to a `shared_info` page happens under its domain's lock, and
-//!   [`Hub::teardown`] forgets the page under that lock, so nothing writes to a frame once
-//!   its domain has ended;
+//! - every write to a `shared_info` page (or to the `vcpu_info` the guest moved into its
+//!   RAM with `VCPUOP_register_vcpu_info`) happens under its domain's lock, and
+//!   [`Hub::teardown`] forgets both under that lock, so nothing writes to a frame once its
+//!   domain has ended;
 //! - the [`Platform`] is told about new upcalls and pending ports only after the lock is
 //!   released (it takes the scheduler's locks to wake or kick a vCPU).
 //!
@@ -34,8 +35,8 @@ use shared_abi::hvm::{
     HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
 };
 use shared_abi::shared_info::{
-    EVTCHN_MASK, EVTCHN_PENDING, VCPU_INFO_PENDING_SEL, VCPU_INFO_TIME, VCPU_INFO_UPCALL_PENDING,
-    VcpuTimeInfo, port_word,
+    EVTCHN_MASK, EVTCHN_PENDING, VCPU_INFO_PENDING_SEL, VCPU_INFO_SIZE, VCPU_INFO_TIME,
+    VCPU_INFO_UPCALL_PENDING, VcpuTimeInfo, port_word,
 };
 use spin::{Mutex, MutexGuard};
 
@@ -161,6 +162,9 @@ pub struct DomainEvents {
     own_frame: u64,
     /// The guest frame it was placed at.
     placed_gpfn: Option<u64>,
+    /// Machine address of vCPU 0's `vcpu_info` once the guest moved it into its RAM with
+    /// `VCPUOP_register_vcpu_info` (0: slot 0 of `shared_info`).
+    vcpu_info: u64,
     /// The domain's RAM, in pages.
     mem_pages: u64,
 }
@@ -177,6 +181,7 @@ impl DomainEvents {
         shared_info: 0,
         own_frame: 0,
         placed_gpfn: None,
+        vcpu_info: 0,
         mem_pages: 0,
     };
 
@@ -192,6 +197,20 @@ impl DomainEvents {
     /// The guest frame `shared_info` was placed at, if any.
     pub fn placed_gpfn(&self) -> Option<u64> {
         self.placed_gpfn
+    }
+
+    /// The machine address of the `vcpu_info` the guest registered, if it moved it.
+    pub fn registered_vcpu_info(&self) -> Option<u64> {
+        (self.vcpu_info != 0).then_some(self.vcpu_info)
+    }
+
+    /// Machine address of vCPU 0's `vcpu_info` now (a DomU's).
+    fn vi(&self) -> u64 {
+        if self.vcpu_info != 0 {
+            self.vcpu_info
+        } else {
+            self.shared_info
+        }
     }
 
     fn alloc(&mut self) -> Result<u32, Errno> {
@@ -254,12 +273,12 @@ impl DomainEvents {
 
     /// Steps 3 and 4: set the selector bit and, if it was clear, the upcall.
     fn raise_selector(&self, port: u32, mem: &impl SharedMem) -> Delivery {
-        let si = self.shared_info;
+        let vi = self.vi();
         let sel = 1u64 << (port / 64);
-        if mem.fetch_or(si + VCPU_INFO_PENDING_SEL as u64, sel) & sel != 0 {
+        if mem.fetch_or(vi + VCPU_INFO_PENDING_SEL as u64, sel) & sel != 0 {
             return Delivery::Pending;
         }
-        mem.store_u8(si + VCPU_INFO_UPCALL_PENDING as u64, 1);
+        mem.store_u8(vi + VCPU_INFO_UPCALL_PENDING as u64, 1);
         Delivery::Upcall
     }
 
@@ -291,15 +310,14 @@ impl DomainEvents {
     }
 
     fn upcall_pending(&self, mem: &impl SharedMem) -> bool {
-        self.kind == Kind::DomU
-            && mem.load_u8(self.shared_info + VCPU_INFO_UPCALL_PENDING as u64) != 0
+        self.kind == Kind::DomU && mem.load_u8(self.vi() + VCPU_INFO_UPCALL_PENDING as u64) != 0
     }
 }
 
-/// Writes `time` into vCPU 0's `vcpu_time_info` of the page at `si`, with the version odd
+/// Writes `time` into the `vcpu_time_info` of the `vcpu_info` at `vi`, with the version odd
 /// while the fields change.
-fn write_time(mem: &impl SharedMem, si: u64, time: &VcpuTimeInfo) {
-    let base = si + VCPU_INFO_TIME as u64;
+fn write_time(mem: &impl SharedMem, vi: u64, time: &VcpuTimeInfo) {
+    let base = vi + VCPU_INFO_TIME as u64;
     let version = (mem.load(base) as u32).wrapping_add(1) | 1;
     mem.store(base, u64::from(version));
     mem.store(base + 8, time.tsc_timestamp);
@@ -417,6 +435,7 @@ impl<'a, P: Platform> Hub<'a, P> {
             t.kind = Kind::Closed;
             t.shared_info = 0;
             t.placed_gpfn = None;
+            t.vcpu_info = 0;
             t.params = [0; 5];
             t.timer_port = 0;
             t.dom0_pending = [0; WORDS];
@@ -754,15 +773,62 @@ impl<'a, P: Platform> Hub<'a, P> {
         if gpfn >= t.mem_pages || pa == 0 || pa & 0xFFF != 0 {
             return Err(Errno::EINVAL);
         }
+        // Once vcpu_info has moved, slot 0 is not written any more.
+        let moved = t.vcpu_info != 0;
         if pa != t.shared_info {
             let old = t.shared_info;
-            for off in (0..4096).step_by(8) {
+            let from = if moved { VCPU_INFO_SIZE as u64 } else { 0 };
+            for off in (from..4096).step_by(8) {
                 mem.store(pa + off, mem.load(old + off));
             }
             t.shared_info = pa;
         }
         t.placed_gpfn = Some(gpfn);
-        write_time(mem, pa, time);
+        if !moved {
+            write_time(mem, pa, time);
+        }
+        Ok(())
+    }
+
+    /// `VCPUOP_register_vcpu_info`: vCPU 0's `vcpu_info` moves to the 64 bytes at machine
+    /// address `pa` (8-byte aligned, within one frame of `dom`'s RAM, checked by the
+    /// caller). Its current contents are copied there with `time` as the pvclock record,
+    /// then every word with a pending unmasked port gets its selector bit (and the upcall
+    /// is raised if any is set), so nothing pending is lost in the move. Once per domain:
+    /// `EINVAL` if it moved already.
+    pub fn register_vcpu_info(&self, dom: u16, pa: u64, time: &VcpuTimeInfo) -> Result<(), Errno> {
+        let mem = self.platform.shared();
+        let delivery = {
+            let mut t = self.lock_live(dom)?;
+            if t.kind != Kind::DomU {
+                return Err(Errno::ESRCH);
+            }
+            if t.vcpu_info != 0 || pa == 0 || !pa.is_multiple_of(8) {
+                return Err(Errno::EINVAL);
+            }
+            let old = t.shared_info;
+            for off in (0..VCPU_INFO_TIME as u64).step_by(8) {
+                mem.store(pa + off, mem.load(old + off));
+            }
+            write_time(mem, pa, time);
+            t.vcpu_info = pa;
+            let mut sel = 0;
+            for w in 0..WORDS as u64 {
+                let pending = mem.load(old + EVTCHN_PENDING as u64 + w * 8);
+                let mask = mem.load(old + EVTCHN_MASK as u64 + w * 8);
+                if pending & !mask != 0 {
+                    sel |= 1 << w;
+                }
+            }
+            let had = mem.fetch_or(pa + VCPU_INFO_PENDING_SEL as u64, sel) | sel;
+            if had != 0 && mem.load_u8(pa + VCPU_INFO_UPCALL_PENDING as u64) == 0 {
+                mem.store_u8(pa + VCPU_INFO_UPCALL_PENDING as u64, 1);
+                Delivery::Upcall
+            } else {
+                Delivery::Nothing
+            }
+        };
+        self.notify(dom, delivery);
         Ok(())
     }
 

@@ -37,8 +37,9 @@ use shared_abi::sched::{
 };
 use shared_abi::shared_info::VcpuTimeInfo;
 use shared_abi::vcpu::{
-    VCPU_SSHOTTMR_FUTURE, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_PERIODIC_TIMER,
-    VCPUOP_STOP_SINGLESHOT_TIMER, VcpuSetSingleshotTimer,
+    VCPU_SSHOTTMR_FUTURE, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, VCPUOP_REGISTER_VCPU_INFO,
+    VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_PERIODIC_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
+    VcpuRegisterRunstateMemoryArea, VcpuRegisterVcpuInfo, VcpuSetSingleshotTimer,
 };
 use shared_abi::version::{
     XENVER_EXTRAVERSION, XENVER_GET_FEATURES, XENVER_PAGESIZE, XENVER_VERSION, XenFeatureInfo,
@@ -87,6 +88,9 @@ pub trait GuestEnv {
     fn set_timer(&mut self, deadline_ns: Option<u64>);
     /// The machine address of guest frame `gpfn` if it is writable RAM of the caller.
     fn ram_frame(&mut self, gpfn: u64) -> Option<u64>;
+    /// Registers the calling vCPU's runstate area at linear address `la` (0: unregisters)
+    /// and writes it at once; a translation that fails drops the registration silently.
+    fn register_runstate(&mut self, la: u64);
 }
 
 /// The registers of a call.
@@ -373,6 +377,24 @@ fn vcpu_op(env: &mut impl GuestEnv, cmd: u64, vcpu: u64, arg: u64) -> Result<u64
             env.set_timer(None);
         }
         VCPUOP_STOP_PERIODIC_TIMER => vcpu0()?,
+        VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
+            vcpu0()?;
+            let r: VcpuRegisterRunstateMemoryArea = read(env, arg)?;
+            env.register_runstate(r.addr);
+        }
+        VCPUOP_REGISTER_VCPU_INFO => {
+            vcpu0()?;
+            let r: VcpuRegisterVcpuInfo = read(env, arg)?;
+            let size = shared_abi::shared_info::VCPU_INFO_SIZE as u32;
+            if r.rsvd != 0 || !r.offset.is_multiple_of(8) || r.offset > PAGE_SIZE as u32 - size {
+                return Err(Errno::EINVAL);
+            }
+            let pa = env.ram_frame(r.mfn).ok_or(Errno::EINVAL)?;
+            let time = env.time_info();
+            let me = env.domid();
+            env.hub()
+                .register_vcpu_info(me, pa + u64::from(r.offset), &time)?;
+        }
         _ => return Err(Errno::ENOSYS),
     }
     Ok(0)
@@ -521,6 +543,8 @@ mod tests {
         now: u64,
         seq: u64,
         timer: Option<Option<u64>>,
+        /// The last runstate registration.
+        runstate: Option<u64>,
     }
 
     impl FakeGuest {
@@ -537,6 +561,7 @@ mod tests {
                 now: 1_000,
                 seq: 7,
                 timer: None,
+                runstate: None,
             };
             g.hub().open_dom0();
             // Own shared_info frames: pages 40 and 41; guest frame n is page n.
@@ -610,6 +635,9 @@ mod tests {
         }
         fn ram_frame(&mut self, gpfn: u64) -> Option<u64> {
             (gpfn < 15).then(|| MBASE + gpfn * 4096)
+        }
+        fn register_runstate(&mut self, la: u64) {
+            self.runstate = Some(la);
         }
     }
 
@@ -1203,13 +1231,168 @@ mod tests {
             call(&mut g, 24, VCPUOP_STOP_PERIODIC_TIMER, 3, 0),
             E(Errno::EINVAL)
         );
-        for cmd in [5, 6, 10, 13, 99] {
+        for cmd in [6, 13, 99] {
             assert_eq!(
                 call(&mut g, 24, cmd, 0, 0x100),
                 E(Errno::ENOSYS),
                 "cmd {cmd}"
             );
         }
+    }
+
+    #[test]
+    fn register_runstate_memory_area_calls() {
+        let mut g = FakeGuest::new();
+        let reg = |g: &mut FakeGuest, vcpu, ptr| {
+            call(g, 24, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, vcpu, ptr)
+        };
+        g.put(0x100, &VcpuRegisterRunstateMemoryArea { addr: 0x2008 });
+        assert_eq!(reg(&mut g, 0, 0x100), Outcome::Return(0));
+        assert_eq!(g.runstate, Some(0x2008));
+        // Another vCPU, even with a bad pointer: EINVAL; a bad pointer: EFAULT. Neither
+        // touches the registration.
+        assert_eq!(reg(&mut g, 1, 0xFFFF), E(Errno::EINVAL));
+        for bad in [0xFFFC, 0x1_0000, u64::MAX - 3] {
+            assert_eq!(reg(&mut g, 0, bad), E(Errno::EFAULT), "{bad:#x}");
+        }
+        assert_eq!(g.runstate, Some(0x2008));
+        // Any address is a claim the environment checks when it writes; 0 unregisters.
+        g.put(0x100, &VcpuRegisterRunstateMemoryArea { addr: u64::MAX });
+        assert_eq!(reg(&mut g, 0, 0x100), Outcome::Return(0));
+        assert_eq!(g.runstate, Some(u64::MAX));
+        g.put(0x100, &VcpuRegisterRunstateMemoryArea { addr: 0 });
+        assert_eq!(reg(&mut g, 0, 0x100), Outcome::Return(0));
+        assert_eq!(g.runstate, Some(0));
+        // Domain 0 has no vcpu_op.
+        assert_eq!(
+            call_as(
+                &mut g,
+                0,
+                24,
+                VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
+                0,
+                0x100
+            ),
+            E(Errno::ENOSYS)
+        );
+    }
+
+    #[test]
+    fn register_vcpu_info_moves_delivery_and_time() {
+        use shared_abi::shared_info::{VCPU_INFO_PENDING_SEL, VCPU_INFO_TIME};
+        let mut g = FakeGuest::new();
+        let reg = |g: &mut FakeGuest, dom, vcpu, mfn, offset, rsvd| {
+            g.put(0x300, &VcpuRegisterVcpuInfo { mfn, offset, rsvd });
+            call_as(g, dom, 24, VCPUOP_REGISTER_VCPU_INFO, vcpu, 0x300)
+        };
+        let old = MBASE + 40 * 4096; // domain 1's shared_info (slot 0 is its vcpu_info)
+        // A channel from domain 2; port 1 of domain 1 becomes pending before the move.
+        let u = g.hub().alloc_unbound(1, 2).unwrap();
+        let p2 = g.hub().bind_interdomain(2, 1, u).unwrap();
+        g.hub().send(2, p2).unwrap();
+        assert_eq!(g.plat.mem.load_u8(old), 1);
+        // Bad arguments change nothing (and do not use up the one registration).
+        for (vcpu, mfn, offset, rsvd, err) in [
+            (1, 5, 0, 0, Errno::EINVAL),
+            (0, 5, 0, 1, Errno::EINVAL),
+            (0, 5, 4, 0, Errno::EINVAL),
+            (0, 5, 4096 - 56, 0, Errno::EINVAL),
+            (0, 5, u32::MAX - 7, 0, Errno::EINVAL),
+            (0, 15, 0, 0, Errno::EINVAL),
+            (0, u64::MAX, 0, 0, Errno::EINVAL),
+        ] {
+            assert_eq!(
+                reg(&mut g, 1, vcpu, mfn, offset, rsvd),
+                E(err),
+                "{vcpu} {mfn} {offset} {rsvd}"
+            );
+        }
+        assert_eq!(
+            call(&mut g, 24, VCPUOP_REGISTER_VCPU_INFO, 0, 0xFFF8),
+            E(Errno::EFAULT)
+        );
+        assert_eq!(
+            g.hub().inspect(1, DomainEvents::registered_vcpu_info),
+            Some(None)
+        );
+        // Moved to frame 5 at 0xFC0 (the last 64 bytes of the page).
+        let vi = MBASE + 5 * 4096 + 0xFC0;
+        assert_eq!(reg(&mut g, 1, 0, 5, 0xFC0, 0), Outcome::Return(0));
+        assert_eq!(
+            g.hub().inspect(1, DomainEvents::registered_vcpu_info),
+            Some(Some(vi))
+        );
+        assert_eq!(g.plat.mem.load_u8(vi), 1, "upcall copied");
+        assert_eq!(g.plat.mem.load(vi + VCPU_INFO_PENDING_SEL as u64), 1);
+        assert_eq!(
+            g.plat.mem.load(vi + VCPU_INFO_TIME as u64 + 8),
+            99,
+            "pvclock"
+        );
+        assert_eq!(g.plat.mem.load(vi + VCPU_INFO_TIME as u64) % 2, 0);
+        // Once only.
+        assert_eq!(reg(&mut g, 1, 0, 6, 0, 0), E(Errno::EINVAL));
+        // The guest handles the event in the new place; the old slot is left alone.
+        g.plat.mem.store(old, 0x5A);
+        g.plat.mem.store(old + 8, 0);
+        g.plat.mem.store_u8(vi, 0);
+        g.plat.mem.store(vi + 8, 0);
+        g.plat.mem.store(old + EVTCHN_PENDING as u64, 0);
+        assert!(!g.hub().upcall_pending(1));
+        g.hub()
+            .set_callback(1, shared_abi::hvm::callback_vector(0xF3))
+            .unwrap();
+        assert_eq!(g.hub().pending_upcall(1), None);
+        g.plat.take_notes();
+        g.hub().send(2, p2).unwrap();
+        assert_eq!(g.plat.take_notes(), std::vec![Notify::Upcall(1)]);
+        assert_eq!(g.plat.mem.load_u8(vi), 1);
+        assert_eq!(g.plat.mem.load(vi + 8), 1);
+        assert_eq!((g.plat.mem.load(old), g.plat.mem.load(old + 8)), (0x5A, 0));
+        assert!(g.hub().upcall_pending(1));
+        assert_eq!(g.hub().pending_upcall(1), Some(0xF3));
+        // Unmask re-raises there too.
+        g.plat.mem.store_u8(vi, 0);
+        g.plat.mem.store(vi + 8, 0);
+        let (moff, bit) = port_word(shared_abi::shared_info::EVTCHN_MASK, 1);
+        g.plat.mem.fetch_or(old + moff as u64, bit);
+        g.put(0x400, &EvtchnPort { port: 1 });
+        assert_eq!(evtchn(&mut g, EVTCHNOP_UNMASK, 0x400), Outcome::Return(0));
+        assert_eq!(g.plat.mem.load_u8(vi), 1);
+        // Placing shared_info afterwards moves the bitmaps but not slot 0, and writes no
+        // pvclock record there.
+        g.put(
+            0x100,
+            &XenAddToPhysmap {
+                domid: DomId::SELF.0,
+                size: 0,
+                space: XENMAPSPACE_SHARED_INFO,
+                idx: 0,
+                gpfn: 12,
+            },
+        );
+        assert_eq!(
+            call(&mut g, 12, XENMEM_ADD_TO_PHYSMAP, 0x100, 0),
+            Outcome::Return(0)
+        );
+        let new_si = MBASE + 12 * 4096;
+        assert_eq!(g.plat.mem.load(new_si), 0, "slot 0 not copied");
+        assert_eq!(
+            g.plat.mem.load(new_si + VCPU_INFO_TIME as u64),
+            0,
+            "no time"
+        );
+        assert!(g.hub().port_pending(1, 1));
+        // Domain 2 moves its own into frame 3 at offset 0; its events go there.
+        assert_eq!(reg(&mut g, 2, 0, 3, 0, 0), Outcome::Return(0));
+        g.hub().send(1, u).unwrap();
+        assert_eq!(g.plat.mem.load_u8(MBASE + 3 * 4096), 1);
+        // The end of the domain forgets it.
+        g.hub().teardown(1);
+        assert_eq!(
+            g.hub().inspect(1, DomainEvents::registered_vcpu_info),
+            Some(None)
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod hypercall;
 pub mod lifecycle;
 pub mod mm;
 pub mod policy;
+pub mod runstate;
 pub mod vcpu;
 pub mod vmcb;
 pub mod window;

@@ -14,6 +14,7 @@ use crate::mm::PhysMemory;
 use crate::mm::npt::{Access, Ownership};
 use crate::mm::npt::{Npt, copy};
 use crate::policy::{self, CpuidCtx, CpuidRegs, MsrResult, msr};
+use crate::runstate::{Runstate, State as RunstateKind};
 use crate::vmcb::{
     EventInj, INT_CTL_V_IGN_TPR, INT_CTL_V_INTR_MASKING, INT_CTL_V_INTR_PRIO_MASK, INT_CTL_V_IRQ,
     Intercepts, NESTED_CTL_NP_ENABLE, Vmcb, VmcbSegment,
@@ -265,6 +266,8 @@ pub struct Vcpu {
     pub xcr0: u64,
     /// The guest's PAT (QEMU 7.2 does not load G_PAT; kept for reads).
     pub pat: u64,
+    /// Runstate accounting and the guest's registered runstate area.
+    pub runstate: Runstate,
 }
 
 /// Power-on PAT value.
@@ -281,8 +284,44 @@ impl Vcpu {
             regs,
             xcr0: 1,
             pat: DEFAULT_PAT,
+            runstate: Runstate::new(RunstateKind::Runnable, 0),
         }
     }
+
+    /// The vCPU enters runstate `to` at system time `now_ns` (a scheduling point, with the
+    /// domain's lock held); the registered area, if any, is written, translated afresh
+    /// through the guest's page tables (the paging registers in `vmcb`) and the NPT.
+    pub fn runstate_change(
+        &mut self,
+        vmcb: &Vmcb,
+        mem: &mut impl PhysMemory,
+        to: RunstateKind,
+        now_ns: u64,
+    ) {
+        self.runstate.change(to, now_ns);
+        let (npt, mode) = (self.npt, Self::paging_mode(vmcb));
+        self.runstate
+            .publish(mem, |mem, la| writable_ram_page(mem, &npt, &mode, la));
+    }
+}
+
+/// The machine address of the frame behind linear page `la` (4 KiB aligned) if the guest
+/// maps it writable (by its own page tables in `mode`) and it is the domain's own writable
+/// RAM in `npt`.
+pub fn writable_ram_page<M: PhysMemory>(
+    mem: &M,
+    npt: &Npt,
+    mode: &PagingMode,
+    la: u64,
+) -> Option<u64> {
+    let gpa = guest_walk::linear_to_gpa(mode, la, true, |pte_gpa| {
+        let mut b = [0u8; 8];
+        copy::from_gpa(npt, mem, pte_gpa, &mut b)
+            .ok()
+            .map(|()| u64::from_le_bytes(b))
+    })
+    .ok()?;
+    npt.ram_page(mem, gpa)
 }
 
 /// The permission maps a VMCB points at.
@@ -373,6 +412,7 @@ struct CallEnv<'a, H: Host> {
     domid: u16,
     npt: Npt,
     mode: PagingMode,
+    runstate: &'a mut Runstate,
 }
 
 impl<H: Host> CallEnv<'_, H> {
@@ -462,10 +502,15 @@ impl<H: Host> GuestEnv for CallEnv<'_, H> {
 
     fn ram_frame(&mut self, gpfn: u64) -> Option<u64> {
         let gpa = gpfn.checked_mul(0x1000)?;
-        match self.npt.translate(self.host.mem(), gpa)? {
-            (hpa, true) => Some(hpa & !0xFFF),
-            _ => None,
-        }
+        self.npt.ram_page(self.host.mem(), gpa)
+    }
+
+    fn register_runstate(&mut self, la: u64) {
+        self.runstate.set_area(Some(la));
+        let (npt, mode) = (self.npt, self.mode);
+        self.runstate.publish(self.host.mem(), |mem, page| {
+            writable_ram_page(mem, &npt, &mode, page)
+        });
     }
 }
 
@@ -566,6 +611,7 @@ impl Vcpu {
             domid: self.domid,
             npt: self.npt,
             mode: Self::paging_mode(vmcb),
+            runstate: &mut self.runstate,
         };
         let outcome = hypercall::dispatch(&mut env, call);
         advance(vmcb, 3);

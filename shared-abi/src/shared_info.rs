@@ -18,6 +18,10 @@
 //! `RFLAGS.IF`), `evtchn_pending_sel` u64 at 8 (bit *w*: word *w* of `evtchn_pending` may
 //! have work), then [`VcpuTimeInfo`] at 32.
 //!
+//! vCPU 0's `vcpu_info` is slot 0 here until the guest moves it into its own RAM with
+//! `VCPUOP_register_vcpu_info` ([`crate::vcpu`]); from then on the selector, the upcall
+//! byte and the time record below are in that area, and slot 0 is no longer written.
+//!
 //! ## Delivery (what the microvisor does to send port *p*)
 //! 1. test-and-set `evtchn_pending[p]`; stop if it was set;
 //! 2. stop if `evtchn_mask[p]` is set;
@@ -37,7 +41,8 @@
 //! the microvisor updates the record; read it, the fields, and `version` again, and retry
 //! if it changed or was odd.
 //!
-//! The record (vCPU 0's) is written when the page is placed and may never change after:
+//! The record (vCPU 0's) is written when the page is placed (and when `vcpu_info` is
+//! moved) and may never change after:
 //! `tsc_timestamp` can be the boot-time TSC, so `tsc - tsc_timestamp` grows with uptime.
 //! Do the multiplication in 128 bits, as [`VcpuTimeInfo::ns_at`] does.
 

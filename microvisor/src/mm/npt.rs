@@ -213,6 +213,15 @@ impl Npt {
         Some((entry & PTE_ADDR, NptFlush(())))
     }
 
+    /// The machine address of the 4 KiB frame that `gpa` lies in if it is the domain's own
+    /// writable RAM: a present, writable leaf of 4 KiB marked [`Ownership::Owned`] (not a
+    /// large or foreign mapping). Intermediate entries are always writable.
+    pub fn ram_page(&self, mem: &impl PhysMemory, gpa: u64) -> Option<u64> {
+        let entry = mem.read_u64(self.leaf_slot(mem, gpa)?);
+        let need = PTE_P | PTE_W | PTE_OWNED;
+        (entry & need == need).then_some(entry & PTE_ADDR)
+    }
+
     fn leaf_slot(&self, mem: &impl PhysMemory, gpa: u64) -> Option<u64> {
         if gpa >= GPA_LIMIT {
             return None;

@@ -9,6 +9,7 @@ use super::{
     RUNQ, RunState, SCHED, SchedState, ShutdownReason, Vcpu, Vmcb, apic, cpu, desc, dom0, domain,
     events, fill_fixed_str, memory, mvlog, raise_dom0_event, release_foreign_frames, vcpu,
 };
+use crate::runstate::{Runstate, State as RunstateKind};
 use shared_abi::control::DOMAIN_STATE_DYING;
 
 /// Publishes a new domain's record (running) and tells Dom0.
@@ -152,7 +153,10 @@ pub(super) fn lifecycle(op: LifecycleOp, domid: u32) -> Result<(), Errno> {
             (LifecycleOp::Unpause, Effect::None) if sched.run == RunState::Blocked => {
                 set_state(domid, DomainState::Blocked, 0)
             }
-            (LifecycleOp::Unpause, Effect::Requeue) => set_state(domid, DomainState::Running, 0),
+            (LifecycleOp::Unpause, Effect::Requeue) => {
+                events::note_runnable(domid);
+                set_state(domid, DomainState::Running, 0)
+            }
             _ => {}
         }
         effect
@@ -323,6 +327,16 @@ pub(super) fn install_domain(
         if paused { ", paused" } else { "" }
     );
     let id = usize::from(domid);
+    // Runstate accounting starts now: offline while paused, otherwise waiting for its pCPU.
+    let _ = events::take_runnable_since(domid);
+    d.vcpu.runstate = Runstate::new(
+        if paused {
+            RunstateKind::Offline
+        } else {
+            RunstateKind::Runnable
+        },
+        events::now_ns(),
+    );
     // Event channels exist from creation: Dom0's builder may allocate ports at once.
     events::cancel_timers(domid);
     events::hub().open_domu(domid, shared_info, u64::from(mem_mib) * 256);

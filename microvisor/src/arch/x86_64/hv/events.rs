@@ -35,6 +35,10 @@ pub(super) static POLL_TSC: [AtomicU64; MAX_DOMAINS + 1] =
 /// for none), so most exits skip the scan. Timers are only set on their owner pCPU; a
 /// cancelled one leaves the hint early, which costs one scan.
 static PCPU_NEXT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+/// When each blocked or paused DomU vCPU was last made runnable (system-time ns; 0: not
+/// since it last ran), for its runstate: the waker stamps it, the vCPU's pCPU takes it
+/// when it schedules the vCPU in.
+static WOKEN_NS: [AtomicU64; MAX_DOMAINS + 1] = [const { AtomicU64::new(0) }; MAX_DOMAINS + 1];
 /// The pvclock scale: `mul | shift << 32`, set once the TSC is calibrated.
 static PVCLOCK: AtomicU64 = AtomicU64::new(0);
 
@@ -122,6 +126,7 @@ pub(super) fn wake(domid: u16, why: Wake) {
         let effect = sched.wake(why);
         if effect == Effect::Requeue {
             domains::set_run_state(domid, DomainState::Running);
+            note_runnable(domid);
         }
         effect
     };
@@ -138,6 +143,20 @@ pub(super) fn wake(domid: u16, why: Wake) {
         }
         _ => {}
     }
+}
+
+/// DomU `domid`'s vCPU was made runnable now (woken or unpaused; called under its
+/// `SCHED` lock as it goes back on a run queue).
+pub(super) fn note_runnable(domid: u16) {
+    if let Some(w) = WOKEN_NS.get(usize::from(domid)) {
+        w.store(now_ns().max(1), Ordering::SeqCst);
+    }
+}
+
+/// When DomU `domid`'s vCPU was made runnable since it last ran, if it was (clears it).
+pub(super) fn take_runnable_since(domid: u16) -> Option<u64> {
+    let w = WOKEN_NS.get(usize::from(domid))?;
+    Some(w.swap(0, Ordering::SeqCst)).filter(|&t| t != 0)
 }
 
 /// Records the pvclock scale for a TSC of `tsc_khz` (once, at boot).

@@ -10,6 +10,7 @@ use super::{
     vcpu,
 };
 use crate::lifecycle::Wait;
+use crate::runstate::State as RunstateKind;
 use crate::vcpu::BlockOn;
 
 /// pCPU `me`'s scheduler loop: runs the vCPUs on its queue round robin; when none is
@@ -142,7 +143,13 @@ pub(super) fn run_domain(me: usize, slot: usize) -> bool {
         return false;
     };
     let leave = match begin_run(d.id) {
-        Some(leave) => leave,
+        Some(leave) => {
+            // Paused (or destroyed) before it ran: it goes offline without running.
+            // SAFETY: the VMCB frame belongs to this domain, whose lock we hold.
+            let vmcb = unsafe { &*(d.vmcb_pa as *const Vmcb) };
+            runstate_out(d, vmcb, &leave);
+            leave
+        }
         None => run_vcpu(me, slot, d),
     };
     apic::timer_stop();
@@ -158,6 +165,20 @@ pub(super) fn run_domain(me: usize, slot: usize) -> bool {
             false
         }
     }
+}
+
+/// Runstate of a vCPU leaving its pCPU (with its domain's lock held): runnable after its
+/// slice or a yield, blocked, or offline when paused; an ending domain gets no update.
+/// The guest's registered area is rewritten (translated afresh).
+fn runstate_out(d: &mut Domain, vmcb: &Vmcb, leave: &Leave) {
+    let to = match leave {
+        Leave::Yield => RunstateKind::Runnable,
+        Leave::Block => RunstateKind::Blocked,
+        Leave::Pause => RunstateKind::Offline,
+        Leave::End(_) => return,
+    };
+    d.vcpu
+        .runstate_change(vmcb, &mut HostMem, to, events::now_ns());
 }
 
 /// The vCPU wants to block until `on`. Under its scheduling lock: if that has already
@@ -225,6 +246,12 @@ pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
     let host_state = HOST_STATE[me].load(Ordering::Relaxed);
     // A poll that ended (by an event or its timeout) no longer needs its timeout.
     POLL_TSC[usize::from(d.id)].store(0, Ordering::SeqCst);
+    // Runstate: runnable since it was woken or unpaused (if it was), running from now.
+    if let Some(since) = events::take_runnable_since(d.id) {
+        d.vcpu.runstate.change(RunstateKind::Runnable, since);
+    }
+    d.vcpu
+        .runstate_change(vmcb, &mut HostMem, RunstateKind::Running, events::now_ns());
     let hub = events::hub();
     let mut deadline = cpu::rdtsc() + slice_cycles();
     let mut armed_for = 0;
@@ -286,6 +313,7 @@ pub(super) fn run_vcpu(me: usize, slot: usize, d: &mut Domain) -> Leave {
             deadline = now + slice_cycles();
         }
     };
+    runstate_out(d, vmcb, &leave);
     // The vCPU leaves this pCPU: the next one to run here reloads its own state.
     LAST_SLOT[me].store(u32::MAX, Ordering::SeqCst);
     if !matches!(leave, Leave::End(_)) {
