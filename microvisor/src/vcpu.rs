@@ -1704,6 +1704,148 @@ mod tests {
         assert_eq!(vmcb.save.rax as i64, Errno::EINVAL.to_ret());
     }
 
+    /// Writes `v` at guest-physical `gpa` of the vCPU's domain.
+    fn put_gpa<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        v: &Vcpu,
+        host: &mut FakeHost,
+        gpa: u64,
+        val: &T,
+    ) {
+        copy::to_gpa(&v.npt, &mut host.mem, gpa, val.as_bytes()).unwrap();
+    }
+
+    fn runstate_at(v: &Vcpu, host: &FakeHost, gpa: u64) -> shared_abi::vcpu::VcpuRunstateInfo {
+        let mut b = [0u8; 48];
+        copy::from_gpa(&v.npt, &host.mem, gpa, &mut b).unwrap();
+        shared_abi::vcpu::VcpuRunstateInfo::read_from_bytes(&b).unwrap()
+    }
+
+    fn register_runstate(v: &mut Vcpu, vmcb: &mut Vmcb, host: &mut FakeHost, la: u64) -> i64 {
+        put_gpa(
+            v,
+            host,
+            0x5000,
+            &shared_abi::vcpu::VcpuRegisterRunstateMemoryArea { addr: la },
+        );
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = 24;
+        (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (5, 0, 0x5000);
+        assert_eq!(v.handle_exit(vmcb, host), ExitAction::Resume);
+        vmcb.save.rax as i64
+    }
+
+    #[test]
+    fn runstate_area_follows_scheduling_with_paging_off() {
+        use shared_abi::vcpu::{RUNSTATE_BLOCKED, RUNSTATE_RUNNING};
+        let (mut v, mut vmcb, mut host) = setup();
+        v.runstate = Runstate::new(RunstateKind::Runnable, 40);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Running, 100);
+        assert_eq!(register_runstate(&mut v, &mut vmcb, &mut host, 0x3000), 0);
+        let r = runstate_at(&v, &host, 0x3000);
+        assert_eq!((r.state, r.state_entry_time), (RUNSTATE_RUNNING, 100));
+        assert_eq!(r.time, [0, 60, 0, 0]);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Blocked, 250);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Runnable, 300);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Running, 310);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Blocked, 1000);
+        let r = runstate_at(&v, &host, 0x3000);
+        assert_eq!((r.state, r.state_entry_time), (RUNSTATE_BLOCKED, 1000));
+        assert_eq!(r.time, [150 + 690, 70, 50, 0]);
+        assert_eq!(r.time.iter().sum::<u64>() + (1200 - 1000), 1200 - 40);
+        // Unregistered: the area is left as it was.
+        assert_eq!(register_runstate(&mut v, &mut vmcb, &mut host, 0), 0);
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Running, 2000);
+        assert_eq!(runstate_at(&v, &host, 0x3000), r);
+        // Crossing the end of RAM (2 MiB): accepted, dropped at once, nothing written.
+        assert_eq!(
+            register_runstate(&mut v, &mut vmcb, &mut host, 0x1F_FFF0),
+            0
+        );
+        assert_eq!(v.runstate.area(), None);
+        // Beyond 32 bits with paging off: the same.
+        assert_eq!(register_runstate(&mut v, &mut vmcb, &mut host, 1 << 32), 0);
+        assert_eq!(v.runstate.area(), None);
+        // A bad argument pointer is EFAULT.
+        vmcb.save.rax = 24;
+        (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (5, 0, 0x20_0000);
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax as i64, Errno::EFAULT.to_ret());
+    }
+
+    #[test]
+    fn runstate_area_is_translated_afresh_through_the_guest_page_tables() {
+        use shared_abi::vcpu::RUNSTATE_RUNNABLE;
+        let (mut v, mut vmcb, mut host) = setup();
+        // Long mode: PML4 0x10000 -> PDPT 0x11000 -> PD 0x12000 -> PT 0x13000; linear
+        // 0x40_0000 maps gpa 0x20000, 0x40_1000 maps gpa 0x30000 (not adjacent).
+        let (p, w) = (1u64, 2u64);
+        put_gpa(&v, &mut host, 0x10000, &(0x11000 | p | w));
+        put_gpa(&v, &mut host, 0x11000, &(0x12000 | p | w));
+        put_gpa(&v, &mut host, 0x12000 + 2 * 8, &(0x13000 | p | w));
+        put_gpa(&v, &mut host, 0x13000, &(0x20000 | p | w));
+        put_gpa(&v, &mut host, 0x13008, &(0x30000 | p | w));
+        vmcb.save.cr0 = guest_walk::CR0_PG | guest_walk::CR0_WP | 1;
+        vmcb.save.cr3 = 0x10000;
+        vmcb.save.cr4 = guest_walk::CR4_PAE;
+        vmcb.save.efer = guest_walk::EFER_LMA | (1 << 8) | (1 << 12);
+        // The argument is in the mapped page too (linear 0x40_0100).
+        v.runstate = Runstate::new(RunstateKind::Running, 0);
+        put_gpa(
+            &v,
+            &mut host,
+            0x20100,
+            &shared_abi::vcpu::VcpuRegisterRunstateMemoryArea { addr: 0x40_0FE8 },
+        );
+        vmcb.control.exit_code = 0x81;
+        vmcb.save.rax = 24;
+        (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (5, 0, 0x40_0100);
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax, 0);
+        assert_eq!(v.runstate.area(), Some(0x40_0FE8));
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Runnable, 500);
+        // 24 bytes in each page: state, entry time and time[0] in the first, time[1..4] in
+        // the second.
+        let mut b = [0u8; 48];
+        copy::from_gpa(&v.npt, &host.mem, 0x20FE8, &mut b[..24]).unwrap();
+        copy::from_gpa(&v.npt, &host.mem, 0x30000, &mut b[24..]).unwrap();
+        let r = shared_abi::vcpu::VcpuRunstateInfo::read_from_bytes(&b).unwrap();
+        assert_eq!((r.state, r.state_entry_time), (RUNSTATE_RUNNABLE, 500));
+        assert_eq!(r.time, [500, 0, 0, 0]);
+        // The guest remaps the second page to gpa 0x31000: the next write follows it.
+        put_gpa(&v, &mut host, 0x13008, &(0x31000 | p | w));
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Running, 700);
+        let mut t = [0u8; 8];
+        copy::from_gpa(&v.npt, &host.mem, 0x31000, &mut t).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(t),
+            200,
+            "time[runnable] in the new frame"
+        );
+        // The second page becomes read-only: the registration is dropped and the first
+        // page is not written either.
+        put_gpa(&v, &mut host, 0x13008, &(0x31000 | p));
+        let mut before = [0u8; 24];
+        copy::from_gpa(&v.npt, &host.mem, 0x20FE8, &mut before).unwrap();
+        v.runstate_change(&vmcb, &mut host.mem, RunstateKind::Blocked, 900);
+        assert_eq!(v.runstate.area(), None);
+        let mut after = [0u8; 24];
+        copy::from_gpa(&v.npt, &host.mem, 0x20FE8, &mut after).unwrap();
+        assert_eq!(before, after);
+        // A page the guest maps but that is not RAM (beyond its 2 MiB) is refused too.
+        put_gpa(&v, &mut host, 0x13008, &(0x20_0000 | p | w));
+        put_gpa(
+            &v,
+            &mut host,
+            0x20100,
+            &shared_abi::vcpu::VcpuRegisterRunstateMemoryArea { addr: 0x40_1000 },
+        );
+        vmcb.save.rax = 24;
+        (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (5, 0, 0x40_0100);
+        v.handle_exit(&mut vmcb, &mut host);
+        assert_eq!(vmcb.save.rax, 0);
+        assert_eq!(v.runstate.area(), None);
+    }
+
     #[test]
     fn upcall_irq_programming() {
         let (_, mut vmcb, _) = setup();
@@ -1777,6 +1919,47 @@ mod tests {
         assert_eq!(c(&mut host, 14, 0, 0, d0 as u64), Errno::EINVAL.to_ret());
         copy::from_gpa(&v.npt, &host.mem, 0x5000, &mut got).unwrap();
         assert_eq!(u32::from_le_bytes(got), d0 as u32);
+    }
+
+    proptest::proptest! {
+        /// Runstate and vcpu_info registrations with garbage arguments, under garbage
+        /// guest page tables (long mode or paging off), never panic; whatever area stays
+        /// registered was writable RAM when last written.
+        #[test]
+        fn hostile_vcpu_op_registrations_never_panic(
+            steps in proptest::collection::vec(
+                (proptest::sample::select(std::vec![5u64, 10]), 0u64..2,
+                 proptest::num::u64::ANY, proptest::num::u64::ANY, 0u64..0x20_0000,
+                 proptest::bool::ANY),
+                1..12)
+        ) {
+            let (mut v, mut vmcb, mut host) = setup();
+            let mut now = 0;
+            for (cmd, vcpu, word0, word1, table, paging) in steps {
+                if paging {
+                    vmcb.save.cr0 = guest_walk::CR0_PG | guest_walk::CR0_WP | 1;
+                    vmcb.save.cr3 = table & !0xFFF;
+                    vmcb.save.cr4 = guest_walk::CR4_PAE;
+                    vmcb.save.efer = guest_walk::EFER_LMA | (1 << 8) | (1 << 12);
+                    // Some self-referencing garbage in the tables.
+                    put_gpa(&v, &mut host, table & !0xFFF, &(table | 3));
+                } else {
+                    vmcb.save.cr0 = 1;
+                }
+                put_gpa(&v, &mut host, 0x5000, &[word0, word1]);
+                vmcb.control.exit_code = 0x81;
+                vmcb.save.rax = 24;
+                (v.regs.rdi, v.regs.rsi, v.regs.rdx) = (cmd, vcpu, if paging { table } else { 0x5000 });
+                proptest::prop_assert_eq!(v.handle_exit(&mut vmcb, &mut host), ExitAction::Resume);
+                now += word1 % 1000;
+                let to = [RunstateKind::Running, RunstateKind::Runnable, RunstateKind::Blocked][(word0 % 3) as usize];
+                v.runstate_change(&vmcb, &mut host.mem, to, now);
+                if let Some(la) = v.runstate.area() {
+                    let mode = Vcpu::paging_mode(&vmcb);
+                    proptest::prop_assert!(writable_ram_page(&host.mem, &v.npt, &mode, la & !0xFFF).is_some());
+                }
+            }
+        }
     }
 
     proptest::proptest! {
