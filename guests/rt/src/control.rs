@@ -21,8 +21,45 @@ pub fn requested(value: &[u8]) -> Option<ShutdownReason> {
     }
 }
 
+/// Why a store access through [`store_read`]/[`store_write`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The domain has no xenstore, or [`init`] has not connected to it.
+    NoStore,
+    /// The store answered with this errno name (`ENOENT`, `EACCES`, ...), NUL-padded.
+    Refused([u8; 16]),
+    /// The reply did not fit the caller's buffer.
+    TooLong,
+    /// The connection broke (or the request was too long).
+    Broken,
+}
+
+impl StoreError {
+    /// The errno name of [`StoreError::Refused`], else `""`.
+    pub fn errno_name(&self) -> &str {
+        match self {
+            StoreError::Refused(name) => {
+                let n = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                core::str::from_utf8(&name[..n]).unwrap_or("?")
+            }
+            _ => "",
+        }
+    }
+}
+
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StoreError::NoStore => f.write_str("no xenstore connection"),
+            StoreError::Refused(_) => write!(f, "the store refused ({})", self.errno_name()),
+            StoreError::TooLong => f.write_str("the reply is longer than the buffer"),
+            StoreError::Broken => f.write_str("the xenstore connection broke"),
+        }
+    }
+}
+
 #[cfg(target_os = "none")]
-pub use bare::{init, on_events};
+pub use bare::{init, on_events, store_read, store_watch, store_write};
 
 #[cfg(target_os = "none")]
 mod bare {
@@ -35,7 +72,7 @@ mod bare {
     use shared_abi::hvm::{HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
     use shared_abi::io::xenstore::{XS_READ, XS_WATCH, XS_WRITE};
 
-    use super::requested;
+    use super::{StoreError, requested};
     use crate::arch::{paging, phys};
     use crate::events::Ports;
     use crate::pvconsole;
@@ -120,6 +157,75 @@ mod bare {
         *CLIENT.lock() = Some(client);
         PORT.store(port, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// One request on the connection [`init`] made, from main code. Waits on events
+    /// while the store answers; the shutdown check is deferred meanwhile (see
+    /// [`on_events`]), so it never recurses.
+    fn store_call(t: u32, parts: &[&[u8]], out: &mut [u8]) -> Result<usize, StoreError> {
+        let port = PORT.load(Ordering::Relaxed);
+        if port == 0 {
+            return Err(StoreError::NoStore);
+        }
+        if BUSY.swap(true, Ordering::Relaxed) {
+            // Only an upcall-free main-code caller gets here; the flag means a call of
+            // this module is already in progress (not re-entrant).
+            return Err(StoreError::Broken);
+        }
+        let result = {
+            let mut guard = CLIENT.lock();
+            match guard.as_mut() {
+                Some(client) => {
+                    client
+                        .call(&mut StoreIo(port), t, parts, out)
+                        .map_err(|e| match e {
+                            XsCallError::Store(name) => StoreError::Refused(name),
+                            XsCallError::TooLong => StoreError::TooLong,
+                            XsCallError::RequestTooLong | XsCallError::Ring(_) => {
+                                StoreError::Broken
+                            }
+                        })
+                }
+                None => Err(StoreError::NoStore),
+            }
+        };
+        BUSY.store(false, Ordering::Relaxed);
+        // A shutdown request that arrived meanwhile is looked at now.
+        if CHECK.load(Ordering::Relaxed) {
+            on_events(&Ports::EMPTY);
+        }
+        result
+    }
+
+    /// Reads node `path` (relative to the domain's home, or absolute) into `out`;
+    /// returns its length.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn store_read(path: &str, out: &mut [u8]) -> Result<usize, StoreError> {
+        store_call(XS_READ, &[path.as_bytes(), b"\0"], out)
+    }
+
+    /// Writes `value` to node `path`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn store_write(path: &str, value: &[u8]) -> Result<(), StoreError> {
+        store_call(XS_WRITE, &[path.as_bytes(), b"\0", value], &mut [0u8; 16]).map(|_| ())
+    }
+
+    /// Watches `path` with `token`: a change makes the store signal its port, which
+    /// wakes [`crate::events::wait_for_event`].
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn store_watch(path: &str, token: &str) -> Result<(), StoreError> {
+        store_call(
+            XS_WATCH,
+            &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
+            &mut [0u8; 16],
+        )
+        .map(|_| ())
     }
 
     /// Called with every batch of ports a wait returned: if the store's port is among

@@ -72,6 +72,7 @@
 #[cfg(any(test, not(target_os = "none")))]
 extern crate std;
 
+pub mod blkfront;
 pub mod boot;
 pub mod cmdline;
 pub mod control;
