@@ -78,16 +78,19 @@ pub(crate) enum Guest {
     Spin,
     /// Echoes its PV console input back until destroyed.
     Echo,
+    /// Drives its PV devices (writes, reads back and verifies 64 MiB on its disk).
+    PvDemo,
 }
 
 impl Guest {
     /// Every guest, in build order.
-    pub(crate) const ALL: [Guest; 5] = [
+    pub(crate) const ALL: [Guest; 6] = [
         Guest::Hello,
         Guest::Hostile,
         Guest::Bench,
         Guest::Spin,
         Guest::Echo,
+        Guest::PvDemo,
     ];
 
     /// Package and bin name.
@@ -98,6 +101,7 @@ impl Guest {
             Guest::Bench => "bench",
             Guest::Spin => "spinner",
             Guest::Echo => "echo",
+            Guest::PvDemo => "pvdemo",
         }
     }
 

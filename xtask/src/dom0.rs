@@ -157,6 +157,7 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
         build::Guest::Spin,
         build::Guest::Hostile,
         build::Guest::Echo,
+        build::Guest::PvDemo,
     ];
     let artifacts: Vec<_> = examples
         .iter()

@@ -15,6 +15,13 @@ mod initramfs;
 mod kmod;
 mod kmodules;
 mod provision;
+/// The disk pattern the pvdemo guest writes, from the guest's own source (one formula).
+#[path = "../../guests/pvdemo/src/pattern.rs"]
+#[allow(
+    dead_code,
+    reason = "the guest's verifier is only used by xtask's tests of the pattern"
+)]
+mod pvdemo_pattern;
 mod qemu;
 mod scenario;
 mod serial;

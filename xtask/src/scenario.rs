@@ -14,8 +14,8 @@ use anyhow::Result;
 
 use crate::build::{Guest, Profile, display_path, xtask_dir};
 use crate::dom0::{self, Dom0Artifacts, Dom0Options, Host};
-pub(crate) use crate::dom0_checks::DOM0_SCENARIOS;
 use crate::dom0_checks::{self, CheckVerdict, Dom0Scenario};
+pub(crate) use crate::dom0_checks::{DOM0_BY_NAME, DOM0_SCENARIOS};
 use crate::image::{self, DomainSpec};
 use crate::qemu::{self, Layout, QemuConfig, RunOptions, Verdict};
 use crate::serial::{self, Event, HYPERVISOR_FAILURE_MARKERS, REASON_POWEROFF};
@@ -239,12 +239,14 @@ pub(crate) fn all_jobs() -> Vec<Job> {
         .collect()
 }
 
-/// Looks up scenarios by name; an empty list selects all of them.
+/// Looks up scenarios by name; an empty list selects all of them (the default list:
+/// scenarios in [`DOM0_BY_NAME`] run only when named).
 pub(crate) fn select(names: &[String]) -> Result<Vec<Job>> {
-    let all = all_jobs();
+    let mut all = all_jobs();
     if names.is_empty() {
         return Ok(all);
     }
+    all.extend(DOM0_BY_NAME.iter().map(Job::Dom0));
     names
         .iter()
         .map(|n| {
@@ -868,5 +870,9 @@ mv: all domains finished: fail";
         );
         let picked = select(&["dom0".into(), "hello".into()]).unwrap();
         assert!(picked[0].needs_dom0() && !picked[1].needs_dom0());
+        for s in DOM0_BY_NAME {
+            assert!(!names.contains(s.name), "{} is in both lists", s.name);
+            assert_eq!(select(&[s.name.into()]).unwrap().len(), 1);
+        }
     }
 }
