@@ -126,6 +126,7 @@ enum Phase {
 #[derive(Debug)]
 struct Vbd {
     vdev: String,
+    path: String,
     file: File,
     sectors: u64,
     read_only: bool,
@@ -215,6 +216,42 @@ impl BlkBack {
         self.lock().vbds.len()
     }
 
+    /// The domains that have disks.
+    #[must_use]
+    pub fn domids(&self) -> Vec<u32> {
+        let mut d: Vec<u32> = self.lock().vbds.keys().map(|k| k.0).collect();
+        d.dedup();
+        d
+    }
+
+    /// The disks of `domid`, in device id order, with both xenbus states read from `store`.
+    #[must_use]
+    pub fn list(&self, store: &Store, domid: u32) -> Vec<crate::proto::BlockDevice> {
+        let state = |dir: String| {
+            store
+                .read(0, &format!("{dir}/state"))
+                .ok()
+                .and_then(|raw| XenbusState::parse(&raw))
+                .map_or(0, XenbusState::as_u32)
+        };
+        self.lock()
+            .vbds
+            .range((domid, 0)..=(domid, u32::MAX))
+            .map(|(&(domid, devid), v)| crate::proto::BlockDevice {
+                domid,
+                vdev: v.vdev.clone(),
+                devid,
+                path: v.path.clone(),
+                read_only: v.read_only,
+                sectors: v.sectors,
+                backend_state: state(backend_dir(domid, devid)),
+                frontend_state: state(frontend_dir(domid, devid)),
+                connected: matches!(v.phase, Phase::Connected(_)),
+                stopped: matches!(v.phase, Phase::Stopped),
+            })
+            .collect()
+    }
+
     /// Opens `disk` and publishes vbd nodes for DomU `domid`; returns the device id.
     ///
     /// # Errors
@@ -252,6 +289,7 @@ impl BlkBack {
             (domid, devid),
             Vbd {
                 vdev: disk.vdev.clone(),
+                path: disk.path.clone(),
                 file,
                 sectors,
                 read_only: disk.read_only,

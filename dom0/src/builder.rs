@@ -142,6 +142,68 @@ pub fn read_file(what: ImageKind, path: &str, max: u64) -> Result<Vec<u8>, Creat
     Ok(bytes)
 }
 
+/// Checks every `disk` image of `config` as the block back-end will open it: a regular
+/// file, readable (and writable unless `access=ro`), at least one 512-byte sector.
+///
+/// # Errors
+/// [`CreateError::Unreadable`] naming the disk (exit 3 for a missing file).
+pub fn check_disks(config: &DomainConfig) -> Result<(), CreateError> {
+    for d in &config.disks {
+        let unreadable = |reason: String, problem| CreateError::Unreadable {
+            what: ImageKind::Disk,
+            path: d.path.clone(),
+            reason,
+            problem,
+        };
+        let io_error = |e: io::Error| {
+            let problem = match e.kind() {
+                io::ErrorKind::NotFound => FileProblem::NotFound,
+                io::ErrorKind::PermissionDenied => FileProblem::PermissionDenied,
+                _ => FileProblem::Other,
+            };
+            unreadable(os_error_text(&e), problem)
+        };
+        let meta = std::fs::metadata(&d.path).map_err(io_error)?;
+        if !meta.is_file() {
+            return Err(unreadable(
+                "it is not a regular file".to_owned(),
+                FileProblem::Other,
+            ));
+        }
+        if meta.len() < shared_abi::io::blkif::SECTOR_SIZE {
+            return Err(unreadable(
+                format!("it is {} bytes, less than one 512-byte sector", meta.len()),
+                FileProblem::Other,
+            ));
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(io_error)?;
+    }
+    Ok(())
+}
+
+/// Where a build publishes its disks: dom0d's xenstore and block back-end.
+pub trait DiskHost: Sync {
+    /// Introduces new domain `domid` to the store and publishes `disks` (the back-end in
+    /// InitWait), before the domain runs.
+    ///
+    /// # Errors
+    /// What failed; nothing is left published then.
+    fn attach(
+        &self,
+        mv: &dyn Microvisor,
+        domid: u32,
+        name: &str,
+        disks: &[crate::config::DiskSpec],
+    ) -> Result<(), String>;
+
+    /// Undoes [`Self::attach`].
+    fn detach(&self, mv: &dyn Microvisor, domid: u32);
+}
+
 /// Reads the kernel and the ramdisk of `config`.
 ///
 /// # Errors
@@ -934,8 +996,25 @@ pub fn create(
     opts: Options,
     created: &Mutex<Option<u32>>,
 ) -> Result<Built, CreateError> {
+    create_with(mv, pool, config, opts, created, None)
+}
+
+/// [`create`], publishing the config's disks through `disks` (after the xenstore page is
+/// set up, before the domain runs; undone if a later step fails). A config with disks
+/// needs `disks` and event channels.
+///
+/// # Errors
+/// As [`create`].
+pub fn create_with(
+    mv: &dyn Microvisor,
+    pool: &PagePool,
+    config: &DomainConfig,
+    opts: Options,
+    created: &Mutex<Option<u32>>,
+    disks: Option<&dyn DiskHost>,
+) -> Result<Built, CreateError> {
     let started = Instant::now();
-    let result = build(mv, pool, config, opts, created, started);
+    let result = build(mv, pool, config, opts, created, started, disks);
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match &result {
         Ok(_) if opts.dry_run => log::limited(
@@ -984,11 +1063,13 @@ fn build(
     opts: Options,
     created: &Mutex<Option<u32>>,
     started: Instant,
+    disks: Option<&dyn DiskHost>,
 ) -> Result<Built, CreateError> {
     config
         .check()
         .map_err(|reason| CreateError::InvalidConfig { reason })?;
     let images = read_images(config)?;
+    check_disks(config)?;
     let layout = layout(config, &images)?;
     let window = check_host(mv, config)?;
     let plan = layout.plan().clone();
@@ -1055,7 +1136,34 @@ fn build(
             return Err(fail(e));
         }
     };
+    // The disks: after the xenstore page, before the domain runs.
+    let disk_host = if config.disks.is_empty() {
+        None
+    } else {
+        let attached = match (&store, disks) {
+            (Some(_), Some(host)) => host
+                .attach(mv, domid, &config.name, &config.disks)
+                .map(|()| host),
+            _ => Err(
+                "disks need dom0d's xenstore and block back-end (and event channels)".to_owned(),
+            ),
+        };
+        match attached {
+            Ok(host) => Some(host),
+            Err(reason) => {
+                undo([console, store]);
+                return Err(fail(StepError {
+                    step: "publishing the disks".to_owned(),
+                    errno: None,
+                    reason,
+                }));
+            }
+        }
+    };
     if let Err(e) = start(mv, domid, &plan, opts.paused) {
+        if let Some(host) = disk_host {
+            host.detach(mv, domid);
+        }
         undo([console, store]);
         return Err(fail(e));
     }
@@ -1283,6 +1391,7 @@ mod tests {
             on_poweroff: OnEvent::Destroy,
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
+            disks: Vec::new(),
         }
     }
 

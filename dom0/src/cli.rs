@@ -124,6 +124,18 @@ pub enum Command {
         domain: String,
     },
 
+    /// List the disks dom0d serves a domain
+    ///
+    /// DOM is a domain id (all digits) or an exact name. Columns: VDEV, BE-STATE and
+    /// FE-STATE (the back-end's and front-end's xenbus states), PATH, ACCESS (rw or ro)
+    /// and SECTORS (512 bytes). `-o json` prints an object with a `disks` array. Exit 3
+    /// if there is no such domain.
+    BlockList {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
     /// Pause a domain: the microvisor stops scheduling it
     ///
     /// DOM is a domain id (all digits) or an exact name. Returns once the domain is

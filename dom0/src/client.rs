@@ -1,6 +1,7 @@
 //! The CLI's side of the control protocol: a blocking client over the Unix socket.
 #![forbid(unsafe_code)]
 
+use crate::proto::BlockDevice;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -294,6 +295,17 @@ impl Client {
         match self.call(&Request::DomainInfo { domid })? {
             Response::Domain(d) => Ok(d),
             other => Err(unexpected("domain info", other)),
+        }
+    }
+
+    /// The disks dom0d serves domain `domid` (empty if none).
+    ///
+    /// # Errors
+    /// See [`Client::version`]; an unknown domain is [`ApiError::NoSuchDomain`].
+    pub fn block_list(&mut self, domid: u32) -> Result<Vec<BlockDevice>, ClientError> {
+        match self.call(&Request::BlockList { domid })? {
+            Response::Blocks(b) => Ok(b),
+            other => Err(unexpected("block devices", other)),
         }
     }
 

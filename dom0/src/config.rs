@@ -12,7 +12,14 @@
 //! on_poweroff = "destroy"                # destroy | restart | preserve
 //! on_reboot   = "restart"
 //! on_crash    = "destroy"
+//! disk = ["path=/var/lib/dom0/disks/d1.img,vdev=xvda,access=rw"]  # optional
 //! ```
+//!
+//! `disk` is a list of strings of `key=value` pairs separated by commas: `path` (absolute,
+//! required), `vdev` (`xvda` ... `xvdz`, required, one disk per vdev) and `access` (`rw`,
+//! the default, or `ro`). `--set 'disk=["path=...,vdev=xvda"]'` replaces the list, as
+//! `--set` replaces any key; `--set disk=path=...,vdev=xvda` (not TOML) is taken as a list
+//! of that one disk, and `--set 'disk=[]'` removes every disk.
 //!
 //! Every error names where the bad value came from: `web.toml:3: unknown key "colour"`,
 //! or `--set memory=x: ...` for an override. Keys of xl that are not supported yet get
@@ -33,6 +40,8 @@ use serde::{Deserialize, Serialize};
 use shared_abi::control::{MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB};
 use toml::de::{DeTable, DeValue};
 
+pub use crate::blkback::DiskSpec;
+
 /// Where `create NAME` looks for `NAME.toml` when NAME has no slash and no `.toml` suffix.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/dom0/domains";
 /// Memory of a domain whose config has no `memory` key, MiB.
@@ -45,7 +54,7 @@ pub const MAX_CMDLINE: usize = ::microvisor::domain::MAX_CMDLINE;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The keys a config may have, in the order they are documented.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "name",
     "type",
     "kernel",
@@ -56,11 +65,12 @@ pub const KEYS: [&str; 10] = [
     "on_poweroff",
     "on_reboot",
     "on_crash",
+    "disk",
 ];
 
 /// xl keys that are valid in xl.cfg but not supported here yet, each refused with its own
 /// message rather than as an unknown key.
-const NOT_YET: [&str; 21] = [
+const NOT_YET: [&str; 20] = [
     "maxmem",
     "maxvcpus",
     "cpus",
@@ -69,7 +79,6 @@ const NOT_YET: [&str; 21] = [
     "cap",
     "reservation",
     "uuid",
-    "disk",
     "vif",
     "on_watchdog",
     "on_soft_reset",
@@ -144,6 +153,9 @@ pub struct DomainConfig {
     pub on_reboot: OnEvent,
     /// Action on crash (default `destroy`).
     pub on_crash: OnEvent,
+    /// Disks served by dom0d's block back-end, in config order (`disk`; empty by
+    /// default). Appended in protocol 2.
+    pub disks: Vec<DiskSpec>,
 }
 
 /// Where a value came from, for error messages.
@@ -390,6 +402,8 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<DomainConfig, ConfigE
 enum Value {
     Str(String),
     Int(i64),
+    /// An array: each element and where it is.
+    List(Vec<(Value, Origin)>),
     /// Anything else, by the name of its TOML type.
     Other(&'static str),
 }
@@ -414,6 +428,7 @@ impl Value {
         match self {
             Self::Str(_) => "a string",
             Self::Int(_) => "an integer",
+            Self::List(_) => "an array",
             Self::Other(k) => k,
         }
     }
@@ -498,10 +513,26 @@ pub fn parse(
             line,
         };
         let key = known_key(key.get_ref(), &at)?;
+        let value = match value.get_ref() {
+            DeValue::Array(items) => Value::List(
+                items
+                    .iter()
+                    .map(|item| {
+                        let (line, _) = line_column(text, item.span().start);
+                        let at = Origin::File {
+                            file: file.to_owned(),
+                            line,
+                        };
+                        (Value::from_de(item.get_ref()), at)
+                    })
+                    .collect(),
+            ),
+            other => Value::from_de(other),
+        };
         entries.push((
             key,
             Entry {
-                value: Value::from_de(value.get_ref()),
+                value,
                 at,
                 base: base.to_path_buf(),
             },
@@ -511,7 +542,17 @@ pub fn parse(
         let at = Origin::Set { arg: o.arg() };
         let key = known_key(&o.key, &at)?;
         let value = match DeValue::parse(&o.value) {
-            Ok(v) => Value::from_de(v.get_ref()),
+            Ok(v) => match v.get_ref() {
+                DeValue::Array(items) => Value::List(
+                    items
+                        .iter()
+                        .map(|item| (Value::from_de(item.get_ref()), at.clone()))
+                        .collect(),
+                ),
+                other => Value::from_de(other),
+            },
+            // `--set disk=path=...,vdev=xvda`: one disk.
+            Err(_) if key == "disk" => Value::List(vec![(Value::Str(o.value.clone()), at.clone())]),
             Err(_) => Value::Str(o.value.clone()),
         };
         entries.retain(|(k, _)| *k != key);
@@ -661,6 +702,10 @@ fn build(file: &str, entries: &[(&'static str, Entry)]) -> Result<DomainConfig, 
     let memory_mib = get("memory").map_or(Ok(DEFAULT_MEMORY_MIB), memory)?;
     let vcpus = get("vcpus").map_or(Ok(1), vcpus)?;
     let action = |key: &'static str, default| get(key).map_or(Ok(default), |e| on_event(key, e));
+    let on_poweroff = action("on_poweroff", OnEvent::Destroy)?;
+    let on_reboot = action("on_reboot", OnEvent::Restart)?;
+    let on_crash = action("on_crash", OnEvent::Destroy)?;
+    let disks = get("disk").map_or(Ok(Vec::new()), disks)?;
     Ok(DomainConfig {
         name,
         kernel,
@@ -668,10 +713,118 @@ fn build(file: &str, entries: &[(&'static str, Entry)]) -> Result<DomainConfig, 
         cmdline,
         memory_mib,
         vcpus,
-        on_poweroff: action("on_poweroff", OnEvent::Destroy)?,
-        on_reboot: action("on_reboot", OnEvent::Restart)?,
-        on_crash: action("on_crash", OnEvent::Destroy)?,
+        on_poweroff,
+        on_reboot,
+        on_crash,
+        disks,
     })
+}
+
+/// The `disk` list: strings of `path=...,vdev=...,access=...`.
+fn disks(e: &Entry) -> Result<Vec<DiskSpec>, ConfigError> {
+    let Value::List(items) = &e.value else {
+        return Err(invalid(
+            &e.at,
+            "disk",
+            format!(
+                "\"disk\" must be an array of strings like [\"path=/var/lib/dom0/disks/d1.img,vdev=xvda\"], not {}",
+                e.value.kind()
+            ),
+        ));
+    };
+    let mut out: Vec<DiskSpec> = Vec::new();
+    for (value, at) in items {
+        let Value::Str(text) = value else {
+            return Err(invalid(
+                at,
+                "disk",
+                format!("each \"disk\" entry must be a string, not {}", value.kind()),
+            ));
+        };
+        let disk = parse_disk(text).map_err(|why| invalid(at, "disk", why))?;
+        if let Some(prev) = out.iter().find(|d| d.vdev == disk.vdev) {
+            return Err(invalid(
+                at,
+                "disk",
+                format!(
+                    "\"disk\": vdev {} is used twice ({} and {})",
+                    disk.vdev, prev.path, disk.path
+                ),
+            ));
+        }
+        out.push(disk);
+    }
+    Ok(out)
+}
+
+/// Parses one `disk` entry: `path=ABSOLUTE,vdev=xvdX[,access=rw|ro]`, keys in any order.
+///
+/// # Errors
+/// A message naming the key `disk` and what is wrong.
+pub fn parse_disk(text: &str) -> Result<DiskSpec, String> {
+    let (mut path, mut vdev, mut access) = (None, None, None);
+    for part in text.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!(
+                "\"disk\" entry {text:?}: {part:?} is not key=value (the keys are path, vdev and access)"
+            ));
+        };
+        let slot = match k.trim() {
+            "path" => &mut path,
+            "vdev" => &mut vdev,
+            "access" => &mut access,
+            other => {
+                return Err(format!(
+                    "\"disk\" entry {text:?}: unknown key {other:?} (the keys are path, vdev and access)"
+                ));
+            }
+        };
+        if slot.is_some() {
+            return Err(format!(
+                "\"disk\" entry {text:?}: {:?} is given twice",
+                k.trim()
+            ));
+        }
+        *slot = Some(v.trim().to_owned());
+    }
+    let path = path.ok_or_else(|| format!("\"disk\" entry {text:?} has no path="))?;
+    let vdev = vdev.ok_or_else(|| format!("\"disk\" entry {text:?} has no vdev="))?;
+    let read_only = match access.as_deref() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(other) => {
+            return Err(format!(
+                "\"disk\" entry {text:?}: access must be \"rw\" or \"ro\", not {other:?}"
+            ));
+        }
+    };
+    let disk = DiskSpec {
+        path,
+        vdev,
+        read_only,
+    };
+    check_disk(&disk)?;
+    Ok(disk)
+}
+
+/// Checks one disk: an absolute path and a vdev of `xvda` ... `xvdz`.
+///
+/// # Errors
+/// Why the disk is refused.
+pub fn check_disk(d: &DiskSpec) -> Result<(), String> {
+    if !d.path.starts_with('/') {
+        return Err(format!(
+            "\"disk\" path {:?} is not an absolute path",
+            d.path
+        ));
+    }
+    if d.path.contains('\0') {
+        return Err("\"disk\" path contains a NUL byte".to_owned());
+    }
+    if crate::blkback::devid_of(&d.vdev).is_none() {
+        return Err(format!("\"disk\" vdev {:?} is not xvda ... xvdz", d.vdev));
+    }
+    Ok(())
 }
 
 /// Parses a size: an integer (MiB) or a number with a binary unit (`K`, `M`, `G`, `T`,
@@ -816,7 +969,14 @@ impl DomainConfig {
             check_cmdline(c)?;
         }
         check_memory(self.memory_mib)?;
-        check_vcpus(self.vcpus)
+        check_vcpus(self.vcpus)?;
+        for (i, d) in self.disks.iter().enumerate() {
+            check_disk(d)?;
+            if self.disks[..i].iter().any(|p| p.vdev == d.vdev) {
+                return Err(format!("\"disk\": vdev {} is used twice", d.vdev));
+            }
+        }
+        Ok(())
     }
 
     /// The command line, `""` if there is none.
@@ -868,6 +1028,7 @@ mod tests {
                 on_poweroff: OnEvent::Destroy,
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
+                disks: Vec::new(),
             }
         );
         c.check().unwrap();
@@ -911,7 +1072,7 @@ mod tests {
         assert_eq!(e.to_string(), "web.toml:4: unknown key \"colour\"");
         assert_eq!(
             e.hint().unwrap(),
-            "the keys are: name, type, kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash"
+            "the keys are: name, type, kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk"
         );
         let e = p("name = \"web\"\nmemroy = 4\n").unwrap_err();
         assert_eq!(e.to_string(), "web.toml:2: unknown key \"memroy\"");
@@ -928,8 +1089,8 @@ mod tests {
     fn xl_keys_not_supported_yet_say_so() {
         let e = p("name = \"web\"\nmaxmem = 512\n").unwrap_err();
         assert_eq!(e.to_string(), "web.toml:2: \"maxmem\" is not supported yet");
-        let e = p("name = \"web\"\n[[disk]]\ntarget = \"/x\"\n").unwrap_err();
-        assert_eq!(e.to_string(), "web.toml:2: \"disk\" is not supported yet");
+        let e = p("name = \"web\"\nvif = []\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: \"vif\" is not supported yet");
         let e = p("builder = \"hvm\"\n").unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -749,6 +749,7 @@ mod tests {
                 on_poweroff: OnEvent::Destroy,
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
+                disks: Vec::new(),
             };
             let built = builder::create(
                 &self.fake,
@@ -868,6 +869,7 @@ mod tests {
             on_poweroff: OnEvent::Destroy,
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
+            disks: Vec::new(),
         };
         r.destroy(domid);
         let built = builder::create(

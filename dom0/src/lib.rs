@@ -613,10 +613,23 @@ pub fn execute(
                 "cannot get the console of domain {}",
                 d.domid
             )))?;
+            let disks = client.block_list(d.domid).map_err(request(format!(
+                "cannot get the disks of domain {}",
+                d.domid
+            )))?;
             write_out(
                 stdout,
-                &output::render_domain(&d, console.as_ref(), format)?,
+                &output::render_domain(&d, console.as_ref(), &disks, format)?,
             )?;
+        }
+        Command::BlockList { domain } => {
+            let mut client = connect(cli)?;
+            let d = resolve_domain(&mut client, domain)?;
+            let disks = client.block_list(d.domid).map_err(request(format!(
+                "cannot get the disks of domain {}",
+                d.domid
+            )))?;
+            write_out(stdout, &output::render_blocks(&d, &disks, format)?)?;
         }
         Command::Logs { domain, follow } => {
             let req = Request::Logs {
@@ -673,6 +686,7 @@ pub fn execute(
                 source,
             };
             let images = builder::read_images(&cfg).map_err(invalid)?;
+            builder::check_disks(&cfg).map_err(invalid)?;
             let layout = builder::layout(&cfg, &images).map_err(invalid)?;
             write_out(
                 stdout,

@@ -1,6 +1,7 @@
 //! Output formats (`-o table|json|jsonl`) and how domains and the host are printed.
 #![forbid(unsafe_code)]
 
+use crate::proto::BlockDevice;
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -91,6 +92,116 @@ struct DomainDoc<'a> {
     console_first_byte_ms: Option<u64>,
     /// The console dom0d serves, or `null`.
     console: Option<ConsoleJson<'a>>,
+    /// The disks dom0d serves (possibly empty).
+    disks: Vec<BlockJson<'a>>,
+}
+
+/// A disk in `info -o json` and `block-list -o json`.
+#[derive(Debug, Serialize)]
+struct BlockJson<'a> {
+    vdev: &'a str,
+    devid: u32,
+    path: &'a str,
+    access: &'static str,
+    sectors: u64,
+    backend_state: &'static str,
+    frontend_state: &'static str,
+    connected: bool,
+    stopped: bool,
+}
+
+impl<'a> From<&'a BlockDevice> for BlockJson<'a> {
+    fn from(b: &'a BlockDevice) -> Self {
+        Self {
+            vdev: &b.vdev,
+            devid: b.devid,
+            path: &b.path,
+            access: access(b),
+            sectors: b.sectors,
+            backend_state: xenbus_state_name(b.backend_state),
+            frontend_state: xenbus_state_name(b.frontend_state),
+            connected: b.connected,
+            stopped: b.stopped,
+        }
+    }
+}
+
+fn access(b: &BlockDevice) -> &'static str {
+    if b.read_only { "ro" } else { "rw" }
+}
+
+/// A xenbus state's name (`Connected`, ...), `Unknown` for 0 or anything else.
+#[must_use]
+pub fn xenbus_state_name(state: u32) -> &'static str {
+    match state {
+        1 => "Initialising",
+        2 => "InitWait",
+        3 => "Initialised",
+        4 => "Connected",
+        5 => "Closing",
+        6 => "Closed",
+        7 => "Reconfiguring",
+        8 => "Reconfigured",
+        _ => "Unknown",
+    }
+}
+
+/// `dom0 block-list DOM` in `format`: one line per disk (VDEV, BE-STATE, FE-STATE, PATH,
+/// ACCESS, SECTORS); `-o json` an object with the domain and its `disks`.
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_blocks(
+    d: &Domain,
+    disks: &[BlockDevice],
+    format: OutputFormat,
+) -> Result<String, CliError> {
+    if format.is_json() {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            api_version: &'static str,
+            domid: u32,
+            name: &'a str,
+            disks: Vec<BlockJson<'a>>,
+        }
+        return json_doc(
+            &Doc {
+                api_version: crate::JSON_API_VERSION,
+                domid: d.domid,
+                name: &d.name,
+                disks: disks.iter().map(BlockJson::from).collect(),
+            },
+            format,
+        );
+    }
+    let rows: Vec<Vec<String>> = disks
+        .iter()
+        .map(|b| {
+            let mut be = xenbus_state_name(b.backend_state).to_owned();
+            if b.stopped {
+                be.push_str(" (stopped)");
+            }
+            vec![
+                b.vdev.clone(),
+                be,
+                xenbus_state_name(b.frontend_state).to_owned(),
+                b.path.clone(),
+                access(b).to_owned(),
+                b.sectors.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            ("VDEV", Align::Left),
+            ("BE-STATE", Align::Left),
+            ("FE-STATE", Align::Left),
+            ("PATH", Align::Left),
+            ("ACCESS", Align::Left),
+            ("SECTORS", Align::Right),
+        ],
+        &rows,
+    ))
 }
 
 /// A domain's console in `info -o json`.
@@ -418,6 +529,7 @@ fn key_values(pairs: &[(&str, String)]) -> String {
 pub fn render_domain(
     d: &Domain,
     console: Option<&ConsoleSummary>,
+    disks: &[BlockDevice],
     format: OutputFormat,
 ) -> Result<String, CliError> {
     if format.is_json() {
@@ -432,10 +544,11 @@ pub fn render_domain(
                 disabled: c.disabled.as_deref(),
                 attached: c.attached,
             }),
+            disks: disks.iter().map(BlockJson::from).collect(),
         };
         return json_doc(&doc, format);
     }
-    Ok(key_values(&[
+    let mut pairs = vec![
         ("domid", d.domid.to_string()),
         ("name", d.name.clone()),
         ("state", d.state.name().to_owned()),
@@ -452,7 +565,23 @@ pub fn render_domain(
         ("pcpu", d.pcpu.to_string()),
         ("cpu_time", format!("{} s", seconds_1dp(d.cpu_time_ns))),
         ("console", console_text(console)),
-    ]))
+    ];
+    for b in disks {
+        pairs.push((
+            "disk",
+            format!(
+                "{} {} ({}, {} sectors), back-end {}, front-end {}{}",
+                b.vdev,
+                b.path,
+                access(b),
+                b.sectors,
+                xenbus_state_name(b.backend_state),
+                xenbus_state_name(b.frontend_state),
+                if b.stopped { ", stopped" } else { "" }
+            ),
+        ));
+    }
+    Ok(key_values(&pairs))
 }
 
 /// The `console:` line of `info`: `none`, or the bytes received, the time from the create
@@ -586,9 +715,22 @@ fn config_and_plan(c: &DomainConfig, plan: &Plan) -> String {
         ("on_poweroff", c.on_poweroff.name().to_owned()),
         ("on_reboot", c.on_reboot.name().to_owned()),
         ("on_crash", c.on_crash.name().to_owned()),
+    ];
+    for d in &c.disks {
+        pairs.push((
+            "disk",
+            format!(
+                "{} {} ({})",
+                d.vdev,
+                d.path,
+                if d.read_only { "ro" } else { "rw" }
+            ),
+        ));
+    }
+    pairs.extend([
         ("entry", format!("{:#x}", plan.entry)),
         ("start_info", format!("{:#x}", plan.start_info)),
-    ];
+    ]);
     for s in &plan.segments {
         pairs.push((
             "segment",

@@ -33,6 +33,10 @@
 //! [`Request::Shutdown`] (with [`Response::ShutdownSent`],
 //! [`ApiError::PvShutdownUnsupported`] and [`ApiError::GuestRequestNotApplicable`]).
 //!
+//! Protocol 2 appended `disks` to [`DomainConfig`] (so [`Request::Create`] and
+//! [`Response::Created`] changed: an incompatible change) and [`ImageKind::Disk`], and
+//! added [`Request::BlockList`] with [`Response::Blocks`].
+//!
 //! ## Console streams
 //!
 //! [`Request::Logs`] and [`Request::ConsoleAttach`] turn the connection into a stream:
@@ -54,7 +58,7 @@ pub use crate::config::DomainConfig;
 
 /// Version of the control protocol. Both sides send it in their hello and refuse to talk
 /// on a mismatch. Bumped by every incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -157,6 +161,12 @@ pub enum Request {
         domid: u32,
         /// What to ask for.
         request: GuestRequest,
+    },
+    /// The disks dom0d serves a domain: [`Response::Blocks`] (empty if none),
+    /// [`ApiError::NoSuchDomain`]. Added in protocol 2.
+    BlockList {
+        /// The domain id.
+        domid: u32,
     },
 }
 
@@ -386,6 +396,34 @@ pub enum Response {
     ConsoleEnd(ConsoleEnd),
     /// Answer to [`Request::Shutdown`]. Appended within protocol 1.
     ShutdownSent(ShutdownSent),
+    /// Answer to [`Request::BlockList`]: the domain's disks in vdev order. Added in
+    /// protocol 2.
+    Blocks(Vec<BlockDevice>),
+}
+
+/// One disk dom0d's block back-end serves ([`Response::Blocks`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDevice {
+    /// The domain id.
+    pub domid: u32,
+    /// `xvda` ...
+    pub vdev: String,
+    /// The xenstore device id (`xvda` = 51712).
+    pub devid: u32,
+    /// The image file in Dom0.
+    pub path: String,
+    /// `access=ro`.
+    pub read_only: bool,
+    /// Size in 512-byte sectors.
+    pub sectors: u64,
+    /// The back-end's xenbus state (`backend/.../state`), 0 if unreadable.
+    pub backend_state: u32,
+    /// The front-end's xenbus state (`device/vbd/.../state`), 0 if unreadable.
+    pub frontend_state: u32,
+    /// Whether the ring is connected.
+    pub connected: bool,
+    /// Stopped for breaking the protocol (never served again).
+    pub stopped: bool,
 }
 
 /// A domain's console, as `dom0 info` shows it ([`Response::ConsoleStatus`]).
@@ -460,6 +498,7 @@ impl Response {
             Self::ConsoleOutput(_) => "console output",
             Self::ConsoleEnd(_) => "console end",
             Self::ShutdownSent(_) => "shutdown sent",
+            Self::Blocks(_) => "block devices",
         }
     }
 }
@@ -666,6 +705,8 @@ pub enum ImageKind {
     Kernel,
     /// `ramdisk`.
     Ramdisk,
+    /// A `disk` image. Added in protocol 2.
+    Disk,
 }
 
 impl ImageKind {
@@ -675,6 +716,7 @@ impl ImageKind {
         match self {
             Self::Kernel => "kernel",
             Self::Ramdisk => "ramdisk",
+            Self::Disk => "disk",
         }
     }
 }
@@ -1321,6 +1363,7 @@ mod tests {
             on_poweroff: crate::config::OnEvent::Destroy,
             on_reboot: crate::config::OnEvent::Restart,
             on_crash: crate::config::OnEvent::Preserve,
+            disks: Vec::new(),
         }
     }
 

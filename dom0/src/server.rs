@@ -23,8 +23,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::blkback::BlkBack;
 use crate::builder;
-use crate::config::DomainConfig;
+use crate::config::{DiskSpec, DomainConfig};
 use crate::console::Consoles;
 use crate::events::EventMonitor;
 use crate::lifecycle::{self, Waits};
@@ -60,6 +61,45 @@ pub struct Service {
     pub(crate) consoles: Arc<Consoles>,
     /// The xenstore of the domains it built ([`crate::xenstored`]).
     pub(crate) xenstored: Arc<Xenstored>,
+    /// The disks of the domains it built ([`crate::blkback`]); its xenstore nodes live in
+    /// `xenstored`'s store (lock order: the store, then the back-end).
+    pub(crate) blkback: Arc<BlkBack>,
+}
+
+/// What the builder publishes disks through: the store and the block back-end.
+struct Disks {
+    xenstored: Arc<Xenstored>,
+    blkback: Arc<BlkBack>,
+}
+
+impl builder::DiskHost for Disks {
+    fn attach(
+        &self,
+        mv: &dyn Microvisor,
+        domid: u32,
+        name: &str,
+        disks: &[DiskSpec],
+    ) -> Result<(), String> {
+        // Whatever a domain of this id left (a missed end) goes first.
+        self.xenstored
+            .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        self.xenstored.introduce(mv, domid, name);
+        let added = self.xenstored.with_store(mv, |store| {
+            disks
+                .iter()
+                .try_for_each(|d| self.blkback.add(store, domid, d).map(|_| ()))
+        });
+        if added.is_err() {
+            self.detach(mv, domid);
+        }
+        added
+    }
+
+    fn detach(&self, mv: &dyn Microvisor, domid: u32) {
+        self.xenstored
+            .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        self.xenstored.domain_gone(mv, domid);
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -89,7 +129,8 @@ impl Service {
             create_lock: tokio::sync::Mutex::new(()),
             supervisor: Supervisor::default(),
             consoles: Arc::new(Consoles::new(Arc::clone(&pool))),
-            xenstored: Arc::new(Xenstored::new(pool)),
+            xenstored: Arc::new(Xenstored::new(Arc::clone(&pool))),
+            blkback: Arc::new(BlkBack::new(pool)),
         }
     }
 
@@ -155,7 +196,7 @@ impl Service {
                 let done = lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits).await;
                 if matches!(done, Ok(_) | Err(ApiError::NoSuchDomain { .. })) {
                     self.consoles.domain_gone(mv, domid, false);
-                    self.xenstored.domain_gone(mv, domid);
+                    self.devices_gone(domid);
                 }
                 done.map(|done| {
                     self.supervisor.forget(domid);
@@ -177,6 +218,12 @@ impl Service {
                     Response::Created(report)
                 }),
             Request::Shutdown { domid, request } => self.request_shutdown(domid, request),
+            Request::BlockList { domid } => microvisor::domain_info(mv, domid).map(|_| {
+                Response::Blocks(
+                    self.xenstored
+                        .with_store(mv, |store| self.blkback.list(store, domid)),
+                )
+            }),
             Request::ConsoleStatus { domid } => {
                 Ok(Response::ConsoleStatus(self.consoles.summary(domid)))
             }
@@ -205,6 +252,37 @@ impl Service {
 }
 
 impl Service {
+    /// Domain `domid` is gone: its disks (rings, ports, nodes), then its xenstore.
+    pub(crate) fn devices_gone(&self, domid: u32) {
+        let mv = &*self.mv;
+        if self.blkback.domids().contains(&domid) {
+            self.xenstored
+                .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        }
+        self.xenstored.domain_gone(mv, domid);
+    }
+
+    /// Ends the disks of domains whose xenstore is gone (after [`Xenstored::sweep`]).
+    pub(crate) fn sweep_disks(&self) {
+        for domid in self.blkback.domids() {
+            if !self.xenstored.knows(domid) {
+                self.devices_gone(domid);
+            }
+        }
+    }
+
+    /// Follows every disk's front-end and serves the connected rings (at most
+    /// [`crate::blkback::REQUESTS_PER_SERVE`] requests per disk, so one call stays short on
+    /// the runtime's thread); then the watch events of its writes go out.
+    pub(crate) fn step_disks(&self) {
+        if self.blkback.devices() == 0 {
+            return;
+        }
+        let mv = &*self.mv;
+        self.xenstored
+            .with_store(mv, |store| self.blkback.step(mv, store));
+    }
+
     /// [`Request::Shutdown`]: writes the request into the guest's `control/shutdown`
     /// ([`crate::xenstored`]) and answers at once; the guest acts in its own time.
     fn request_shutdown(&self, domid: u32, request: GuestRequest) -> Result<Response, ApiError> {
@@ -265,6 +343,7 @@ impl Service {
                         self.consoles.drain_all(&*self.mv);
                     }
                     self.xenstored.pump_all(&*self.mv);
+                    self.step_disks();
                 }
             }
         }
@@ -278,6 +357,16 @@ impl Service {
             Ok(ports) => {
                 let others = self.consoles.on_ports(mv, &ports);
                 let others = self.xenstored.on_ports(mv, &others);
+                // After the store: a guest's writes there may move its disks along.
+                let others = if self.blkback.devices() == 0 {
+                    others
+                } else {
+                    self.xenstored.with_store(mv, |store| {
+                        let others = self.blkback.on_ports(mv, store, &others);
+                        self.blkback.step(mv, store);
+                        others
+                    })
+                };
                 if !others.is_empty() {
                     log::limited(
                         Level::Debug,
@@ -318,14 +407,21 @@ impl Service {
         let created = Arc::new(std::sync::Mutex::new(None));
         let (mv, cell, config) = (Arc::clone(&self.mv), Arc::clone(&created), config.clone());
         let pool = Arc::clone(self.consoles.pool());
+        let disks = Disks {
+            xenstored: Arc::clone(&self.xenstored),
+            blkback: Arc::clone(&self.blkback),
+        };
         let joined = tokio::task::spawn_blocking(move || {
-            builder::create(&*mv, &pool, &config, opts, &cell).map(|built| (built, config.name))
+            builder::create_with(&*mv, &pool, &config, opts, &cell, Some(&disks))
+                .map(|built| (built, config.name))
         })
         .await;
         match joined {
             Ok(Ok((built, name))) => {
                 if let Some(store) = built.store {
                     self.xenstored.register(&*self.mv, &name, store);
+                    // The guest may have said Initialised already.
+                    self.step_disks();
                 }
                 if let Some(console) = built.console {
                     self.consoles
@@ -341,6 +437,9 @@ impl Service {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .take();
+                if let Some(domid) = left {
+                    self.devices_gone(domid);
+                }
                 let cleanup = match left {
                     Some(domid) => {
                         let mv = Arc::clone(&self.mv);
@@ -1207,6 +1306,7 @@ mod tests {
             on_poweroff: OnEvent::Destroy,
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
+            disks: Vec::new(),
         };
         let mut s = greeted(&f);
         let create = |config: &DomainConfig, dry_run| Request::Create {
@@ -1295,6 +1395,7 @@ mod tests {
                 on_poweroff: OnEvent::Destroy,
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
+                disks: Vec::new(),
             },
             dry_run: false,
             paused: false,

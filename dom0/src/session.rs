@@ -368,6 +368,7 @@ mod tests {
                 on_poweroff: OnEvent::Destroy,
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
+                disks: Vec::new(),
             };
             let req = Request::Create {
                 config,

@@ -234,6 +234,7 @@ impl Service {
         // action destroys it (the final drain after a destroy catches the rest).
         self.consoles.sweep(&*self.mv, &domains);
         self.xenstored.sweep(&*self.mv, &domains);
+        self.sweep_disks();
         let listed: BTreeMap<u32, &Domain> = domains.iter().map(|d| (d.domid, d)).collect();
         let mut due = Vec::new();
         {
@@ -300,7 +301,7 @@ impl Service {
         }
         let restarting = restarts.as_ref().is_some_and(|r| r.len() < RESTART_LIMIT);
         self.consoles.domain_gone(&*self.mv, domid, restarting);
-        self.xenstored.domain_gone(&*self.mv, domid);
+        self.devices_gone(domid);
         let Some(mut restarts) = restarts else {
             log::write(Level::Info, format_args!("{key}: {label} destroyed"));
             return Outcome::Destroyed;
@@ -409,6 +410,7 @@ mod tests {
                 on_poweroff: OnEvent::Destroy,
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
+                disks: Vec::new(),
             }
         }
 

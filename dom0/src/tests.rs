@@ -72,6 +72,7 @@ fn only_real_commands_exist() {
         [
             "list",
             "info",
+            "block-list",
             "pause",
             "unpause",
             "destroy",
@@ -105,6 +106,7 @@ fn help_lists_exactly_the_existing_commands() {
         [
             "list",
             "info",
+            "block-list",
             "pause",
             "unpause",
             "destroy",
@@ -210,7 +212,7 @@ fn version_json_output_has_the_documented_fields() {
             })
         );
         assert_eq!(doc["abi_interface"], 1);
-        assert_eq!(doc["control_protocol"], 1);
+        assert_eq!(doc["control_protocol"], 2);
     }
 }
 
@@ -798,7 +800,7 @@ fn version_reports_dom0d_and_the_microvisor() {
     assert_eq!(status, ExitStatus::Success);
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["dom0d"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(doc["dom0d"]["control_protocol"], 1);
+    assert_eq!(doc["dom0d"]["control_protocol"], 2);
     assert_eq!(doc["dom0d"]["control_version"], 1);
     assert_eq!(doc["dom0d_error"], Value::Null);
     assert_eq!(doc["microvisor"]["version"], "0.1.0-fake");
@@ -806,7 +808,7 @@ fn version_reports_dom0d_and_the_microvisor() {
     assert_eq!(doc["microvisor_error"], Value::Null);
     let (_, table, _) = d.run(&["version"]);
     assert!(table.contains(&format!(
-        "\ndom0d:            {} (control protocol 1)\n",
+        "\ndom0d:            {} (control protocol 2)\n",
         env!("CARGO_PKG_VERSION")
     )));
     assert!(table.ends_with("\nmicrovisor:       0.1.0-fake (control version 1)\n"));
@@ -902,7 +904,7 @@ fn a_protocol_mismatch_exits_69_naming_both_versions() {
     assert_eq!(
         err.lines().next().unwrap(),
         format!(
-            "error: dom0d at {} speaks control protocol 99 (dom0d 9.0.0), this dom0 speaks 1",
+            "error: dom0d at {} speaks control protocol 99 (dom0d 9.0.0), this dom0 speaks 2",
             path.display()
         )
     );
@@ -937,7 +939,7 @@ fn a_busy_dom0d_exits_69() {
     );
     let mut hog = std::os::unix::net::UnixStream::connect(d.server.path()).unwrap();
     let hello = crate::proto::Request::Hello {
-        protocol: 1,
+        protocol: crate::proto::PROTOCOL_VERSION,
         software: "hog".into(),
     };
     hog.write_all(&crate::proto::encode(&hello).unwrap())
@@ -1573,7 +1575,7 @@ fn bad_configs_exit_7_with_file_and_line() {
             err,
             format!(
                 "error: {cfg}:3: unknown key \"colour\"; the keys are: name, type, \
-                 kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash\n"
+                 kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk\n"
             ),
             "{cmd}"
         );

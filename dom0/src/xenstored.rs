@@ -29,6 +29,7 @@ use crate::pages::PagePool;
 use crate::proto::{Domain, domain_label, errno_text};
 use crate::xenstore::path::home;
 use crate::xenstore::service::{Pumped, Service};
+use crate::xenstore::store::Store;
 
 /// Why a PV shutdown request was not sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +48,11 @@ pub enum ShutdownRefused {
 #[derive(Debug)]
 struct Served {
     name: String,
-    /// Its page and port; `None` once its connection broke (released at once).
+    /// Its page and port; `None` once its connection broke (released at once), or
+    /// before [`Xenstored::register`] for a domain introduced early.
     ring: Option<RingSetup>,
+    /// Introduced by [`Xenstored::introduce`] and not registered yet.
+    early: bool,
 }
 
 #[derive(Debug)]
@@ -90,21 +94,35 @@ impl Xenstored {
     }
 
     /// Introduces domain `name` and serves the store page the builder made for it.
+    /// A domain [`Self::introduce`]d early keeps its home (and the device nodes in it).
     pub fn register(&self, mv: &dyn Microvisor, name: &str, setup: RingSetup) {
         let domid = setup.domid;
+        let early = self
+            .lock()
+            .domains
+            .get(&domid)
+            .is_some_and(|s| s.early && s.name == name);
         // A domid dom0d still knows is a domain whose end it missed: forget it first.
-        self.domain_gone(mv, domid);
+        if !early {
+            self.domain_gone(mv, domid);
+        }
         let mut inner = self.lock();
-        if let Err(e) = inner
-            .svc
-            .add_domain(domid, name, Arc::clone(&setup.page.mem))
-        {
+        let mem = Arc::clone(&setup.page.mem);
+        let added = if early {
+            inner.svc.connect_domain(domid, mem)
+        } else {
+            inner.svc.add_domain(domid, name, mem)
+        };
+        if let Err(e) = added {
             log::write(
                 Level::Error,
                 format_args!("xenstore: {}: {e}", domain_label(domid, name)),
             );
             drop(inner);
             undo_ring(mv, &self.pool, setup);
+            if early {
+                self.domain_gone(mv, domid);
+            }
             return;
         }
         inner.ports.insert(setup.port, domid);
@@ -113,11 +131,42 @@ impl Xenstored {
             Served {
                 name: name.to_owned(),
                 ring: Some(setup),
+                early: false,
             },
         );
         // The guest may have queued requests before it was introduced.
         let pumped = inner.svc.pump(domid);
         self.act(&mut inner, mv, pumped);
+    }
+
+    /// Introduces new domain `domid` (its home, as [`Self::register`] does) before its
+    /// store page is served, so that devices can publish nodes under its home before it
+    /// runs; [`Self::register`] then serves the page and keeps the home, and
+    /// [`Self::domain_gone`] undoes this.
+    pub fn introduce(&self, mv: &dyn Microvisor, domid: u32, name: &str) {
+        self.domain_gone(mv, domid);
+        let mut inner = self.lock();
+        inner.svc.store().introduce_domain(domid, name);
+        inner.domains.insert(
+            domid,
+            Served {
+                name: name.to_owned(),
+                ring: None,
+                early: true,
+            },
+        );
+        let pumped = inner.svc.flush();
+        self.act(&mut inner, mv, pumped);
+    }
+
+    /// Runs `f` on the store (with whatever rights it uses; dom0d's own writes are domain
+    /// 0's), then delivers the watch events its writes fired and signals the guests.
+    pub fn with_store<R>(&self, mv: &dyn Microvisor, f: impl FnOnce(&mut Store) -> R) -> R {
+        let mut inner = self.lock();
+        let r = f(inner.svc.store());
+        let pumped = inner.svc.flush();
+        self.act(&mut inner, mv, pumped);
+        r
     }
 
     /// Serves the stores of the pending domain 0 `ports`; returns the ports that are not
@@ -358,6 +407,7 @@ mod tests {
             on_poweroff: OnEvent::Destroy,
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
+            disks: Vec::new(),
         }
     }
 

@@ -80,6 +80,26 @@ impl<M: SharedMem> Service<M> {
     ) -> Result<(), pv_drivers::xenstore::XsError> {
         let back = XsBack::new(page)?;
         self.store.introduce_domain(domid, name);
+        self.attach(domid, back);
+        Ok(())
+    }
+
+    /// Serves `page` for DomU `domid`, whose home the store already has (introduced
+    /// earlier with [`Store::introduce_domain`]); the home is kept.
+    ///
+    /// # Errors
+    /// The page is not a usable xenstore page.
+    pub fn connect_domain(
+        &mut self,
+        domid: u32,
+        page: M,
+    ) -> Result<(), pv_drivers::xenstore::XsError> {
+        let back = XsBack::new(page)?;
+        self.attach(domid, back);
+        Ok(())
+    }
+
+    fn attach(&mut self, domid: u32, back: XsBack<M>) {
         self.store.connect(conn(domid));
         self.rings.insert(
             domid,
@@ -89,7 +109,6 @@ impl<M: SharedMem> Service<M> {
                 broken: None,
             },
         );
-        Ok(())
     }
 
     /// Forgets DomU `domid`: its subtree, watches and connection (`@releaseDomain` fires).
