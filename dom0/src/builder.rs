@@ -2046,6 +2046,153 @@ mod tests {
         }
     }
 
+    /// A [`DiskHost`] that records what the builder asks of it.
+    #[derive(Default)]
+    struct Host {
+        attached: Mutex<Vec<u32>>,
+        detached: Mutex<Vec<u32>>,
+        refuse: bool,
+    }
+
+    impl DiskHost for Host {
+        fn attach(
+            &self,
+            _: &dyn Microvisor,
+            domid: u32,
+            _: &str,
+            disks: &[crate::config::DiskSpec],
+        ) -> Result<(), String> {
+            assert_eq!(disks.len(), 1);
+            if self.refuse {
+                return Err("the store is full".to_owned());
+            }
+            self.attached.lock().unwrap().push(domid);
+            Ok(())
+        }
+
+        fn detach(&self, _: &dyn Microvisor, domid: u32) {
+            self.detached.lock().unwrap().push(domid);
+        }
+    }
+
+    #[test]
+    fn disks_are_checked_before_the_domain_exists_and_undone_on_a_later_failure() {
+        let files = Files::new();
+        let mut c = config(files.put("k", &kernel()));
+        let img = files.put("d.img", &[0u8; 4096]);
+        c.disks = vec![crate::config::DiskSpec {
+            path: img.clone(),
+            vdev: "xvda".into(),
+            read_only: false,
+        }];
+        let build = |fake: &FakeMicrovisor, c: &DomainConfig, host: Option<&dyn DiskHost>| {
+            let pool = PagePool::default();
+            let r = create_with(fake, &pool, c, opts(), &Mutex::new(None), host);
+            let r = r.map(|b| {
+                for ring in [b.console, b.store].into_iter().flatten() {
+                    undo_ring(fake, &pool, ring);
+                }
+                b.report
+            });
+            assert_eq!(pool.in_use(), 0);
+            r
+        };
+
+        // A missing, a short or an unwritable image: refused before any domain exists.
+        let mut missing = c.clone();
+        missing.disks[0].path = format!("{img}.nope");
+        let short = files.put("short.img", &[0u8; 100]);
+        let mut too_small = c.clone();
+        too_small.disks[0].path = short;
+        for (bad, problem) in [
+            (&missing, FileProblem::NotFound),
+            (&too_small, FileProblem::Other),
+        ] {
+            let fake = FakeMicrovisor::new();
+            let host = Host::default();
+            match build(&fake, bad, Some(&host)) {
+                Err(CreateError::Unreadable {
+                    what: ImageKind::Disk,
+                    problem: p,
+                    ..
+                }) => assert_eq!(p, problem),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(names(&fake), ["Domain-0", "hello1", "hello2"]);
+            assert!(host.attached.lock().unwrap().is_empty());
+        }
+        // Dry runs check them too.
+        let fake = FakeMicrovisor::new();
+        let dry = Options {
+            dry_run: true,
+            ..opts()
+        };
+        assert!(matches!(
+            create_with(
+                &fake,
+                &PagePool::default(),
+                &missing,
+                dry,
+                &Mutex::new(None),
+                None
+            ),
+            Err(CreateError::Unreadable {
+                what: ImageKind::Disk,
+                problem: FileProblem::NotFound,
+                ..
+            })
+        ));
+
+        // Published after the xenstore page, before the domain runs.
+        let fake = FakeMicrovisor::new();
+        let host = Host::default();
+        let r = build(&fake, &c, Some(&host)).unwrap();
+        assert_eq!(*host.attached.lock().unwrap(), [r.domid.unwrap()]);
+        assert!(host.detached.lock().unwrap().is_empty());
+
+        // A failure after the disks were published undoes them with the rest.
+        for (fail_op, refuse) in [
+            (Some(ControlOp::DomainSetEntry as u64), false),
+            (None, true),
+        ] {
+            let fake = FakeMicrovisor::new();
+            let free = fake.mem_free_kib();
+            if let Some(op) = fail_op {
+                fake.fail_nth(op, 1, EINVAL);
+            }
+            let host = Host {
+                refuse,
+                ..Host::default()
+            };
+            match build(&fake, &c, Some(&host)) {
+                Err(CreateError::Failed {
+                    step,
+                    cleanup: Cleanup::Destroyed,
+                    ..
+                }) => {
+                    assert_eq!(refuse, step == "publishing the disks", "{step}");
+                }
+                other => panic!("{other:?}"),
+            }
+            let attached = host.attached.lock().unwrap().clone();
+            assert_eq!(*host.detached.lock().unwrap(), attached);
+            assert_eq!(attached.len(), usize::from(!refuse));
+            assert!(fake.dom0_ports().is_empty());
+            assert_eq!(fake.page_maps(), 0);
+            assert_eq!(fake.mem_free_kib(), free);
+            assert_eq!(names(&fake), ["Domain-0", "hello1", "hello2"]);
+        }
+
+        // Disks without a back-end to serve them: refused, nothing left.
+        let fake = FakeMicrovisor::new();
+        match build(&fake, &c, None) {
+            Err(CreateError::Failed { step, .. }) => assert_eq!(step, "publishing the disks"),
+            other => panic!("{other:?}"),
+        }
+        assert!(fake.dom0_ports().is_empty());
+        assert_eq!(names(&fake), ["Domain-0", "hello1", "hello2"]);
+    }
+
     #[test]
     fn a_failed_foreign_unmap_is_retried_or_left_for_the_next_build() {
         let files = Files::new();

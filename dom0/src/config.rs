@@ -1086,6 +1086,101 @@ mod tests {
     }
 
     #[test]
+    fn disks() {
+        let c = p(&format!(
+            "{MINIMAL}disk = [\n  \"path=/d/a.img,vdev=xvda\",\n  \"vdev=xvdb, access=ro, path=/d/b.img\",\n]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.disks,
+            [
+                DiskSpec {
+                    path: "/d/a.img".into(),
+                    vdev: "xvda".into(),
+                    read_only: false
+                },
+                DiskSpec {
+                    path: "/d/b.img".into(),
+                    vdev: "xvdb".into(),
+                    read_only: true
+                }
+            ]
+        );
+        c.check().unwrap();
+        assert!(p(MINIMAL).unwrap().disks.is_empty());
+        // Bad entries name the line of the entry.
+        for (entry, why) in [
+            ("vdev=xvda", "has no path="),
+            ("path=/d/a.img", "has no vdev="),
+            ("path=d/a.img,vdev=xvda", "is not an absolute path"),
+            ("path=/d/a.img,vdev=hda", "is not xvda ... xvdz"),
+            ("path=/d/a.img,vdev=xvdA", "is not xvda ... xvdz"),
+            ("path=/d/a.img,vdev=xvda,access=rwx", "access must be"),
+            (
+                "path=/d/a.img,vdev=xvda,target=/x",
+                "unknown key \"target\"",
+            ),
+            ("path=/d/a.img,vdev=xvda,", "is not key=value"),
+            ("/d/a.img,xvda", "is not key=value"),
+            ("path=/a,path=/b,vdev=xvda", "is given twice"),
+        ] {
+            let e = p(&format!("{MINIMAL}disk = [\n\"{entry}\"]\n")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("web.toml:4: \"disk\""), "{entry}: {text}");
+            assert!(text.contains(why), "{entry}: {text}");
+        }
+        let e = p(&format!(
+            "{MINIMAL}disk = [\"path=/a,vdev=xvda\", \"path=/b,vdev=xvda\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: \"disk\": vdev xvda is used twice (/a and /b)"
+        );
+        for (value, kind) in [("\"path=/a,vdev=xvda\"", "a string"), ("{}", "a table")] {
+            let e = p(&format!("{MINIMAL}disk = {value}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("not {kind}")), "{e}");
+        }
+        let e = p(&format!("{MINIMAL}disk = [1]\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: each \"disk\" entry must be a string, not an integer"
+        );
+        // Overrides: a TOML array replaces the list, a bare entry is a list of one.
+        let c = with(MINIMAL, &["disk=[\"path=/x.img,vdev=xvdc\"]"]).unwrap();
+        assert_eq!(c.disks[0].vdev, "xvdc");
+        let c = with(MINIMAL, &["disk=path=/y.img,vdev=xvdd,access=ro"]).unwrap();
+        assert_eq!(
+            (c.disks[0].path.as_str(), c.disks[0].read_only),
+            ("/y.img", true)
+        );
+        let c = with(
+            &format!("{MINIMAL}disk = [\"path=/a,vdev=xvda\"]\n"),
+            &["disk=[]"],
+        )
+        .unwrap();
+        assert!(c.disks.is_empty());
+        let e = with(MINIMAL, &["disk=path=/y.img"]).unwrap_err();
+        assert!(e.to_string().starts_with("--set disk=path=/y.img: "), "{e}");
+        // dom0d repeats the checks.
+        let mut c = p(MINIMAL).unwrap();
+        c.disks = vec![
+            DiskSpec {
+                path: "/a".into(),
+                vdev: "xvda".into(),
+                read_only: false,
+            };
+            2
+        ];
+        assert!(c.check().unwrap_err().contains("used twice"));
+        c.disks[1].vdev = "sda".into();
+        assert!(c.check().is_err());
+        c.disks[1].vdev = "xvdb".into();
+        c.disks[1].path = "rel".into();
+        assert!(c.check().is_err());
+    }
+
+    #[test]
     fn xl_keys_not_supported_yet_say_so() {
         let e = p("name = \"web\"\nmaxmem = 512\n").unwrap_err();
         assert_eq!(e.to_string(), "web.toml:2: \"maxmem\" is not supported yet");

@@ -2812,3 +2812,80 @@ fn a_dom0d_without_pv_shutdown_exits_69() {
         )
     );
 }
+
+// ---- disks ----
+
+#[test]
+fn block_list_info_and_validate_show_disks() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let g = Guest::new();
+    let img = g.path("d1.img");
+    std::fs::write(&img, vec![0u8; 8 * 512]).unwrap();
+    let disk = format!("disk=path={img},vdev=xvda,access=ro");
+
+    // validate and create --dry-run list them; a missing image is exit 3, before any
+    // domain exists.
+    let (status, out, err) = d.run(&["validate", &g.path("web.toml"), "--set", &disk]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        out.contains(&format!("\ndisk:        xvda {img} (ro)\n")),
+        "{out}"
+    );
+    let missing = format!("disk=path={img}.gone,vdev=xvda");
+    for cmd in ["validate", "create"] {
+        let (status, _, err) = d.run(&[cmd, &g.path("web.toml"), "--set", &missing]);
+        assert_eq!(status, ExitStatus::NotFound, "{cmd}: {err}");
+        assert!(err.contains(&format!("{img}.gone")), "{err}");
+    }
+    let (status, out, _) = d.run(&["list", "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(!out.contains("\"web\""), "{out}");
+
+    let (status, out, err) = d.run(&["create", &g.path("web.toml"), "--set", &disk, "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let domid = doc["domid"].as_u64().unwrap();
+    assert_eq!(doc["config"]["disks"][0]["vdev"], "xvda");
+
+    let (status, out, err) = d.run(&["block-list", "web"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "VDEV  BE-STATE  FE-STATE      PATH{}  ACCESS  SECTORS\nxvda  InitWait  Initialising  {img}  ro            8\n",
+            " ".repeat(img.len() - 4)
+        )
+    );
+    let (status, out, _) = d.run(&["block-list", &domid.to_string(), "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["domid"], domid);
+    assert_eq!(doc["disks"][0]["devid"], 51712);
+    assert_eq!(doc["disks"][0]["backend_state"], "InitWait");
+    assert_eq!(doc["disks"][0]["access"], "ro");
+    assert_eq!(doc["disks"][0]["sectors"], 8);
+
+    let (status, out, _) = d.run(&["info", "web"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(
+        out.contains(&format!(
+            "\ndisk:       xvda {img} (ro, 8 sectors), back-end InitWait, front-end Initialising\n"
+        )),
+        "{out}"
+    );
+    let (_, out, _) = d.run(&["info", "web", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["disks"][0]["vdev"], "xvda");
+    let (_, out, _) = d.run(&["info", "hello1", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["disks"], serde_json::json!([]));
+
+    // No disks: just the header; an unknown domain is exit 3.
+    let (status, out, _) = d.run(&["block-list", "hello1"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(out, "VDEV  BE-STATE  FE-STATE  PATH  ACCESS  SECTORS\n");
+    let (status, _, err) = d.run(&["block-list", "nosuch"]);
+    assert_eq!(status, ExitStatus::NotFound, "{err}");
+    let (status, _, _) = d.run(&["block-list", "4000"]);
+    assert_eq!(status, ExitStatus::NotFound);
+}

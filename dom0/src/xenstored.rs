@@ -535,6 +535,134 @@ mod tests {
         }
     }
 
+    /// A guest block front-end driven through dom0d's service: nodes read and written
+    /// through its xenstore ring, the back-end connected by `take_pending`, a write, a
+    /// read and a flush served, `block-list` data, and teardown on destroy.
+    #[tokio::test]
+    async fn a_disk_reaches_connected_and_serves_a_scripted_front_end() {
+        use pv_drivers::blkif::{BlkFront, request, segment};
+        use shared_abi::io::blkif::{BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE};
+
+        use crate::microvisor::evtchn_alloc_unbound;
+
+        let r = rig();
+        let img = r._dir.path().join("d1.img");
+        std::fs::write(&img, vec![7u8; 64 * 512]).unwrap();
+        let mut c = config(&r.kernel, "pvdisk");
+        c.disks =
+            vec![crate::config::parse_disk(&format!("path={},vdev=xvda", img.display())).unwrap()];
+        let req = Request::Create {
+            config: c,
+            dry_run: false,
+            paused: false,
+        };
+        let domid = match r.service.handle(&req).await {
+            Response::Created(rep) => rep.domid.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let mut g = r.guest(domid);
+        // The nodes were there before the guest ran; the back-end waits.
+        let fe = "device/vbd/51712";
+        let be = format!("/local/domain/0/backend/vbd/{domid}/51712");
+        assert_eq!(
+            g.read(&format!("{fe}/backend")),
+            Ok(be.clone().into_bytes())
+        );
+        assert_eq!(g.read(&format!("{be}/state")), Ok(b"2".to_vec()));
+        assert_eq!(g.read(&format!("{be}/sectors")), Ok(b"64".to_vec()));
+        let state_node = format!("{be}/state\0");
+        assert_eq!(
+            g.call(XS_WATCH, &[state_node.as_bytes(), b"be\0"]),
+            Ok(b"OK\0".to_vec())
+        );
+        g.client.poll().unwrap();
+        let watched = g.client.watch_events();
+
+        // The front-end: ring page gfn 200 (ref 8), data page gfn 300 (ref 16).
+        let f = &r.fake;
+        assert!(f.place_grant_frame(domid, 0, 100));
+        assert!(f.grant_access(domid, 8, 200, false));
+        assert!(f.grant_access(domid, 16, 300, false));
+        let mut front = BlkFront::init(f.guest_page(domid, 200).unwrap()).unwrap();
+        let port = evtchn_alloc_unbound(f, domid).unwrap();
+        g.write(&format!("{fe}/ring-ref"), b"8").unwrap();
+        g.write(&format!("{fe}/event-channel"), port.to_string().as_bytes())
+            .unwrap();
+        g.write(&format!("{fe}/state"), b"3").unwrap();
+        // Its last write went through `take_pending`, which stepped the back-end.
+        assert!(r.service.blkback.is_connected(domid, 51712));
+        assert_eq!(g.read(&format!("{be}/state")), Ok(b"4".to_vec()));
+        g.client.poll().unwrap();
+        assert!(
+            g.client.watch_events() > watched,
+            "the back-end's state change reached the guest's watch"
+        );
+
+        // Write sector 1, read sectors 0..=1 back, flush.
+        f.write_guest(domid, 300 * 4096, &[0xcd; 512]);
+        front
+            .queue(&request(BLKIF_OP_WRITE, 1, 1, &[segment(16, 0, 0)]))
+            .unwrap();
+        front.push().unwrap();
+        f.guest_send(domid, port);
+        r.service.take_pending();
+        f.write_guest(domid, 300 * 4096, &[0; 1024]);
+        front
+            .queue(&request(BLKIF_OP_READ, 2, 0, &[segment(16, 0, 1)]))
+            .unwrap();
+        front
+            .queue(&request(BLKIF_OP_FLUSH_DISKCACHE, 3, 0, &[]))
+            .unwrap();
+        front.push().unwrap();
+        f.guest_send(domid, port);
+        r.service.take_pending();
+        let mut done = Vec::new();
+        while let Some(rsp) = front.take().unwrap() {
+            done.push((rsp.id, rsp.status));
+        }
+        assert_eq!(done, [(1, 0), (2, 0), (3, 0)]);
+        let page = f.read_guest(domid, 300 * 4096, 1024).unwrap();
+        assert!(page[..512].iter().all(|&b| b == 7));
+        assert!(page[512..].iter().all(|&b| b == 0xcd));
+        assert!(
+            std::fs::read(&img).unwrap()[512..1024]
+                .iter()
+                .all(|&b| b == 0xcd)
+        );
+
+        // What `block-list` shows.
+        match r.service.handle(&Request::BlockList { domid }).await {
+            Response::Blocks(b) => {
+                assert_eq!(b.len(), 1);
+                assert_eq!(
+                    (
+                        b[0].vdev.as_str(),
+                        b[0].sectors,
+                        b[0].backend_state,
+                        b[0].frontend_state
+                    ),
+                    ("xvda", 64, 4, 3)
+                );
+                assert!(b[0].connected && !b[0].read_only);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.service.handle(&Request::BlockList { domid: 77 }).await,
+            Response::Error(ApiError::NoSuchDomain { domid: 77 })
+        );
+
+        // Destroy: ring unmapped, port closed, nodes gone.
+        assert!(matches!(
+            r.service.handle(&Request::Destroy { domid }).await,
+            Response::Lifecycle(_)
+        ));
+        assert_eq!(r.service.blkback.devices(), 0);
+        assert!(!r.holds_anything_of(domid));
+        assert!(r.xs().read(&be).is_err());
+        assert_eq!(f.grants_in_use(domid), 0);
+    }
+
     #[tokio::test]
     async fn a_guest_that_announced_poweroff_sees_the_request_through_its_watch() {
         let r = rig();
