@@ -82,7 +82,8 @@
 //!
 //! ## The control API
 //!
-//! Versioned by [`proto::PROTOCOL_VERSION`] (now 1), defined in [`proto`].
+//! Versioned by [`proto::PROTOCOL_VERSION`] (now 2: `DomainConfig` gained `disks`), defined
+//! in [`proto`].
 //!
 //! - **Framing:** a `u32` little-endian length, then that many bytes of postcard. Payloads
 //!   above [`proto::MAX_FRAME`] (64 KiB) are answered with `FrameTooLarge` and the
@@ -109,6 +110,7 @@
 //! | `ConsoleAttach { domain, force }` | a console stream with input: the history, new output, and `ConsoleInput(bytes)` frames from the client into the guest; `Error(ConsoleBusy)` while another client is attached, unless `force` (which ends the other session with `TakenOver`) |
 //! | `ConsoleInput(bytes)`, `ConsoleDetach` | only inside an attach stream (no reply; the detach is answered with `ConsoleEnd(Detached)`) |
 //! | `Shutdown { domid, request: Poweroff\|Reboot }` | `ShutdownSent { request, domid, name, state }` once `poweroff`/`reboot` is in the guest's `control/shutdown` (the guest acts in its own time); `Error(PvShutdownUnsupported { request, domid, name, node })` at once if the guest never wrote `node` (`control/feature-poweroff` or `-reboot`) = 1, or `node: None` if dom0d serves no xenstore for it; `Error(GuestRequestNotApplicable { request, domid, name, why: DomainZero\|Ended(state) })`. Appended within protocol 1 (an older dom0d: `Malformed`, exit 69) |
+//! | `BlockList { domid }` | `Blocks([BlockDevice])`: the disks dom0d serves the domain (vdev, devid, path, read_only, sectors, both xenbus states, connected, stopped), empty if none; `Error(NoSuchDomain)`. Added in protocol 2 |
 //!
 //! **Console streams** ([`session`]): `domain` is a domid or a name (a domain that is gone
 //! still has its kept history). dom0d answers `ConsoleOpened { name, domid, last_domid,
