@@ -193,6 +193,7 @@ impl Service {
                     .map(Response::Lifecycle)
             }
             Request::Destroy { domid } => {
+                self.release_backends(domid);
                 let done = lifecycle::perform(mv, Lifecycle::Destroy, domid, &self.waits).await;
                 if matches!(done, Ok(_) | Err(ApiError::NoSuchDomain { .. })) {
                     self.consoles.domain_gone(mv, domid, false);
@@ -254,12 +255,19 @@ impl Service {
 impl Service {
     /// Domain `domid` is gone: its disks (rings, ports, nodes), then its xenstore.
     pub(crate) fn devices_gone(&self, domid: u32) {
+        self.release_backends(domid);
+        self.xenstored.domain_gone(&*self.mv, domid);
+    }
+
+    /// Ends `domid`'s disks before it is destroyed: their rings are grant mappings, and a
+    /// destroyed domain whose grants Dom0 still maps stays dying until they go, so the
+    /// destroy would never see it disappear. Domain-0 has none.
+    pub(crate) fn release_backends(&self, domid: u32) {
         let mv = &*self.mv;
-        if self.blkback.domids().contains(&domid) {
+        if domid != 0 && self.blkback.domids().contains(&domid) {
             self.xenstored
                 .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
         }
-        self.xenstored.domain_gone(mv, domid);
     }
 
     /// Ends the disks of domains whose xenstore is gone (after [`Xenstored::sweep`]).

@@ -288,6 +288,7 @@ impl Service {
         } else {
             None
         };
+        self.release_backends(domid);
         match lifecycle::perform(&*self.mv, Lifecycle::Destroy, domid, &self.waits).await {
             Ok(_) | Err(ApiError::NoSuchDomain { .. }) => self.supervisor.forget(domid),
             Err(e) => {
