@@ -270,11 +270,18 @@ impl Service {
         }
     }
 
-    /// Ends the disks of domains whose xenstore is gone (after [`Xenstored::sweep`]).
-    pub(crate) fn sweep_disks(&self) {
+    /// Ends the disks of domains whose xenstore is gone (after [`Xenstored::sweep`]),
+    /// and of domains `listed` as dying (destroyed by someone else while dom0d still maps
+    /// their rings, which would keep them dying).
+    pub(crate) fn sweep_disks(&self, listed: &[proto::Domain]) {
         for domid in self.blkback.domids() {
             if !self.xenstored.knows(domid) {
                 self.devices_gone(domid);
+            } else if listed
+                .iter()
+                .any(|d| d.domid == domid && d.state == proto::State::Dying)
+            {
+                self.release_backends(domid);
             }
         }
     }

@@ -234,7 +234,7 @@ impl Service {
         // action destroys it (the final drain after a destroy catches the rest).
         self.consoles.sweep(&*self.mv, &domains);
         self.xenstored.sweep(&*self.mv, &domains);
-        self.sweep_disks();
+        self.sweep_disks(&domains);
         let listed: BTreeMap<u32, &Domain> = domains.iter().map(|d| (d.domid, d)).collect();
         let mut due = Vec::new();
         {
