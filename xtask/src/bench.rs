@@ -33,6 +33,8 @@ pub(crate) enum Benchmark {
     /// DomU create and destroy times and per-DomU memory, measured in Dom0 under the
     /// microvisor.
     Lifecycle,
+    /// PV disk throughput of a DomU against Dom0's own on the same file.
+    Io,
 }
 
 /// Default boots of each variant of `bench dom0-boot`.
@@ -45,6 +47,7 @@ impl Benchmark {
             Benchmark::Hypercall => "hypercall",
             Benchmark::Dom0Boot => "dom0-boot",
             Benchmark::Lifecycle => "lifecycle",
+            Benchmark::Io => "io",
         }
     }
 
@@ -52,7 +55,7 @@ impl Benchmark {
     fn required(self) -> &'static [&'static str] {
         match self {
             Benchmark::Hypercall => &["hypercall_null", "cpuid_exit"],
-            Benchmark::Dom0Boot | Benchmark::Lifecycle => &[],
+            Benchmark::Dom0Boot | Benchmark::Lifecycle | Benchmark::Io => &[],
         }
     }
 
@@ -60,7 +63,7 @@ impl Benchmark {
     fn ratios(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Benchmark::Hypercall => &[("hypercall_null", "cpuid_exit")],
-            Benchmark::Dom0Boot | Benchmark::Lifecycle => &[],
+            Benchmark::Dom0Boot | Benchmark::Lifecycle | Benchmark::Io => &[],
         }
     }
 

@@ -103,14 +103,19 @@ echo "lc host_end 0 $(host)"
 }
 
 /// One `lc <key> <index> <value>` line.
-type Facts = BTreeMap<(String, u32), String>;
+pub(crate) type Facts = BTreeMap<(String, u32), String>;
 
 /// Collects the `lc` lines of the output; a key reported twice for one index is an error.
 pub(crate) fn parse_facts(output: &str) -> Result<Facts> {
+    parse_prefixed_facts(output, "lc ")
+}
+
+/// Collects the `<prefix><key> <index> <value>` lines of a bench script's output.
+pub(crate) fn parse_prefixed_facts(output: &str, prefix: &str) -> Result<Facts> {
     let mut facts = Facts::new();
     for (n, line) in output.lines().enumerate() {
         let line = line.trim_end_matches('\r');
-        let Some(rest) = line.strip_prefix("lc ") else {
+        let Some(rest) = line.strip_prefix(prefix) else {
             continue;
         };
         let mut parts = rest.splitn(3, ' ');
@@ -128,14 +133,14 @@ pub(crate) fn parse_facts(output: &str) -> Result<Facts> {
     Ok(facts)
 }
 
-fn fact<'a>(facts: &'a Facts, key: &str, index: u32) -> Result<&'a str> {
+pub(crate) fn fact<'a>(facts: &'a Facts, key: &str, index: u32) -> Result<&'a str> {
     facts
         .get(&(key.to_owned(), index))
         .map(String::as_str)
         .with_context(|| format!("the script did not report `{key} {index}`"))
 }
 
-fn fact_u64(facts: &Facts, key: &str, index: u32) -> Result<u64> {
+pub(crate) fn fact_u64(facts: &Facts, key: &str, index: u32) -> Result<u64> {
     let v = fact(facts, key, index)?;
     v.parse()
         .with_context(|| format!("`{key} {index}` is not a number: `{v}`"))
@@ -418,15 +423,21 @@ pub(crate) fn table(lc: &Lifecycle, opts: &Dom0Options) -> String {
     out
 }
 
-/// Boots Dom0 under the microvisor once, runs the script, prints the table and writes
-/// `target/xtask/bench/lifecycle.json`.
-pub(crate) fn run(qemu_bin: &Path, timeout: Duration, reps: u32, opts: &Dom0Options) -> Result<()> {
-    let reps = reps.max(1);
+/// Boots Dom0 under the microvisor once and runs `script` in it through `run --exec`;
+/// returns its output (also written to `target/xtask/bench/<name>/output.txt`) and that
+/// directory. A failed boot or a non-zero exit is an error.
+pub(crate) fn boot_and_run(
+    name: &str,
+    script: &str,
+    qemu_bin: &Path,
+    timeout: Duration,
+    opts: &Dom0Options,
+) -> Result<(String, std::path::PathBuf)> {
     let profile = Profile::Release;
     let host = Host::Microvisor;
     dom0::build_host(host, profile, &[])?;
     let artifacts = dom0::prepare()?;
-    let out_dir = xtask_dir("bench").join("lifecycle");
+    let out_dir = xtask_dir("bench").join(name);
     let data_disk = out_dir.join("dom0-data.img");
     dom0::create_data_disk(&data_disk)?;
     let plan = dom0::BootPlan {
@@ -439,20 +450,14 @@ pub(crate) fn run(qemu_bin: &Path, timeout: Duration, reps: u32, opts: &Dom0Opti
         out_dir: out_dir.clone(),
         data_disk,
     };
-    eprintln!(
-        "xtask: lifecycle: one Dom0 boot, {reps} create/destroy pairs, then {MANY} DomUs at once \
-         (timeout {} s, logs in {}/)",
-        timeout.as_secs(),
-        display_path(&out_dir)
-    );
-    let out = dom0::exec(&plan, &script(reps), timeout, false)?;
+    let out = dom0::exec(&plan, script, timeout, false)?;
     let text = out.text();
     std::fs::write(out_dir.join("output.txt"), &text)
         .with_context(|| format!("could not write {}/output.txt", display_path(&out_dir)))?;
     if !out.problems.is_empty() || out.status != Some(0) {
         out.run.print_tail();
         bail!(
-            "the lifecycle boot failed: {}; script output in {}/output.txt",
+            "the {name} boot failed: {}; script output in {}/output.txt",
             if out.problems.is_empty() {
                 format!("exit status {:?}", out.status)
             } else {
@@ -461,6 +466,20 @@ pub(crate) fn run(qemu_bin: &Path, timeout: Duration, reps: u32, opts: &Dom0Opti
             display_path(&out_dir)
         );
     }
+    Ok((text, out_dir))
+}
+
+/// Boots Dom0 under the microvisor once, runs the script, prints the table and writes
+/// `target/xtask/bench/lifecycle.json`.
+pub(crate) fn run(qemu_bin: &Path, timeout: Duration, reps: u32, opts: &Dom0Options) -> Result<()> {
+    let reps = reps.max(1);
+    eprintln!(
+        "xtask: lifecycle: one Dom0 boot, {reps} create/destroy pairs, then {MANY} DomUs at once \
+         (timeout {} s, logs in {}/)",
+        timeout.as_secs(),
+        display_path(&xtask_dir("bench").join("lifecycle"))
+    );
+    let (text, out_dir) = boot_and_run("lifecycle", &script(reps), qemu_bin, timeout, opts)?;
     let lc = parse(&text, reps)
         .with_context(|| format!("script output in {}/output.txt", display_path(&out_dir)))?;
     print!("{}", table(&lc, opts));

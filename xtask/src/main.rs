@@ -3,6 +3,7 @@
 //! Run `cargo xtask --help`; the doc comments below are the help text.
 
 mod bench;
+mod bench_io;
 mod bench_lifecycle;
 mod build;
 mod bzimage;
@@ -224,8 +225,9 @@ enum Command {
     /// microvisor once and, in Dom0, times `dom0 create` / `dom0 destroy` of the 16 MiB
     /// waiter DomU (wall time and dom0d's took_ms; --reps pairs, default 7), measures the
     /// microvisor's memory per DomU beyond its RAM (NPT tables, VMCB) and dom0d's RSS per
-    /// DomU with 8 DomUs, and checks that free memory returns exactly after destroying
-    /// them. Create to first console byte is not measured: there is no PV console yet.
+    /// DomU with 8 DomUs, checks that free memory returns exactly after destroying them,
+    /// and times create to the guest's first console byte. `io` compares the pvdemo DomU's
+    /// disk throughput with Dom0's own on the same file (--reps rounds, default 3).
     /// Results go to target/xtask/bench/<name>.json. Only ratios measured in the same run
     /// mean anything: TCG timings do not predict hardware.
     Bench {
@@ -236,7 +238,7 @@ enum Command {
         #[arg(long, default_value_t = 300, value_name = "SECS")]
         timeout: u64,
         /// Repetitions: boots of each variant (dom0-boot, default 3), create/destroy
-        /// pairs (lifecycle, default 7).
+        /// pairs (lifecycle, default 7), rounds (io, default 3).
         #[arg(long, value_name = "N")]
         reps: Option<u32>,
         #[command(flatten)]
@@ -373,6 +375,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 Benchmark::Lifecycle => {
                     let reps = reps.unwrap_or(bench_lifecycle::DEFAULT_REPS);
                     bench_lifecycle::run(&qemu_bin, timeout, reps, &dom0.options()?)?;
+                }
+                Benchmark::Io => {
+                    let reps = reps.unwrap_or(bench_io::DEFAULT_REPS);
+                    bench_io::run(&qemu_bin, timeout, reps, &dom0.options()?)?;
                 }
             }
             Ok(ExitCode::SUCCESS)
