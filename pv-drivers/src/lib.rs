@@ -15,6 +15,10 @@
 //!   Every entry is copied into a private value before the caller sees it, a peer whose
 //!   producer index runs ahead of what the ring can hold disables the ring with one
 //!   [`ring::RingError::Overrun`], and notification decisions follow ring.h's rule.
+//! - [`blkif`]: the PV block protocol's ring ends, front ([`blkif::BlkFront`]) and back
+//!   ([`blkif::BlkBack`]), with request validation.
+//! - [`netif`]: the PV network protocol's tx and rx ring ends, front ([`netif::NetFront`])
+//!   and back ([`netif::NetBack`]), with tx chain assembly and validation.
 //! - [`console`]: the PV console's byte rings, front ([`console::ConsoleFront`]) and back
 //!   ([`console::ConsoleBack`]).
 //! - [`xenstore`]: the xenstore page's message streams, guest end ([`xenstore::XsFront`])
@@ -26,7 +30,7 @@
 //!
 //! | feature      | adds |
 //! |--------------|------|
-//! | (none)       | `no_std`, no allocation: [`SharedMem`], [`MappedMem`], [`ring`] |
+//! | (none)       | `no_std`, no allocation: [`SharedMem`], [`MappedMem`], [`ring`] and the protocol modules |
 //! | `alloc`      | `VecMem`; [`SharedMem`] for `Arc<T>` and `Rc<T>` |
 //! | `std`        | implies `alloc` |
 //! | `test-utils` | implies `alloc`; the `mock` module |
@@ -54,6 +58,7 @@ pub mod console;
 )]
 pub mod mapped;
 pub mod mem;
+pub mod netif;
 pub mod ring;
 #[cfg(any(test, feature = "alloc"))]
 pub mod vec_mem;

@@ -25,6 +25,11 @@
 //!
 //! A correct end produces the same results with and without hostility (apart from the
 //! ring disabling itself once after an overrun).
+//!
+//! ## netif
+//!
+//! [`MockNetFrontend`] and [`MockNetBackend`] pair a tx and an rx mock (one page each) with
+//! packet-level helpers ([`tx_chain`] builds a tx slot chain).
 #![forbid(unsafe_code)]
 
 use alloc::sync::Arc;
@@ -38,6 +43,9 @@ use crate::ring::{
     RSP_PROD_OFFSET, RingEntry, RingError, ring_size_for,
 };
 use crate::vec_mem::VecMem;
+
+mod net;
+pub use net::{MockNetBackend, MockNetFrontend, tx_chain};
 
 /// How hostile a mock peer is. The default is an honest peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
