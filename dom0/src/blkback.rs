@@ -51,13 +51,20 @@ use pv_drivers::blkif::{BlkBack as Ring, BlkOp, BlkRequest, Taken, response};
 use shared_abi::io::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SECTOR_SIZE, VDISK_READONLY};
 use shared_abi::io::xenbus::XenbusState;
 
-use crate::grants::{self, GrantPiece, grant_map, grant_unmap};
+use crate::backend::{
+    MappedRing, backend_perms, close_port, frontend_perms, map_ring, read_state, read_u32,
+    set_state, unmap_slot, write_dir,
+};
+use crate::grants::{self, GrantPiece};
 use crate::log::{self, Level};
-use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_close, evtchn_send};
+use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_send};
 use crate::pages::PagePool;
 use crate::proto::errno_text;
 use crate::xenstore::path::home;
-use crate::xenstore::store::{Access, Perms, Store};
+use crate::xenstore::store::Store;
+
+/// Log prefix.
+const WHO: &str = "blkback";
 
 /// Requests served per device per call.
 pub const REQUESTS_PER_SERVE: usize = 256;
@@ -146,37 +153,6 @@ struct Inner {
 pub struct BlkBack {
     pool: Arc<PagePool>,
     inner: Mutex<Inner>,
-}
-
-fn write_node(store: &mut Store, path: &str, value: &str, perms: &Perms) -> Result<(), String> {
-    store
-        .write(0, path, value.as_bytes())
-        .and_then(|()| store.set_perms(0, path, perms.clone()))
-        .map_err(|e| format!("writing {path}: {e}"))
-}
-
-fn set_state(store: &mut Store, dir: &str, state: XenbusState) {
-    // Domain 0 may write anywhere; only a full store could refuse.
-    if let Err(e) = store.write(
-        0,
-        &format!("{dir}/state"),
-        state.as_u32().to_string().as_bytes(),
-    ) {
-        log::limited(
-            Level::Error,
-            format_args!("blkback: writing {dir}/state: {e}"),
-        );
-    }
-}
-
-/// A strict decimal `u32` node.
-fn read_u32(store: &Store, path: &str) -> Result<u32, String> {
-    let raw = store.read(0, path).map_err(|e| format!("{path}: {e}"))?;
-    let text = std::str::from_utf8(&raw)
-        .ok()
-        .filter(|t| !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()));
-    text.and_then(|t| t.parse().ok())
-        .ok_or_else(|| format!("{path} is not a decimal number"))
 }
 
 impl BlkBack {
@@ -308,55 +284,39 @@ impl BlkBack {
     ) -> Result<(), String> {
         let be = backend_dir(domid, devid);
         let fe = frontend_dir(domid, devid);
-        // The back-end's nodes: domain 0's, readable by the DomU.
-        let public = Perms {
-            owner: 0,
-            others: Access::None,
-            acl: vec![(domid, Access::Read)],
-        };
-        // The front-end's nodes: the DomU's, readable by domain 0.
-        let guest = Perms {
-            owner: domid,
-            others: Access::None,
-            acl: vec![(0, Access::Read)],
-        };
         let _ = store.rm(0, &be);
         let _ = store.rm(0, &fe);
         let info = if disk.read_only { VDISK_READONLY } else { 0 };
         let mode = if disk.read_only { "r" } else { "w" };
-        for (leaf, value) in [
-            ("", String::new()),
-            ("frontend", fe.clone()),
-            ("frontend-id", domid.to_string()),
-            ("params", disk.path.clone()),
-            ("mode", mode.to_owned()),
-            ("sectors", sectors.to_string()),
-            ("info", info.to_string()),
-            ("sector-size", SECTOR_SIZE.to_string()),
-            ("feature-flush-cache", "1".to_owned()),
-            ("state", XenbusState::InitWait.as_u32().to_string()),
-        ] {
-            let p = if leaf.is_empty() {
-                be.clone()
-            } else {
-                format!("{be}/{leaf}")
-            };
-            write_node(store, &p, &value, &public)?;
-        }
-        for (leaf, value) in [
-            ("", String::new()),
-            ("backend", be.clone()),
-            ("backend-id", "0".to_owned()),
-            ("virtual-device", devid.to_string()),
-            ("state", XenbusState::Initialising.as_u32().to_string()),
-        ] {
-            let p = if leaf.is_empty() {
-                fe.clone()
-            } else {
-                format!("{fe}/{leaf}")
-            };
-            write_node(store, &p, &value, &guest)?;
-        }
+        // The back-end's nodes: domain 0's, readable by the DomU.
+        write_dir(
+            store,
+            &be,
+            &[
+                ("frontend", fe.clone()),
+                ("frontend-id", domid.to_string()),
+                ("params", disk.path.clone()),
+                ("mode", mode.to_owned()),
+                ("sectors", sectors.to_string()),
+                ("info", info.to_string()),
+                ("sector-size", SECTOR_SIZE.to_string()),
+                ("feature-flush-cache", "1".to_owned()),
+                ("state", XenbusState::InitWait.as_u32().to_string()),
+            ],
+            &backend_perms(domid),
+        )?;
+        // The front-end's nodes: the DomU's, readable by domain 0.
+        write_dir(
+            store,
+            &fe,
+            &[
+                ("backend", be.clone()),
+                ("backend-id", "0".to_owned()),
+                ("virtual-device", devid.to_string()),
+                ("state", XenbusState::Initialising.as_u32().to_string()),
+            ],
+            &frontend_perms(domid),
+        )?;
         Ok(())
     }
 
@@ -368,11 +328,7 @@ impl BlkBack {
         for key in keys {
             let fe = frontend_dir(key.0, key.1);
             let be = backend_dir(key.0, key.1);
-            let fe_state = store
-                .read(0, &format!("{fe}/state"))
-                .ok()
-                .and_then(|raw| XenbusState::parse(&raw))
-                .unwrap_or(XenbusState::Unknown);
+            let fe_state = read_state(store, &fe);
             let Some(vbd) = inner.vbds.get_mut(&key) else {
                 continue;
             };
@@ -390,7 +346,7 @@ impl BlkBack {
                                 ),
                             );
                             inner.ports.insert(port, key);
-                            set_state(store, &be, XenbusState::Connected);
+                            set_state(WHO, store, &be, XenbusState::Connected);
                         }
                         Err(why) => {
                             self.stop(mv, store, &mut inner, key, &why);
@@ -402,16 +358,16 @@ impl BlkBack {
                     Phase::Connected(_),
                     XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown,
                 ) => {
-                    set_state(store, &be, XenbusState::Closing);
+                    set_state(WHO, store, &be, XenbusState::Closing);
                     self.disconnect(mv, &mut inner, key);
                     if let Some(v) = inner.vbds.get_mut(&key) {
                         v.phase = Phase::Closed;
                     }
-                    set_state(store, &be, XenbusState::Closed);
+                    set_state(WHO, store, &be, XenbusState::Closed);
                 }
                 (Phase::Closed, XenbusState::Initialising) => {
                     vbd.phase = Phase::Waiting;
-                    set_state(store, &be, XenbusState::InitWait);
+                    set_state(WHO, store, &be, XenbusState::InitWait);
                 }
                 _ => {}
             }
@@ -438,24 +394,11 @@ impl BlkBack {
                 String::from_utf8_lossy(&p)
             ));
         }
-        let slot = self.pool.take_slot(mv)?;
-        if let Err(errno) = grant_map(mv, slot, domid, gref, false) {
-            self.pool.free_slot(slot);
-            return Err(format!(
-                "GrantMap of ring-ref {gref} failed with {}",
-                errno_text(errno)
-            ));
-        }
+        let MappedRing { slot, mem } = map_ring(WHO, mv, &self.pool, domid, gref, "ring-ref")?;
         let undo_map = |why: String| {
-            self.unmap_slot(mv, slot);
+            unmap_slot(WHO, mv, &self.pool, slot);
             why
         };
-        let mem = mv.map_page(slot).map_err(|errno| {
-            undo_map(format!(
-                "mmap of slot {slot} failed with {}",
-                errno_text(errno)
-            ))
-        })?;
         let ring = Ring::attach(mem, vbd.sectors, vbd.read_only)
             .map_err(|e| undo_map(format!("ring: {e}")))?;
         let port = match evtchn_bind_interdomain(mv, domid, remote) {
@@ -471,19 +414,6 @@ impl BlkBack {
         Ok(Conn { slot, ring, port })
     }
 
-    fn unmap_slot(&self, mv: &dyn Microvisor, slot: u64) {
-        match grant_unmap(mv, slot).or_else(|_| grant_unmap(mv, slot)) {
-            Ok(()) => self.pool.free_slot(slot),
-            Err(errno) => log::limited(
-                Level::Error,
-                format_args!(
-                    "blkback: GrantUnmap of slot {slot} failed with {}; the slot stays out of use",
-                    errno_text(errno)
-                ),
-            ),
-        }
-    }
-
     /// Unmaps a connected ring and closes its port (the vbd stays, in whatever phase the
     /// caller sets).
     fn disconnect(&self, mv: &dyn Microvisor, inner: &mut Inner, key: (u32, u32)) {
@@ -494,16 +424,8 @@ impl BlkBack {
             inner.ports.remove(&conn.port);
             let Conn { slot, ring, port } = conn;
             drop(ring);
-            self.unmap_slot(mv, slot);
-            if let Err(errno) = evtchn_close(mv, port) {
-                log::limited(
-                    Level::Warn,
-                    format_args!(
-                        "blkback: closing port {port} failed with {}",
-                        errno_text(errno)
-                    ),
-                );
-            }
+            unmap_slot(WHO, mv, &self.pool, slot);
+            close_port(WHO, mv, port);
         }
     }
 
@@ -522,7 +444,7 @@ impl BlkBack {
         };
         vbd.phase = Phase::Stopped;
         inner.stopped += 1;
-        set_state(store, &backend_dir(key.0, key.1), XenbusState::Closed);
+        set_state(WHO, store, &backend_dir(key.0, key.1), XenbusState::Closed);
         let vdev = inner.vbds.get(&key).map_or("?", |v| v.vdev.as_str());
         log::write(
             Level::Warn,

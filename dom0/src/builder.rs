@@ -185,10 +185,11 @@ pub fn check_disks(config: &DomainConfig) -> Result<(), CreateError> {
     Ok(())
 }
 
-/// Where a build publishes its disks: dom0d's xenstore and block back-end.
-pub trait DiskHost: Sync {
-    /// Introduces new domain `domid` to the store and publishes `disks` (the back-end in
-    /// InitWait), before the domain runs.
+/// Where a build publishes its PV devices: dom0d's xenstore, block back-end and network
+/// back-end.
+pub trait DeviceHost: Sync {
+    /// Introduces new domain `domid` to the store and publishes `disks` and `vifs` (each
+    /// back-end in InitWait; vif handle = index), before the domain runs.
     ///
     /// # Errors
     /// What failed; nothing is left published then.
@@ -198,6 +199,7 @@ pub trait DiskHost: Sync {
         domid: u32,
         name: &str,
         disks: &[crate::config::DiskSpec],
+        vifs: &[crate::config::VifSpec],
     ) -> Result<(), String>;
 
     /// Undoes [`Self::attach`].
@@ -999,9 +1001,9 @@ pub fn create(
     create_with(mv, pool, config, opts, created, None)
 }
 
-/// [`create`], publishing the config's disks through `disks` (after the xenstore page is
-/// set up, before the domain runs; undone if a later step fails). A config with disks
-/// needs `disks` and event channels.
+/// [`create`], publishing the config's disks and vifs through `devices` (after the
+/// xenstore page is set up, before the domain runs; undone if a later step fails). A
+/// config with disks or vifs needs `devices` and event channels.
 ///
 /// # Errors
 /// As [`create`].
@@ -1011,10 +1013,10 @@ pub fn create_with(
     config: &DomainConfig,
     opts: Options,
     created: &Mutex<Option<u32>>,
-    disks: Option<&dyn DiskHost>,
+    devices: Option<&dyn DeviceHost>,
 ) -> Result<Built, CreateError> {
     let started = Instant::now();
-    let result = build(mv, pool, config, opts, created, started, disks);
+    let result = build(mv, pool, config, opts, created, started, devices);
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match &result {
         Ok(_) if opts.dry_run => log::limited(
@@ -1063,7 +1065,7 @@ fn build(
     opts: Options,
     created: &Mutex<Option<u32>>,
     started: Instant,
-    disks: Option<&dyn DiskHost>,
+    devices: Option<&dyn DeviceHost>,
 ) -> Result<Built, CreateError> {
     config
         .check()
@@ -1136,16 +1138,17 @@ fn build(
             return Err(fail(e));
         }
     };
-    // The disks: after the xenstore page, before the domain runs.
-    let disk_host = if config.disks.is_empty() {
+    // The PV devices: after the xenstore page, before the domain runs.
+    let device_host = if config.disks.is_empty() && config.vifs.is_empty() {
         None
     } else {
-        let attached = match (&store, disks) {
+        let attached = match (&store, devices) {
             (Some(_), Some(host)) => host
-                .attach(mv, domid, &config.name, &config.disks)
+                .attach(mv, domid, &config.name, &config.disks, &config.vifs)
                 .map(|()| host),
             _ => Err(
-                "disks need dom0d's xenstore and block back-end (and event channels)".to_owned(),
+                "disks and vifs need dom0d's xenstore and back-ends (and event channels)"
+                    .to_owned(),
             ),
         };
         match attached {
@@ -1153,7 +1156,7 @@ fn build(
             Err(reason) => {
                 undo([console, store]);
                 return Err(fail(StepError {
-                    step: "publishing the disks".to_owned(),
+                    step: "publishing the PV devices".to_owned(),
                     errno: None,
                     reason,
                 }));
@@ -1161,7 +1164,7 @@ fn build(
         }
     };
     if let Err(e) = start(mv, domid, &plan, opts.paused) {
-        if let Some(host) = disk_host {
+        if let Some(host) = device_host {
             host.detach(mv, domid);
         }
         undo([console, store]);
@@ -1392,6 +1395,7 @@ mod tests {
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
             disks: Vec::new(),
+            vifs: Vec::new(),
         }
     }
 
@@ -2046,7 +2050,7 @@ mod tests {
         }
     }
 
-    /// A [`DiskHost`] that records what the builder asks of it.
+    /// A [`DeviceHost`] that records what the builder asks of it.
     #[derive(Default)]
     struct Host {
         attached: Mutex<Vec<u32>>,
@@ -2054,15 +2058,16 @@ mod tests {
         refuse: bool,
     }
 
-    impl DiskHost for Host {
+    impl DeviceHost for Host {
         fn attach(
             &self,
             _: &dyn Microvisor,
             domid: u32,
             _: &str,
             disks: &[crate::config::DiskSpec],
+            vifs: &[crate::config::VifSpec],
         ) -> Result<(), String> {
-            assert_eq!(disks.len(), 1);
+            assert_eq!(disks.len() + vifs.len(), 1);
             if self.refuse {
                 return Err("the store is full".to_owned());
             }
@@ -2085,7 +2090,7 @@ mod tests {
             vdev: "xvda".into(),
             read_only: false,
         }];
-        let build = |fake: &FakeMicrovisor, c: &DomainConfig, host: Option<&dyn DiskHost>| {
+        let build = |fake: &FakeMicrovisor, c: &DomainConfig, host: Option<&dyn DeviceHost>| {
             let pool = PagePool::default();
             let r = create_with(fake, &pool, c, opts(), &Mutex::new(None), host);
             let r = r.map(|b| {
@@ -2170,7 +2175,7 @@ mod tests {
                     cleanup: Cleanup::Destroyed,
                     ..
                 }) => {
-                    assert_eq!(refuse, step == "publishing the disks", "{step}");
+                    assert_eq!(refuse, step == "publishing the PV devices", "{step}");
                 }
                 other => panic!("{other:?}"),
             }
@@ -2186,7 +2191,9 @@ mod tests {
         // Disks without a back-end to serve them: refused, nothing left.
         let fake = FakeMicrovisor::new();
         match build(&fake, &c, None) {
-            Err(CreateError::Failed { step, .. }) => assert_eq!(step, "publishing the disks"),
+            Err(CreateError::Failed { step, .. }) => {
+                assert_eq!(step, "publishing the PV devices");
+            }
             other => panic!("{other:?}"),
         }
         assert!(fake.dom0_ports().is_empty());
@@ -2428,6 +2435,61 @@ mod tests {
         assert!(fake.foreign_slots().is_empty());
         assert_eq!(pool.in_use(), 0);
         assert_eq!(built.report.state, Some(State::Running));
+    }
+
+    #[test]
+    fn vifs_are_published_before_the_domain_runs_and_refused_without_event_channels() {
+        let files = Files::new();
+        let mut c = config(files.put("k", &kernel()));
+        c.vifs = vec![crate::config::parse_vif("", &c.name, 0).unwrap()];
+        let build = |fake: &FakeMicrovisor, host: Option<&dyn DeviceHost>| {
+            let pool = PagePool::default();
+            let r = create_with(fake, &pool, &c, opts(), &Mutex::new(None), host);
+            let r = r.map(|b| {
+                for ring in [b.console, b.store].into_iter().flatten() {
+                    undo_ring(fake, &pool, ring);
+                }
+                b.report
+            });
+            assert_eq!(pool.in_use(), 0);
+            r
+        };
+        let fake = FakeMicrovisor::new();
+        let host = Host::default();
+        let r = build(&fake, Some(&host)).unwrap();
+        assert_eq!(*host.attached.lock().unwrap(), [r.domid.unwrap()]);
+
+        // A later failure undoes them.
+        let fake = FakeMicrovisor::new();
+        fake.fail_nth(ControlOp::DomainSetEntry as u64, 1, EINVAL);
+        let host = Host::default();
+        assert!(build(&fake, Some(&host)).is_err());
+        assert_eq!(
+            *host.detached.lock().unwrap(),
+            *host.attached.lock().unwrap()
+        );
+
+        // Without event channels there is no xenstore to publish them in: refused, and
+        // nothing is left.
+        for host in [None, Some(&Host::default() as &dyn DeviceHost)] {
+            let fake = FakeMicrovisor::new();
+            fake.fail_nth(ControlOp::EvtchnAllocUnbound as u64, 1, ENOSYS);
+            match build(&fake, host) {
+                Err(CreateError::Failed {
+                    step,
+                    reason,
+                    cleanup: Cleanup::Destroyed,
+                    ..
+                }) => {
+                    assert_eq!(step, "publishing the PV devices");
+                    assert!(reason.contains("event channels"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(fake.dom0_ports().is_empty());
+            assert_eq!(fake.page_maps(), 0);
+            assert_eq!(names(&fake), ["Domain-0", "hello1", "hello2"]);
+        }
     }
 
     #[test]

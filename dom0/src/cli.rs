@@ -136,6 +136,20 @@ pub enum Command {
         domain: String,
     },
 
+    /// List the network interfaces dom0d serves a domain
+    ///
+    /// DOM is a domain id (all digits) or an exact name. Columns: IDX (the vif's handle),
+    /// MAC, IP (the address hint given to the guest, `-` if none), BRIDGE, TAP (its
+    /// interface in Dom0), BE-STATE and FE-STATE (the back-end's and front-end's xenbus
+    /// states), TX-PKTS (packets the guest sent), RX-PKTS (packets delivered to it) and
+    /// DROPS (frames for it that were dropped). `-o json` prints an object with a `vifs`
+    /// array, with byte and error counters too. Exit 3 if there is no such domain.
+    NetworkList {
+        /// Domain id or name
+        #[arg(value_name = "DOM")]
+        domain: String,
+    },
+
     /// Pause a domain: the microvisor stops scheduling it
     ///
     /// DOM is a domain id (all digits) or an exact name. Returns once the domain is

@@ -1,7 +1,7 @@
 //! The CLI's side of the control protocol: a blocking client over the Unix socket.
 #![forbid(unsafe_code)]
 
-use crate::proto::BlockDevice;
+use crate::proto::{BlockDevice, NetworkDevice};
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -306,6 +306,17 @@ impl Client {
         match self.call(&Request::BlockList { domid })? {
             Response::Blocks(b) => Ok(b),
             other => Err(unexpected("block devices", other)),
+        }
+    }
+
+    /// The network interfaces dom0d serves domain `domid` (empty if none).
+    ///
+    /// # Errors
+    /// See [`Client::version`]; an unknown domain is [`ApiError::NoSuchDomain`].
+    pub fn network_list(&mut self, domid: u32) -> Result<Vec<NetworkDevice>, ClientError> {
+        match self.call(&Request::NetworkList { domid })? {
+            Response::Networks(n) => Ok(n),
+            other => Err(unexpected("network devices", other)),
         }
     }
 

@@ -13,6 +13,7 @@
 //! on_reboot   = "restart"
 //! on_crash    = "destroy"
 //! disk = ["path=/var/lib/dom0/disks/d1.img,vdev=xvda,access=rw"]  # optional
+//! vif  = ["bridge=br0,mac=00:16:3e:01:02:03,ip=10.0.0.2/24"]      # optional
 //! ```
 //!
 //! `disk` is a list of strings of `key=value` pairs separated by commas: `path` (absolute,
@@ -20,6 +21,17 @@
 //! the default, or `ro`). `--set 'disk=["path=...,vdev=xvda"]'` replaces the list, as
 //! `--set` replaces any key; `--set disk=path=...,vdev=xvda` (not TOML) is taken as a list
 //! of that one disk, and `--set 'disk=[]'` removes every disk.
+//!
+//! `vif` is a list of network interfaces, one string each, in the same `key=value,...`
+//! form; every key is optional and `""` is an interface with all defaults. `bridge` is the
+//! Dom0 bridge its TAP joins (default `br0`, which dom0d creates with 10.0.0.1/24 when
+//! missing; an interface name of letters, digits, `.`, `-`, `_`); `mac` the guest's
+//! unicast MAC (default: generated from the domain name and the interface's index with
+//! Xen's `00:16:3e` prefix, so a config always gets the same one; unique within the
+//! domain); `ip` an IPv4 address with prefix (`10.0.0.2/24`), passed to the guest in
+//! xenstore as a hint for guests without DHCP (unique within the domain; not the
+//! address of `br0` itself). At most 8 interfaces; the first is handle 0. `--set` works as
+//! for `disk` (`--set vif=bridge=br1`, `--set 'vif=[]'`).
 //!
 //! Every error names where the bad value came from: `web.toml:3: unknown key "colour"`,
 //! or `--set memory=x: ...` for an override. Keys of xl that are not supported yet get
@@ -40,7 +52,11 @@ use serde::{Deserialize, Serialize};
 use shared_abi::control::{MAX_DOMAIN_MEM_MIB, MIN_DOMAIN_MEM_MIB};
 use toml::de::{DeTable, DeValue};
 
+use crate::netback::MAX_VIFS;
+use crate::netdev::{Ipv4Cidr, Mac};
+
 pub use crate::blkback::DiskSpec;
+pub use crate::netback::VifSpec;
 
 /// Where `create NAME` looks for `NAME.toml` when NAME has no slash and no `.toml` suffix.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/dom0/domains";
@@ -54,7 +70,7 @@ pub const MAX_CMDLINE: usize = ::microvisor::domain::MAX_CMDLINE;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The keys a config may have, in the order they are documented.
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
     "name",
     "type",
     "kernel",
@@ -66,11 +82,12 @@ pub const KEYS: [&str; 11] = [
     "on_reboot",
     "on_crash",
     "disk",
+    "vif",
 ];
 
 /// xl keys that are valid in xl.cfg but not supported here yet, each refused with its own
 /// message rather than as an unknown key.
-const NOT_YET: [&str; 20] = [
+const NOT_YET: [&str; 19] = [
     "maxmem",
     "maxvcpus",
     "cpus",
@@ -79,7 +96,6 @@ const NOT_YET: [&str; 20] = [
     "cap",
     "reservation",
     "uuid",
-    "vif",
     "on_watchdog",
     "on_soft_reset",
     "root",
@@ -156,6 +172,9 @@ pub struct DomainConfig {
     /// Disks served by dom0d's block back-end, in config order (`disk`; empty by
     /// default). Appended in protocol 2.
     pub disks: Vec<DiskSpec>,
+    /// Network interfaces served by dom0d's network back-end, handle = index (`vif`;
+    /// empty by default; MACs filled in). Appended in protocol 3.
+    pub vifs: Vec<VifSpec>,
 }
 
 /// Where a value came from, for error messages.
@@ -552,7 +571,9 @@ pub fn parse(
                 other => Value::from_de(other),
             },
             // `--set disk=path=...,vdev=xvda`: one disk.
-            Err(_) if key == "disk" => Value::List(vec![(Value::Str(o.value.clone()), at.clone())]),
+            Err(_) if key == "disk" || key == "vif" => {
+                Value::List(vec![(Value::Str(o.value.clone()), at.clone())])
+            }
             Err(_) => Value::Str(o.value.clone()),
         };
         entries.retain(|(k, _)| *k != key);
@@ -706,6 +727,7 @@ fn build(file: &str, entries: &[(&'static str, Entry)]) -> Result<DomainConfig, 
     let on_reboot = action("on_reboot", OnEvent::Restart)?;
     let on_crash = action("on_crash", OnEvent::Destroy)?;
     let disks = get("disk").map_or(Ok(Vec::new()), disks)?;
+    let vifs = get("vif").map_or(Ok(Vec::new()), |e| vifs(e, &name))?;
     Ok(DomainConfig {
         name,
         kernel,
@@ -717,6 +739,7 @@ fn build(file: &str, entries: &[(&'static str, Entry)]) -> Result<DomainConfig, 
         on_reboot,
         on_crash,
         disks,
+        vifs,
     })
 }
 
@@ -823,6 +846,230 @@ pub fn check_disk(d: &DiskSpec) -> Result<(), String> {
     }
     if crate::blkback::devid_of(&d.vdev).is_none() {
         return Err(format!("\"disk\" vdev {:?} is not xvda ... xvdz", d.vdev));
+    }
+    Ok(())
+}
+
+/// The `vif` list: strings of `bridge=...,mac=...,ip=...` (all optional); MACs not given
+/// are generated from `name` and the index, avoiding the others.
+fn vifs(e: &Entry, name: &str) -> Result<Vec<VifSpec>, ConfigError> {
+    let Value::List(items) = &e.value else {
+        return Err(invalid(
+            &e.at,
+            "vif",
+            format!(
+                "\"vif\" must be an array of strings like [\"bridge=br0,mac=00:16:3e:01:02:03\"], not {}",
+                e.value.kind()
+            ),
+        ));
+    };
+    if items.len() > MAX_VIFS {
+        return Err(invalid(
+            &e.at,
+            "vif",
+            format!(
+                "\"vif\" has {} entries; at most {MAX_VIFS} are supported",
+                items.len()
+            ),
+        ));
+    }
+    let mut parsed: Vec<(VifEntry, &Origin)> = Vec::new();
+    for (value, at) in items {
+        let Value::Str(text) = value else {
+            return Err(invalid(
+                at,
+                "vif",
+                format!("each \"vif\" entry must be a string, not {}", value.kind()),
+            ));
+        };
+        let v = parse_vif_entry(text).map_err(|why| invalid(at, "vif", why))?;
+        for (prev, _) in &parsed {
+            if v.mac.is_some() && prev.mac == v.mac {
+                return Err(invalid(
+                    at,
+                    "vif",
+                    format!(
+                        "\"vif\": mac {} is used twice",
+                        v.mac.map_or(String::new(), |m| m.to_string())
+                    ),
+                ));
+            }
+            if v.ip.is_some() && prev.ip.map(|c| c.addr) == v.ip.map(|c| c.addr) {
+                return Err(invalid(
+                    at,
+                    "vif",
+                    format!(
+                        "\"vif\": ip {} is used twice",
+                        v.ip.map_or(String::new(), |c| c.addr.to_string())
+                    ),
+                ));
+            }
+        }
+        parsed.push((v, at));
+    }
+    let mut taken: Vec<Mac> = parsed.iter().filter_map(|(v, _)| v.mac).collect();
+    let mut out = Vec::with_capacity(parsed.len());
+    for (index, (v, _)) in parsed.into_iter().enumerate() {
+        let mac = match v.mac {
+            Some(m) => m,
+            None => {
+                let m = generated_mac(name, index, &taken);
+                taken.push(m);
+                m
+            }
+        };
+        out.push(VifSpec {
+            bridge: v.bridge,
+            mac: mac.to_string(),
+            ip: v.ip.map(|c| c.to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// The MAC generated for vif `index` of domain `name`: [`Mac::generated`] from
+/// `NAME/vifINDEX`, with `/N` appended until it differs from every MAC in `taken`.
+#[must_use]
+pub fn generated_mac(name: &str, index: usize, taken: &[Mac]) -> Mac {
+    let seed = format!("{name}/vif{index}");
+    let mut mac = Mac::generated(seed.as_bytes());
+    let mut n = 1u32;
+    while taken.contains(&mac) {
+        mac = Mac::generated(format!("{seed}/{n}").as_bytes());
+        n += 1;
+    }
+    mac
+}
+
+/// One parsed `vif` entry, before defaults.
+#[derive(Debug)]
+struct VifEntry {
+    bridge: String,
+    mac: Option<Mac>,
+    ip: Option<Ipv4Cidr>,
+}
+
+/// Parses one `vif` entry: `[bridge=NAME][,mac=MAC][,ip=A.B.C.D/N]`, keys in any order,
+/// `""` for all defaults.
+fn parse_vif_entry(text: &str) -> Result<VifEntry, String> {
+    const KEYS_TEXT: &str = "the keys are bridge, mac and ip";
+    let (mut bridge, mut mac, mut ip) = (None, None, None);
+    if !text.trim().is_empty() {
+        for part in text.split(',') {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!(
+                    "\"vif\" entry {text:?}: {part:?} is not key=value ({KEYS_TEXT})"
+                ));
+            };
+            let slot = match k.trim() {
+                "bridge" => &mut bridge,
+                "mac" => &mut mac,
+                "ip" => &mut ip,
+                other => {
+                    return Err(format!(
+                        "\"vif\" entry {text:?}: unknown key {other:?} ({KEYS_TEXT})"
+                    ));
+                }
+            };
+            if slot.is_some() {
+                return Err(format!(
+                    "\"vif\" entry {text:?}: {:?} is given twice",
+                    k.trim()
+                ));
+            }
+            let v = v.trim();
+            if v.is_empty() {
+                return Err(format!(
+                    "\"vif\" entry {text:?}: {:?} has no value",
+                    k.trim()
+                ));
+            }
+            *slot = Some(v.to_owned());
+        }
+    }
+    let bridge = bridge.unwrap_or_else(|| crate::netdev::DEFAULT_BRIDGE.to_owned());
+    let mac = mac
+        .map(|m| {
+            let mac: Mac = m.parse().map_err(|e| format!("\"vif\" mac: {e}"))?;
+            check_mac(mac)?;
+            Ok::<_, String>(mac)
+        })
+        .transpose()?;
+    let ip = ip
+        .map(|t| {
+            let c: Ipv4Cidr = t.parse().map_err(|e| format!("\"vif\" ip: {e}"))?;
+            check_vif_ip(&bridge, c)?;
+            Ok::<_, String>(c)
+        })
+        .transpose()?;
+    check_bridge(&bridge)?;
+    Ok(VifEntry { bridge, mac, ip })
+}
+
+/// Parses one `vif` entry as vif `index` of domain `name` (a missing MAC is generated).
+///
+/// # Errors
+/// A message naming the key `vif` and what is wrong.
+pub fn parse_vif(text: &str, name: &str, index: usize) -> Result<VifSpec, String> {
+    let v = parse_vif_entry(text)?;
+    Ok(VifSpec {
+        bridge: v.bridge,
+        mac: v
+            .mac
+            .unwrap_or_else(|| generated_mac(name, index, &[]))
+            .to_string(),
+        ip: v.ip.map(|c| c.to_string()),
+    })
+}
+
+fn check_bridge(bridge: &str) -> Result<(), String> {
+    crate::netdev::check_ifname(bridge)
+        .map_err(|why| format!("\"vif\" bridge {bridge:?} is not an interface name: {why}"))
+}
+
+fn check_mac(mac: Mac) -> Result<(), String> {
+    if !mac.is_unicast() || mac.is_zero() {
+        return Err(format!(
+            "\"vif\" mac {mac} is not a unicast address (the first byte must be even, and not all zero)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_vif_ip(bridge: &str, c: Ipv4Cidr) -> Result<(), String> {
+    let a = c.addr;
+    if c.prefix == 0 || c.prefix > 32 {
+        return Err(format!("\"vif\" ip {c}: the prefix must be 1 to 32"));
+    }
+    if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+        return Err(format!(
+            "\"vif\" ip {c}: not an address a guest interface can have"
+        ));
+    }
+    if bridge == crate::netdev::DEFAULT_BRIDGE
+        && let Ok(br) = crate::netdev::DEFAULT_BRIDGE_ADDR.parse::<Ipv4Cidr>()
+        && br.addr == a
+    {
+        return Err(format!(
+            "\"vif\" ip {c}: {} is the address of {bridge} itself",
+            br.addr
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one vif as dom0d receives it: a valid bridge name, a unicast MAC, and if given
+/// an IPv4 address with prefix.
+///
+/// # Errors
+/// Why the vif is refused.
+pub fn check_vif(v: &VifSpec) -> Result<(), String> {
+    check_bridge(&v.bridge)?;
+    let mac: Mac = v.mac.parse().map_err(|e| format!("\"vif\" mac: {e}"))?;
+    check_mac(mac)?;
+    if let Some(ip) = &v.ip {
+        let c: Ipv4Cidr = ip.parse().map_err(|e| format!("\"vif\" ip: {e}"))?;
+        check_vif_ip(&v.bridge, c)?;
     }
     Ok(())
 }
@@ -976,6 +1223,21 @@ impl DomainConfig {
                 return Err(format!("\"disk\": vdev {} is used twice", d.vdev));
             }
         }
+        if self.vifs.len() > MAX_VIFS {
+            return Err(format!(
+                "\"vif\" has {} entries; at most {MAX_VIFS} are supported",
+                self.vifs.len()
+            ));
+        }
+        let mut macs: Vec<Mac> = Vec::new();
+        for v in &self.vifs {
+            check_vif(v)?;
+            let mac: Mac = v.mac.parse().map_err(|e| format!("\"vif\" mac: {e}"))?;
+            if macs.contains(&mac) {
+                return Err(format!("\"vif\": mac {mac} is used twice"));
+            }
+            macs.push(mac);
+        }
         Ok(())
     }
 
@@ -1029,6 +1291,7 @@ mod tests {
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
                 disks: Vec::new(),
+                vifs: Vec::new(),
             }
         );
         c.check().unwrap();
@@ -1072,7 +1335,7 @@ mod tests {
         assert_eq!(e.to_string(), "web.toml:4: unknown key \"colour\"");
         assert_eq!(
             e.hint().unwrap(),
-            "the keys are: name, type, kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk"
+            "the keys are: name, type, kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk, vif"
         );
         let e = p("name = \"web\"\nmemroy = 4\n").unwrap_err();
         assert_eq!(e.to_string(), "web.toml:2: unknown key \"memroy\"");
@@ -1181,11 +1444,156 @@ mod tests {
     }
 
     #[test]
+    fn vifs() {
+        let c = p(&format!(
+            "{MINIMAL}vif = [\n  \"bridge=br0,mac=00:16:3E:01:02:03,ip=10.0.0.2/24\",\n  \"\",\n  \" ip = 10.0.0.3/24 , bridge = br1 \",\n]\n"
+        ))
+        .unwrap();
+        let generated = |i, taken: &[Mac]| generated_mac("web", i, taken).to_string();
+        assert_eq!(
+            c.vifs,
+            [
+                VifSpec {
+                    bridge: "br0".into(),
+                    mac: "00:16:3e:01:02:03".into(),
+                    ip: Some("10.0.0.2/24".into()),
+                },
+                VifSpec {
+                    bridge: "br0".into(),
+                    mac: generated(1, &[]),
+                    ip: None,
+                },
+                VifSpec {
+                    bridge: "br1".into(),
+                    mac: generated(2, &[]),
+                    ip: Some("10.0.0.3/24".into()),
+                },
+            ]
+        );
+        assert!(c.vifs[1].mac.starts_with("00:16:3e:"));
+        assert_ne!(c.vifs[1].mac, c.vifs[2].mac);
+        c.check().unwrap();
+        // The same config always gets the same MACs; another name other ones.
+        assert_eq!(
+            p(&format!("{MINIMAL}vif = [\"\", \"\"]\n")).unwrap().vifs[1],
+            c.vifs[1]
+        );
+        let other = with(&format!("{MINIMAL}vif = [\"\"]\n"), &["name=db"]).unwrap();
+        assert_ne!(other.vifs[0].mac, generated(0, &[]));
+        assert!(p(MINIMAL).unwrap().vifs.is_empty());
+        // A generated MAC never repeats a given one.
+        let taken = Mac::generated(b"web/vif0");
+        let c = p(&format!("{MINIMAL}vif = [\"\", \"mac={taken}\"]\n")).unwrap();
+        assert_eq!(c.vifs[1].mac, taken.to_string());
+        assert_ne!(c.vifs[0].mac, c.vifs[1].mac);
+        assert_eq!(c.vifs[0].mac, generated(0, &[taken]));
+
+        // Bad entries name the line of the entry, and hostile values are refused.
+        for (entry, why) in [
+            ("mac=01:16:3e:01:02:03", "not a unicast address"),
+            ("mac=00:00:00:00:00:00", "not a unicast address"),
+            ("mac=00:16:3e:01:02", "is not a MAC address"),
+            ("mac=00:16:3e:01:02:03:04", "is not a MAC address"),
+            ("mac=0:16:3e:01:02:03", "is not a MAC address"),
+            ("mac=00-16-3e-01-02-03", "is not a MAC address"),
+            ("ip=10.0.0.2", "no '/prefix'"),
+            ("ip=10.0.0.2/33", "10.0.0.2/33"),
+            ("ip=10.0.0.2/0", "the prefix must be 1 to 32"),
+            ("ip=10.0.0.256/24", "bad address"),
+            (
+                "ip=224.0.0.1/4",
+                "not an address a guest interface can have",
+            ),
+            ("ip=0.0.0.0/8", "not an address a guest interface can have"),
+            ("ip=10.0.0.1/24", "is the address of br0 itself"),
+            ("bridge=../../etc", "is not an interface name"),
+            ("bridge=br 0", "is not an interface name"),
+            ("bridge=averyveryverylongbridge", "is not an interface name"),
+            ("bridge=..", "is not an interface name"),
+            ("bridge=", "has no value"),
+            (
+                "script=vif-bridge",
+                "unknown key \"script\" (the keys are bridge, mac and ip)",
+            ),
+            ("model=e1000", "unknown key \"model\""),
+            ("bridge=br0,", "is not key=value"),
+            ("bridge", "is not key=value"),
+            (
+                "mac=00:16:3e:01:02:03,mac=00:16:3e:01:02:04",
+                "is given twice",
+            ),
+        ] {
+            let e = p(&format!("{MINIMAL}vif = [\n\"{entry}\"]\n")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("web.toml:4: \"vif\""), "{entry}: {text}");
+            assert!(text.contains(why), "{entry}: {text}");
+        }
+        // A bridge other than br0 may use 10.0.0.1.
+        assert!(p(&format!("{MINIMAL}vif = [\"bridge=lan,ip=10.0.0.1/24\"]\n")).is_ok());
+        let e = p(&format!(
+            "{MINIMAL}vif = [\"mac=00:16:3e:01:02:03\", \"mac=00:16:3E:01:02:03\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: \"vif\": mac 00:16:3e:01:02:03 is used twice"
+        );
+        let e = p(&format!(
+            "{MINIMAL}vif = [\"ip=10.0.0.2/24\", \"ip=10.0.0.2/16\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("ip 10.0.0.2 is used twice"), "{e}");
+        let e = p(&format!("{MINIMAL}vif = [{}]\n", ["\"\""; 9].join(","))).unwrap_err();
+        assert!(e.to_string().contains("at most 8"), "{e}");
+        for (value, kind) in [("\"bridge=br0\"", "a string"), ("{}", "a table")] {
+            let e = p(&format!("{MINIMAL}vif = {value}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("not {kind}")), "{e}");
+        }
+        let e = p(&format!("{MINIMAL}vif = [true]\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web.toml:3: each \"vif\" entry must be a string, not a boolean"
+        );
+        // Overrides: a TOML array replaces the list, a bare entry is a list of one.
+        let c = with(MINIMAL, &["vif=[\"bridge=br1\", \"\"]"]).unwrap();
+        assert_eq!(c.vifs.len(), 2);
+        let c = with(MINIMAL, &["vif=bridge=br2,ip=10.1.0.2/24"]).unwrap();
+        assert_eq!(
+            (c.vifs[0].bridge.as_str(), c.vifs[0].ip.as_deref()),
+            ("br2", Some("10.1.0.2/24"))
+        );
+        let c = with(&format!("{MINIMAL}vif = [\"\"]\n"), &["vif=[]"]).unwrap();
+        assert!(c.vifs.is_empty());
+        let e = with(MINIMAL, &["vif=mac=ff:ff:ff:ff:ff:ff"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--set vif=mac=ff:ff:ff:ff:ff:ff: "),
+            "{e}"
+        );
+        // dom0d repeats the checks.
+        let mut c = p(MINIMAL).unwrap();
+        c.vifs = vec![parse_vif("", "web", 0).unwrap(); 2];
+        assert!(c.check().unwrap_err().contains("used twice"));
+        c.vifs[1].mac = "03:00:00:00:00:01".into();
+        assert!(c.check().unwrap_err().contains("unicast"));
+        c.vifs[1].mac = "00:16:3e:00:00:01".into();
+        c.check().unwrap();
+        c.vifs[1].bridge = "a/b".into();
+        assert!(c.check().is_err());
+        c.vifs[1].bridge = "br0".into();
+        c.vifs[1].ip = Some("10.0.0.2".into());
+        assert!(c.check().is_err());
+        c.vifs[1].ip = None;
+        c.vifs = vec![c.vifs[0].clone(); 9];
+        assert!(c.check().unwrap_err().contains("at most 8"));
+    }
+
+    #[test]
     fn xl_keys_not_supported_yet_say_so() {
         let e = p("name = \"web\"\nmaxmem = 512\n").unwrap_err();
         assert_eq!(e.to_string(), "web.toml:2: \"maxmem\" is not supported yet");
-        let e = p("name = \"web\"\nvif = []\n").unwrap_err();
-        assert_eq!(e.to_string(), "web.toml:2: \"vif\" is not supported yet");
+        let e = p("name = \"web\"\nvfb = []\n").unwrap_err();
+        assert_eq!(e.to_string(), "web.toml:2: \"vfb\" is not supported yet");
         let e = p("builder = \"hvm\"\n").unwrap_err();
         assert_eq!(
             e.to_string(),

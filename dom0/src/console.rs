@@ -750,6 +750,7 @@ mod tests {
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
                 disks: Vec::new(),
+                vifs: Vec::new(),
             };
             let built = builder::create(
                 &self.fake,
@@ -870,6 +871,7 @@ mod tests {
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
             disks: Vec::new(),
+            vifs: Vec::new(),
         };
         r.destroy(domid);
         let built = builder::create(

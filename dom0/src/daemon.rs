@@ -165,6 +165,8 @@ pub fn run(args: &Args) -> Result<(), DaemonError> {
         tokio::spawn(Arc::clone(&service).supervise());
         // Console output: pending event-channel ports, and a slow poll.
         tokio::spawn(Arc::clone(&service).pump_evtchn());
+        // Frames from the vifs' TAPs to their guests.
+        tokio::spawn(Arc::clone(&service).pump_net());
         server::serve(listener, service, Limits::default(), async {
             tokio::select! {
                 _ = term.recv() => log::write(Level::Info, format_args!("SIGTERM: stopping")),

@@ -1,5 +1,5 @@
 //! `/dev/microvisor`: the kernel module's control ioctl, event reads and foreign-window
-//! mappings. The only unsafe code in the crate.
+//! mappings.
 //!
 //! The ioctl argument is `shared_abi::control::ioctl::IoctlControl` (`struct mv_control` in
 //! `dom0/kmod/microvisor.h`; the two are kept in sync by hand and both assert their size
@@ -16,11 +16,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -481,6 +482,63 @@ impl EventFd {
     #[must_use]
     pub fn read_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.reads)
+    }
+}
+
+/// Readiness of another descriptor (a TAP, in tests a socket): a duplicate of it
+/// registered with the tokio reactor for readability. The owner keeps reading through its
+/// own descriptor; both refer to the same open file, so they share its readiness. Dropping
+/// this deregisters and closes the duplicate.
+#[derive(Debug)]
+pub struct Readiness {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Readiness {
+    /// Registers a duplicate of `fd` (which should be non-blocking) for readability.
+    ///
+    /// # Errors
+    /// `Other` outside a tokio runtime (instead of tokio's panic); the `dup`'s or the
+    /// registration's error.
+    pub fn register(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("no tokio runtime to register with"));
+        }
+        let owned = fd.try_clone_to_owned()?;
+        // SAFETY: `register_with_interest` needs the descriptor to stay valid, open and the
+        // same while registered. `owned` is a fresh duplicate that nothing else knows of; it
+        // moves into the `AsyncFd`, which this type never hands out (no `get_mut`, no
+        // `into_inner`), and `OwnedFd::as_raw_fd` always returns its one descriptor, so it
+        // is closed only when the `AsyncFd` (deregistering first) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+
+    /// Polls for readability (registering `cx`'s waker). When readable, runs `drain`,
+    /// which reads the descriptor and returns whether it read until it would block: then
+    /// the readiness is cleared (the next poll waits for new data), otherwise it is kept
+    /// (the next poll is ready at once).
+    ///
+    /// # Errors
+    /// The reactor's error.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        drain: impl FnOnce() -> bool,
+    ) -> Poll<io::Result<()>> {
+        match self.fd.poll_read_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(mut guard)) => {
+                if drain() {
+                    guard.clear_ready();
+                } else {
+                    guard.retain_ready();
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 

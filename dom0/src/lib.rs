@@ -82,7 +82,8 @@
 //!
 //! ## The control API
 //!
-//! Versioned by [`proto::PROTOCOL_VERSION`] (now 2: `DomainConfig` gained `disks`), defined
+//! Versioned by [`proto::PROTOCOL_VERSION`] (now 3: `DomainConfig` gained `disks` in 2 and
+//! `vifs` in 3), defined
 //! in [`proto`].
 //!
 //! - **Framing:** a `u32` little-endian length, then that many bytes of postcard. Payloads
@@ -111,6 +112,7 @@
 //! | `ConsoleInput(bytes)`, `ConsoleDetach` | only inside an attach stream (no reply; the detach is answered with `ConsoleEnd(Detached)`) |
 //! | `Shutdown { domid, request: Poweroff\|Reboot }` | `ShutdownSent { request, domid, name, state }` once `poweroff`/`reboot` is in the guest's `control/shutdown` (the guest acts in its own time); `Error(PvShutdownUnsupported { request, domid, name, node })` at once if the guest never wrote `node` (`control/feature-poweroff` or `-reboot`) = 1, or `node: None` if dom0d serves no xenstore for it; `Error(GuestRequestNotApplicable { request, domid, name, why: DomainZero\|Ended(state) })`. Appended within protocol 1 (an older dom0d: `Malformed`, exit 69) |
 //! | `BlockList { domid }` | `Blocks([BlockDevice])`: the disks dom0d serves the domain (vdev, devid, path, read_only, sectors, both xenbus states, connected, stopped), empty if none; `Error(NoSuchDomain)`. Added in protocol 2 |
+//! | `NetworkList { domid }` | `Networks([NetworkDevice])`: the vifs dom0d serves the domain (handle, mac, ip, bridge, tap, both xenbus states, connected, stopped, tx/rx packets and bytes, drops, errors), empty if none; `Error(NoSuchDomain)`. Added in protocol 3 |
 //!
 //! **Console streams** ([`session`]): `domain` is a domid or a name (a domain that is gone
 //! still has its kept history). dom0d answers `ConsoleOpened { name, domid, last_domid,
@@ -358,12 +360,14 @@
 //!
 //! Only [`device`] (the ioctl, poll, mmap and munmap system calls, the copy into a
 //! foreign-window mapping, a shared page as `pv_drivers::MappedMem`, and the reactor
-//! registration of the event handle) and [`term`] (`isatty`, the termios calls for raw
-//! mode, the signal handlers that restore the terminal) contain unsafe code; every other
+//! registration of the event handle and of the vifs' TAPs), [`term`] (`isatty`, the termios calls for raw
+//! mode, the signal handlers that restore the terminal) and [`netdev`] (the TAP and
+//! bridge ioctls, the control socket) contain unsafe code; every other
 //! module is `#![forbid(unsafe_code)]`.
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod backend;
 pub mod blkback;
 
 pub mod builder;
@@ -381,6 +385,8 @@ pub mod lifecycle;
 #[macro_use]
 pub mod log;
 pub mod microvisor;
+pub mod netback;
+pub mod netdev;
 pub mod output;
 pub mod pages;
 pub mod probe;
@@ -619,9 +625,13 @@ pub fn execute(
                 "cannot get the disks of domain {}",
                 d.domid
             )))?;
+            let vifs = client.network_list(d.domid).map_err(request(format!(
+                "cannot get the network interfaces of domain {}",
+                d.domid
+            )))?;
             write_out(
                 stdout,
-                &output::render_domain(&d, console.as_ref(), &disks, format)?,
+                &output::render_domain(&d, console.as_ref(), &disks, &vifs, format)?,
             )?;
         }
         Command::BlockList { domain } => {
@@ -632,6 +642,15 @@ pub fn execute(
                 d.domid
             )))?;
             write_out(stdout, &output::render_blocks(&d, &disks, format)?)?;
+        }
+        Command::NetworkList { domain } => {
+            let mut client = connect(cli)?;
+            let d = resolve_domain(&mut client, domain)?;
+            let vifs = client.network_list(d.domid).map_err(request(format!(
+                "cannot get the network interfaces of domain {}",
+                d.domid
+            )))?;
+            write_out(stdout, &output::render_networks(&d, &vifs, format)?)?;
         }
         Command::Logs { domain, follow } => {
             let req = Request::Logs {

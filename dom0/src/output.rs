@@ -1,7 +1,7 @@
 //! Output formats (`-o table|json|jsonl`) and how domains and the host are printed.
 #![forbid(unsafe_code)]
 
-use crate::proto::BlockDevice;
+use crate::proto::{BlockDevice, NetworkDevice};
 use clap::ValueEnum;
 use serde::Serialize;
 
@@ -94,6 +94,117 @@ struct DomainDoc<'a> {
     console: Option<ConsoleJson<'a>>,
     /// The disks dom0d serves (possibly empty).
     disks: Vec<BlockJson<'a>>,
+    /// The network interfaces dom0d serves (possibly empty).
+    vifs: Vec<VifJson<'a>>,
+}
+
+/// A vif in `info -o json` and `network-list -o json`.
+#[derive(Debug, Serialize)]
+struct VifJson<'a> {
+    handle: u32,
+    mac: &'a str,
+    ip: Option<&'a str>,
+    bridge: &'a str,
+    tap: &'a str,
+    backend_state: &'static str,
+    frontend_state: &'static str,
+    connected: bool,
+    stopped: bool,
+    tx_packets: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+    drops: u64,
+    errors: u64,
+}
+
+impl<'a> From<&'a NetworkDevice> for VifJson<'a> {
+    fn from(n: &'a NetworkDevice) -> Self {
+        Self {
+            handle: n.handle,
+            mac: &n.mac,
+            ip: n.ip.as_deref(),
+            bridge: &n.bridge,
+            tap: &n.tap,
+            backend_state: xenbus_state_name(n.backend_state),
+            frontend_state: xenbus_state_name(n.frontend_state),
+            connected: n.connected,
+            stopped: n.stopped,
+            tx_packets: n.tx_packets,
+            tx_bytes: n.tx_bytes,
+            rx_packets: n.rx_packets,
+            rx_bytes: n.rx_bytes,
+            drops: n.drops,
+            errors: n.errors,
+        }
+    }
+}
+
+/// `dom0 network-list DOM` in `format`: one line per vif (IDX, MAC, IP, BRIDGE, TAP,
+/// BE-STATE, FE-STATE, TX-PKTS, RX-PKTS, DROPS); `-o json` an object with the domain and
+/// its `vifs` (with byte and error counters too).
+///
+/// # Errors
+/// [`CliError::Json`].
+pub fn render_networks(
+    d: &Domain,
+    vifs: &[NetworkDevice],
+    format: OutputFormat,
+) -> Result<String, CliError> {
+    if format.is_json() {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            api_version: &'static str,
+            domid: u32,
+            name: &'a str,
+            vifs: Vec<VifJson<'a>>,
+        }
+        return json_doc(
+            &Doc {
+                api_version: crate::JSON_API_VERSION,
+                domid: d.domid,
+                name: &d.name,
+                vifs: vifs.iter().map(VifJson::from).collect(),
+            },
+            format,
+        );
+    }
+    let rows: Vec<Vec<String>> = vifs
+        .iter()
+        .map(|n| {
+            let mut be = xenbus_state_name(n.backend_state).to_owned();
+            if n.stopped {
+                be.push_str(" (stopped)");
+            }
+            vec![
+                n.handle.to_string(),
+                n.mac.clone(),
+                n.ip.clone().unwrap_or_else(|| "-".to_owned()),
+                n.bridge.clone(),
+                n.tap.clone(),
+                be,
+                xenbus_state_name(n.frontend_state).to_owned(),
+                n.tx_packets.to_string(),
+                n.rx_packets.to_string(),
+                n.drops.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            ("IDX", Align::Right),
+            ("MAC", Align::Left),
+            ("IP", Align::Left),
+            ("BRIDGE", Align::Left),
+            ("TAP", Align::Left),
+            ("BE-STATE", Align::Left),
+            ("FE-STATE", Align::Left),
+            ("TX-PKTS", Align::Right),
+            ("RX-PKTS", Align::Right),
+            ("DROPS", Align::Right),
+        ],
+        &rows,
+    ))
 }
 
 /// A disk in `info -o json` and `block-list -o json`.
@@ -530,6 +641,7 @@ pub fn render_domain(
     d: &Domain,
     console: Option<&ConsoleSummary>,
     disks: &[BlockDevice],
+    vifs: &[NetworkDevice],
     format: OutputFormat,
 ) -> Result<String, CliError> {
     if format.is_json() {
@@ -545,6 +657,7 @@ pub fn render_domain(
                 attached: c.attached,
             }),
             disks: disks.iter().map(BlockJson::from).collect(),
+            vifs: vifs.iter().map(VifJson::from).collect(),
         };
         return json_doc(&doc, format);
     }
@@ -578,6 +691,25 @@ pub fn render_domain(
                 xenbus_state_name(b.backend_state),
                 xenbus_state_name(b.frontend_state),
                 if b.stopped { ", stopped" } else { "" }
+            ),
+        ));
+    }
+    for n in vifs {
+        pairs.push((
+            "vif",
+            format!(
+                "{} {}{} on {} via {}, back-end {}, front-end {}{}, tx {} pkts, rx {} pkts, {} dropped",
+                n.handle,
+                n.mac,
+                n.ip.as_ref().map_or(String::new(), |ip| format!(" ({ip})")),
+                n.bridge,
+                n.tap,
+                xenbus_state_name(n.backend_state),
+                xenbus_state_name(n.frontend_state),
+                if n.stopped { ", stopped" } else { "" },
+                n.tx_packets,
+                n.rx_packets,
+                n.drops,
             ),
         ));
     }
@@ -724,6 +856,17 @@ fn config_and_plan(c: &DomainConfig, plan: &Plan) -> String {
                 d.vdev,
                 d.path,
                 if d.read_only { "ro" } else { "rw" }
+            ),
+        ));
+    }
+    for (handle, v) in c.vifs.iter().enumerate() {
+        pairs.push((
+            "vif",
+            format!(
+                "{handle} {} on {}{}",
+                v.mac,
+                v.bridge,
+                v.ip.as_ref().map_or(String::new(), |ip| format!(" ({ip})"))
             ),
         ));
     }

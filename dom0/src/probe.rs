@@ -15,10 +15,12 @@
 //!   [`foreign`].
 //! - `grant DOMID GREF`: grant mappings and copies against a `hello grant-demo` guest, see
 //!   [`grant`].
+//! - `net-selftest`: TAPs and a bridge for the PV network back-end, see [`net`].
 #![forbid(unsafe_code)]
 
 pub mod foreign;
 pub mod grant;
+pub mod net;
 
 use std::io::{self, Write};
 use std::os::unix::process::CommandExt;

@@ -37,6 +37,9 @@
 //! [`Response::Created`] changed: an incompatible change) and [`ImageKind::Disk`], and
 //! added [`Request::BlockList`] with [`Response::Blocks`].
 //!
+//! Protocol 3 appended `vifs` to [`DomainConfig`] (again changing [`Request::Create`] and
+//! [`Response::Created`]) and added [`Request::NetworkList`] with [`Response::Networks`].
+//!
 //! ## Console streams
 //!
 //! [`Request::Logs`] and [`Request::ConsoleAttach`] turn the connection into a stream:
@@ -58,7 +61,7 @@ pub use crate::config::DomainConfig;
 
 /// Version of the control protocol. Both sides send it in their hello and refuse to talk
 /// on a mismatch. Bumped by every incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -165,6 +168,12 @@ pub enum Request {
     /// The disks dom0d serves a domain: [`Response::Blocks`] (empty if none),
     /// [`ApiError::NoSuchDomain`]. Added in protocol 2.
     BlockList {
+        /// The domain id.
+        domid: u32,
+    },
+    /// The network interfaces dom0d serves a domain: [`Response::Networks`] (empty if
+    /// none), [`ApiError::NoSuchDomain`]. Added in protocol 3.
+    NetworkList {
         /// The domain id.
         domid: u32,
     },
@@ -399,6 +408,48 @@ pub enum Response {
     /// Answer to [`Request::BlockList`]: the domain's disks in vdev order. Added in
     /// protocol 2.
     Blocks(Vec<BlockDevice>),
+    /// Answer to [`Request::NetworkList`]: the domain's vifs in handle order. Added in
+    /// protocol 3.
+    Networks(Vec<NetworkDevice>),
+}
+
+/// One network interface dom0d's network back-end serves ([`Response::Networks`]).
+/// Directions are the guest's, as netif names its rings: tx = frames the guest sent,
+/// rx = frames delivered to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDevice {
+    /// The domain id.
+    pub domid: u32,
+    /// The vif's handle (its index in the config's `vif` list).
+    pub handle: u32,
+    /// The guest's MAC.
+    pub mac: String,
+    /// The address hint given to the guest, if any.
+    pub ip: Option<String>,
+    /// The Dom0 bridge.
+    pub bridge: String,
+    /// The Dom0 interface (`vif3.0`).
+    pub tap: String,
+    /// The back-end's xenbus state (`backend/.../state`), 0 if unreadable.
+    pub backend_state: u32,
+    /// The front-end's xenbus state (`device/vif/.../state`), 0 if unreadable.
+    pub frontend_state: u32,
+    /// Whether the rings are connected.
+    pub connected: bool,
+    /// Stopped for breaking the protocol (never served again).
+    pub stopped: bool,
+    /// Packets the guest sent.
+    pub tx_packets: u64,
+    /// Bytes of those.
+    pub tx_bytes: u64,
+    /// Packets delivered to the guest.
+    pub rx_packets: u64,
+    /// Bytes of those.
+    pub rx_bytes: u64,
+    /// Frames for the guest that were dropped (queue full, too long, not connected).
+    pub drops: u64,
+    /// Packets from the guest answered with an error (refused by the device, too long).
+    pub errors: u64,
 }
 
 /// One disk dom0d's block back-end serves ([`Response::Blocks`]).
@@ -499,6 +550,7 @@ impl Response {
             Self::ConsoleEnd(_) => "console end",
             Self::ShutdownSent(_) => "shutdown sent",
             Self::Blocks(_) => "block devices",
+            Self::Networks(_) => "network devices",
         }
     }
 }
@@ -1364,6 +1416,7 @@ mod tests {
             on_reboot: crate::config::OnEvent::Restart,
             on_crash: crate::config::OnEvent::Preserve,
             disks: Vec::new(),
+            vifs: Vec::new(),
         }
     }
 
@@ -1781,6 +1834,41 @@ mod tests {
             why: NotApplicable::DomainZero,
         });
         assert_eq!(resp(&e), [1, 17, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn device_lists_come_last_and_round_trip() {
+        let req = |r: &Request| postcard::to_stdvec(r).unwrap();
+        assert_eq!(req(&Request::BlockList { domid: 7 }), [16, 7]);
+        assert_eq!(req(&Request::NetworkList { domid: 7 }), [17, 7]);
+        let vif = NetworkDevice {
+            domid: 3,
+            handle: 0,
+            mac: "00:16:3e:01:02:03".into(),
+            ip: Some("10.0.0.2/24".into()),
+            bridge: "br0".into(),
+            tap: "vif3.0".into(),
+            backend_state: 4,
+            frontend_state: 4,
+            connected: true,
+            stopped: false,
+            tx_packets: 1,
+            tx_bytes: 60,
+            rx_packets: 2,
+            rx_bytes: 120,
+            drops: 0,
+            errors: 0,
+        };
+        let resp = Response::Networks(vec![vif]);
+        let bytes = postcard::to_stdvec(&resp).unwrap();
+        assert_eq!(bytes[..2], [15, 1]);
+        assert_eq!(decode::<Response>(&bytes).unwrap(), resp);
+        assert_eq!(resp.kind(), "network devices");
+        // The config's vifs follow its disks.
+        let mut c = sample_config();
+        c.vifs = vec![crate::config::parse_vif("", "x", 0).unwrap()];
+        let bytes = postcard::to_stdvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<DomainConfig>(&bytes).unwrap(), c);
     }
 
     #[test]

@@ -25,12 +25,13 @@ use tokio::sync::Semaphore;
 
 use crate::blkback::BlkBack;
 use crate::builder;
-use crate::config::{DiskSpec, DomainConfig};
+use crate::config::{DiskSpec, DomainConfig, VifSpec};
 use crate::console::Consoles;
 use crate::events::EventMonitor;
 use crate::lifecycle::{self, Waits};
 use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
+use crate::netback::{DeviceMaker, NetBack, TapMaker};
 use crate::pages::PagePool;
 use crate::proto::{
     self, ApiError, Cleanup, CreateError, CreateReport, FrameError, GuestRequest, Lifecycle,
@@ -64,30 +65,46 @@ pub struct Service {
     /// The disks of the domains it built ([`crate::blkback`]); its xenstore nodes live in
     /// `xenstored`'s store (lock order: the store, then the back-end).
     pub(crate) blkback: Arc<BlkBack>,
+    /// The vifs of the domains it built ([`crate::netback`]); same lock order.
+    pub(crate) netback: Arc<NetBack>,
 }
 
-/// What the builder publishes disks through: the store and the block back-end.
-struct Disks {
+/// What the builder publishes PV devices through: the store and the back-ends.
+struct Devices {
     xenstored: Arc<Xenstored>,
     blkback: Arc<BlkBack>,
+    netback: Arc<NetBack>,
 }
 
-impl builder::DiskHost for Disks {
+impl Devices {
+    /// Ends `domid`'s devices in both back-ends.
+    fn gone(&self, mv: &dyn Microvisor, domid: u32) {
+        self.xenstored.with_store(mv, |store| {
+            self.blkback.domain_gone(mv, store, domid);
+            self.netback.domain_gone(mv, store, domid);
+        });
+    }
+}
+
+impl builder::DeviceHost for Devices {
     fn attach(
         &self,
         mv: &dyn Microvisor,
         domid: u32,
         name: &str,
         disks: &[DiskSpec],
+        vifs: &[VifSpec],
     ) -> Result<(), String> {
         // Whatever a domain of this id left (a missed end) goes first.
-        self.xenstored
-            .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        self.gone(mv, domid);
         self.xenstored.introduce(mv, domid, name);
         let added = self.xenstored.with_store(mv, |store| {
             disks
                 .iter()
-                .try_for_each(|d| self.blkback.add(store, domid, d).map(|_| ()))
+                .try_for_each(|d| self.blkback.add(store, domid, d).map(|_| ()))?;
+            vifs.iter()
+                .zip(0u32..)
+                .try_for_each(|(v, handle)| self.netback.add(store, domid, handle, v))
         });
         if added.is_err() {
             self.detach(mv, domid);
@@ -96,8 +113,7 @@ impl builder::DiskHost for Disks {
     }
 
     fn detach(&self, mv: &dyn Microvisor, domid: u32) {
-        self.xenstored
-            .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        self.gone(mv, domid);
         self.xenstored.domain_gone(mv, domid);
     }
 }
@@ -130,8 +146,17 @@ impl Service {
             supervisor: Supervisor::default(),
             consoles: Arc::new(Consoles::new(Arc::clone(&pool))),
             xenstored: Arc::new(Xenstored::new(Arc::clone(&pool))),
-            blkback: Arc::new(BlkBack::new(pool)),
+            blkback: Arc::new(BlkBack::new(Arc::clone(&pool))),
+            netback: Arc::new(NetBack::new(pool, Arc::new(TapMaker))),
         }
+    }
+
+    /// The same service with vif frame devices made by `maker` instead of TAPs (for
+    /// tests, or a Dom0 without TAP support). Call before any domain is built.
+    #[must_use]
+    pub fn with_net_devices(mut self, maker: Arc<dyn DeviceMaker>) -> Self {
+        self.netback = Arc::new(NetBack::new(Arc::clone(self.consoles.pool()), maker));
+        self
     }
 
     /// The consoles this service serves.
@@ -225,6 +250,12 @@ impl Service {
                         .with_store(mv, |store| self.blkback.list(store, domid)),
                 )
             }),
+            Request::NetworkList { domid } => microvisor::domain_info(mv, domid).map(|_| {
+                Response::Networks(
+                    self.xenstored
+                        .with_store(mv, |store| self.netback.list(store, domid)),
+                )
+            }),
             Request::ConsoleStatus { domid } => {
                 Ok(Response::ConsoleStatus(self.consoles.summary(domid)))
             }
@@ -253,28 +284,40 @@ impl Service {
 }
 
 impl Service {
-    /// Domain `domid` is gone: its disks (rings, ports, nodes), then its xenstore.
+    /// Domain `domid` is gone: its disks and vifs (rings, ports, nodes, devices), then
+    /// its xenstore.
     pub(crate) fn devices_gone(&self, domid: u32) {
         self.release_backends(domid);
         self.xenstored.domain_gone(&*self.mv, domid);
     }
 
-    /// Ends `domid`'s disks before it is destroyed: their rings are grant mappings, and a
-    /// destroyed domain whose grants Dom0 still maps stays dying until they go, so the
-    /// destroy would never see it disappear. Domain-0 has none.
+    /// Ends `domid`'s disks and vifs before it is destroyed: their rings are grant
+    /// mappings, and a destroyed domain whose grants Dom0 still maps stays dying until
+    /// they go, so the destroy would never see it disappear. Domain-0 has none.
     pub(crate) fn release_backends(&self, domid: u32) {
         let mv = &*self.mv;
-        if domid != 0 && self.blkback.domids().contains(&domid) {
-            self.xenstored
-                .with_store(mv, |store| self.blkback.domain_gone(mv, store, domid));
+        if domid == 0 {
+            return;
+        }
+        let disks = self.blkback.domids().contains(&domid);
+        let vifs = self.netback.domids().contains(&domid);
+        if disks || vifs {
+            self.xenstored.with_store(mv, |store| {
+                self.blkback.domain_gone(mv, store, domid);
+                self.netback.domain_gone(mv, store, domid);
+            });
         }
     }
 
-    /// Ends the disks of domains whose xenstore is gone (after [`Xenstored::sweep`]),
-    /// and of domains `listed` as dying (destroyed by someone else while dom0d still maps
-    /// their rings, which would keep them dying).
-    pub(crate) fn sweep_disks(&self, listed: &[proto::Domain]) {
-        for domid in self.blkback.domids() {
+    /// Ends the disks and vifs of domains whose xenstore is gone (after
+    /// [`Xenstored::sweep`]), and of domains `listed` as dying (destroyed by someone else
+    /// while dom0d still maps their rings, which would keep them dying).
+    pub(crate) fn sweep_backends(&self, listed: &[proto::Domain]) {
+        let mut domids = self.blkback.domids();
+        domids.extend(self.netback.domids());
+        domids.sort_unstable();
+        domids.dedup();
+        for domid in domids {
             if !self.xenstored.knows(domid) {
                 self.devices_gone(domid);
             } else if listed
@@ -286,16 +329,36 @@ impl Service {
         }
     }
 
-    /// Follows every disk's front-end and serves the connected rings (at most
-    /// [`crate::blkback::REQUESTS_PER_SERVE`] requests per disk, so one call stays short on
-    /// the runtime's thread); then the watch events of its writes go out.
-    pub(crate) fn step_disks(&self) {
-        if self.blkback.devices() == 0 {
+    /// Follows every disk's and vif's front-end and serves the connected rings (at most
+    /// [`crate::blkback::REQUESTS_PER_SERVE`] requests per disk and
+    /// [`crate::netback::TX_PACKETS_PER_SERVE`] packets per vif, so one call stays short
+    /// on the runtime's thread); then the watch events of its writes go out.
+    pub(crate) fn step_devices(&self) {
+        let disks = self.blkback.devices() != 0;
+        let vifs = self.netback.devices() != 0;
+        if !disks && !vifs {
             return;
         }
         let mv = &*self.mv;
-        self.xenstored
-            .with_store(mv, |store| self.blkback.step(mv, store));
+        self.xenstored.with_store(mv, |store| {
+            if disks {
+                self.blkback.step(mv, store);
+            }
+            if vifs {
+                self.netback.step(mv, store);
+            }
+        });
+    }
+
+    /// Serves the vifs' frame devices until the runtime ends: whenever one is readable
+    /// ([`NetBack::poll_devices`]) its frames are read and delivered to the guest.
+    pub async fn pump_net(self: Arc<Self>) {
+        pump_vifs(
+            Arc::clone(&self.mv),
+            Arc::clone(&self.xenstored),
+            Arc::clone(&self.netback),
+        )
+        .await;
     }
 
     /// [`Request::Shutdown`]: writes the request into the guest's `control/shutdown`
@@ -358,7 +421,7 @@ impl Service {
                         self.consoles.drain_all(&*self.mv);
                     }
                     self.xenstored.pump_all(&*self.mv);
-                    self.step_disks();
+                    self.step_devices();
                 }
             }
         }
@@ -372,13 +435,22 @@ impl Service {
             Ok(ports) => {
                 let others = self.consoles.on_ports(mv, &ports);
                 let others = self.xenstored.on_ports(mv, &others);
-                // After the store: a guest's writes there may move its disks along.
-                let others = if self.blkback.devices() == 0 {
+                // After the store: a guest's writes there may move its devices along.
+                let disks = self.blkback.devices() != 0;
+                let vifs = self.netback.devices() != 0;
+                let others = if !disks && !vifs {
                     others
                 } else {
                     self.xenstored.with_store(mv, |store| {
-                        let others = self.blkback.on_ports(mv, store, &others);
-                        self.blkback.step(mv, store);
+                        let mut others = others;
+                        if disks {
+                            others = self.blkback.on_ports(mv, store, &others);
+                            self.blkback.step(mv, store);
+                        }
+                        if vifs {
+                            others = self.netback.on_ports(mv, store, &others);
+                            self.netback.step(mv, store);
+                        }
                         others
                     })
                 };
@@ -422,12 +494,13 @@ impl Service {
         let created = Arc::new(std::sync::Mutex::new(None));
         let (mv, cell, config) = (Arc::clone(&self.mv), Arc::clone(&created), config.clone());
         let pool = Arc::clone(self.consoles.pool());
-        let disks = Disks {
+        let devices = Devices {
             xenstored: Arc::clone(&self.xenstored),
             blkback: Arc::clone(&self.blkback),
+            netback: Arc::clone(&self.netback),
         };
         let joined = tokio::task::spawn_blocking(move || {
-            builder::create_with(&*mv, &pool, &config, opts, &cell, Some(&disks))
+            builder::create_with(&*mv, &pool, &config, opts, &cell, Some(&devices))
                 .map(|built| (built, config.name))
         })
         .await;
@@ -436,7 +509,7 @@ impl Service {
                 if let Some(store) = built.store {
                     self.xenstored.register(&*self.mv, &name, store);
                     // The guest may have said Initialised already.
-                    self.step_disks();
+                    self.step_devices();
                 }
                 if let Some(console) = built.console {
                     self.consoles
@@ -477,6 +550,20 @@ impl Service {
                 }))
             }
         }
+    }
+}
+
+/// [`Service::pump_net`]'s loop: waits until a vif's device is readable, reads it, and
+/// delivers the frames (the store's lock, then the back-end's, as everywhere).
+pub(crate) async fn pump_vifs(
+    mv: Arc<dyn Microvisor>,
+    xenstored: Arc<Xenstored>,
+    netback: Arc<NetBack>,
+) {
+    loop {
+        let keys = std::future::poll_fn(|cx| netback.poll_devices(cx)).await;
+        let mv = &*mv;
+        xenstored.with_store(mv, |store| netback.serve_devices(mv, store, &keys));
     }
 }
 
@@ -852,6 +939,7 @@ fn spawn(
                 let service = Arc::new(service);
                 rt.block_on(async {
                     tokio::spawn(Arc::clone(&service).pump_evtchn());
+                    tokio::spawn(Arc::clone(&service).pump_net());
                     if supervise {
                         tokio::spawn(Arc::clone(&service).supervise());
                     }
@@ -1322,6 +1410,7 @@ mod tests {
             on_reboot: OnEvent::Restart,
             on_crash: OnEvent::Destroy,
             disks: Vec::new(),
+            vifs: Vec::new(),
         };
         let mut s = greeted(&f);
         let create = |config: &DomainConfig, dry_run| Request::Create {
@@ -1411,6 +1500,7 @@ mod tests {
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
                 disks: Vec::new(),
+                vifs: Vec::new(),
             },
             dry_run: false,
             paused: false,

@@ -369,6 +369,7 @@ mod tests {
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
                 disks: Vec::new(),
+                vifs: Vec::new(),
             };
             let req = Request::Create {
                 config,

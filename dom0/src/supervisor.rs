@@ -234,7 +234,7 @@ impl Service {
         // action destroys it (the final drain after a destroy catches the rest).
         self.consoles.sweep(&*self.mv, &domains);
         self.xenstored.sweep(&*self.mv, &domains);
-        self.sweep_disks(&domains);
+        self.sweep_backends(&domains);
         let listed: BTreeMap<u32, &Domain> = domains.iter().map(|d| (d.domid, d)).collect();
         let mut due = Vec::new();
         {
@@ -412,6 +412,7 @@ mod tests {
                 on_reboot: OnEvent::Restart,
                 on_crash: OnEvent::Destroy,
                 disks: Vec::new(),
+                vifs: Vec::new(),
             }
         }
 

@@ -73,6 +73,7 @@ fn only_real_commands_exist() {
             "list",
             "info",
             "block-list",
+            "network-list",
             "pause",
             "unpause",
             "destroy",
@@ -107,6 +108,7 @@ fn help_lists_exactly_the_existing_commands() {
             "list",
             "info",
             "block-list",
+            "network-list",
             "pause",
             "unpause",
             "destroy",
@@ -212,7 +214,7 @@ fn version_json_output_has_the_documented_fields() {
             })
         );
         assert_eq!(doc["abi_interface"], 1);
-        assert_eq!(doc["control_protocol"], 2);
+        assert_eq!(doc["control_protocol"], 3);
     }
 }
 
@@ -408,7 +410,10 @@ impl Dom0d {
     fn with_limits(fake: FakeMicrovisor, limits: Limits) -> Self {
         let fake = Arc::new(fake);
         let mv: Arc<dyn Microvisor> = fake.clone();
-        Self::serve(fake, Service::new(mv), limits)
+        // Vifs get in-memory devices, never TAPs on the test host.
+        let service =
+            Service::new(mv).with_net_devices(Arc::new(crate::netback::SocketNet::default()));
+        Self::serve(fake, service, limits)
     }
 
     fn serve(fake: Arc<FakeMicrovisor>, service: Service, limits: Limits) -> Self {
@@ -432,7 +437,8 @@ impl Dom0d {
         let fake = Arc::new(fake);
         let mv: Arc<dyn Microvisor> = fake.clone();
         let monitor = Arc::new(EventMonitor::new(EventStatus::Listening));
-        let service = Service::with_events(mv, Arc::clone(&monitor));
+        let service = Service::with_events(mv, Arc::clone(&monitor))
+            .with_net_devices(Arc::new(crate::netback::SocketNet::default()));
         let dir = tempfile::tempdir().unwrap();
         let consoles = Arc::clone(service.consoles());
         let xenstored = Arc::clone(&service.xenstored);
@@ -800,7 +806,7 @@ fn version_reports_dom0d_and_the_microvisor() {
     assert_eq!(status, ExitStatus::Success);
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["dom0d"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(doc["dom0d"]["control_protocol"], 2);
+    assert_eq!(doc["dom0d"]["control_protocol"], 3);
     assert_eq!(doc["dom0d"]["control_version"], 1);
     assert_eq!(doc["dom0d_error"], Value::Null);
     assert_eq!(doc["microvisor"]["version"], "0.1.0-fake");
@@ -808,7 +814,7 @@ fn version_reports_dom0d_and_the_microvisor() {
     assert_eq!(doc["microvisor_error"], Value::Null);
     let (_, table, _) = d.run(&["version"]);
     assert!(table.contains(&format!(
-        "\ndom0d:            {} (control protocol 2)\n",
+        "\ndom0d:            {} (control protocol 3)\n",
         env!("CARGO_PKG_VERSION")
     )));
     assert!(table.ends_with("\nmicrovisor:       0.1.0-fake (control version 1)\n"));
@@ -904,7 +910,7 @@ fn a_protocol_mismatch_exits_69_naming_both_versions() {
     assert_eq!(
         err.lines().next().unwrap(),
         format!(
-            "error: dom0d at {} speaks control protocol 99 (dom0d 9.0.0), this dom0 speaks 2",
+            "error: dom0d at {} speaks control protocol 99 (dom0d 9.0.0), this dom0 speaks 3",
             path.display()
         )
     );
@@ -1575,7 +1581,7 @@ fn bad_configs_exit_7_with_file_and_line() {
             err,
             format!(
                 "error: {cfg}:3: unknown key \"colour\"; the keys are: name, type, \
-                 kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk\n"
+                 kernel, ramdisk, cmdline, memory, vcpus, on_poweroff, on_reboot, on_crash, disk, vif\n"
             ),
             "{cmd}"
         );
@@ -2436,6 +2442,14 @@ impl PvGuest {
     }
 
     fn call(&mut self, msg_type: u32, parts: &[&[u8]]) -> Vec<u8> {
+        self.try_call(msg_type, parts).unwrap()
+    }
+
+    fn try_call(
+        &mut self,
+        msg_type: u32,
+        parts: &[&[u8]],
+    ) -> Result<Vec<u8>, pv_drivers::xenstore::XsCallError> {
         let mut io = PvIo {
             fake: &self.fake,
             xenstored: &self.xenstored,
@@ -2444,11 +2458,8 @@ impl PvGuest {
             waits: 0,
         };
         let mut out = [0u8; 64];
-        let n = self
-            .client
-            .call(&mut io, msg_type, parts, &mut out)
-            .unwrap();
-        out[..n].to_vec()
+        let n = self.client.call(&mut io, msg_type, parts, &mut out)?;
+        Ok(out[..n].to_vec())
     }
 
     /// Runs the guest on a thread: waits for a watch event whose `control/shutdown` is
@@ -2463,7 +2474,11 @@ impl PvGuest {
                 self.client.poll().unwrap();
                 if self.client.watch_events() != seen {
                     seen = self.client.watch_events();
-                    let asked = self.call(XS_READ, &[b"control/shutdown\0"]);
+                    // The watch's first event may arrive before anything was written:
+                    // the node is missing then (ENOENT), which asks nothing.
+                    let asked = self
+                        .try_call(XS_READ, &[b"control/shutdown\0"])
+                        .unwrap_or_default();
                     if !asked.is_empty() {
                         self.call(XS_WRITE, &[b"control/shutdown\0", b""]);
                         let reason = if asked == b"reboot" { REBOOT } else { POWEROFF };
@@ -2888,4 +2903,104 @@ fn block_list_info_and_validate_show_disks() {
     assert_eq!(status, ExitStatus::NotFound, "{err}");
     let (status, _, _) = d.run(&["block-list", "4000"]);
     assert_eq!(status, ExitStatus::NotFound);
+}
+
+// ---- network interfaces ----
+
+#[test]
+fn network_list_info_and_validate_show_vifs() {
+    let d = Dom0d::start(FakeMicrovisor::new());
+    let g = Guest::new();
+    let vif = "vif=mac=00:16:3e:01:02:03,ip=10.0.0.2/24";
+
+    // validate lists them with their MACs; a bad one is exit 7 naming the --set.
+    let (status, out, err) = d.run(&["validate", &g.path("web.toml"), "--set", vif]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert!(
+        out.contains("\nvif:         0 00:16:3e:01:02:03 on br0 (10.0.0.2/24)\n"),
+        "{out}"
+    );
+    let (status, out, err) = d.run(&[
+        "validate",
+        &g.path("web.toml"),
+        "--set",
+        "vif=mac=ff:ff:ff:ff:ff:ff",
+    ]);
+    assert_eq!(status, ExitStatus::ConfigInvalid, "{out}");
+    assert!(
+        err.starts_with("error: --set vif=mac=ff:ff:ff:ff:ff:ff: \"vif\" mac ff:ff:ff:ff:ff:ff is not a unicast address"),
+        "{err}"
+    );
+
+    let (status, out, err) = d.run(&["create", &g.path("web.toml"), "--set", vif, "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let domid = doc["domid"].as_u64().unwrap();
+    assert_eq!(doc["config"]["vifs"][0]["mac"], "00:16:3e:01:02:03");
+    assert_eq!(doc["config"]["vifs"][0]["bridge"], "br0");
+
+    let (status, out, err) = d.run(&["network-list", "web"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "IDX  MAC                IP           BRIDGE  TAP     BE-STATE  FE-STATE      TX-PKTS  RX-PKTS  DROPS\n  \
+             0  00:16:3e:01:02:03  10.0.0.2/24  br0     vif{domid}.0  InitWait  Initialising        0        0      0\n"
+        )
+    );
+    let (status, out, _) = d.run(&["network-list", &domid.to_string(), "-o", "json"]);
+    assert_eq!(status, ExitStatus::Success);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["api_version"], "dom0/v1");
+    assert_eq!(doc["domid"], domid);
+    assert_eq!(doc["name"], "web");
+    let v = &doc["vifs"][0];
+    assert_eq!(v["handle"], 0);
+    assert_eq!(v["mac"], "00:16:3e:01:02:03");
+    assert_eq!(v["ip"], "10.0.0.2/24");
+    assert_eq!(v["tap"], format!("vif{domid}.0"));
+    assert_eq!(v["backend_state"], "InitWait");
+    assert_eq!(v["frontend_state"], "Initialising");
+    assert_eq!(v["connected"], false);
+    for counter in [
+        "tx_packets",
+        "tx_bytes",
+        "rx_packets",
+        "rx_bytes",
+        "drops",
+        "errors",
+    ] {
+        assert_eq!(v[counter], 0, "{counter}");
+    }
+
+    let (status, out, _) = d.run(&["info", "web"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert!(
+        out.contains(&format!(
+            "\nvif:        0 00:16:3e:01:02:03 (10.0.0.2/24) on br0 via vif{domid}.0, back-end InitWait, front-end Initialising, tx 0 pkts, rx 0 pkts, 0 dropped\n"
+        )),
+        "{out}"
+    );
+    let (_, out, _) = d.run(&["info", "web", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["vifs"][0]["mac"], "00:16:3e:01:02:03");
+    let (_, out, _) = d.run(&["info", "hello1", "-o", "json"]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["vifs"], serde_json::json!([]));
+
+    // No vifs: just the header; an unknown domain is exit 3.
+    let (status, out, _) = d.run(&["network-list", "hello1"]);
+    assert_eq!(status, ExitStatus::Success);
+    assert_eq!(
+        out,
+        "IDX  MAC  IP  BRIDGE  TAP  BE-STATE  FE-STATE  TX-PKTS  RX-PKTS  DROPS\n"
+    );
+    let (status, _, err) = d.run(&["network-list", "nosuch"]);
+    assert_eq!(status, ExitStatus::NotFound, "{err}");
+    let (status, _, _) = d.run(&["network-list", "4000"]);
+    assert_eq!(status, ExitStatus::NotFound);
+
+    // Destroying the domain closes its device.
+    let (status, _, err) = d.run(&["destroy", "web"]);
+    assert_eq!(status, ExitStatus::Success, "{err}");
 }

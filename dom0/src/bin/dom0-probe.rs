@@ -8,6 +8,8 @@
 //! dom0-probe bad-foreign DOMID [--device PATH]
 //!                                             # hostile foreign maps, mmaps and reads
 //! dom0-probe grant DOMID GREF [--device PATH] # grant map/copy/unmap of a grant-demo guest
+//! dom0-probe net-selftest [--bridge NAME] [--addr CIDR] [--tap NAME] [--tap2 NAME]
+//!                                             # TAPs on a bridge, one frame across
 //! ```
 //!
 //! One line per check (`ok: ...` / `FAIL: ...`); exit 0 only if every check passed,
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dom0::device::DEVICE_PATH;
-use dom0::probe;
+use dom0::{netdev, probe};
 
 /// Hostile checks of /dev/microvisor, for the Dom0 scenario tests.
 #[derive(Debug, Parser)]
@@ -63,6 +65,22 @@ enum Check {
         /// The grant reference it printed
         gref: u32,
     },
+    /// Ensure a bridge, attach two TAPs, and send one broadcast frame from one to the
+    /// other (the PV network back-end's plumbing; needs root and the tun and bridge modules)
+    NetSelftest {
+        /// The bridge to ensure (created if missing)
+        #[arg(long, value_name = "NAME", default_value = netdev::DEFAULT_BRIDGE)]
+        bridge: String,
+        /// The address to give the bridge if this creates it
+        #[arg(long, value_name = "CIDR", default_value = netdev::DEFAULT_BRIDGE_ADDR)]
+        addr: netdev::Ipv4Cidr,
+        /// The TAP the frame is written into
+        #[arg(long, value_name = "NAME", default_value = "vifprobe")]
+        tap: String,
+        /// The TAP that must receive it
+        #[arg(long, value_name = "NAME", default_value = "vifprobe1")]
+        tap2: String,
+    },
     /// (internal) the open-as-nobody child
     #[command(name = probe::CHILD_SUBCOMMAND, hide = true)]
     OpenAsSelf {
@@ -101,6 +119,20 @@ fn main() -> ExitCode {
         ),
         Check::BadForeign { domid } => probe::foreign::bad_foreign(&args.device, *domid, &mut out),
         Check::Grant { domid, gref } => probe::grant::grant(&args.device, *domid, *gref, &mut out),
+        Check::NetSelftest {
+            bridge,
+            addr,
+            tap,
+            tap2,
+        } => probe::net::selftest(
+            &probe::net::Setup {
+                bridge,
+                addr: *addr,
+                sender: tap,
+                receiver: tap2,
+            },
+            &mut out,
+        ),
     };
     let _ = out.flush();
     match result {
