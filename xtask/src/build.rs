@@ -80,17 +80,20 @@ pub(crate) enum Guest {
     Echo,
     /// Drives its PV devices (writes, reads back and verifies 64 MiB on its disk).
     PvDemo,
+    /// A hostile PV front-end: breaks the block and network protocols, one device each.
+    BadFront,
 }
 
 impl Guest {
     /// Every guest, in build order.
-    pub(crate) const ALL: [Guest; 6] = [
+    pub(crate) const ALL: [Guest; 7] = [
         Guest::Hello,
         Guest::Hostile,
         Guest::Bench,
         Guest::Spin,
         Guest::Echo,
         Guest::PvDemo,
+        Guest::BadFront,
     ];
 
     /// Package and bin name.
@@ -102,6 +105,7 @@ impl Guest {
             Guest::Spin => "spinner",
             Guest::Echo => "echo",
             Guest::PvDemo => "pvdemo",
+            Guest::BadFront => "badfront",
         }
     }
 

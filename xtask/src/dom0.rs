@@ -156,8 +156,10 @@ pub(crate) fn prepare() -> Result<Dom0Artifacts> {
         build::Guest::Hello,
         build::Guest::Spin,
         build::Guest::Hostile,
+        build::Guest::Bench,
         build::Guest::Echo,
         build::Guest::PvDemo,
+        build::Guest::BadFront,
     ];
     let artifacts: Vec<_> = examples
         .iter()

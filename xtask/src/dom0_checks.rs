@@ -12,6 +12,8 @@ use serde_json::Value;
 
 use crate::dom0::{self, BootPlan, ExecOutcome};
 
+mod net;
+
 /// What one check printed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CheckRun {
@@ -1020,6 +1022,255 @@ fn judge_pvdemo(run: &CheckRun, _env: &Env) -> Result<(), String> {
     same_free_memory(&tagged_json(run)?)
 }
 
+/// A hostile front-end next to an honest one: `badfront` breaks the block protocol on each
+/// of its four disks (corrupt ring indices, bad grant references, out-of-range segments,
+/// requests rewritten while served) and the network protocol on its two vifs (a bad tx
+/// grant, corrupt tx ring indices), while `pvdemo` writes, reads back and verifies 64 MiB
+/// on its own disk. dom0d must stop exactly the attacked devices (one warning each), keep
+/// answering, keep serving pvdemo, and give every KiB back when both are destroyed.
+const DOM0_HOSTILE_FRONT: Dom0Scenario = Dom0Scenario {
+    name: "dom0-hostile-front",
+    guests: &[],
+    checks: &[check(
+        "hostile-front",
+        "echo \"before $(dom0 host info -o jsonl)\"\n\
+         rm -f /var/lib/dom0/disks/bad-a.img /var/lib/dom0/disks/bad-b.img \
+               /var/lib/dom0/disks/bad-c.img /var/lib/dom0/disks/bad-d.img\n\
+         truncate -s 1M /var/lib/dom0/disks/bad-a.img /var/lib/dom0/disks/bad-b.img \
+                        /var/lib/dom0/disks/bad-c.img /var/lib/dom0/disks/bad-d.img\n\
+         echo \"images-status $?\"\n\
+         dom0 create /etc/dom0/examples/pvdemo.toml >/dev/null\n\
+         echo \"pvdemo-create-status $?\"\n\
+         dom0 create /etc/dom0/examples/badfront.toml >/dev/null\n\
+         echo \"badfront-create-status $?\"\n\
+         end=$(($(date +%s) + 200))\n\
+         while [ \"$(date +%s)\" -lt \"$end\" ]; do\n\
+           dom0 logs badfront 2>/dev/null | grep -q 'badfront: done' && \
+             dom0 logs pvdemo 2>/dev/null | grep -qE 'pvdemo: disk: (wrote|FAILED)' && break\n\
+           sleep 0.5\n\
+         done\n\
+         dom0 logs badfront | grep '^badfront'\n\
+         dom0 logs pvdemo | grep '^pvdemo: disk'\n\
+         echo \"badfront-blocks $(dom0 block-list badfront -o jsonl)\"\n\
+         echo \"badfront-vifs $(dom0 network-list badfront -o jsonl)\"\n\
+         echo \"pvdemo-blocks $(dom0 block-list pvdemo -o jsonl)\"\n\
+         grep -E '(blkback|netback): domain [0-9]+ .*no longer served' /var/log/dom0d.log | \
+           sed 's/^/dom0d-log /'\n\
+         dom0 list >/dev/null && echo 'dom0 still answers'\n\
+         echo \"image-sha256 $(head -c 67108864 /var/lib/dom0/disks/d1.img | sha256sum)\"\n\
+         for d in a b c; do echo \"bad-image-$d $(sha256sum </var/lib/dom0/disks/bad-$d.img)\"; done\n\
+         echo \"bad-image-d-tail $(dd if=/var/lib/dom0/disks/bad-d.img bs=4096 skip=32 2>/dev/null | sha256sum)\"\n\
+         dom0 destroy badfront\n\
+         echo \"badfront-destroy-status $?\"\n\
+         dom0 destroy pvdemo\n\
+         echo \"pvdemo-destroy-status $?\"\n\
+         i=0\n\
+         while [ \"$(dom0 list -o jsonl | wc -l)\" -gt 1 ] && [ $i -lt 100 ]; do\n\
+           sleep 0.1; i=$((i + 1))\n\
+         done\n\
+         if [ \"$(dom0 list -o jsonl | wc -l)\" -eq 1 ]; then echo 'gone yes'; else echo 'gone no'; fi\n\
+         echo \"after $(dom0 host info -o jsonl)\"",
+        judge_hostile_front,
+    )],
+    raw: None,
+};
+
+/// badfront's attacks: (attack, device, whether dom0d must stop the device). The rewrite
+/// attack may be served (every copy dom0d took was valid) or stopped (one was not).
+const HOSTILE_ATTACKS: [(&str, &str, bool); 6] = [
+    ("ring-index", "xvda", true),
+    ("bad-grant", "xvdb", true),
+    ("bad-segments", "xvdc", true),
+    ("rewrite", "xvdd", false),
+    ("bad-tx-grant", "vif0", true),
+    ("tx-ring-index", "vif1", true),
+];
+
+/// Size of badfront's disk images (the scenario creates them with `truncate`).
+const BAD_IMAGE_BYTES: usize = 1 << 20;
+
+/// What badfront's images must hold afterwards, as `(tag, SHA-256)`: `xvda` only the valid
+/// write of its data page (4 KiB of `0xB0` at sector 0), `xvdb` and `xvdc` nothing (their
+/// only requests were refused), and `xvdd` nothing past its requests' first 32 pages (each
+/// garbage sector badfront writes into a slot, even torn, lies outside the disk).
+fn hostile_image_digests() -> Result<[(&'static str, String); 4], String> {
+    let mut a = vec![0u8; BAD_IMAGE_BYTES];
+    a[..4096].fill(0xB0);
+    let zeros = vec![0u8; BAD_IMAGE_BYTES];
+    Ok([
+        ("bad-image-a", sha256_hex(&a)?),
+        ("bad-image-b", sha256_hex(&zeros)?),
+        ("bad-image-c", sha256_hex(&zeros)?),
+        ("bad-image-d-tail", sha256_hex(&zeros[32 * 4096..])?),
+    ])
+}
+
+/// The xenbus state numbers badfront prints.
+const XENBUS_CONNECTED: u64 = 4;
+const XENBUS_CLOSED: u64 = 6;
+
+/// The object of `devices` (an array under `key` of the `tag` document) whose `field` is
+/// `name`.
+fn device_json<'a>(
+    doc: &'a std::collections::BTreeMap<String, Value>,
+    tag: &str,
+    key: &str,
+    field: &str,
+    name: &Value,
+) -> Result<&'a Value, String> {
+    doc.get(tag)
+        .and_then(|d| d.get(key))
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("no `{key}` array in `{tag}`"))?
+        .iter()
+        .find(|d| d.get(field) == Some(name))
+        .ok_or_else(|| format!("`{tag}` lists no device with {field} {name}"))
+}
+
+/// A device's `backend_state` and `stopped` in `dom0 block-list`/`network-list` JSON.
+fn device_state(dev: &Value) -> (Option<&str>, Option<bool>) {
+    (
+        dev.get("backend_state").and_then(Value::as_str),
+        dev.get("stopped").and_then(Value::as_bool),
+    )
+}
+
+/// Every attack stopped its device (the rewrite attack: served, or stopped) as badfront,
+/// `dom0 block-list`/`network-list` and dom0d's log (one warning per stopped device, none
+/// for anything else) all agree; badfront's images hold only what valid requests wrote
+/// ([`hostile_image_digests`]); dom0d still answers; pvdemo verified its 64 MiB, its disk
+/// is still Connected and its image is exactly the pattern; both were destroyed and free
+/// memory is back where it was.
+fn judge_hostile_front(run: &CheckRun, _env: &Env) -> Result<(), String> {
+    ok_status(run)?;
+    let l = lines(run);
+    for want in [
+        "images-status 0",
+        "pvdemo-create-status 0",
+        "badfront-create-status 0",
+        "badfront: ring-index on xvda: valid write okay",
+        "badfront: done",
+        "dom0 still answers",
+        "badfront-destroy-status 0",
+        "pvdemo-destroy-status 0",
+        "gone yes",
+    ] {
+        if !l.contains(&want) {
+            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
+        }
+    }
+    if let Some(bad) = l.iter().find(|x| x.contains("FAILED")) {
+        return Err(format!("`{bad}`"));
+    }
+    let verified = "pvdemo: disk: wrote and verified 64 MiB (write ";
+    if !l.iter().any(|x| x.starts_with(verified)) {
+        return Err(format!(
+            "expected `{verified}...`: {}",
+            one_line(&run.output)
+        ));
+    }
+    let doc = tagged_json(run)?;
+    let bad_dom = field_u64(&doc, "badfront-blocks", "domid")?;
+    let good_dom = field_u64(&doc, "pvdemo-blocks", "domid")?;
+    let warnings: Vec<&str> = l
+        .iter()
+        .filter_map(|x| x.strip_prefix("dom0d-log "))
+        .collect();
+    let mut stopped_devices = 0;
+    for (attack, device, must_stop) in HOSTILE_ATTACKS {
+        let prefix = format!("badfront: {attack} on {device}: back-end state ");
+        let state: u64 = l
+            .iter()
+            .find_map(|x| x.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| format!("expected `{prefix}N`: {}", one_line(&run.output)))?;
+        let stopped = state == XENBUS_CLOSED;
+        if !stopped && (must_stop || state != XENBUS_CONNECTED) {
+            return Err(format!(
+                "after `{attack}` the back-end of {device} is in state {state}, expected {}",
+                if must_stop { "6 (Closed)" } else { "4 or 6" }
+            ));
+        }
+        let (dev, marker) = match device.strip_prefix("vif") {
+            Some(h) => {
+                let h: u64 = h.parse().map_err(|_| format!("bad vif name {device}"))?;
+                (
+                    device_json(&doc, "badfront-vifs", "vifs", "handle", &Value::from(h))?,
+                    format!("netback: domain {bad_dom} vif {h}: "),
+                )
+            }
+            None => (
+                device_json(
+                    &doc,
+                    "badfront-blocks",
+                    "disks",
+                    "vdev",
+                    &Value::from(device),
+                )?,
+                format!("blkback: domain {bad_dom} {device}: "),
+            ),
+        };
+        let want = if stopped {
+            (Some("Closed"), Some(true))
+        } else {
+            (Some("Connected"), Some(false))
+        };
+        if device_state(dev) != want {
+            return Err(format!(
+                "dom0 lists {device} as {dev}, expected backend_state {:?} and stopped {:?}",
+                want.0, want.1
+            ));
+        }
+        let logged = warnings.iter().filter(|w| w.contains(&marker)).count();
+        let expected = usize::from(stopped);
+        if logged != expected {
+            return Err(format!(
+                "dom0d logged {logged} warnings `{marker}...` for `{attack}`, expected {expected}"
+            ));
+        }
+        stopped_devices += expected;
+    }
+    if warnings.len() != stopped_devices {
+        return Err(format!(
+            "dom0d stopped {} devices, expected {stopped_devices} (badfront's): {}",
+            warnings.len(),
+            one_line(&warnings.join("\n"))
+        ));
+    }
+    let disk = device_json(&doc, "pvdemo-blocks", "disks", "vdev", &Value::from("xvda"))?;
+    if device_state(disk) != (Some("Connected"), Some(false))
+        || disk.get("connected").and_then(Value::as_bool) != Some(true)
+    {
+        return Err(format!(
+            "pvdemo (domain {good_dom})'s xvda is {disk}, expected Connected"
+        ));
+    }
+    let got = l
+        .iter()
+        .find_map(|x| x.strip_prefix("image-sha256 "))
+        .and_then(|x| x.split_whitespace().next())
+        .ok_or_else(|| format!("no image-sha256 line: {}", one_line(&run.output)))?;
+    let want = pvdemo_digest()?;
+    if got != want {
+        return Err(format!(
+            "pvdemo's image's first 64 MiB hash to {got}, the pattern to {want}"
+        ));
+    }
+    for (tag, want) in hostile_image_digests()? {
+        let got = l
+            .iter()
+            .find_map(|x| x.strip_prefix(tag)?.strip_prefix(' '))
+            .and_then(|x| x.split_whitespace().next())
+            .ok_or_else(|| format!("no `{tag}` line: {}", one_line(&run.output)))?;
+        if got != want {
+            return Err(format!(
+                "{tag}: badfront's image holds data no valid request wrote (SHA-256 {got}, expected {want})"
+            ));
+        }
+    }
+    same_free_memory(&doc)
+}
+
 /// Dom0 scenarios run only when named (`cargo xtask test <name>`), not in the default
 /// list: a place for scenarios still being brought up. None at the moment.
 pub(crate) const DOM0_BY_NAME: &[Dom0Scenario] = &[];
@@ -1168,6 +1419,8 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     DOM0_ON_CRASH,
     DOM0_CONSOLE,
     DOM0_PVDEMO,
+    net::DOM0_PVNET,
+    DOM0_HOSTILE_FRONT,
     DOM0_GRANT,
     Dom0Scenario {
         name: "dom0-exec-false",
@@ -1517,6 +1770,205 @@ mod tests {
         );
         assert!(judge_pvdemo(&run(0, &leak), &ENV).is_err());
         assert!(judge_pvdemo(&run(0, &good.replace("gone yes", "gone no")), &ENV).is_err());
+    }
+
+    /// A passing `hostile-front` output; `rewrite` is the state badfront saw on xvdd.
+    fn hostile_output(rewrite: u32) -> String {
+        let digest = pvdemo_digest().unwrap();
+        let xvdd = if rewrite == 6 {
+            ("Closed", true)
+        } else {
+            ("Connected", false)
+        };
+        let disk = |vdev: &str, (state, stopped): (&str, bool)| {
+            format!(
+                "{{\"vdev\": \"{vdev}\", \"backend_state\": \"{state}\", \"stopped\": {stopped}, \"connected\": {}}}",
+                !stopped
+            )
+        };
+        let closed = ("Closed", true);
+        let mut out = format!(
+            "before {{\"mem_free_kib\": 100}}\nimages-status 0\npvdemo-create-status 0\n\
+             badfront-create-status 0\nbadfront: console up\n\
+             badfront: ring-index on xvda: valid write okay\n\
+             badfront: ring-index on xvda: back-end state 6\n\
+             badfront: bad-grant on xvdb: back-end state 6\n\
+             badfront: bad-segments on xvdc: back-end state 6\n\
+             badfront: rewrite on xvdd: 32 of 32 answered (32 okay, 0 failed, 0 with ids never sent or repeated) after 900 rewrites in 30 passes\n\
+             badfront: rewrite on xvdd: back-end state {rewrite}\n\
+             badfront: bad-tx-grant on vif0: back-end state 6\n\
+             badfront: tx-ring-index on vif1: valid frame answered with status 0\n\
+             badfront: tx-ring-index on vif1: back-end state 6\n\
+             badfront: done\n\
+             pvdemo: disk: wrote and verified 64 MiB (write 10.0 MiB/s, read 20.0 MiB/s)\n\
+             badfront-blocks {{\"domid\": 2, \"disks\": [{}, {}, {}, {}]}}\n\
+             badfront-vifs {{\"domid\": 2, \"vifs\": [{{\"handle\": 0, \"backend_state\": \"Closed\", \"stopped\": true}}, \
+             {{\"handle\": 1, \"backend_state\": \"Closed\", \"stopped\": true}}]}}\n\
+             pvdemo-blocks {{\"domid\": 1, \"disks\": [{}]}}\n",
+            disk("xvda", closed),
+            disk("xvdb", closed),
+            disk("xvdc", closed),
+            disk("xvdd", xvdd),
+            disk("xvda", ("Connected", false)),
+        );
+        let tail = "; this disk is no longer served, every other device and domain carry on";
+        for (d, why) in [
+            ("xvda", "broke its ring (overrun)"),
+            ("xvdb", "handed over a grant dom0d may not use"),
+            ("xvdc", "sent a bad request"),
+        ] {
+            out += &format!(
+                "dom0d-log 2026-01-01T00:00:00.000Z WARN blkback: domain 2 {d}: {why}{tail}\n"
+            );
+        }
+        if rewrite == 6 {
+            out += &format!("dom0d-log T WARN blkback: domain 2 xvdd: sent a bad request{tail}\n");
+        }
+        for h in [0, 1] {
+            out += &format!(
+                "dom0d-log T WARN netback: domain 2 vif {h}: bad; this vif is no longer served\n"
+            );
+        }
+        for (tag, d) in hostile_image_digests().unwrap() {
+            out += &format!("{tag} {d}  -\n");
+        }
+        out += &format!(
+            "dom0 still answers\nimage-sha256 {digest}  -\nbadfront-destroy-status 0\n\
+             pvdemo-destroy-status 0\ngone yes\nafter {{\"mem_free_kib\": 100}}\n"
+        );
+        out
+    }
+
+    #[test]
+    fn hostile_front_judge() {
+        for rewrite in [4, 6] {
+            let good = hostile_output(rewrite);
+            assert_eq!(
+                judge_hostile_front(&run(0, &good), &ENV),
+                Ok(()),
+                "rewrite {rewrite}"
+            );
+        }
+        let good = hostile_output(4);
+        let fails = |text: &str, why: &str| {
+            let e = judge_hostile_front(&run(0, text), &ENV).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        };
+        // An attack dom0d did not stop.
+        fails(
+            &good.replace(
+                "bad-grant on xvdb: back-end state 6",
+                "bad-grant on xvdb: back-end state 4",
+            ),
+            "xvdb is in state 4",
+        );
+        // A rewrite attack that left the device half-closed.
+        fails(
+            &good.replace(
+                "rewrite on xvdd: back-end state 4",
+                "rewrite on xvdd: back-end state 5",
+            ),
+            "expected 4 or 6",
+        );
+        // badfront says stopped, dom0 lists it as served.
+        fails(
+            &good.replacen(
+                "\"vdev\": \"xvdc\", \"backend_state\": \"Closed\", \"stopped\": true",
+                "\"vdev\": \"xvdc\", \"backend_state\": \"Closed\", \"stopped\": false",
+                1,
+            ),
+            "dom0 lists xvdc",
+        );
+        fails(
+            &good.replace(
+                "{\"handle\": 1, \"backend_state\": \"Closed\"",
+                "{\"handle\": 1, \"backend_state\": \"Connected\"",
+            ),
+            "dom0 lists vif1",
+        );
+        // A missing attack line, a failed attack, no `done`.
+        fails(
+            &good.replace("badfront: bad-tx-grant on vif0: back-end state 6\n", ""),
+            "bad-tx-grant on vif0",
+        );
+        fails(
+            &good.replace(
+                "badfront: bad-segments on xvdc: back-end state 6",
+                "badfront: bad-segments on xvdc: FAILED: no such device",
+            ),
+            "FAILED",
+        );
+        fails(&good.replace("badfront: done\n", ""), "badfront: done");
+        fails(
+            &good.replace("badfront: ring-index on xvda: valid write okay\n", ""),
+            "valid write okay",
+        );
+        // Warnings: one missing, one twice, one for pvdemo's disk, one for a served disk.
+        let lines: Vec<&str> = good.lines().collect();
+        let xvda_warning = lines
+            .iter()
+            .find(|l| l.contains("blkback: domain 2 xvda"))
+            .unwrap();
+        fails(
+            &good.replace(&format!("{xvda_warning}\n"), ""),
+            "logged 0 warnings `blkback: domain 2 xvda: ...`",
+        );
+        fails(
+            &good.replace(xvda_warning, &format!("{xvda_warning}\n{xvda_warning}")),
+            "logged 2 warnings",
+        );
+        fails(
+            &format!("{good}{}\n", xvda_warning.replace("domain 2", "domain 1")),
+            "dom0d stopped 6 devices, expected 5",
+        );
+        fails(
+            &format!("{good}{}\n", xvda_warning.replace("xvda", "xvdd")),
+            "logged 1 warnings `blkback: domain 2 xvdd: ...`",
+        );
+        // The honest domain was hurt.
+        fails(
+            &good.replace(
+                "pvdemo-blocks {\"domid\": 1, \"disks\": [{\"vdev\": \"xvda\", \"backend_state\": \"Connected\", \"stopped\": false, \"connected\": true}",
+                "pvdemo-blocks {\"domid\": 1, \"disks\": [{\"vdev\": \"xvda\", \"backend_state\": \"Closed\", \"stopped\": true, \"connected\": false}",
+            ),
+            "expected Connected",
+        );
+        fails(
+            &good.replace("wrote and verified", "FAILED: read: timeout"),
+            "FAILED",
+        );
+        let digest = pvdemo_digest().unwrap();
+        fails(&good.replace(&digest, &"0".repeat(64)), "hash");
+        // A badfront disk written where no valid request pointed.
+        let [_, _, _, (_, tail)] = hostile_image_digests().unwrap();
+        fails(
+            &good.replace(
+                &format!("bad-image-d-tail {tail}"),
+                &format!("bad-image-d-tail {digest}"),
+            ),
+            "bad-image-d-tail: badfront's image holds data",
+        );
+        fails(
+            &good.replace("bad-image-c ", "bad-image-x "),
+            "no `bad-image-c` line",
+        );
+        // dom0d stopped answering, a destroy failed, memory leaked.
+        fails(
+            &good.replace("dom0 still answers\n", ""),
+            "dom0 still answers",
+        );
+        fails(
+            &good.replace("badfront-destroy-status 0", "badfront-destroy-status 1"),
+            "badfront-destroy-status 0",
+        );
+        fails(&good.replace("gone yes", "gone no"), "gone yes");
+        fails(
+            &good.replace(
+                "after {\"mem_free_kib\": 100}",
+                "after {\"mem_free_kib\": 96}",
+            ),
+            "free memory",
+        );
     }
 
     #[test]

@@ -30,13 +30,17 @@ use crate::kmodules::ModuleIndex;
 
 /// Modules Dom0 loads at boot; their dependencies are added in front of them. Virtio PCI
 /// transport, disk and network; ext4 for the data disk; crc32c, which ext4 and jbd2 look
-/// up through the crypto API for metadata checksums (no `depends=` names it).
-pub(crate) const DOM0_MODULES: [&str; 5] = [
+/// up through the crypto API for metadata checksums (no `depends=` names it); `tun` and
+/// `bridge` (which pulls in `stp` and `llc`) for the PV network back-end's TAP vifs and
+/// their bridge (`dom0::netdev`).
+pub(crate) const DOM0_MODULES: [&str; 7] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
     "crc32c_generic",
     "ext4",
+    "tun",
+    "bridge",
 ];
 
 /// The file listing the modules in load order (paths relative to the modules directory).

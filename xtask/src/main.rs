@@ -227,7 +227,9 @@ enum Command {
     /// microvisor's memory per DomU beyond its RAM (NPT tables, VMCB) and dom0d's RSS per
     /// DomU with 8 DomUs, checks that free memory returns exactly after destroying them,
     /// and times create to the guest's first console byte. `io` compares the pvdemo DomU's
-    /// disk throughput with Dom0's own on the same file (--reps rounds, default 3).
+    /// disk throughput with Dom0's own on the same file, its TCP throughput to Dom0 with
+    /// Dom0's loopback, and an event-channel round trip between two DomUs with the null
+    /// hypercall (--reps rounds, default 3; at least a 900 s timeout).
     /// Results go to target/xtask/bench/<name>.json. Only ratios measured in the same run
     /// mean anything: TCG timings do not predict hardware.
     Bench {

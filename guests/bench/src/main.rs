@@ -15,6 +15,10 @@
 //! ```
 //!
 //! Compare the two numbers of one run; absolute cycles under TCG mean little.
+//!
+//! With `pingpong=server` or `pingpong=client peer=<domid>` on its command line (two
+//! DomUs created from Dom0, see `/etc/dom0/examples/pingpong.toml`) it measures
+//! event-channel round trips between the two instead; see [`pingpong`].
 #![no_std]
 #![no_main]
 
@@ -25,7 +29,9 @@ use guest_rt::shared_abi::cpuid::XEN_CPUID_BASE;
 use guest_rt::shared_abi::guest::hypercall_raw;
 use guest_rt::shared_abi::version::XENVER_VERSION;
 use guest_rt::stats::{median, per_iteration};
-use guest_rt::{BootInfo, ShutdownReason, println};
+use guest_rt::{BootInfo, ShutdownReason, cmdline, println};
+
+mod pingpong;
 
 guest_rt::entry!(main);
 
@@ -55,7 +61,7 @@ fn time_batch(mut f: impl FnMut()) -> u64 {
     per_iteration(end.wrapping_sub(start), ITERATIONS)
 }
 
-fn main(_boot: &BootInfo) -> ShutdownReason {
+fn main(boot: &BootInfo) -> ShutdownReason {
     if !guest_rt::hypervisor_present() {
         println!("bench: no hypervisor (Xen CPUID signature absent): nothing to measure");
         return ShutdownReason::Poweroff;
@@ -67,6 +73,9 @@ fn main(_boot: &BootInfo) -> ShutdownReason {
             HypercallRet(version)
         );
         return ShutdownReason::Crash;
+    }
+    if let Some(role) = cmdline::value(boot.cmdline(), "pingpong") {
+        return pingpong::run(role, boot.cmdline());
     }
 
     let hypercall = || {

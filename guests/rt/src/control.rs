@@ -58,8 +58,11 @@ impl core::fmt::Display for StoreError {
     }
 }
 
+/// Most entries `store_set_perms` takes (the owner's and up to three exceptions).
+pub const MAX_PERMS: usize = 4;
+
 #[cfg(target_os = "none")]
-pub use bare::{init, on_events, store_read, store_watch, store_write};
+pub use bare::{init, on_events, store_read, store_set_perms, store_watch, store_write};
 
 #[cfg(target_os = "none")]
 mod bare {
@@ -70,7 +73,7 @@ mod bare {
     use shared_abi::Errno;
     use shared_abi::guest::{evtchn_send, hvm_get_param};
     use shared_abi::hvm::{HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
-    use shared_abi::io::xenstore::{XS_READ, XS_WATCH, XS_WRITE};
+    use shared_abi::io::xenstore::{XS_READ, XS_SET_PERMS, XS_WATCH, XS_WRITE};
 
     use super::{StoreError, requested};
     use crate::arch::{paging, phys};
@@ -212,6 +215,29 @@ mod bare {
     /// [`StoreError`].
     pub fn store_write(path: &str, value: &[u8]) -> Result<(), StoreError> {
         store_call(XS_WRITE, &[path.as_bytes(), b"\0", value], &mut [0u8; 16]).map(|_| ())
+    }
+
+    /// Sets the permissions of node `path` (which must exist and be owned by this
+    /// domain): `perms` are xenstore's `<letter><domid>` entries, the first naming the
+    /// owner and what every other domain may do, the rest per-domain exceptions; the
+    /// letters are `n` (nothing), `r` (read), `w` (write) and `b` (both). For example
+    /// `["w5"]`: owned by domain 5, writable (not readable) by everyone else. At most
+    /// [`MAX_PERMS`](super::MAX_PERMS) entries.
+    ///
+    /// # Errors
+    /// [`StoreError`]; [`StoreError::Broken`] without entries or with too many.
+    pub fn store_set_perms(path: &str, perms: &[&str]) -> Result<(), StoreError> {
+        if perms.is_empty() || perms.len() > super::MAX_PERMS {
+            return Err(StoreError::Broken);
+        }
+        let mut parts: [&[u8]; 2 + 2 * super::MAX_PERMS] = [b""; 2 + 2 * super::MAX_PERMS];
+        parts[0] = path.as_bytes();
+        parts[1] = b"\0";
+        for (i, p) in perms.iter().enumerate() {
+            parts[2 + 2 * i] = p.as_bytes();
+            parts[3 + 2 * i] = b"\0";
+        }
+        store_call(XS_SET_PERMS, &parts[..2 + 2 * perms.len()], &mut [0u8; 16]).map(|_| ())
     }
 
     /// Watches `path` with `token`: a change makes the store signal its port, which

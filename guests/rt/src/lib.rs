@@ -66,7 +66,8 @@
 //! and is unit-tested on the host (`cargo test -p guest-rt`): command-line parsing, the
 //! memory map, boot-info validation, formatting, statistics, fault-probe bookkeeping, the
 //! `shared_info` layout and pvclock read, the upcall's 2-level scan, the PV console's
-//! write/wait/flush logic and page checks.
+//! write/wait/flush logic and page checks, and the PV block and network front-ends'
+//! node parsing and buffer bookkeeping ([`blkfront`], [`netfront`], [`pvdev`]).
 #![no_std]
 
 #[cfg(any(test, not(target_os = "none")))]
@@ -82,8 +83,10 @@ pub mod fmt;
 pub mod grants;
 pub mod hv;
 pub mod memmap;
+pub mod netfront;
 pub mod probe;
 pub mod pvconsole;
+pub mod pvdev;
 pub mod shared_info;
 pub mod stats;
 pub mod time;
