@@ -12,9 +12,9 @@
 //! 4. The client polls `/local/domain/S/data/pingpong/port` and binds to it
 //!    (`EVTCHNOP_bind_interdomain`). The bind leaves its new port pending, as in Xen; the
 //!    client takes that event before anything is timed.
-//! 5. The client sends until the first answer comes (every 100 ms: a send that reaches
-//!    the server while it still waits for the store is taken by that wait and lost), then
-//!    lets late answers arrive for 200 ms and drops them.
+//! 5. The client sends once and waits for the first answer. An event that reaches the
+//!    server while it still waits for the store is not lost: guest-rt keeps every port a
+//!    wait takes until `events::take_signalled` claims it.
 //!
 //! ## Measurement
 //!
@@ -60,10 +60,6 @@ const WARMUP: usize = 32;
 /// How long either side waits for the other during the rendezvous and the first round
 /// trip.
 const RENDEZVOUS_NS: u64 = 60 * time::NS_PER_SEC;
-/// How long the client waits for the first answer before sending again.
-const RESEND_NS: u64 = 100_000_000;
-/// Quiet time after the first answer, for late answers to repeated sends.
-const SETTLE_NS: u64 = 200_000_000;
 /// Pause between two looks at a store node that is not ready yet.
 const POLL_NS: u64 = 20_000_000;
 /// Largest domid of an ordinary domain (`DOMID_FIRST_RESERVED - 1`).
@@ -201,36 +197,36 @@ fn server() -> Result<(), Failure> {
          on it, blocked between events"
     );
     loop {
-        if events::wait_for_event().contains(port) {
+        if events::take_signalled(port) {
             let _ = evtchn_send(port);
+        } else {
+            events::wait_for_event();
         }
     }
 }
 
 /// Waits (blocked) for an event on `port`.
 fn wait_for(port: u32) {
-    while !events::wait_for_event().contains(port) {}
+    while !events::take_signalled(port) {
+        events::wait_for_event();
+    }
 }
 
 /// Waits for an event on `port` for at most `ns`; whether it came.
 fn wait_for_within(port: u32, ns: u64) -> bool {
     let deadline = time::now_ns().saturating_add(ns);
     loop {
-        let ports = match time::wait_event_until(deadline) {
-            Some(ports) => ports,
-            None => {
-                // No timer events: spin on whatever the upcall records.
-                core::hint::spin_loop();
-                events::take_pending()
-            }
-        };
-        if ports.contains(port) {
+        if events::take_signalled(port) {
             // Cancel the timer, so it does not wake a timed round trip later.
             let _ = set_timer_op(0);
             return true;
         }
         if time::now_ns() >= deadline {
             return false;
+        }
+        if time::wait_event_until(deadline).is_none() {
+            // No timer events: spin on whatever the upcall records.
+            core::hint::spin_loop();
         }
     }
 }
@@ -273,23 +269,12 @@ fn client(peer: u16) -> Result<(), Failure> {
         "bench pingpong: client domain {me}: port {port} bound to port {remote_port} of \
          domain {peer}; blocked between events on both sides"
     );
-    // The first round trip, sent again every RESEND_NS until the server answers: a send
-    // that reaches the server while it still waits for the store (or its console) is
-    // taken by that wait and lost, since an event is all this protocol carries.
-    let deadline = time::now_ns().saturating_add(RENDEZVOUS_NS);
-    loop {
-        let _ = evtchn_send(port);
-        if wait_for_within(port, RESEND_NS) {
-            break;
-        }
-        if time::now_ns() >= deadline {
-            return Err(Failure::Other("the server did not answer within 60 s"));
-        }
+    // The first round trip. An event the server's store or console waits take is kept
+    // for it (guest_rt::events::take_signalled), so one send is enough.
+    let _ = evtchn_send(port);
+    if !wait_for_within(port, RENDEZVOUS_NS) {
+        return Err(Failure::Other("the server did not answer within 60 s"));
     }
-    // Answers to repeated sends arrive meanwhile; drop them, so that every timed wait
-    // ends with the answer to its own send.
-    time::sleep_ns(SETTLE_NS);
-    let _ = events::take_pending();
     for _ in 0..WARMUP {
         round_trip(port);
         crate::null_hypercall();

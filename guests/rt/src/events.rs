@@ -16,6 +16,12 @@
 //! [`take_pending`] and re-checks whatever it waits for (ring indices, the time): a port
 //! bit is a hint that something may have changed, never data.
 //!
+//! A batch of ports goes to whoever waited, but a port's event is never lost to code that
+//! waits for something else (a store reply, the console): every port a wait or a take
+//! returns is also kept in a second set until [`take_signalled`] claims it. Code that
+//! waits for one port therefore loops on `take_signalled(port)` and waits for events in
+//! between, and sees the event whichever wait took it.
+//!
 //! [`wait_for_event`] has no lost-wakeup window: with `IF` clear it checks the recorded
 //! ports, then calls `SCHEDOP_block`, which returns at once if `evtchn_upcall_pending` is
 //! already set, then sets `IF` so that the upcall for whatever woke it runs before it
@@ -77,6 +83,15 @@ impl PortSet {
         self.words
             .get((port / 64) as usize)
             .is_some_and(|w| w.fetch_and(!bit, Ordering::SeqCst) & bit != 0)
+    }
+
+    /// Adds every port of `ports`.
+    pub fn add_all(&self, ports: &Ports) {
+        for (i, &bits) in ports.words.iter().enumerate() {
+            if bits != 0 {
+                self.add_word(i, bits);
+            }
+        }
     }
 
     /// Empties the set and returns what it held.
@@ -164,7 +179,10 @@ pub fn scan_upcall(si: &SharedInfo, found: &PortSet) -> u32 {
 }
 
 #[cfg(target_os = "none")]
-pub use bare::{init, initialised, shared_info, take_pending, timer_port, upcall, wait_for_event};
+pub use bare::{
+    init, initialised, shared_info, take_pending, take_signalled, timer_port, upcall,
+    wait_for_event,
+};
 
 #[cfg(target_os = "none")]
 mod bare {
@@ -186,6 +204,9 @@ mod bare {
     static SHARED_INFO: SharedInfo = SharedInfo::new();
     /// Ports found pending by the upcall handler and not yet taken.
     static PENDING: PortSet = PortSet::new();
+    /// Ports taken from `PENDING` (by any wait or take) and not yet claimed by
+    /// [`take_signalled`].
+    static SIGNALLED: PortSet = PortSet::new();
 
     // ORDERING for the flags below: one vCPU; they are written by `init` before `sti`
     // and only read afterwards. Relaxed suffices (the `sti` and every hypercall are
@@ -257,7 +278,22 @@ mod bare {
 
     /// Takes the ports recorded since the last take, without waiting.
     pub fn take_pending() -> Ports {
-        PENDING.take_all()
+        take_recorded()
+    }
+
+    /// Takes what the upcall handler recorded, keeping a copy for [`take_signalled`].
+    fn take_recorded() -> Ports {
+        let ports = PENDING.take_all();
+        SIGNALLED.add_all(&ports);
+        ports
+    }
+
+    /// Whether `port` fired since the last `take_signalled(port)`, whichever wait or take
+    /// saw it; claims the event. Does not wait.
+    pub fn take_signalled(port: u32) -> bool {
+        // Both takes run: a port in both sets is claimed once, and no other port moves.
+        let recorded = PENDING.take(port);
+        SIGNALLED.take(port) | recorded
     }
 
     /// Waits until the upcall handler has recorded at least one port, then takes and
@@ -280,7 +316,7 @@ mod bare {
             cpu::disable_interrupts();
             if !PENDING.is_empty() {
                 cpu::enable_interrupts();
-                return PENDING.take_all();
+                return take_recorded();
             }
             // With IF clear the handler cannot run, so nothing was recorded since the
             // check; an event sent since then has set evtchn_upcall_pending, which makes
@@ -291,7 +327,7 @@ mod bare {
             } else {
                 cpu::enable_interrupts();
             }
-            let ports = PENDING.take_all();
+            let ports = take_recorded();
             if !ports.is_empty() {
                 return ports;
             }
@@ -323,6 +359,21 @@ mod tests {
         assert_eq!(p.iter().collect::<Vec<_>>(), [1, 4095]);
         assert!(Ports::EMPTY.is_empty());
         assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn add_all_keeps_what_another_set_handed_out() {
+        let batch = PortSet::new();
+        batch.add(3);
+        batch.add(200);
+        let kept = PortSet::new();
+        kept.add(7);
+        kept.add_all(&batch.take_all());
+        assert!(batch.is_empty());
+        assert!(kept.take(200) && kept.take(3) && kept.take(7));
+        assert!(kept.is_empty());
+        kept.add_all(&Ports::EMPTY);
+        assert!(kept.is_empty());
     }
 
     #[test]
