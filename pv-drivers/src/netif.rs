@@ -25,16 +25,19 @@
 //! Slot 0's `size` is the packet's total length; each slot with [`NETTXF_MORE_DATA`] is
 //! followed by another; a later slot's `size` is its own fragment's length, and the first
 //! fragment's length is `slot0.size - sum(later sizes)`. Every fragment must lie inside its
-//! page. Every slot's `id` gets one response: the first `NETIF_RSP_OKAY` (or an error),
-//! the others [`NETIF_RSP_NULL`] ([`NetBack::respond_tx_chain`] does exactly that).
+//! page. Every slot's `id` gets one response with the packet's status (`NETIF_RSP_OKAY` or
+//! an error; [`NETIF_RSP_NULL`] is for extra-info slots only, which are refused here), as
+//! [`NetBack::respond_tx_chain`] does.
 #![forbid(unsafe_code)]
+
+pub mod csum;
 
 use core::fmt;
 use core::ops::Deref;
 
 use shared_abi::io::netif::{
-    NETIF_MAX_PACKET, NETIF_MAX_TX_SLOTS, NETIF_PAGE_SIZE, NETIF_RSP_NULL, NETTXF_EXTRA_INFO,
-    NETTXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
+    NETIF_MAX_PACKET, NETIF_MAX_TX_SLOTS, NETIF_PAGE_SIZE, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+    NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
 
 use crate::mem::SharedMem;
@@ -117,7 +120,7 @@ impl TxPacket {
         &self.frags[..self.ids.ids().len()]
     }
 
-    /// The slot ids, one response each (the first `OKAY`/`ERROR`, the rest `NULL`).
+    /// The slot ids, one response each (all with the packet's status).
     #[must_use]
     pub fn ids(&self) -> &[u16] {
         self.ids.ids()
@@ -471,8 +474,8 @@ impl<M: SharedMem> NetBack<M> {
         self.tx.queue_response(&NetifTxResponse { id, status })
     }
 
-    /// Answers a whole chain: `ids[0]` with `status`, every later id with
-    /// [`NETIF_RSP_NULL`].
+    /// Answers a whole chain: every id with `status` (each slot's buffer is freed by its
+    /// own response).
     ///
     /// # Errors
     /// As [`respond_tx`](Self::respond_tx); nothing is queued if not all fit.
@@ -481,10 +484,8 @@ impl<M: SharedMem> NetBack<M> {
         if ids.len() > free as usize {
             return Err(RingError::Full);
         }
-        for (i, &id) in ids.iter().enumerate() {
-            let st = if i == 0 { status } else { NETIF_RSP_NULL };
-            self.tx
-                .queue_response(&NetifTxResponse { id, status: st })?;
+        for &id in ids {
+            self.tx.queue_response(&NetifTxResponse { id, status })?;
         }
         Ok(())
     }

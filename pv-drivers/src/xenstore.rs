@@ -222,6 +222,37 @@ impl<M: SharedMem> XsBack<M> {
         })
     }
 
+    /// [`Self::new`] for a store that restarts: `partial` is what [`Self::partial`] returned
+    /// before (the bytes of a request taken from the ring whose end had not arrived), so
+    /// the request stream goes on where it was.
+    ///
+    /// # Errors
+    /// [`XsError::Mem`] as for [`Self::new`]; [`XsError::TooLong`] if `partial` is longer
+    /// than a whole message.
+    pub fn resume(mem: M, partial: &[u8]) -> Result<Self, XsError> {
+        let mut back = Self::new(mem)?;
+        let buf = back
+            .asm
+            .buf
+            .get_mut(..partial.len())
+            .ok_or(XsError::TooLong(
+                u32::try_from(partial.len()).unwrap_or(u32::MAX),
+            ))?;
+        buf.copy_from_slice(partial);
+        back.asm.have = partial.len();
+        Ok(back)
+    }
+
+    /// The bytes of a request taken from the ring whose end has not arrived yet (empty
+    /// between requests), for a store that will [`Self::resume`].
+    pub fn partial(&self) -> &[u8] {
+        let a = &self.asm;
+        match a.want() {
+            Ok(want) if a.have < want => &a.buf[..a.have],
+            _ => &[],
+        }
+    }
+
     /// The next complete request, if one has fully arrived.
     ///
     /// # Errors
@@ -447,6 +478,35 @@ mod tests {
         back.write(&msg(XS_READ, 2, b"vm1")).unwrap();
         let (h, p) = front.next_message().unwrap().unwrap();
         assert_eq!((h.req_id, p), (2, &b"vm1"[..]));
+    }
+
+    #[test]
+    fn a_restarted_store_resumes_a_half_taken_request() {
+        let page = Arc::new(VecMem::new(4096));
+        let mut front = XsFront::new(Arc::clone(&page)).unwrap();
+        let mut back = XsBack::new(Arc::clone(&page)).unwrap();
+        let big: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        let stream = [msg(XS_WRITE, 1, &big), msg(XS_READ, 2, b"name\0")].concat();
+        // The first 1024 bytes fit the ring; the store takes them and has no request yet.
+        let mut sent = front.write(&stream).unwrap();
+        assert_eq!(back.next_request().unwrap(), None);
+        assert_eq!(back.partial().len(), sent);
+        // The store dies; a new one resumes with what the old one had taken.
+        let partial = back.partial().to_vec();
+        drop(back);
+        let mut back = XsBack::resume(Arc::clone(&page), &partial).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            sent += front.write(&stream[sent..]).unwrap();
+            while let Some((h, p)) = back.next_request().unwrap() {
+                got.push((h.req_id, p.to_vec()));
+            }
+        }
+        assert_eq!(got, [(1, big), (2, b"name\0".to_vec())]);
+        assert!(back.partial().is_empty(), "between requests");
+        // Nothing longer than a message can be resumed.
+        let too_long = alloc::vec![0u8; HEADER + PAYLOAD_MAX as usize + 1];
+        assert!(XsBack::resume(Arc::clone(&page), &too_long).is_err());
     }
 
     #[test]

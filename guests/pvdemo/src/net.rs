@@ -453,7 +453,7 @@ fn serve_source(s: &mut tcp::Socket<'_>, c: &mut Source, now: u64) -> bool {
             println!(
                 "pvdemo: net: source: {remote}: sent {} bytes in {} ms",
                 c.sent,
-                (now - c.since) / 1_000_000
+                now.saturating_sub(c.since) / 1_000_000
             );
         }
         let _ = s.listen(SOURCE_PORT);

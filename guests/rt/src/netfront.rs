@@ -8,18 +8,21 @@
 //!    `feature-rx-copy` (must be 1: the back-end copies received frames into our
 //!    buffers) and `ip` (optional: an address hint such as `10.0.0.2/24` for a guest
 //!    without DHCP), all with the strict parsers of [`NicInfo::parse`].
-//! 2. Places grant table frame 0 ([`crate::grants::init`]) and grants domain 0, writable,
-//!    for the life of the guest: the tx ring page ([`TX_RING_REF`]), the rx ring page
-//!    ([`RX_RING_REF`]), [`TX_PAGES`] tx buffer pages (references from [`FIRST_TX_REF`],
-//!    two 2 KiB frame buffers each) and [`RX_BUFFERS`] rx buffer pages (references from
-//!    [`FIRST_RX_REF`]). These references (384..=481) do not overlap the block
+//! 2. Places grant table frame 0 ([`crate::grants::init`]) and grants domain 0, for the
+//!    life of the guest: the tx ring page ([`TX_RING_REF`]) and the rx ring page
+//!    ([`RX_RING_REF`]) writable, [`TX_PAGES`] tx buffer pages read-only (references from
+//!    [`FIRST_TX_REF`], two 2 KiB frame buffers each) and [`RX_BUFFERS`] rx buffer pages
+//!    writable (references from [`FIRST_RX_REF`]). These references (384..=481) do not overlap the block
 //!    front-end's (16..=368). The pages are statics of [`AtomicPage`]s.
 //! 3. Initialises both rings, allocates an unbound event channel for domain 0, writes
-//!    `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy` = 1, then `state` =
-//!    Initialised (3).
+//!    `tx-ring-ref`, `rx-ring-ref`, `event-channel`, `request-rx-copy` = 1,
+//!    `feature-rx-notify` = 1, then `state` = Initialised (3).
 //! 4. Waits for the back-end's `state` to be Connected (4), at most
 //!    [`CONNECT_TIMEOUT_NS`] ([`crate::pvdev::wait_connected`]), writes `state` =
 //!    Connected, posts every rx buffer and notifies the back-end.
+//!
+//! A connect that fails after step 2 writes `state` = Closed if it got that far, ends its
+//! grants, closes its port and leaves the pages free for another try.
 //!
 //! ## Frames
 //!
@@ -567,7 +570,7 @@ mod bare {
 
     use pv_drivers::netif::NetFront;
     use shared_abi::DomId;
-    use shared_abi::guest::{evtchn_alloc_unbound, evtchn_send};
+    use shared_abi::guest::{evtchn_alloc_unbound, evtchn_close, evtchn_send};
     use shared_abi::io::xenbus::XenbusState;
 
     use super::{
@@ -599,6 +602,23 @@ mod bare {
             Err(StoreError::NoStore) => Err(NetError::NoStore),
             Err(e) => Err(NetError::Store(e)),
         }
+    }
+
+    /// Undoes a failed connect: ends every grant it may have made (a grant the back-end
+    /// still maps cannot be ended and stays), closes the port, and frees the pages for
+    /// another try.
+    fn release(port: Option<u32>) {
+        let refs = [TX_RING_REF, RX_RING_REF]
+            .into_iter()
+            .chain((0..TX_PAGES).map(tx_ref))
+            .chain((0..RX_BUFFERS).map(rx_ref));
+        for gref in refs {
+            let _ = grants::end_access(gref);
+        }
+        if let Some(p) = port {
+            let _ = evtchn_close(p);
+        }
+        CLAIMED.store(false, Ordering::Relaxed);
     }
 
     /// A connected virtual NIC. One per guest (the buffers are static).
@@ -644,22 +664,41 @@ mod bare {
             if CLAIMED.swap(true, Ordering::Relaxed) {
                 return Err(NetError::Busy);
             }
+            let mut port = None;
+            let result = Self::connect_claimed(handle, &fe, &be, info, &mut port);
+            if result.is_err() {
+                release(port);
+            }
+            result
+        }
+
+        /// The part of [`Self::connect`] that runs with the pages claimed; the port it
+        /// allocates is left in `port`, so a failure can be undone.
+        fn connect_claimed(
+            handle: u32,
+            fe: &Path,
+            be: &Path,
+            info: NicInfo,
+            port: &mut Option<u32>,
+        ) -> Result<Nic, NetError> {
             grants::init().map_err(NetError::Hypercall)?;
             let dom0 = DomId::DOM0.0;
-            let grant = |gref, page: &AtomicPage| {
-                grants::grant_access(gref, dom0, page.gfn(), false).map_err(NetError::Grant)
+            // The back-end writes the rings and rx buffers; it only reads tx buffers.
+            let grant = |gref, page: &AtomicPage, readonly| {
+                grants::grant_access(gref, dom0, page.gfn(), readonly).map_err(NetError::Grant)
             };
-            grant(TX_RING_REF, &TX_RING)?;
-            grant(RX_RING_REF, &RX_RING)?;
+            grant(TX_RING_REF, &TX_RING, false)?;
+            grant(RX_RING_REF, &RX_RING, false)?;
             for (p, page) in TX_POOL.iter().enumerate() {
-                grant(tx_ref(p), page)?;
+                grant(tx_ref(p), page, true)?;
             }
             for (i, page) in RX_POOL.iter().enumerate() {
-                grant(rx_ref(i), page)?;
+                grant(rx_ref(i), page, false)?;
             }
             let front = NetFront::init(&TX_RING, &RX_RING).map_err(|e| NetError::Ring(e.into()))?;
             let dp = Datapath::new(front, &TX_POOL, &RX_POOL)?;
-            let port = evtchn_alloc_unbound(DomId::DOM0).map_err(NetError::Hypercall)?;
+            let evtchn = evtchn_alloc_unbound(DomId::DOM0).map_err(NetError::Hypercall)?;
+            *port = Some(evtchn);
 
             let write = |leaf: &str, value: core::fmt::Arguments<'_>| -> Result<(), NetError> {
                 let v: Text<32> = text(value).ok_or(NetError::BadNode("value"))?;
@@ -671,21 +710,29 @@ mod bare {
             };
             write("tx-ring-ref", format_args!("{TX_RING_REF}"))?;
             write("rx-ring-ref", format_args!("{RX_RING_REF}"))?;
-            write("event-channel", format_args!("{port}"))?;
+            write("event-channel", format_args!("{evtchn}"))?;
             write("request-rx-copy", format_args!("1"))?;
+            // Linux's netback insists on it; we always signal after posting rx buffers.
+            write("feature-rx-notify", format_args!("1"))?;
             write(
                 "state",
                 format_args!("{}", XenbusState::Initialised.as_u32()),
             )?;
             let state_path = path(format_args!("{}/state", be.as_str()))?;
-            pvdev::wait_connected(state_path.as_str(), "netfront", CONNECT_TIMEOUT_NS)
-                .map_err(NetError::Backend)?;
+            let connected =
+                pvdev::wait_connected(state_path.as_str(), "netfront", CONNECT_TIMEOUT_NS)
+                    .map_err(NetError::Backend);
+            if let Err(e) = connected {
+                // Tell the back-end this front-end gave up, so it unmaps what it mapped.
+                let _ = write("state", format_args!("{}", XenbusState::Closed.as_u32()));
+                return Err(e);
+            }
             write("state", format_args!("{}", XenbusState::Connected.as_u32()))?;
 
             let mut nic = Nic {
                 handle,
                 info,
-                port,
+                port: evtchn,
                 dp,
             };
             nic.dp.post_rx_all()?;

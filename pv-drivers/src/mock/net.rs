@@ -13,8 +13,8 @@
 use alloc::vec::Vec;
 
 use shared_abi::io::netif::{
-    NETIF_PAGE_SIZE, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_MORE_DATA, NetifRxRequest,
-    NetifRxResponse, NetifTxRequest, NetifTxResponse,
+    NETIF_PAGE_SIZE, NETIF_RSP_OKAY, NETTXF_MORE_DATA, NetifRxRequest, NetifRxResponse,
+    NetifTxRequest, NetifTxResponse,
 };
 
 use super::{Hostility, MockBackend, MockFrontend, MockMem};
@@ -179,24 +179,19 @@ impl MockNetBackend {
         self.tx.take_requests()
     }
 
-    /// Answers `slots` (as taken) the way a netback does — `OKAY` for each, or `NULL` for
-    /// a slot following one with `NETTXF_MORE_DATA` — in reverse order (responses may come
-    /// in any order), and publishes; whether to notify.
+    /// Answers `slots` (as taken) the way a netback does — `OKAY` for each data slot — in
+    /// reverse order (responses may come in any order), and publishes; whether to notify.
     ///
     /// # Errors
     /// As [`MockBackend::respond`].
     pub fn ack_tx(&mut self, slots: &[NetifTxRequest]) -> Result<bool, RingError> {
-        let mut rsps = Vec::with_capacity(slots.len());
-        let mut continuation = false;
-        for s in slots {
-            let status = if continuation {
-                NETIF_RSP_NULL
-            } else {
-                NETIF_RSP_OKAY
-            };
-            rsps.push(NetifTxResponse { id: s.id, status });
-            continuation = s.flags & NETTXF_MORE_DATA != 0;
-        }
+        let mut rsps: Vec<NetifTxResponse> = slots
+            .iter()
+            .map(|s| NetifTxResponse {
+                id: s.id,
+                status: NETIF_RSP_OKAY,
+            })
+            .collect();
         rsps.reverse();
         self.tx.respond(rsps)
     }
@@ -300,7 +295,7 @@ mod tests {
             ftx.take_response().unwrap(),
             Some(NetifTxResponse {
                 id: 2,
-                status: NETIF_RSP_NULL
+                status: NETIF_RSP_OKAY
             })
         );
         assert_eq!(

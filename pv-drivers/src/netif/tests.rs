@@ -324,8 +324,8 @@ fn the_back_end_takes_multi_slot_packets_and_answers_every_slot() {
     assert!(b.push_tx().unwrap());
     front.tx.expect_responses(&[
         NetifTxResponse { id: 2, status: 0 },
-        NetifTxResponse { id: 3, status: 1 },
-        NetifTxResponse { id: 4, status: 1 },
+        NetifTxResponse { id: 3, status: 0 },
+        NetifTxResponse { id: 4, status: 0 },
         NetifTxResponse { id: 1, status: -1 },
     ]);
     assert!(!b.final_check_tx().unwrap());
@@ -626,7 +626,7 @@ fn the_front_end_tracks_tx_ids() {
     mock.ack_tx(&slots).unwrap();
     assert_eq!(
         f.take_tx_response().unwrap(),
-        Some(NetifTxResponse { id: 11, status: 1 })
+        Some(NetifTxResponse { id: 11, status: 0 })
     );
     assert_eq!(
         f.take_tx_response().unwrap(),
@@ -1111,7 +1111,7 @@ proptest! {
             }
             b.push_tx().unwrap();
             while let Some(r) = f.take_tx_response().unwrap() {
-                prop_assert!(r.status == NETIF_RSP_OKAY || r.status == NETIF_RSP_NULL);
+                prop_assert_eq!(r.status, NETIF_RSP_OKAY);
             }
         }
         prop_assert_eq!(&received, &sent);

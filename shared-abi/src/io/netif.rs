@@ -37,8 +37,10 @@
 //!   length; each later slot's `size` is its own fragment's length, and the first fragment is
 //!   `first.size - sum(later sizes)` bytes. Every fragment lies inside its granted page
 //!   (`offset + length <= 4096`). The back-end answers every slot with a
-//!   [`NetifTxResponse`] carrying that slot's `id`: the first with [`NETIF_RSP_OKAY`],
-//!   [`NETIF_RSP_ERROR`] or [`NETIF_RSP_DROPPED`], the others with [`NETIF_RSP_NULL`].
+//!   [`NetifTxResponse`] carrying that slot's `id` and the packet's status
+//!   ([`NETIF_RSP_OKAY`], [`NETIF_RSP_ERROR`] or [`NETIF_RSP_DROPPED`]), so the front-end can
+//!   free each slot's buffer; [`NETIF_RSP_NULL`] answers only extra-info slots (Linux's
+//!   netfront skips `NULL` responses when it frees tx buffers).
 //!   Responses may come in any order.
 //! - **rx** ([`NET_RX_RING_SIZE`] entries of 8 bytes): the front-end posts empty buffers
 //!   ([`NetifRxRequest`]: an `id` and a page it grants writable). For each received packet
