@@ -105,6 +105,8 @@ pub fn read_u32(store: &Store, path: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{path} is not a decimal number"))
 }
 
+const EBUSY: i32 = 16;
+
 /// A ring page the front-end granted, mapped writable into a slot of the page pool.
 #[derive(Debug)]
 pub struct MappedRing {
@@ -128,7 +130,18 @@ pub fn map_ring(
     what: &str,
 ) -> Result<MappedRing, String> {
     let slot = pool.take_slot(mv)?;
-    if let Err(errno) = grant_map(mv, slot, domid, gref, false) {
+    let mapped = match grant_map(mv, slot, domid, gref, false) {
+        // Left filled by an earlier dom0d that died before recording it.
+        Err(EBUSY) => {
+            log::limited(
+                Level::Warn,
+                format_args!("{who}: slot {slot} was still mapped; unmapping it"),
+            );
+            crate::pages::reclaim(mv, slot).and_then(|()| grant_map(mv, slot, domid, gref, false))
+        }
+        other => other,
+    };
+    if let Err(errno) = mapped {
         pool.free_slot(slot);
         return Err(format!(
             "GrantMap of {what} {gref} failed with {}",

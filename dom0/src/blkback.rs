@@ -21,8 +21,10 @@
 //! **Requests** ([`BlkBack::on_ports`], [`BlkBack::step`]): each request is copied out of
 //! the ring once and validated ([`pv_drivers::blkif`]); reads and writes move the data with
 //! `GrantCopy` between the granted pages and a dom0d buffer ([`crate::grants`]) and the
-//! file (`pread`/`pwrite`), flushes call `fdatasync`. Responses are pushed and the guest
-//! signalled per ring.h's rule; then the final check is made, so requests the front-end
+//! file (`pread`/`pwrite`), flushes call `fdatasync`. Each response is published as soon
+//! as it is written (a restarted dom0d resumes after the last published response and must
+//! not find an unpublished one, [`crate::state`]); the guest is signalled per ring.h's
+//! rule once per call; then the final check is made, so requests the front-end
 //! published meanwhile are served too. At most [`REQUESTS_PER_SERVE`] requests are served
 //! per call, so a front-end that refills its ring endlessly cannot hold dom0d.
 //!
@@ -45,6 +47,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pv_drivers::blkif::{BlkBack as Ring, BlkOp, BlkRequest, Taken, response};
@@ -60,6 +63,7 @@ use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_send};
 use crate::pages::PagePool;
 use crate::proto::errno_text;
+use crate::state::{DiskPhase, DiskRecord};
 use crate::xenstore::path::home;
 use crate::xenstore::store::Store;
 
@@ -153,6 +157,8 @@ struct Inner {
 pub struct BlkBack {
     pool: Arc<PagePool>,
     inner: Mutex<Inner>,
+    /// Bumped by every change dom0d's state file keeps ([`crate::state`]).
+    changes: AtomicU64,
 }
 
 impl BlkBack {
@@ -162,7 +168,146 @@ impl BlkBack {
         Self {
             pool,
             inner: Mutex::new(Inner::default()),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    fn bump(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the changes dom0d's state file keeps (devices added, gone, connected,
+    /// disconnected, stopped).
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Every vbd with its phase, for dom0d's state file.
+    #[must_use]
+    pub fn export(&self) -> Vec<(u32, DiskRecord)> {
+        self.lock()
+            .vbds
+            .iter()
+            .map(|(&(domid, devid), v)| {
+                let phase = match &v.phase {
+                    Phase::Waiting => DiskPhase::Waiting,
+                    Phase::Connected(c) => DiskPhase::Connected {
+                        slot: c.slot,
+                        port: c.port,
+                    },
+                    Phase::Closed => DiskPhase::Closed,
+                    Phase::Stopped => DiskPhase::Stopped,
+                };
+                let rec = DiskRecord {
+                    devid,
+                    vdev: v.vdev.clone(),
+                    path: v.path.clone(),
+                    read_only: v.read_only,
+                    sectors: v.sectors,
+                    phase,
+                };
+                (domid, rec)
+            })
+            .collect()
+    }
+
+    /// Serves again a vbd an earlier dom0d served ([`crate::state`]): its image opened
+    /// again, and a connected ring mapped again from its slot, resuming after the last
+    /// response that dom0d published (requests it took but did not answer are served
+    /// again). A vbd that cannot be served again is stopped: its ring and port are
+    /// released, `state` Closed, one warning.
+    pub fn adopt(&self, mv: &dyn Microvisor, store: &mut Store, domid: u32, rec: &DiskRecord) {
+        let key = (domid, rec.devid);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!rec.read_only)
+            .open(&rec.path);
+        let mut inner = self.lock();
+        self.bump();
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                if let DiskPhase::Connected { slot, port } = rec.phase {
+                    unmap_slot(WHO, mv, &self.pool, slot);
+                    close_port(WHO, mv, port);
+                }
+                set_state(
+                    WHO,
+                    store,
+                    &backend_dir(domid, rec.devid),
+                    XenbusState::Closed,
+                );
+                inner.stopped += 1;
+                log::write(
+                    Level::Warn,
+                    format_args!(
+                        "blkback: domain {domid} {}: cannot open {} again ({e}); this disk is no longer served",
+                        rec.vdev, rec.path
+                    ),
+                );
+                return;
+            }
+        };
+        let mut vbd = Vbd {
+            vdev: rec.vdev.clone(),
+            path: rec.path.clone(),
+            file,
+            sectors: rec.sectors,
+            read_only: rec.read_only,
+            phase: match rec.phase {
+                DiskPhase::Waiting => Phase::Waiting,
+                DiskPhase::Closed => Phase::Closed,
+                DiskPhase::Stopped => Phase::Stopped,
+                DiskPhase::Connected { .. } => Phase::Stopped,
+            },
+        };
+        if let DiskPhase::Connected { slot, port } = rec.phase {
+            self.pool.claim(slot);
+            let ring = mv
+                .map_page(slot)
+                .map_err(|errno| format!("mmap of slot {slot} failed with {}", errno_text(errno)))
+                .and_then(|mem| {
+                    Ring::attach(mem, rec.sectors, rec.read_only).map_err(|e| format!("ring: {e}"))
+                });
+            match ring {
+                Ok(ring) => {
+                    vbd.phase = Phase::Connected(Conn { slot, ring, port });
+                    inner.ports.insert(port, key);
+                    // The earlier dom0d may have died between publishing responses and
+                    // signalling them: a spurious signal is harmless, a lost one stalls
+                    // the front-end.
+                    if let Err(errno) = evtchn_send(mv, port) {
+                        log::limited(
+                            Level::Warn,
+                            format_args!(
+                                "blkback: signalling domain {domid} failed with {}",
+                                errno_text(errno)
+                            ),
+                        );
+                    }
+                }
+                Err(why) => {
+                    unmap_slot(WHO, mv, &self.pool, slot);
+                    close_port(WHO, mv, port);
+                    set_state(
+                        WHO,
+                        store,
+                        &backend_dir(domid, rec.devid),
+                        XenbusState::Closed,
+                    );
+                    inner.stopped += 1;
+                    log::write(
+                        Level::Warn,
+                        format_args!(
+                            "blkback: domain {domid} {}: its ring cannot be mapped again ({why}); this disk is no longer served",
+                            rec.vdev
+                        ),
+                    );
+                }
+            }
+        }
+        inner.vbds.insert(key, vbd);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -272,6 +417,7 @@ impl BlkBack {
                 phase: Phase::Waiting,
             },
         );
+        self.bump();
         Ok(devid)
     }
 
@@ -338,6 +484,7 @@ impl BlkBack {
                         Ok(conn) => {
                             let port = conn.port;
                             vbd.phase = Phase::Connected(conn);
+                            self.bump();
                             log::write(
                                 Level::Info,
                                 format_args!(
@@ -367,6 +514,7 @@ impl BlkBack {
                 }
                 (Phase::Closed, XenbusState::Initialising) => {
                     vbd.phase = Phase::Waiting;
+                    self.bump();
                     set_state(WHO, store, &be, XenbusState::InitWait);
                 }
                 _ => {}
@@ -421,6 +569,7 @@ impl BlkBack {
             return;
         };
         if let Phase::Connected(conn) = std::mem::replace(&mut vbd.phase, Phase::Closed) {
+            self.bump();
             inner.ports.remove(&conn.port);
             let Conn { slot, ring, port } = conn;
             drop(ring);
@@ -444,6 +593,7 @@ impl BlkBack {
         };
         vbd.phase = Phase::Stopped;
         inner.stopped += 1;
+        self.bump();
         set_state(WHO, store, &backend_dir(key.0, key.1), XenbusState::Closed);
         let vdev = inner.vbds.get(&key).map_or("?", |v| v.vdev.as_str());
         log::write(
@@ -489,6 +639,7 @@ impl BlkBack {
         for key in keys {
             self.disconnect(mv, &mut inner, key);
             inner.vbds.remove(&key);
+            self.bump();
             let _ = store.rm(0, &backend_dir(key.0, key.1));
             let _ = store.rm(0, &frontend_dir(key.0, key.1));
         }
@@ -503,7 +654,8 @@ fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), Stri
         return Ok(());
     };
     let mut served = 0usize;
-    loop {
+    let mut notify = false;
+    let result = loop {
         while served < REQUESTS_PER_SERVE {
             let Some(taken) = conn
                 .ring
@@ -528,30 +680,32 @@ fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), Stri
             conn.ring
                 .respond(&rsp)
                 .map_err(|e| format!("broke its ring ({e})"))?;
-        }
-        if conn
-            .ring
-            .push()
-            .map_err(|e| format!("broke its ring ({e})"))?
-            && let Err(errno) = evtchn_send(mv, conn.port)
-        {
-            log::limited(
-                Level::Warn,
-                format_args!(
-                    "blkback: signalling domain {domid} failed with {}",
-                    errno_text(errno)
-                ),
-            );
-        }
-        if served >= REQUESTS_PER_SERVE
-            || !conn
+            // Published at once: a dom0d that restarts resumes after the last published
+            // response, and must never find a response it would read as a request.
+            notify |= conn
                 .ring
-                .final_check()
-                .map_err(|e| format!("broke its ring ({e})"))?
-        {
-            return Ok(());
+                .push()
+                .map_err(|e| format!("broke its ring ({e})"))?;
         }
+        if served >= REQUESTS_PER_SERVE {
+            break Ok(());
+        }
+        match conn.ring.final_check() {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(format!("broke its ring ({e})")),
+        }
+    };
+    if notify && let Err(errno) = evtchn_send(mv, conn.port) {
+        log::limited(
+            Level::Warn,
+            format_args!(
+                "blkback: signalling domain {domid} failed with {}",
+                errno_text(errno)
+            ),
+        );
     }
+    result
 }
 
 /// Does one valid request; its status, or `Err` for a grant the front-end may not use.

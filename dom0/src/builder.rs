@@ -822,6 +822,50 @@ pub struct RingSetup {
     pub page: MappedPage,
 }
 
+impl RingSetup {
+    /// Where the page and ports are, for dom0d's state file.
+    #[must_use]
+    pub fn record(&self) -> crate::state::RingRecord {
+        crate::state::RingRecord {
+            slot: self.page.slot,
+            gfn: self.gfn,
+            port: self.port,
+            remote_port: self.remote_port,
+        }
+    }
+
+    /// The page and ports an earlier dom0d set up for `domid` (`rec`), the page mapped
+    /// again from its slot ([`PagePool::adopt`]).
+    ///
+    /// # Errors
+    /// Why the page cannot be mapped; the slot is emptied and the port closed then.
+    pub fn adopt(
+        mv: &dyn Microvisor,
+        pool: &PagePool,
+        kind: RingKind,
+        domid: u32,
+        rec: crate::state::RingRecord,
+    ) -> Result<Self, String> {
+        match pool.adopt(mv, rec.slot, domid, rec.gfn) {
+            Ok(page) => Ok(Self {
+                kind,
+                domid,
+                gfn: rec.gfn,
+                remote_port: rec.remote_port,
+                port: rec.port,
+                page,
+            }),
+            Err(why) => {
+                close_port(mv, rec.port);
+                if foreign_unmap(mv, rec.slot).is_ok() {
+                    pool.free_slot(rec.slot);
+                }
+                Err(why)
+            }
+        }
+    }
+}
+
 /// A failed step: what, the errno if a call failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepError {

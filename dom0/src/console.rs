@@ -33,17 +33,23 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pv_drivers::console::ConsoleBack;
 use tokio::sync::watch;
 
-use crate::builder::{RingSetup, undo_ring};
+use crate::builder::{RingKind, RingSetup, undo_ring};
 use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_send};
 use crate::pages::PagePool;
 use crate::proto::{ConsoleEnd, ConsoleSummary, Domain, domain_label, errno_text};
+use crate::state::{ConsoleRecord, LogPhase, LogRecord};
 
 /// Bytes of history kept per domain name.
 pub const HISTORY_BYTES: usize = 64 * 1024;
@@ -88,6 +94,17 @@ impl History {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// A history holding the last [`HISTORY_BYTES`] of `bytes`, of which `total` were
+    /// received (at least as many as it holds).
+    #[must_use]
+    pub fn with(bytes: &[u8], total: u64) -> Self {
+        let kept = &bytes[bytes.len().saturating_sub(HISTORY_BYTES)..];
+        Self {
+            bytes: kept.iter().copied().collect(),
+            total: total.max(kept.len() as u64),
+        }
     }
 
     /// Position (in [`Self::total`] terms) of the oldest byte kept.
@@ -145,11 +162,65 @@ struct Log {
     first_byte_ms: Option<u64>,
     /// Bumped on every change; clients wait on it.
     seq: watch::Sender<u64>,
+    /// Its file in the history directory, once opened for appending.
+    file: Option<File>,
+    /// Bytes in that file.
+    file_len: u64,
 }
 
 impl Log {
     fn bump(&self) {
         self.seq.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Appends `data` (just pushed into the history) to the history's file in `dir`, or
+    /// rewrites the file with the history once it has grown past twice
+    /// [`HISTORY_BYTES`]. A failure is logged and the file left alone until the next one.
+    fn save(&mut self, dir: Option<&Path>, name: &str, data: &[u8]) {
+        let Some(dir) = dir else {
+            return;
+        };
+        let saved = if self.file.is_none()
+            || self.file_len + data.len() as u64 > 2 * HISTORY_BYTES as u64
+        {
+            self.rewrite(dir, name)
+        } else {
+            self.file
+                .as_mut()
+                .map_or(Ok(()), |f| f.write_all(data))
+                .map(|()| self.file_len += data.len() as u64)
+        };
+        if let Err(e) = saved {
+            self.file = None;
+            log::limited(
+                Level::Warn,
+                format_args!(
+                    "console: cannot save the history of {name} in {}: {e}",
+                    dir.display()
+                ),
+            );
+        }
+    }
+
+    /// Replaces the history's file with what the history holds, and opens it for
+    /// appending.
+    fn rewrite(&mut self, dir: &Path, name: &str) -> std::io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{name}.log.tmp"));
+        let (a, b) = self.history.bytes.as_slices();
+        // Private, as the console is.
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(&[a, b].concat())?;
+        let path = history_path(dir, name);
+        fs::rename(&tmp, &path)?;
+        self.file = Some(fs::OpenOptions::new().append(true).open(&path)?);
+        self.file_len = self.history.len() as u64;
+        Ok(())
     }
 
     fn end_reason(&self) -> Option<ConsoleEnd> {
@@ -179,6 +250,8 @@ struct Dom {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Where the histories are kept as files (`None`: in memory only).
+    dir: Option<PathBuf>,
     logs: BTreeMap<String, Log>,
     domains: BTreeMap<u32, Dom>,
     /// Domain 0 port → domid.
@@ -246,6 +319,33 @@ pub struct Busy {
 pub struct Consoles {
     inner: Mutex<Inner>,
     pool: Arc<PagePool>,
+    /// Bumped by every change dom0d's state file keeps ([`crate::state`]).
+    changes: AtomicU64,
+}
+
+/// What [`Consoles::export`] returns: each domain's console (domid, name, record), the
+/// histories, and the ended histories' names, oldest first.
+pub type ConsolesExport = (
+    Vec<(u32, String, ConsoleRecord)>,
+    Vec<LogRecord>,
+    Vec<String>,
+);
+
+/// A history's file in `dir`.
+fn history_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.log"))
+}
+
+/// Evicts the oldest ended histories beyond [`KEPT_ENDED`] (their files too).
+fn evict(inner: &mut Inner) {
+    while inner.ended.len() > KEPT_ENDED {
+        if let Some(old) = inner.ended.pop_front() {
+            inner.logs.remove(&old);
+            if let Some(dir) = &inner.dir {
+                let _ = fs::remove_file(history_path(dir, &old));
+            }
+        }
+    }
 }
 
 impl Consoles {
@@ -255,7 +355,25 @@ impl Consoles {
         Self {
             inner: Mutex::new(Inner::default()),
             pool,
+            changes: AtomicU64::new(0),
         }
+    }
+
+    fn bump(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the changes dom0d's state file keeps.
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Keeps every history as a file `NAME.log` in `dir` (appended to as output arrives,
+    /// rewritten when it grows past twice [`HISTORY_BYTES`]), so that a restarted dom0d
+    /// still has it; `None` keeps them in memory only.
+    pub fn set_history_dir(&self, dir: Option<PathBuf>) {
+        self.lock().dir = dir;
     }
 
     /// The page pool the builder maps console pages from.
@@ -321,11 +439,19 @@ impl Consoles {
                     disabled: None,
                     first_byte_ms: None,
                     seq,
+                    file: None,
+                    file_len: 0,
                 },
             );
             // Clients of a replaced history see it closed (its sender is dropped).
             drop(old);
+            // Its file starts again too.
+            let dir = inner.dir.clone();
+            if let Some(log) = inner.logs.get_mut(name) {
+                log.save(dir.as_deref(), name, &[]);
+            }
         }
+        self.bump();
         inner.ended.retain(|n| n != name);
         inner.ports.insert(setup.port, domid);
         inner.domains.insert(
@@ -343,6 +469,173 @@ impl Consoles {
             log.bump();
         }
         self.drain_locked(inner, mv, domid);
+    }
+
+    /// The consoles and histories, for dom0d's state file: each domain's page and ports,
+    /// each history's bookkeeping (its bytes are in its file), and the ended histories'
+    /// names, oldest first.
+    #[must_use]
+    pub fn export(&self) -> ConsolesExport {
+        let inner = self.lock();
+        let domains = inner
+            .domains
+            .iter()
+            .map(|(&domid, dom)| {
+                let rec = ConsoleRecord {
+                    ring: dom.live.as_ref().map(|l| l.setup.record()),
+                    requested_unix_ms: dom.live.as_ref().map_or_else(crate::state::unix_ms, |l| {
+                        crate::state::instant_to_unix_ms(l.requested_at)
+                    }),
+                };
+                (domid, dom.name.clone(), rec)
+            })
+            .collect();
+        let logs = inner
+            .logs
+            .iter()
+            .map(|(name, l)| LogRecord {
+                name: name.clone(),
+                total: l.history.total(),
+                file_bytes: l.file_len,
+                domid: l.domid,
+                last_domid: l.last_domid,
+                phase: match l.phase {
+                    Phase::Live => LogPhase::Live,
+                    Phase::Restarting => LogPhase::Restarting,
+                    Phase::Ended => LogPhase::Ended,
+                },
+                disabled: l.disabled.clone(),
+                first_byte_ms: l.first_byte_ms,
+            })
+            .collect();
+        (domains, logs, inner.ended.iter().cloned().collect())
+    }
+
+    /// Takes over what an earlier dom0d recorded ([`crate::state`]): the histories `logs`
+    /// (their bytes read back from their files; files of no history are removed), the
+    /// ended ones' order, and the consoles of the domains still there, whose pages are
+    /// mapped again from their slots (a page that cannot be is released, and that
+    /// console disabled). Call once, on an empty set of consoles.
+    pub fn restore(
+        &self,
+        mv: &dyn Microvisor,
+        logs: Vec<LogRecord>,
+        ended: Vec<String>,
+        live: Vec<(u32, String, ConsoleRecord)>,
+    ) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let dir = inner.dir.clone();
+        let fresh = |inner: &mut Inner, history: History, domid: Option<u32>, last_domid| {
+            inner.next_id += 1;
+            let (seq, _) = watch::channel(0);
+            Log {
+                id: inner.next_id,
+                history,
+                domid,
+                last_domid,
+                phase: Phase::Live,
+                owner: None,
+                disabled: None,
+                first_byte_ms: None,
+                seq,
+                file: None,
+                file_len: 0,
+            }
+        };
+        for rec in logs {
+            let bytes = dir
+                .as_ref()
+                .and_then(|d| fs::read(history_path(d, &rec.name)).ok())
+                .unwrap_or_default();
+            let len = bytes.len() as u64;
+            // Output appended after the record was written counts too.
+            let total = match len.checked_sub(rec.file_bytes) {
+                Some(more) => rec.total + more,
+                None => rec.total,
+            };
+            let mut log = fresh(
+                inner,
+                History::with(&bytes, total),
+                rec.domid,
+                rec.last_domid,
+            );
+            log.phase = match rec.phase {
+                LogPhase::Live => Phase::Live,
+                LogPhase::Restarting => Phase::Restarting,
+                LogPhase::Ended => Phase::Ended,
+            };
+            log.disabled = rec.disabled;
+            log.first_byte_ms = rec.first_byte_ms;
+            log.file_len = len;
+            inner.logs.insert(rec.name, log);
+        }
+        inner.ended = ended
+            .into_iter()
+            .filter(|n| inner.logs.contains_key(n))
+            .collect();
+        evict(inner);
+        if let Some(dir) = &dir {
+            for f in crate::state::file_names(dir) {
+                let stray = match f.strip_suffix(".log") {
+                    Some(name) => !inner.logs.contains_key(name),
+                    None => f.ends_with(".tmp"),
+                };
+                if stray {
+                    let _ = fs::remove_file(dir.join(&f));
+                }
+            }
+        }
+        for (domid, name, rec) in live {
+            let live = rec.ring.and_then(|r| {
+                let setup = match RingSetup::adopt(mv, &self.pool, RingKind::Console, domid, r) {
+                    Ok(setup) => setup,
+                    Err(why) => {
+                        log::write(
+                            Level::Warn,
+                            format_args!(
+                                "console: {}: cannot map its console again ({why}); its console is disabled",
+                                domain_label(domid, &name)
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                match ConsoleBack::new(Arc::clone(&setup.page.mem)) {
+                    Ok(back) => Some(Live {
+                        back,
+                        setup,
+                        requested_at: crate::state::unix_ms_to_instant(rec.requested_unix_ms),
+                    }),
+                    Err(e) => {
+                        log::write(
+                            Level::Error,
+                            format_args!("console: {}: {e}", domain_label(domid, &name)),
+                        );
+                        undo_ring(mv, &self.pool, setup);
+                        None
+                    }
+                }
+            });
+            if !inner.logs.contains_key(&name) {
+                let log = fresh(inner, History::default(), Some(domid), domid);
+                inner.logs.insert(name.clone(), log);
+            }
+            if let Some(log) = inner.logs.get_mut(&name) {
+                if live.is_none() && log.disabled.is_none() {
+                    log.disabled = Some("its console was lost when dom0d restarted".to_owned());
+                }
+                log.domid = Some(domid);
+                log.phase = Phase::Live;
+            }
+            if let Some(l) = &live {
+                inner.ports.insert(l.setup.port, domid);
+                // The guest may wait for room the earlier dom0d made without saying so.
+                notify(mv, &l.setup, "a restart");
+            }
+            inner.domains.insert(domid, Dom { name, live });
+        }
+        self.bump();
     }
 
     /// Whether any console is connected (for the poll).
@@ -405,6 +698,7 @@ impl Consoles {
         let Some(dom) = inner.domains.remove(&domid) else {
             return;
         };
+        self.bump();
         if let Some(live) = dom.live {
             inner.ports.remove(&live.setup.port);
             self.release(mv, live);
@@ -422,14 +716,12 @@ impl Consoles {
             log.bump();
             inner.ended.retain(|n| *n != dom.name);
             inner.ended.push_back(dom.name);
-            while inner.ended.len() > KEPT_ENDED {
-                if let Some(old) = inner.ended.pop_front() {
-                    inner.logs.remove(&old);
-                }
-            }
+            evict(&mut inner);
+            self.bump();
             return;
         }
         log.bump();
+        self.bump();
     }
 
     /// A restart of `name` failed after its domain was destroyed: its history ends.
@@ -443,11 +735,8 @@ impl Consoles {
             log.owner = None;
             log.bump();
             inner.ended.push_back(name.to_owned());
-            while inner.ended.len() > KEPT_ENDED {
-                if let Some(old) = inner.ended.pop_front() {
-                    inner.logs.remove(&old);
-                }
-            }
+            evict(inner);
+            self.bump();
         }
     }
 
@@ -639,8 +928,10 @@ impl Consoles {
             if let Some(log) = inner.logs.get_mut(&dom.name) {
                 if log.first_byte_ms.is_none() {
                     log.first_byte_ms = Some(u64::try_from(first.as_millis()).unwrap_or(u64::MAX));
+                    self.bump();
                 }
                 log.history.push(&got);
+                log.save(inner.dir.as_deref(), &dom.name, &got);
                 log.bump();
             }
         }
@@ -670,6 +961,7 @@ impl Consoles {
             log.disabled = Some(reason.to_owned());
             log.bump();
         }
+        self.bump();
         self.release(mv, live);
     }
 

@@ -1,6 +1,7 @@
 //! dom0d's startup and lifetime: open the device (once for control calls, once
-//! non-blocking for events), start the event task, bind the socket, serve until SIGTERM or
-//! SIGINT, remove the socket.
+//! non-blocking for events), adopt the domains an earlier dom0d built ([`crate::state`]),
+//! start the event task, bind the socket, serve until SIGTERM or SIGINT, save the state,
+//! remove the socket.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -15,13 +16,20 @@ use crate::log::{self, Level};
 use crate::microvisor::{self, Microvisor};
 use crate::proto::{PROTOCOL_VERSION, os_error_text};
 use crate::server::{self, DEFAULT_SOCKET, DOM0D_VERSION, Limits, Service};
+use crate::state::DEFAULT_STATE_DIR;
 
 /// The dom0 control service: serves the control API on a Unix socket for the `dom0` CLI.
 ///
 /// The socket (mode 0600) appears only once dom0d is ready to serve. dom0d logs to stderr
-/// (including one line per microvisor event) and runs until SIGTERM or SIGINT, then
-/// removes its socket and exits 0. It exits 1 if the device cannot be opened or the socket
-/// cannot be created.
+/// (including one line per microvisor event) and runs until SIGTERM or SIGINT, then saves
+/// its state, removes its socket and exits 0, leaving its domains running. It exits 1 if
+/// the device cannot be opened or the socket cannot be created.
+///
+/// dom0d keeps the state of the domains it builds in DIR/state.json and their console
+/// histories in DIR/consoles/ (--state-dir), so a dom0d started again, after a crash,
+/// `kill -9` or SIGTERM, adopts them: it serves their consoles, xenstore, disks and vifs
+/// again, the domains run on and their I/O resumes. An unusable state file is logged and
+/// ignored.
 #[derive(Debug, Parser)]
 #[command(name = "dom0d", version)]
 pub struct Args {
@@ -32,6 +40,10 @@ pub struct Args {
     /// The microvisor kernel module's device node
     #[arg(long, value_name = "PATH", default_value = DEVICE_PATH)]
     pub device: PathBuf,
+
+    /// Where to keep the state a restarted dom0d needs (state.json, consoles/)
+    #[arg(long, env = "DOM0_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 
     /// Also log every connection and request
     #[arg(short, long)]
@@ -160,20 +172,26 @@ pub fn run(args: &Args) -> Result<(), DaemonError> {
                 Arc::new(EventMonitor::unavailable(reason))
             }
         };
-        let service = Arc::new(Service::with_events(mv, monitor));
+        let service = Service::with_events(mv, monitor).with_state_dir(&args.state_dir);
+        // Before anything is served or built: the domains an earlier dom0d built.
+        service.restore();
+        let service = Arc::new(service);
         // on_poweroff / on_reboot / on_crash: a sweep now, after each create and event.
         tokio::spawn(Arc::clone(&service).supervise());
         // Console output: pending event-channel ports, and a slow poll.
         tokio::spawn(Arc::clone(&service).pump_evtchn());
         // Frames from the vifs' TAPs to their guests.
         tokio::spawn(Arc::clone(&service).pump_net());
-        server::serve(listener, service, Limits::default(), async {
+        server::serve(listener, Arc::clone(&service), Limits::default(), async {
             tokio::select! {
                 _ = term.recv() => log::write(Level::Info, format_args!("SIGTERM: stopping")),
                 _ = int.recv() => log::write(Level::Info, format_args!("SIGINT: stopping")),
             }
         })
         .await;
+        // Everything stays as it is for the next dom0d: no page is unmapped, no port
+        // closed; only the state file is brought up to date.
+        service.persist();
         drop(guard);
         Ok(())
     })

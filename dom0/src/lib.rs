@@ -16,12 +16,15 @@
 //! ## dom0d
 //!
 //! ```text
-//! dom0d [--socket PATH] [--device PATH] [-v]
+//! dom0d [--socket PATH] [--device PATH] [--state-dir DIR] [-v]
 //! ```
 //!
 //! - `--socket PATH` (env `DOM0_SOCKET`, default `/run/dom0/control.sock`): where to serve.
 //!   Missing parent directories are created. The socket has mode 0600 (root only).
 //! - `--device PATH` (default `/dev/microvisor`): the kernel module's device node.
+//! - `--state-dir DIR` (env `DOM0_STATE_DIR`, default `/var/lib/dom0`): where dom0d keeps
+//!   the state of the domains it built (`state.json`) and their console histories
+//!   (`consoles/NAME.log`), so that a restarted dom0d serves them again ([`state`]).
 //! - `-v`: also log every connection and request.
 //!
 //! At startup dom0d opens the device (exit 1 with `cannot open /dev/microvisor: <why> — is
@@ -35,8 +38,17 @@
 //! path is not a socket, dom0d exits 1. Startup takes milliseconds.
 //!
 //! dom0d logs to stderr, one line per event: `2025-01-31T12:00:00.123Z LEVEL message`
-//! (UTC). Lines caused by clients are rate-limited. On SIGTERM or SIGINT it removes its
-//! socket and exits 0. Exit codes: 0 after a signal, 1 startup failure, 2 usage error.
+//! (UTC). Lines caused by clients are rate-limited. On SIGTERM or SIGINT it saves its
+//! state, removes its socket and exits 0, leaving the domains it built running and every
+//! page and port of theirs in place. Exit codes: 0 after a signal, 1 startup failure, 2
+//! usage error.
+//!
+//! **Restarts** ([`state`]): before it serves anything, dom0d reads its state file and
+//! adopts every recorded domain that still runs under the same id and name (consoles,
+//! xenstore, disks and vifs served again in their recorded phase, requests the earlier
+//! dom0d left unanswered served now; `state: domain 3 (pvdemo) adopted from an earlier
+//! dom0d`); the slots and ports of recorded domains that are gone are released. An
+//! unusable file is logged and ignored.
 //!
 //! **Domain ends** ([`supervisor`]): once at startup, after each create and after each
 //! event mask, dom0d lists the domains and applies `on_poweroff`/`on_reboot`/`on_crash`
@@ -258,8 +270,9 @@
 //! `suspend`, `soft_reset`) `on_crash`. `destroy` removes it; `preserve` leaves it listed
 //! until `dom0 destroy`; `restart` destroys it and builds it again from the same config
 //! (same name, usually a new domid), but after 5 restarts within 60 s it is destroyed and
-//! not restarted (an error is logged). The configs live in dom0d's memory only: domains
-//! built by an earlier dom0d, and the boot-time domains, are left alone. Relative paths in a file start
+//! not restarted (an error is logged). The configs are part of dom0d's state file
+//! ([`state`]): a restarted dom0d applies the actions of the domains an earlier one built;
+//! the boot-time domains are left alone. Relative paths in a file start
 //! at the file's directory; relative paths in `--set` at the current directory. `--set
 //! KEY=VALUE` (repeatable) overrides a key after the file is read, in order; the value is
 //! read as TOML, or taken as a string if it is not TOML (`--set memory=1G`, `--set
@@ -393,6 +406,7 @@ pub mod probe;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod supervisor;
 pub mod term;
 pub mod version;

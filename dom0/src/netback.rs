@@ -58,6 +58,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -76,6 +77,7 @@ use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_sen
 use crate::netdev::{self, Mac};
 use crate::pages::PagePool;
 use crate::proto::{NetworkDevice, errno_text};
+use crate::state::{VifPhase, VifRecord, VifStats};
 use crate::xenstore::path::home;
 use crate::xenstore::store::Store;
 
@@ -276,6 +278,8 @@ pub struct NetBack {
     pool: Arc<PagePool>,
     maker: Arc<dyn DeviceMaker>,
     inner: Mutex<Inner>,
+    /// Bumped by every change dom0d's state file keeps ([`crate::state`]).
+    changes: AtomicU64,
 }
 
 impl NetBack {
@@ -286,6 +290,187 @@ impl NetBack {
             pool,
             maker,
             inner: Mutex::new(Inner::default()),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    fn bump(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the changes dom0d's state file keeps (vifs added, gone, connected,
+    /// disconnected, stopped; not the counters).
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Every vif with its phase and counters, for dom0d's state file.
+    #[must_use]
+    pub fn export(&self) -> Vec<(u32, VifRecord)> {
+        self.lock()
+            .vifs
+            .iter()
+            .map(|(&(domid, handle), v)| {
+                let phase = match &v.phase {
+                    Phase::Waiting => VifPhase::Waiting,
+                    Phase::Connected(c) => VifPhase::Connected {
+                        tx_slot: c.tx.slot,
+                        rx_slot: c.rx.slot,
+                        port: c.port,
+                    },
+                    Phase::Closed => VifPhase::Closed,
+                    Phase::Stopped => VifPhase::Stopped,
+                };
+                let st = v.stats;
+                let rec = VifRecord {
+                    handle,
+                    spec: v.spec.clone(),
+                    phase,
+                    stats: VifStats {
+                        tx_packets: st.tx_packets,
+                        tx_bytes: st.tx_bytes,
+                        rx_packets: st.rx_packets,
+                        rx_bytes: st.rx_bytes,
+                        drops: st.drops,
+                        errors: st.errors,
+                    },
+                };
+                (domid, rec)
+            })
+            .collect()
+    }
+
+    /// Serves again a vif an earlier dom0d served ([`crate::state`]): a new frame device
+    /// (the TAP of the same name on its bridge; the old one went with the old dom0d), and
+    /// connected rings mapped again from their slots, resuming after the last responses
+    /// that dom0d published (tx packets it took but did not answer are sent again). A vif
+    /// that cannot be served again is stopped: rings and port released, `state` Closed,
+    /// one warning.
+    pub fn adopt(&self, mv: &dyn Microvisor, store: &mut Store, domid: u32, rec: &VifRecord) {
+        let key = (domid, rec.handle);
+        let be = backend_dir(domid, rec.handle);
+        let release = |slots: &[u64], port: u32| {
+            for &slot in slots {
+                crate::backend::unmap_slot(WHO, mv, &self.pool, slot);
+            }
+            close_port(WHO, mv, port);
+        };
+        let mac: Result<Mac, String> = rec.spec.mac.parse().map_err(|e| format!("{e}"));
+        let dev = mac.and_then(|mac| {
+            self.maker
+                .create(domid, rec.handle, &rec.spec)
+                .map(|dev| (mac, dev))
+        });
+        let mut inner = self.lock();
+        self.bump();
+        let (mac, dev) = match dev {
+            Ok(d) => d,
+            Err(why) => {
+                if let VifPhase::Connected {
+                    tx_slot,
+                    rx_slot,
+                    port,
+                } = rec.phase
+                {
+                    release(&[tx_slot, rx_slot], port);
+                }
+                set_state(WHO, store, &be, XenbusState::Closed);
+                inner.stopped += 1;
+                log::write(
+                    Level::Warn,
+                    format_args!(
+                        "{WHO}: domain {domid} vif {}: its device cannot be made again ({why}); this vif is no longer served",
+                        rec.handle
+                    ),
+                );
+                return;
+            }
+        };
+        let s = rec.stats;
+        let mut vif = Vif {
+            spec: rec.spec.clone(),
+            mac,
+            dev,
+            ready: None,
+            unarmed: false,
+            phase: match rec.phase {
+                VifPhase::Waiting => Phase::Waiting,
+                VifPhase::Closed => Phase::Closed,
+                VifPhase::Stopped | VifPhase::Connected { .. } => Phase::Stopped,
+            },
+            rxq: VecDeque::new(),
+            stats: Stats {
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+                rx_packets: s.rx_packets,
+                rx_bytes: s.rx_bytes,
+                drops: s.drops,
+                errors: s.errors,
+            },
+        };
+        if let VifPhase::Connected {
+            tx_slot,
+            rx_slot,
+            port,
+        } = rec.phase
+        {
+            let map = |slot: u64| {
+                self.pool.claim(slot);
+                mv.map_page(slot)
+                    .map(|mem| MappedRing { slot, mem })
+                    .map_err(|errno| {
+                        format!("mmap of slot {slot} failed with {}", errno_text(errno))
+                    })
+            };
+            let conn = map(tx_slot).and_then(|tx| {
+                let rx = map(rx_slot)?;
+                let ring = Ring::attach(Arc::clone(&tx.mem), Arc::clone(&rx.mem), ETH_FRAME_MAX)
+                    .map_err(|e| format!("rings: {e}"))?;
+                Ok(Conn { ring, tx, rx, port })
+            });
+            match conn {
+                Ok(conn) => {
+                    vif.phase = Phase::Connected(Box::new(conn));
+                    inner.ports.insert(port, key);
+                    // A signal the earlier dom0d did not get to send (see `blkback`).
+                    if let Err(errno) = evtchn_send(mv, port) {
+                        log::limited(
+                            Level::Warn,
+                            format_args!(
+                                "{WHO}: signalling domain {domid} failed with {}",
+                                errno_text(errno)
+                            ),
+                        );
+                    }
+                }
+                Err(why) => {
+                    release(&[tx_slot, rx_slot], port);
+                    set_state(WHO, store, &be, XenbusState::Closed);
+                    inner.stopped += 1;
+                    log::write(
+                        Level::Warn,
+                        format_args!(
+                            "{WHO}: domain {domid} vif {}: its rings cannot be mapped again ({why}); this vif is no longer served",
+                            rec.handle
+                        ),
+                    );
+                }
+            }
+        }
+        log::write(
+            Level::Info,
+            format_args!(
+                "{WHO}: domain {domid} vif {} ({}) on {} via {} again",
+                rec.handle,
+                vif.mac,
+                vif.spec.bridge,
+                vif.dev.name()
+            ),
+        );
+        inner.vifs.insert(key, vif);
+        if let Some(w) = &inner.waker {
+            w.wake_by_ref();
         }
     }
 
@@ -403,6 +588,7 @@ impl NetBack {
                 stats: Stats::default(),
             },
         );
+        self.bump();
         if let Some(w) = &inner.waker {
             w.wake_by_ref();
         }
@@ -470,6 +656,7 @@ impl NetBack {
                         Ok(conn) => {
                             let port = conn.port;
                             vif.phase = Phase::Connected(Box::new(conn));
+                            self.bump();
                             log::write(
                                 Level::Info,
                                 format_args!(
@@ -499,6 +686,7 @@ impl NetBack {
                 }
                 (Phase::Closed, XenbusState::Initialising) => {
                     vif.phase = Phase::Waiting;
+                    self.bump();
                     set_state(WHO, store, &be, XenbusState::InitWait);
                 }
                 _ => {}
@@ -571,6 +759,7 @@ impl NetBack {
         vif.stats.drops += vif.rxq.len() as u64;
         vif.rxq.clear();
         if let Phase::Connected(conn) = std::mem::replace(&mut vif.phase, Phase::Closed) {
+            self.bump();
             inner.ports.remove(&conn.port);
             let Conn { ring, tx, rx, port } = *conn;
             drop(ring);
@@ -595,6 +784,7 @@ impl NetBack {
         };
         vif.phase = Phase::Stopped;
         inner.stopped += 1;
+        self.bump();
         set_state(WHO, store, &backend_dir(key.0, key.1), XenbusState::Closed);
         log::write(
             Level::Warn,
@@ -698,6 +888,7 @@ impl NetBack {
             .collect();
         for key in keys {
             self.disconnect(mv, &mut inner, key);
+            self.bump();
             if let Some(vif) = inner.vifs.remove(&key) {
                 // The readiness (a duplicate descriptor) goes first, then the device.
                 let Vif { ready, dev, .. } = vif;
@@ -814,8 +1005,9 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
                 }
             };
             ring.respond_tx_chain(taken.ids(), status).map_err(broke)?;
+            // Published at once (see `blkback`): a restarted dom0d resumes after it.
+            notify |= ring.push_tx().map_err(broke)?;
         }
-        notify |= ring.push_tx().map_err(broke)?;
         if served >= TX_PACKETS_PER_SERVE || !ring.final_check_tx().map_err(broke)? {
             break;
         }
@@ -843,11 +1035,11 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
             })?;
             ring.respond_rx(&rx_response(buf.id, len as i16, 0))
                 .map_err(broke)?;
+            notify |= ring.push_rx().map_err(broke)?;
             vif.stats.rx_packets += 1;
             vif.stats.rx_bytes += u64::from(len);
             vif.rxq.pop_front();
         }
-        notify |= ring.push_rx().map_err(broke)?;
         // With frames left, make sure the front-end signals when it posts buffers.
         if vif.rxq.is_empty() || !ring.final_check_rx().map_err(broke)? {
             break;

@@ -48,6 +48,17 @@ struct Inner {
     used: BTreeSet<u64>,
 }
 
+/// Empties a slot an earlier dom0d left filled without recording it (it died between
+/// filling it and saving its state): `ForeignUnmap`, or `GrantUnmap` for a grant mapping.
+///
+/// # Errors
+/// The errno of the last call.
+pub fn reclaim(mv: &dyn Microvisor, slot: u64) -> Result<(), i32> {
+    foreign_unmap(mv, slot)
+        .map(|_| ())
+        .or_else(|_| crate::grants::grant_unmap(mv, slot))
+}
+
 /// The pool's slots in a window of `pages` slots: after the builder's, before the last.
 #[must_use]
 pub fn pool_range(pages: u64) -> (u64, u64) {
@@ -97,6 +108,40 @@ impl PagePool {
         self.lock().used.remove(&slot);
     }
 
+    /// Marks `slot` as taken: an earlier dom0d filled it and this one takes it over
+    /// ([`crate::state`]), so nothing else is mapped there.
+    pub fn claim(&self, slot: u64) {
+        self.lock().used.insert(slot);
+    }
+
+    /// Maps again the page an earlier dom0d left in `slot` (which [`Self::claim`] took),
+    /// frame `gfn` of `domid`; nothing is mapped with `ForeignMap`.
+    ///
+    /// # Errors
+    /// The `mmap`'s errno, as text; the slot stays taken and filled then.
+    pub fn adopt(
+        &self,
+        mv: &dyn Microvisor,
+        slot: u64,
+        domid: u32,
+        gfn: u64,
+    ) -> Result<MappedPage, String> {
+        self.claim(slot);
+        mv.map_page(slot)
+            .map(|mem| MappedPage {
+                slot,
+                domid,
+                gfn,
+                mem,
+            })
+            .map_err(|errno| {
+                format!(
+                    "mmap of window slot {slot} failed with {}",
+                    errno_text(errno)
+                )
+            })
+    }
+
     /// Maps frame `gfn` of `domid` for as long as the caller keeps it, until
     /// [`Self::release`]. A slot still filled by an earlier dom0d is emptied and reused.
     ///
@@ -111,7 +156,7 @@ impl PagePool {
                     Level::Warn,
                     format_args!("page slot {slot} was still mapped; unmapping it"),
                 );
-                foreign_unmap(mv, slot).and_then(|_| foreign_map(mv, slot, domid, gfn))
+                reclaim(mv, slot).and_then(|()| foreign_map(mv, slot, domid, gfn))
             }
             other => other,
         };

@@ -67,6 +67,8 @@ pub struct Service {
     pub(crate) blkback: Arc<BlkBack>,
     /// The vifs of the domains it built ([`crate::netback`]); same lock order.
     pub(crate) netback: Arc<NetBack>,
+    /// Where its state is kept for a restarted dom0d ([`crate::state`]), if anywhere.
+    pub(crate) persist: Option<crate::state::Persist>,
 }
 
 /// What the builder publishes PV devices through: the store and the back-ends.
@@ -148,6 +150,7 @@ impl Service {
             xenstored: Arc::new(Xenstored::new(Arc::clone(&pool))),
             blkback: Arc::new(BlkBack::new(Arc::clone(&pool))),
             netback: Arc::new(NetBack::new(pool, Arc::new(TapMaker))),
+            persist: None,
         }
     }
 
@@ -187,6 +190,13 @@ impl Service {
     /// connection itself ([`crate::session`]); here they, and input outside a
     /// session, are refused as malformed.
     pub async fn handle(&self, req: &Request) -> Response {
+        let response = self.answer(req).await;
+        // A create or a destroy changed what a restarted dom0d must know.
+        self.persist();
+        response
+    }
+
+    async fn answer(&self, req: &Request) -> Response {
         let requested_at = std::time::Instant::now();
         let mv = &*self.mv;
         let result = match *req {
@@ -353,12 +363,14 @@ impl Service {
     /// Serves the vifs' frame devices until the runtime ends: whenever one is readable
     /// ([`NetBack::poll_devices`]) its frames are read and delivered to the guest.
     pub async fn pump_net(self: Arc<Self>) {
-        pump_vifs(
-            Arc::clone(&self.mv),
-            Arc::clone(&self.xenstored),
-            Arc::clone(&self.netback),
-        )
-        .await;
+        loop {
+            let keys = std::future::poll_fn(|cx| self.netback.poll_devices(cx)).await;
+            let mv = &*self.mv;
+            self.xenstored
+                .with_store(mv, |store| self.netback.serve_devices(mv, store, &keys));
+            // A vif stopped for breaking the protocol is a change to keep.
+            self.persist();
+        }
     }
 
     /// [`Request::Shutdown`]: writes the request into the guest's `control/shutdown`
@@ -410,18 +422,23 @@ impl Service {
 
     /// Serves domain 0's event channels until the runtime ends: whenever the event task
     /// sees `EVENT_EVTCHN` it takes the pending ports ([`Self::take_pending`]), and every
-    /// [`POLL_INTERVAL`](crate::console::POLL_INTERVAL) it drains every console anyway, in
-    /// case an event was lost (or events are unavailable).
+    /// [`POLL_INTERVAL`](crate::console::POLL_INTERVAL) it takes them and drains every
+    /// console anyway, in case an event was lost (or events are unavailable).
     pub async fn pump_evtchn(self: Arc<Self>) {
         loop {
             tokio::select! {
                 () = self.events.evtchn() => self.take_pending(),
                 () = tokio::time::sleep(crate::console::POLL_INTERVAL) => {
+                    // A port left pending without an event reaching dom0d (one raised
+                    // while no dom0d had the device open) never raises another: take
+                    // them, so I/O never falls back to this poll's pace.
+                    self.take_pending();
                     if self.consoles.any_live() {
                         self.consoles.drain_all(&*self.mv);
                     }
                     self.xenstored.pump_all(&*self.mv);
                     self.step_devices();
+                    self.persist();
                 }
             }
         }
@@ -460,6 +477,7 @@ impl Service {
                         format_args!("event channels: no owner for pending port(s) {others:?}"),
                     );
                 }
+                self.persist();
             }
             Err(errno) => log::limited(
                 Level::Warn,
@@ -553,8 +571,10 @@ impl Service {
     }
 }
 
-/// [`Service::pump_net`]'s loop: waits until a vif's device is readable, reads it, and
-/// delivers the frames (the store's lock, then the back-end's, as everywhere).
+/// [`Service::pump_net`]'s loop without the state file, for tests of a service that is
+/// not in an `Arc`: waits until a vif's device is readable, reads it, and delivers the
+/// frames (the store's lock, then the back-end's, as everywhere).
+#[cfg(test)]
 pub(crate) async fn pump_vifs(
     mv: Arc<dyn Microvisor>,
     xenstored: Arc<Xenstored>,

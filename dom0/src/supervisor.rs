@@ -1,8 +1,9 @@
 //! dom0d's `on_poweroff` / `on_reboot` / `on_crash` handling.
 //!
-//! dom0d keeps, in memory, the effective [`DomainConfig`] of every domain it built
-//! ([`Supervisor`], keyed by domid). Domains it did not build (Domain-0, the boot-time
-//! domains of the bundle, domains of an earlier dom0d) are never touched.
+//! dom0d keeps the effective [`DomainConfig`] of every domain it built ([`Supervisor`],
+//! keyed by domid; saved in its state file, so a restarted dom0d takes them over,
+//! [`crate::state`]). Domains it did not build (Domain-0, the boot-time domains of the
+//! bundle) are never touched.
 //!
 //! A sweep ([`Service::supervise_once`]) runs once at startup, after every create and
 //! after every event mask from the microvisor (any bit; `EVENT_DOMAIN_STATE` is raised
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,6 +143,8 @@ struct Managed {
 pub struct Supervisor {
     table: Mutex<BTreeMap<u32, Managed>>,
     wake: Notify,
+    /// Bumped by every change dom0d's state file keeps ([`crate::state`]).
+    changes: AtomicU64,
 }
 
 impl Supervisor {
@@ -164,11 +168,61 @@ impl Supervisor {
                 handled: false,
             },
         );
+        self.bump();
     }
 
     /// Forgets `domid` (it was destroyed).
     pub fn forget(&self, domid: u32) {
-        self.lock().remove(&domid);
+        if self.lock().remove(&domid).is_some() {
+            self.bump();
+        }
+    }
+
+    fn bump(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the changes dom0d's state file keeps.
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Every entry, for dom0d's state file.
+    #[must_use]
+    pub fn export(&self) -> Vec<(u32, crate::state::SupervisedRecord)> {
+        self.lock()
+            .iter()
+            .map(|(&domid, m)| {
+                let rec = crate::state::SupervisedRecord {
+                    config: m.config.clone(),
+                    restarts_unix_ms: m
+                        .restarts
+                        .iter()
+                        .map(|t| crate::state::instant_to_unix_ms(*t))
+                        .collect(),
+                    handled: m.handled,
+                };
+                (domid, rec)
+            })
+            .collect()
+    }
+
+    /// Takes over the entry an earlier dom0d kept for `domid` ([`crate::state`]).
+    pub fn restore(&self, domid: u32, rec: &crate::state::SupervisedRecord) {
+        self.lock().insert(
+            domid,
+            Managed {
+                config: rec.config.clone(),
+                restarts: rec
+                    .restarts_unix_ms
+                    .iter()
+                    .map(|&ms| crate::state::unix_ms_to_instant(ms))
+                    .collect(),
+                handled: rec.handled,
+            },
+        );
+        self.bump();
     }
 
     /// The config `domid` was built from, if dom0d built it.
@@ -195,7 +249,7 @@ impl Supervisor {
 }
 
 /// Every domain, all pages.
-fn all_domains(mv: &dyn microvisor::Microvisor) -> Result<Vec<Domain>, ApiError> {
+pub(crate) fn all_domains(mv: &dyn microvisor::Microvisor) -> Result<Vec<Domain>, ApiError> {
     let mut all = Vec::new();
     let mut from = Some(0);
     while let Some(f) = from {
@@ -211,6 +265,7 @@ impl Service {
     pub async fn supervise(self: Arc<Self>) {
         loop {
             self.supervise_once().await;
+            self.persist();
             tokio::select! {
                 () = self.supervisor.woken() => {}
                 () = self.events.changed() => {}
@@ -239,7 +294,11 @@ impl Service {
         let mut due = Vec::new();
         {
             let mut table = self.supervisor.lock();
+            let before = table.len();
             table.retain(|domid, m| listed.get(domid).is_some_and(|d| d.name == m.config.name));
+            if table.len() != before {
+                self.supervisor.bump();
+            }
             for (domid, m) in table.iter() {
                 if m.handled {
                     continue;
@@ -266,6 +325,7 @@ impl Service {
         if let Some(m) = self.supervisor.lock().get_mut(&domid) {
             m.handled = true;
         }
+        self.supervisor.bump();
     }
 
     async fn apply(&self, domid: u32, trigger: Trigger, config: &DomainConfig) -> Outcome {

@@ -20,16 +20,18 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::builder::{RingSetup, undo_ring};
+use crate::builder::{RingKind, RingSetup, undo_ring};
 use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_send};
 use crate::pages::PagePool;
 use crate::proto::{Domain, domain_label, errno_text};
+use crate::state::StoreRecord;
 use crate::xenstore::path::home;
 use crate::xenstore::service::{Pumped, Service};
-use crate::xenstore::store::Store;
+use crate::xenstore::store::{Store, StoreImage};
 
 /// Why a PV shutdown request was not sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,8 @@ struct Inner {
 pub struct Xenstored {
     pool: Arc<PagePool>,
     inner: Mutex<Inner>,
+    /// Bumped by every change dom0d's state file keeps ([`crate::state`]).
+    changes: AtomicU64,
 }
 
 impl Xenstored {
@@ -84,7 +88,130 @@ impl Xenstored {
                 ports: BTreeMap::new(),
                 cut_off: 0,
             }),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    fn bump(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the changes dom0d's state file keeps: requests served, output queued or
+    /// written, domains introduced, connected or gone, and dom0d's own writes.
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// The store and every domain's connection, for dom0d's state file, with `also` run
+    /// under the store's lock (the back-ends' state, so that both agree).
+    pub fn export<R>(
+        &self,
+        also: impl FnOnce() -> R,
+    ) -> (StoreImage, Vec<(u32, String, StoreRecord)>, R) {
+        let inner = self.lock();
+        let image = inner.svc.store_ref().image();
+        let domains = inner
+            .domains
+            .iter()
+            .map(|(&domid, served)| {
+                let rec = StoreRecord {
+                    ring: served.ring.as_ref().map(RingSetup::record),
+                    early: served.early,
+                    conn: inner.svc.ring_image(domid),
+                };
+                (domid, served.name.clone(), rec)
+            })
+            .collect();
+        let r = also();
+        (image, domains, r)
+    }
+
+    /// Takes over what an earlier dom0d recorded ([`crate::state`]): the whole `store`,
+    /// then the connections of the domains still there (`domains`; their pages mapped
+    /// again from their slots, their half-read requests and queued replies restored),
+    /// and removes the homes and device directories of the domains that are `gone`
+    /// (`@releaseDomain` fires). Call once, on an empty store.
+    pub fn restore(
+        &self,
+        mv: &dyn Microvisor,
+        store: Store,
+        domains: Vec<(u32, String, StoreRecord)>,
+        gone: &[u32],
+    ) {
+        let mut inner = self.lock();
+        inner.svc.set_store(store);
+        for &domid in gone {
+            let st = inner.svc.store();
+            st.release_domain(domid);
+            for kind in ["vbd", "vif"] {
+                let _ = st.rm(0, &format!("/local/domain/0/backend/{kind}/{domid}"));
+            }
+        }
+        for (domid, name, rec) in domains {
+            let label = domain_label(domid, &name);
+            let ring = rec.ring.and_then(|r| {
+                match RingSetup::adopt(mv, &self.pool, RingKind::Store, domid, r) {
+                    Ok(setup) => Some(setup),
+                    Err(why) => {
+                        log::write(
+                            Level::Warn,
+                            format_args!(
+                                "xenstore: {label}: cannot map its xenstore page again ({why}); its connection is cut off"
+                            ),
+                        );
+                        None
+                    }
+                }
+            });
+            let ring = ring.and_then(|setup| {
+                let conn = rec.conn.clone().unwrap_or_default();
+                match inner
+                    .svc
+                    .resume_domain(domid, Arc::clone(&setup.page.mem), &conn)
+                {
+                    Ok(()) => Some(setup),
+                    Err(e) => {
+                        log::write(
+                            Level::Warn,
+                            format_args!(
+                                "xenstore: {label}: its connection cannot be resumed ({e}); it is cut off"
+                            ),
+                        );
+                        undo_ring(mv, &self.pool, setup);
+                        None
+                    }
+                }
+            });
+            if ring.is_none() && !rec.early {
+                // Its watches and transactions went with its connection.
+                drop(inner.svc.disconnect_domain(domid));
+            }
+            if let Some(setup) = &ring {
+                inner.ports.insert(setup.port, domid);
+                // A signal the earlier dom0d may not have sent after its last reply.
+                if let Err(errno) = evtchn_send(mv, setup.port) {
+                    log::limited(
+                        Level::Warn,
+                        format_args!(
+                            "xenstore: signalling domain {domid} failed with {}",
+                            errno_text(errno)
+                        ),
+                    );
+                }
+            }
+            inner.domains.insert(
+                domid,
+                Served {
+                    name,
+                    ring,
+                    early: rec.early,
+                },
+            );
+        }
+        self.bump();
+        let pumped = inner.svc.flush();
+        self.act(&mut inner, mv, pumped);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -134,6 +261,7 @@ impl Xenstored {
                 early: false,
             },
         );
+        self.bump();
         // The guest may have queued requests before it was introduced.
         let pumped = inner.svc.pump(domid);
         self.act(&mut inner, mv, pumped);
@@ -155,6 +283,7 @@ impl Xenstored {
                 early: true,
             },
         );
+        self.bump();
         let pumped = inner.svc.flush();
         self.act(&mut inner, mv, pumped);
     }
@@ -163,7 +292,11 @@ impl Xenstored {
     /// 0's), then delivers the watch events its writes fired and signals the guests.
     pub fn with_store<R>(&self, mv: &dyn Microvisor, f: impl FnOnce(&mut Store) -> R) -> R {
         let mut inner = self.lock();
+        let before = inner.svc.store_ref().generation();
         let r = f(inner.svc.store());
+        if inner.svc.store_ref().generation() != before {
+            self.bump();
+        }
         let pumped = inner.svc.flush();
         self.act(&mut inner, mv, pumped);
         r
@@ -203,6 +336,7 @@ impl Xenstored {
         let Some(served) = inner.domains.remove(&domid) else {
             return;
         };
+        self.bump();
         drop(inner.svc.remove_domain(domid));
         if let Some(setup) = served.ring {
             inner.ports.remove(&setup.port);
@@ -301,6 +435,9 @@ impl Xenstored {
     /// Signals the domains whose rings got bytes, and cuts off the connections that broke:
     /// one log line each, their page unmapped and their port closed.
     fn act(&self, inner: &mut Inner, mv: &dyn Microvisor, pumped: Pumped) {
+        if pumped.changed {
+            self.bump();
+        }
         for (domid, why) in pumped.broke {
             let Some(served) = inner.domains.get_mut(&domid) else {
                 continue;
@@ -678,7 +815,7 @@ mod tests {
     #[tokio::test]
     async fn a_vif_reaches_connected_and_moves_frames_both_ways() {
         use pv_drivers::netif::{NetFront, tx_request};
-        use shared_abi::io::netif::{NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_MORE_DATA};
+        use shared_abi::io::netif::{NETIF_RSP_OKAY, NETTXF_MORE_DATA};
 
         use crate::microvisor::evtchn_alloc_unbound;
 
@@ -751,7 +888,7 @@ mod tests {
         while let Some(t) = front.take_tx_response().unwrap() {
             answered.push((t.id, t.status));
         }
-        assert_eq!(answered, [(1, NETIF_RSP_OKAY), (2, NETIF_RSP_NULL)]);
+        assert_eq!(answered, [(1, NETIF_RSP_OKAY), (2, NETIF_RSP_OKAY)]);
         let host = r.net.host(domid, 0).unwrap();
         let mut buf = [0u8; 2048];
         let n = host.recv(&mut buf).unwrap();

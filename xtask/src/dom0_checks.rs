@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::dom0::{self, BootPlan, ExecOutcome};
 
 mod net;
+mod restart;
 
 /// What one check printed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1420,6 +1421,7 @@ pub(crate) const DOM0_SCENARIOS: &[Dom0Scenario] = &[
     DOM0_CONSOLE,
     DOM0_PVDEMO,
     net::DOM0_PVNET,
+    restart::DOM0_RESTART,
     DOM0_HOSTILE_FRONT,
     DOM0_GRANT,
     Dom0Scenario {

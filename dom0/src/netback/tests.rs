@@ -3,7 +3,7 @@ use std::os::unix::net::UnixDatagram;
 use pv_drivers::VecMem;
 use pv_drivers::netif::{NetFront, tx_request};
 use pv_drivers::ring::REQ_PROD_OFFSET;
-use shared_abi::io::netif::{NETIF_RSP_NULL, NETTXF_MORE_DATA, NetifRxResponse, NetifTxResponse};
+use shared_abi::io::netif::{NETTXF_MORE_DATA, NetifRxResponse, NetifTxResponse};
 
 use super::*;
 use crate::fake::FakeMicrovisor;
@@ -282,7 +282,7 @@ fn packets_flow_both_ways_and_teardown_leaves_nothing() {
         tx_responses(&mut g),
         [
             (1, NETIF_RSP_OKAY),
-            (2, NETIF_RSP_NULL),
+            (2, NETIF_RSP_OKAY),
             (3, NETIF_RSP_OKAY)
         ]
     );
@@ -339,7 +339,7 @@ fn packets_flow_both_ways_and_teardown_leaves_nothing() {
         tx_responses(&mut g),
         [
             (4, NETIF_RSP_ERROR),
-            (5, NETIF_RSP_NULL),
+            (5, NETIF_RSP_ERROR),
             (6, NETIF_RSP_ERROR)
         ]
     );

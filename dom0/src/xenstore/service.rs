@@ -33,6 +33,9 @@ pub struct Pumped {
     /// Domains whose connection just broke, with why, e.g. `broke its xenstore ring
     /// (...)` (log it once, after the domain's name).
     pub broke: Vec<(u32, String)>,
+    /// Whether a request was served or output queued or written (what dom0d's state
+    /// file keeps changed).
+    pub changed: bool,
 }
 
 /// The store and the DomU connections it serves.
@@ -111,6 +114,48 @@ impl<M: SharedMem> Service<M> {
         );
     }
 
+    /// Replaces the store (dom0d's restart, [`crate::state`]); connections stay.
+    pub fn set_store(&mut self, store: Store) {
+        self.store = store;
+    }
+
+    /// Where DomU `domid`'s connection stands, for dom0d's state file: the part of a
+    /// request taken from the ring, the output queued for it, and why it broke.
+    #[must_use]
+    pub fn ring_image(&self, domid: u32) -> Option<crate::state::StoreConnRecord> {
+        self.rings
+            .get(&domid)
+            .map(|r| crate::state::StoreConnRecord {
+                partial: crate::state::Bytes(r.back.partial().to_vec()),
+                queued: crate::state::Bytes(r.out.iter().copied().collect()),
+                broken: r.broken.clone(),
+            })
+    }
+
+    /// Serves `page` for DomU `domid` again where a [`ring_image`](Self::ring_image) left
+    /// it (dom0d's restart); its home, watches and transactions are the store's already.
+    ///
+    /// # Errors
+    /// The page is not a usable xenstore page, or the image is impossible.
+    pub fn resume_domain(
+        &mut self,
+        domid: u32,
+        page: M,
+        image: &crate::state::StoreConnRecord,
+    ) -> Result<(), pv_drivers::xenstore::XsError> {
+        let back = XsBack::resume(page, &image.partial.0)?;
+        self.store.connect(conn(domid));
+        self.rings.insert(
+            domid,
+            Ring {
+                back,
+                out: image.queued.0.iter().copied().collect(),
+                broken: image.broken.clone(),
+            },
+        );
+        Ok(())
+    }
+
     /// Forgets DomU `domid`: its subtree, watches and connection (`@releaseDomain` fires).
     /// Returns its page so the caller can unmap it (`None` if it was disconnected).
     pub fn remove_domain(&mut self, domid: u32) -> Option<M> {
@@ -137,6 +182,7 @@ impl<M: SharedMem> Service<M> {
     /// to every domain.
     pub fn pump(&mut self, domid: u32) -> Pumped {
         let mut broke = Vec::new();
+        let mut served = false;
         if let Some(ring) = self.rings.get_mut(&domid).filter(|r| r.broken.is_none()) {
             for _ in 0..REQUESTS_PER_PUMP {
                 if ring.out.len() > MAX_QUEUED {
@@ -144,11 +190,16 @@ impl<M: SharedMem> Service<M> {
                 }
                 match ring.back.next_request() {
                     Ok(Some((h, payload))) => {
+                        served = true;
                         let payload = payload.to_vec();
                         let reply = self.store.handle(conn(domid), &h, &payload);
                         ring.out.extend(reply);
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Part of a request taken is a change too.
+                        served |= !ring.back.partial().is_empty();
+                        break;
+                    }
                     Err(e) => {
                         let why = format!("broke its xenstore ring ({e})");
                         ring.broken = Some(why.clone());
@@ -160,6 +211,7 @@ impl<M: SharedMem> Service<M> {
             }
         }
         let mut p = self.flush();
+        p.changed |= served || !broke.is_empty();
         p.broke.extend(broke);
         p
     }
@@ -170,6 +222,7 @@ impl<M: SharedMem> Service<M> {
         for (id, msg) in self.store.take_events() {
             if let Some(ring) = self.rings.get_mut(&id.domid).filter(|_| id.index == 0) {
                 ring.out.extend(msg);
+                p.changed = true;
             }
         }
         for (&domid, ring) in &mut self.rings {
@@ -200,9 +253,11 @@ impl<M: SharedMem> Service<M> {
             if let Some(why) = ring.broken.as_ref() {
                 ring.out.clear();
                 p.broke.push((domid, why.clone()));
+                p.changed = true;
                 self.store.disconnect(conn(domid));
             } else if wrote {
                 p.notify.push(domid);
+                p.changed = true;
             }
         }
         p

@@ -457,6 +457,12 @@ impl Store {
         }
     }
 
+    /// Bumped by every committed change.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Registers a connection (idempotent).
     pub fn connect(&mut self, conn: ConnId) {
         self.conns.entry(conn).or_default();
@@ -837,6 +843,232 @@ fn set_perms_in(
     n.perms = perms.clone();
     tree.put(p, n);
     Ok(vec![(p.to_owned(), perms)])
+}
+
+/// The whole store as dom0d's state file keeps it ([`crate::state`]): every node with its
+/// value and permissions, every connection's watches and open transactions, and the
+/// counters that make transactions conflict and number them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreImage {
+    /// Bumped by every committed change.
+    pub generation: u64,
+    /// The id of the next transaction.
+    pub next_tx: u32,
+    /// Every node, ascending by path.
+    pub nodes: Vec<NodeImage>,
+    /// Every connection with watches or transactions.
+    pub connections: Vec<ConnImage>,
+}
+
+/// One node of a [`StoreImage`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeImage {
+    /// Absolute path.
+    pub path: String,
+    /// Its value.
+    pub value: crate::state::Bytes,
+    /// Its permissions in the wire form (`b0`, `r3`: the owner and everyone's default
+    /// first, then the exceptions).
+    pub perms: Vec<String>,
+}
+
+/// One connection of a [`StoreImage`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnImage {
+    /// The client's domain.
+    pub domid: u32,
+    /// Which of its connections (0: its ring).
+    pub index: u32,
+    /// Its watches, in the order they were registered.
+    pub watches: Vec<WatchImage>,
+    /// Its open transactions.
+    pub transactions: Vec<TxImage>,
+}
+
+/// One watch of a [`ConnImage`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WatchImage {
+    /// Absolute path, or `@releaseDomain`/`@introduceDomain`.
+    pub path: String,
+    /// Registered with a relative path (events name paths relative to the home).
+    pub relative: bool,
+    /// The client's token.
+    pub token: crate::state::Bytes,
+}
+
+/// One open transaction of a [`ConnImage`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TxImage {
+    /// Its id.
+    pub id: u32,
+    /// The store's generation when it started.
+    pub base: u64,
+    /// The nodes it wrote (with their new contents) or removed (`None`).
+    pub overlay: Vec<(String, Option<NodeImage>)>,
+    /// The paths it changed, with their permissions then (for the watch events at commit).
+    pub changed: Vec<(String, Vec<String>)>,
+}
+
+fn node_image(path: &str, n: &Node) -> NodeImage {
+    NodeImage {
+        path: path.to_owned(),
+        value: crate::state::Bytes(n.value.clone()),
+        perms: n.perms.to_strings(),
+    }
+}
+
+fn perms_from(strings: &[String], path: &str) -> Result<Perms, String> {
+    Perms::parse(strings.iter().map(String::as_bytes))
+        .map_err(|e| format!("node {path:?} has bad permissions {strings:?} ({e})"))
+}
+
+fn checked_path(p: &str) -> Result<(), String> {
+    if p == "/" || path::resolve(0, p.as_bytes()).as_deref() == Ok(p) && p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("{p:?} is not an absolute xenstore path"))
+    }
+}
+
+fn node_from(img: &NodeImage) -> Result<Node, String> {
+    checked_path(&img.path)?;
+    if img.value.0.len() > MAX_VALUE {
+        return Err(format!(
+            "node {:?} has a value of {} bytes",
+            img.path,
+            img.value.0.len()
+        ));
+    }
+    Ok(Node {
+        value: img.value.0.clone(),
+        perms: perms_from(&img.perms, &img.path)?,
+    })
+}
+
+impl Store {
+    /// Everything the store holds, for dom0d's state file. Watch events not yet taken are
+    /// not part of it (dom0d takes them before it saves).
+    #[must_use]
+    pub fn image(&self) -> StoreImage {
+        StoreImage {
+            generation: self.generation,
+            next_tx: self.next_tx,
+            nodes: self
+                .tree
+                .nodes
+                .iter()
+                .map(|(p, n)| node_image(p, n))
+                .collect(),
+            connections: self
+                .conns
+                .iter()
+                .map(|(id, c)| ConnImage {
+                    domid: id.domid,
+                    index: id.index,
+                    watches: c
+                        .watches
+                        .iter()
+                        .map(|w| WatchImage {
+                            path: w.path.clone(),
+                            relative: w.relative,
+                            token: crate::state::Bytes(w.token.clone()),
+                        })
+                        .collect(),
+                    transactions: c
+                        .transactions
+                        .iter()
+                        .map(|(&id, tx)| TxImage {
+                            id,
+                            base: tx.base,
+                            overlay: tx
+                                .overlay
+                                .iter()
+                                .map(|(p, n)| (p.clone(), n.as_ref().map(|n| node_image(p, n))))
+                                .collect(),
+                            changed: tx
+                                .changed
+                                .iter()
+                                .map(|(p, perms)| (p.clone(), perms.to_strings()))
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The store an [`image`](Self::image) describes. Paths, values and permissions are
+    /// checked as a request's would be, the node counts per owner recomputed, and `/`,
+    /// `/local` and `/local/domain` made sure to exist.
+    ///
+    /// # Errors
+    /// What is wrong with the image.
+    pub fn from_image(img: &StoreImage) -> Result<Self, String> {
+        let mut s = Self::new();
+        for n in &img.nodes {
+            s.tree.put(&n.path, node_from(n)?);
+        }
+        for n in &img.nodes {
+            if let Some(p) = parent(&n.path)
+                && s.tree.node(p).is_none()
+            {
+                return Err(format!("node {:?} has no parent", n.path));
+            }
+        }
+        s.generation = img.generation;
+        s.next_tx = img.next_tx.max(1);
+        for c in &img.connections {
+            if c.watches.len() > MAX_WATCHES || c.transactions.len() > MAX_TRANSACTIONS {
+                return Err(format!(
+                    "connection of domain {} has {} watches and {} transactions",
+                    c.domid,
+                    c.watches.len(),
+                    c.transactions.len()
+                ));
+            }
+            let mut conn = Conn::default();
+            for w in &c.watches {
+                if !w.path.starts_with('@') {
+                    checked_path(&w.path)?;
+                } else if !matches!(w.path.as_str(), "@releaseDomain" | "@introduceDomain") {
+                    return Err(format!("{:?} is not a watchable path", w.path));
+                }
+                conn.watches.push(Watch {
+                    path: w.path.clone(),
+                    relative: w.relative,
+                    token: w.token.0.clone(),
+                });
+            }
+            for t in &c.transactions {
+                let mut overlay = BTreeMap::new();
+                for (p, n) in &t.overlay {
+                    checked_path(p)?;
+                    overlay.insert(p.clone(), n.as_ref().map(node_from).transpose()?);
+                }
+                let changed = t
+                    .changed
+                    .iter()
+                    .map(|(p, perms)| Ok((p.clone(), perms_from(perms, p)?)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                conn.transactions.insert(
+                    t.id,
+                    Transaction {
+                        overlay,
+                        base: t.base,
+                        changed,
+                    },
+                );
+            }
+            s.conns.insert(
+                ConnId {
+                    domid: c.domid,
+                    index: c.index,
+                },
+                conn,
+            );
+        }
+        Ok(s)
+    }
 }
 
 #[cfg(test)]
