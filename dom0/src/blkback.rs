@@ -723,8 +723,21 @@ fn do_io(mv: &dyn Microvisor, domid: u32, file: &File, req: &BlkRequest) -> Resu
         })
         .collect();
     let len = usize::try_from(req.bytes()).unwrap_or(usize::MAX);
-    let bad_grant = |e: grants::CopyError| {
-        format!("handed over a grant dom0d may not use (id {}: {e})", req.id)
+    // A segment the microvisor refused is the front-end's doing and stops the disk; a
+    // failed call is dom0d's own trouble and fails only this request.
+    let copied = |r: Result<(), grants::CopyError>| match r {
+        Ok(()) => Ok(BLKIF_RSP_OKAY),
+        Err(e @ grants::CopyError::Call(_)) => {
+            log::limited(
+                Level::Warn,
+                format_args!("blkback: domain {domid}: request {}: {e}", req.id),
+            );
+            Ok(BLKIF_RSP_ERROR)
+        }
+        Err(e) => Err(format!(
+            "handed over a grant dom0d may not use (id {}: {e})",
+            req.id
+        )),
     };
     let ok = |r: std::io::Result<()>| match r {
         Ok(()) => BLKIF_RSP_OKAY,
@@ -740,16 +753,17 @@ fn do_io(mv: &dyn Microvisor, domid: u32, file: &File, req: &BlkRequest) -> Resu
         BlkOp::Flush => ok(file.sync_data()),
         BlkOp::Read => {
             let mut buf = vec![0u8; len];
-            let status = ok(file.read_exact_at(&mut buf, req.disk_offset()));
-            if status == BLKIF_RSP_OKAY {
-                grants::copy_to(mv, &pieces, &buf).map_err(bad_grant)?;
+            match ok(file.read_exact_at(&mut buf, req.disk_offset())) {
+                BLKIF_RSP_OKAY => copied(grants::copy_to(mv, &pieces, &buf))?,
+                failed => failed,
             }
-            status
         }
         BlkOp::Write => {
             let mut buf = vec![0u8; len];
-            grants::copy_from(mv, &pieces, &mut buf).map_err(bad_grant)?;
-            ok(file.write_all_at(&buf, req.disk_offset()))
+            match copied(grants::copy_from(mv, &pieces, &mut buf))? {
+                BLKIF_RSP_OKAY => ok(file.write_all_at(&buf, req.disk_offset())),
+                failed => failed,
+            }
         }
     })
 }

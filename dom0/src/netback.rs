@@ -20,16 +20,20 @@
 //!
 //! **tx** (guest to Dom0): each packet is copied out of the ring once and validated
 //! ([`pv_drivers::netif`]); its fragments are grant-copied into a buffer and the frame is
-//! written to the vif's [`FrameDevice`]. The first slot is answered OKAY (ERROR if the
-//! device refuses the frame, counted as an error), the others NULL. A packet larger than
-//! [`ETH_FRAME_MAX`] is answered ERROR (the front-end may not know the limit). At most
-//! [`TX_PACKETS_PER_SERVE`] packets are served per vif per call.
+//! written to the vif's [`FrameDevice`]. A packet flagged `NETTXF_CSUM_BLANK` (checksum
+//! offload, as Linux's netfront always does for IPv4 TCP/UDP) gets its TCP/UDP checksum
+//! computed first ([`pv_drivers::netif::csum`]). Every slot is answered with the packet's
+//! status: OKAY, or ERROR if the device refuses the frame, its blank checksum cannot be
+//! completed or dom0d's own copy call fails (counted as errors). A packet larger than
+//! [`MAX_FRAME`] is answered ERROR (the front-end may not know the limit). At most
+//! [`TX_PACKETS_PER_SERVE`] packets are served per vif per call; a vif with more waiting
+//! is served again by the net task once other work had its turn.
 //!
 //! **rx** (Dom0 to guest): frames read from the device are queued per vif (at most
 //! [`RX_QUEUE_FRAMES`]; the newest is dropped and counted when full, and while the vif is
 //! not connected every frame is), then each is grant-copied into the oldest buffer the
 //! front-end posted, at offset 0, answered `{id, offset 0, flags 0, status = length}`,
-//! pushed, and the guest signalled. Frames longer than [`ETH_FRAME_MAX`] are dropped and
+//! pushed, and the guest signalled. Frames longer than [`MAX_FRAME`] are dropped and
 //! counted. With frames waiting and no buffer posted, the ring's final check asks the
 //! front-end to signal when it posts more.
 //!
@@ -62,8 +66,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use pv_drivers::netif::{NetBack as Ring, TxTaken, rx_response};
-use shared_abi::io::netif::{ETH_FRAME_MAX, NETIF_RSP_ERROR, NETIF_RSP_OKAY};
+use pv_drivers::netif::{NetBack as Ring, TxTaken, csum, rx_response};
+use shared_abi::io::netif::{ETH_FRAME_MAX, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_CSUM_BLANK};
 use shared_abi::io::xenbus::XenbusState;
 
 use crate::backend::{
@@ -71,7 +75,7 @@ use crate::backend::{
     set_state, unmap_ring, write_dir,
 };
 use crate::device::Readiness;
-use crate::grants::{self, GrantPiece};
+use crate::grants::{self, CopyError, GrantPiece};
 use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_send};
 use crate::netdev::{self, Mac};
@@ -257,6 +261,8 @@ struct Vif {
     ready: Option<Readiness>,
     /// Arming failed (logged once); the device is read by `step` only.
     unarmed: bool,
+    /// The last serve stopped at its budget with work left: serve again soon.
+    more: bool,
     phase: Phase,
     rxq: VecDeque<Vec<u8>>,
     stats: Stats,
@@ -394,6 +400,7 @@ impl NetBack {
             dev,
             ready: None,
             unarmed: false,
+            more: false,
             phase: match rec.phase {
                 VifPhase::Waiting => Phase::Waiting,
                 VifPhase::Closed => Phase::Closed,
@@ -425,7 +432,7 @@ impl NetBack {
             };
             let conn = map(tx_slot).and_then(|tx| {
                 let rx = map(rx_slot)?;
-                let ring = Ring::attach(Arc::clone(&tx.mem), Arc::clone(&rx.mem), ETH_FRAME_MAX)
+                let ring = Ring::attach(Arc::clone(&tx.mem), Arc::clone(&rx.mem), MAX_FRAME)
                     .map_err(|e| format!("rings: {e}"))?;
                 Ok(Conn { ring, tx, rx, port })
             });
@@ -583,6 +590,7 @@ impl NetBack {
                 dev,
                 ready: None,
                 unarmed: false,
+                more: false,
                 phase: Phase::Waiting,
                 rxq: VecDeque::new(),
                 stats: Stats::default(),
@@ -657,7 +665,9 @@ impl NetBack {
                             let port = conn.port;
                             vif.phase = Phase::Connected(Box::new(conn));
                             self.bump();
-                            log::write(
+                            // Rate-limited: a front-end cycling through the handshake
+                            // must not flood the log.
+                            log::limited(
                                 Level::Info,
                                 format_args!(
                                     "{WHO}: domain {} vif {} connected (port {port})",
@@ -673,9 +683,13 @@ impl NetBack {
                         }
                     }
                 }
+                // Initialising: a front-end that restarted without closing first.
                 (
                     Phase::Connected(_),
-                    XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown,
+                    XenbusState::Closing
+                    | XenbusState::Closed
+                    | XenbusState::Unknown
+                    | XenbusState::Initialising,
                 ) => {
                     set_state(WHO, store, &be, XenbusState::Closing);
                     self.disconnect(mv, &mut inner, key);
@@ -730,7 +744,7 @@ impl NetBack {
             unmap_ring(WHO, mv, &self.pool, rx);
             why
         };
-        let ring = match Ring::attach(Arc::clone(&tx.mem), Arc::clone(&rx.mem), ETH_FRAME_MAX) {
+        let ring = match Ring::attach(Arc::clone(&tx.mem), Arc::clone(&rx.mem), MAX_FRAME) {
             Ok(r) => r,
             Err(e) => return Err(undo(tx, rx, format!("rings: {e}"))),
         };
@@ -817,6 +831,11 @@ impl NetBack {
         inner.waker = Some(cx.waker().clone());
         let mut ready = Vec::new();
         for (&key, vif) in &mut inner.vifs {
+            // Left unfinished by its last serve: due again whatever its device says.
+            let again = std::mem::take(&mut vif.more);
+            if again {
+                ready.push(key);
+            }
             if vif.ready.is_none() && !vif.unarmed {
                 let Some(fd) = vif.dev.fd() else {
                     vif.unarmed = true;
@@ -842,6 +861,7 @@ impl NetBack {
             };
             match ready_fd.poll_drain(cx, || read_device(key, vif)) {
                 Poll::Pending => {}
+                Poll::Ready(Ok(())) if again => {}
                 Poll::Ready(Ok(())) => ready.push(key),
                 Poll::Ready(Err(e)) => {
                     log::limited(
@@ -872,8 +892,17 @@ impl NetBack {
         let Some(vif) = inner.vifs.get_mut(&key) else {
             return;
         };
-        if let Err(why) = serve_rings(mv, key.0, vif) {
-            self.stop(mv, store, inner, key, &why);
+        match serve_rings(mv, key.0, vif) {
+            Ok(more) => {
+                if more && !vif.more {
+                    vif.more = true;
+                    // The net task serves it again (see `poll_devices`).
+                    if let Some(w) = &inner.waker {
+                        w.wake_by_ref();
+                    }
+                }
+            }
+            Err(why) => self.stop(mv, store, inner, key, &why),
         }
     }
 
@@ -902,17 +931,20 @@ impl NetBack {
     }
 }
 
+/// The largest frame either way: an Ethernet frame of MTU 1500 with one 802.1Q tag.
+pub const MAX_FRAME: usize = ETH_FRAME_MAX + 4;
+
 /// Reads up to [`READS_PER_CALL`] frames from the vif's device into its queue (dropping
 /// what cannot be delivered); returns whether the device has no more (`WouldBlock`).
 fn read_device(key: (u32, u32), vif: &mut Vif) -> bool {
     // One byte more than the largest frame, so that a longer one shows as too long.
-    let mut buf = [0u8; ETH_FRAME_MAX + 1];
+    let mut buf = [0u8; MAX_FRAME + 1];
     for _ in 0..READS_PER_CALL {
         match vif.dev.read_frame(&mut buf) {
             Ok(0) => return true,
             Ok(n) => {
                 let deliverable = matches!(vif.phase, Phase::Connected(_))
-                    && n <= ETH_FRAME_MAX
+                    && n <= MAX_FRAME
                     && vif.rxq.len() < RX_QUEUE_FRAMES;
                 if deliverable {
                     vif.rxq.push_back(buf[..n].to_vec());
@@ -942,9 +974,11 @@ fn read_device(key: (u32, u32), vif: &mut Vif) -> bool {
 
 /// Serves a connected vif: tx packets to the device, queued frames to posted rx buffers.
 /// `Err` names a protocol violation.
-fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), String> {
+/// Serves a connected vif's rings; `Ok(true)` when it stopped at its budget with work
+/// left, `Err` names a protocol violation.
+fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<bool, String> {
     let Phase::Connected(conn) = &mut vif.phase else {
-        return Ok(());
+        return Ok(false);
     };
     let dom =
         u16::try_from(domid).map_err(|_| format!("domid {domid} does not fit a grant copy"))?;
@@ -974,13 +1008,26 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
                         })
                         .collect();
                     let mut frame = vec![0u8; p.len()];
-                    grants::copy_from(mv, &pieces, &mut frame).map_err(|e| {
-                        format!(
-                            "handed over a grant dom0d may not use (tx id {}: {e})",
-                            p.ids()[0]
-                        )
-                    })?;
-                    match vif.dev.write_frame(&frame) {
+                    let copied = match grants::copy_from(mv, &pieces, &mut frame) {
+                        Ok(()) => Ok(()),
+                        Err(e @ CopyError::Call(_)) => Err(format!("copying a tx packet: {e}")),
+                        Err(e) => {
+                            return Err(format!(
+                                "handed over a grant dom0d may not use (tx id {}: {e})",
+                                p.ids()[0]
+                            ));
+                        }
+                    };
+                    let ready = copied.and_then(|()| {
+                        if p.flags() & NETTXF_CSUM_BLANK == 0 {
+                            return Ok(());
+                        }
+                        csum::complete_checksum(&mut frame)
+                            .map_err(|e| format!("a tx packet's blank checksum: {e}"))
+                    });
+                    match ready
+                        .and_then(|()| vif.dev.write_frame(&frame).map_err(|e| e.to_string()))
+                    {
                         Ok(()) => {
                             vif.stats.tx_packets += 1;
                             vif.stats.tx_bytes += frame.len() as u64;
@@ -988,7 +1035,10 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
                         }
                         Err(e) => {
                             vif.stats.errors += 1;
-                            log::limited(Level::Warn, format_args!("{WHO}: domain {domid}: {e}"));
+                            log::limited(
+                                Level::Warn,
+                                format_args!("{WHO}: domain {domid}: dropped: {e}"),
+                            );
                             NETIF_RSP_ERROR
                         }
                     }
@@ -1012,14 +1062,17 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
             break;
         }
     }
+    let mut more = served >= TX_PACKETS_PER_SERVE;
 
     // rx: queued frames into posted buffers.
+    let mut rounds = 0;
     for _ in 0..ROUNDS_PER_SERVE {
+        rounds += 1;
         while let Some(frame) = vif.rxq.front() {
             let Some(buf) = ring.next_rx_buffer().map_err(broke)? else {
                 break;
             };
-            // Lossless: queued frames are at most ETH_FRAME_MAX bytes.
+            // Lossless: queued frames are at most MAX_FRAME bytes.
             let len = frame.len() as u16;
             let piece = GrantPiece {
                 domid: dom,
@@ -1027,17 +1080,31 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
                 offset: 0,
                 len,
             };
-            grants::copy_to(mv, &[piece], frame).map_err(|e| {
-                format!(
-                    "handed over a grant dom0d may not use (rx buffer id {}: {e})",
-                    buf.id
-                )
-            })?;
-            ring.respond_rx(&rx_response(buf.id, len as i16, 0))
+            let status = match grants::copy_to(mv, &[piece], frame) {
+                Ok(()) => {
+                    vif.stats.rx_packets += 1;
+                    vif.stats.rx_bytes += u64::from(len);
+                    len as i16
+                }
+                // dom0d's own call failed: the frame is lost, the buffer answered.
+                Err(e @ CopyError::Call(_)) => {
+                    vif.stats.drops += 1;
+                    log::limited(
+                        Level::Warn,
+                        format_args!("{WHO}: domain {domid}: dropped an rx frame: {e}"),
+                    );
+                    NETIF_RSP_ERROR
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "handed over a grant dom0d may not use (rx buffer id {}: {e})",
+                        buf.id
+                    ));
+                }
+            };
+            ring.respond_rx(&rx_response(buf.id, status, 0))
                 .map_err(broke)?;
             notify |= ring.push_rx().map_err(broke)?;
-            vif.stats.rx_packets += 1;
-            vif.stats.rx_bytes += u64::from(len);
             vif.rxq.pop_front();
         }
         // With frames left, make sure the front-end signals when it posts buffers.
@@ -1045,6 +1112,10 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
             break;
         }
     }
+    // Frames and buffers both left after the last round: not done.
+    more |= rounds == ROUNDS_PER_SERVE
+        && !vif.rxq.is_empty()
+        && ring.final_check_rx().map_err(broke)?;
 
     if notify && let Err(errno) = evtchn_send(mv, conn.port) {
         log::limited(
@@ -1055,7 +1126,7 @@ fn serve_rings(mv: &dyn Microvisor, domid: u32, vif: &mut Vif) -> Result<(), Str
             ),
         );
     }
-    Ok(())
+    Ok(more)
 }
 
 // ---------------------------------------------------------------------------------------

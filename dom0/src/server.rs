@@ -370,6 +370,8 @@ impl Service {
                 .with_store(mv, |store| self.netback.serve_devices(mv, store, &keys));
             // A vif stopped for breaking the protocol is a change to keep.
             self.persist();
+            // A vif served to its budget comes back at once: let other tasks run first.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -584,6 +586,7 @@ pub(crate) async fn pump_vifs(
         let keys = std::future::poll_fn(|cx| netback.poll_devices(cx)).await;
         let mv = &*mv;
         xenstored.with_store(mv, |store| netback.serve_devices(mv, store, &keys));
+        tokio::task::yield_now().await;
     }
 }
 

@@ -318,12 +318,12 @@ fn packets_flow_both_ways_and_teardown_leaves_nothing() {
         short
     );
 
-    // A frame longer than ETH_FRAME_MAX is dropped; a packet too long for the device is
+    // A frame longer than MAX_FRAME (1518) is dropped; a packet too long for the device is
     // answered ERROR, and so is one the device refuses; the vif carries on.
-    host.send(&frame(1515, 5)).unwrap();
+    host.send(&frame(1519, 5)).unwrap();
     r.nb.step(&r.fake, &mut r.store);
     g.front
-        .queue_tx(&tx_request(4, DATA_REF, 0, 1515, NETTXF_MORE_DATA))
+        .queue_tx(&tx_request(4, DATA_REF, 0, 1519, NETTXF_MORE_DATA))
         .unwrap();
     g.front
         .queue_tx(&tx_request(5, DATA_REF + 1, 0, 1000, 0))
@@ -615,5 +615,110 @@ async fn a_readable_device_wakes_the_poller() {
     assert!(
         !r.net.is_open(1, 0),
         "the watch does not keep the device open"
+    );
+}
+
+/// A UDP packet 10.0.0.2:9 -> 10.0.0.1:53 in an Ethernet frame, checksum field `csum`.
+fn udp_frame(payload: &[u8], csum: [u8; 2]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x00, 0x16, 0x3e, 0, 1, 0, 0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[10, 0, 0, 2, 10, 0, 0, 1]);
+    f.extend_from_slice(&[0, 9, 0, 53]);
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&csum);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn blank_checksums_are_completed_and_unfixable_ones_refused() {
+    use shared_abi::io::netif::NETTXF_CSUM_BLANK;
+    let mut r = rig();
+    r.add(1, 0).unwrap();
+    let mut g = r.guest(1, 0);
+    let host = r.host(&g);
+    r.nb.step(&r.fake, &mut r.store);
+    assert!(r.nb.is_connected(1, 0));
+
+    // As Linux's netfront sends it: a partial sum in the field, CSUM_BLANK set.
+    let blank = udp_frame(b"offloaded", [0x12, 0x34]);
+    r.fake.write_guest(1, DATA_GFN * 4096, &blank);
+    let len = blank.len() as u16;
+    g.front
+        .queue_tx(&tx_request(1, DATA_REF, 0, len, NETTXF_CSUM_BLANK))
+        .unwrap();
+    // Not IPv4: cannot be completed, answered ERROR; the vif carries on.
+    let mut arp = frame(60, 3);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    r.fake.write_guest(1, (DATA_GFN + 1) * 4096, &arp);
+    g.front
+        .queue_tx(&tx_request(2, DATA_REF + 1, 0, 60, NETTXF_CSUM_BLANK))
+        .unwrap();
+    r.kick(&mut g);
+    assert_eq!(
+        tx_responses(&mut g),
+        [(1, NETIF_RSP_OKAY), (2, NETIF_RSP_ERROR)]
+    );
+    let sent = recv_all(&host);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(pv_drivers::netif::csum::checksum_ok(&sent[0]), Ok(true));
+    assert_ne!(sent[0][40..42], [0x12, 0x34]);
+    assert_eq!(sent[0][..40], blank[..40]);
+    assert_eq!(sent[0][42..], blank[42..]);
+    assert!(r.nb.is_connected(1, 0));
+    assert_eq!(r.stats(1, 0).errors, 1);
+}
+
+#[test]
+fn a_burst_beyond_the_budget_is_finished_without_another_event() {
+    use std::task::{Context, Poll, Waker};
+    let mut r = rig();
+    r.add(1, 0).unwrap();
+    let mut g = r.guest(1, 0);
+    let host = r.host(&g);
+    r.nb.step(&r.fake, &mut r.store);
+    assert!(r.nb.is_connected(1, 0));
+    let small = frame(60, 4);
+    r.fake.write_guest(1, DATA_GFN * 4096, &small);
+    // More packets than one serve takes: the guest publishes them, signals once.
+    let burst = TX_PACKETS_PER_SERVE + 40;
+    let mut answered = 0;
+    let mut delivered = 0;
+    let mut id = 0u16;
+    while answered < burst {
+        while g.front.tx_free() > 0 && usize::from(id) < burst {
+            g.front
+                .queue_tx(&tx_request(id % 256, DATA_REF, 0, 60, 0))
+                .unwrap();
+            id += 1;
+        }
+        if answered == 0 {
+            r.kick(&mut g);
+        } else {
+            // No event from the guest: the net task finds the vif it left unfinished.
+            g.front.push_tx().unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let Poll::Ready(keys) = r.nb.poll_devices(&mut cx) else {
+                panic!("the unfinished vif was not offered again");
+            };
+            assert_eq!(keys, [(1, 0)]);
+            r.nb.serve_devices(&r.fake, &mut r.store, &keys);
+        }
+        let rsps = tx_responses(&mut g);
+        assert!(!rsps.is_empty(), "no progress after {answered}");
+        assert!(rsps.iter().all(|&(_, st)| st == NETIF_RSP_OKAY), "{rsps:?}");
+        answered += rsps.len();
+        // The datagram socket holds only so many frames: drain it as a network would.
+        delivered += recv_all(&host).len();
+    }
+    assert_eq!(answered, burst);
+    assert_eq!(delivered, burst);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        r.nb.poll_devices(&mut cx).is_pending(),
+        "nothing left to do"
     );
 }
