@@ -69,6 +69,9 @@ pub struct Service {
     pub(crate) netback: Arc<NetBack>,
     /// Where its state is kept for a restarted dom0d ([`crate::state`]), if anywhere.
     pub(crate) persist: Option<crate::state::Persist>,
+    /// The store's generation when the back-ends last followed the front-ends' states:
+    /// an event steps them again only if the store changed since.
+    stepped_generation: AtomicU64,
 }
 
 /// What the builder publishes PV devices through: the store and the back-ends.
@@ -151,6 +154,7 @@ impl Service {
             blkback: Arc::new(BlkBack::new(Arc::clone(&pool))),
             netback: Arc::new(NetBack::new(pool, Arc::new(TapMaker))),
             persist: None,
+            stepped_generation: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -464,11 +468,23 @@ impl Service {
                         let mut others = others;
                         if disks {
                             others = self.blkback.on_ports(mv, store, &others);
-                            self.blkback.step(mv, store);
                         }
                         if vifs {
                             others = self.netback.on_ports(mv, store, &others);
-                            self.netback.step(mv, store);
+                        }
+                        // Following every front-end's state costs a pass over every
+                        // device: only when the store changed (a guest cannot make dom0d
+                        // do it by signalling alone). The periodic poll steps anyway.
+                        let seen = self.stepped_generation.load(Ordering::Relaxed);
+                        if store.generation() != seen {
+                            if disks {
+                                self.blkback.step(mv, store);
+                            }
+                            if vifs {
+                                self.netback.step(mv, store);
+                            }
+                            self.stepped_generation
+                                .store(store.generation(), Ordering::Relaxed);
                         }
                         others
                     })
