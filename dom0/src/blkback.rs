@@ -21,7 +21,15 @@
 //! **Requests** ([`BlkBack::on_ports`], [`BlkBack::step`]): each request is copied out of
 //! the ring once and validated ([`pv_drivers::blkif`]); reads and writes move the data with
 //! `GrantCopy` between the granted pages and a dom0d buffer ([`crate::grants`]) and the
-//! file (`pread`/`pwrite`), flushes call `fdatasync`. Each response is published as soon
+//! file (`pread`/`pwrite`), flushes call `fdatasync`. With persistent grants (both ends
+//! write `feature-persistent` = 1, as Xen's blkif allows: the front-end grants its data
+//! pages for good and reuses them), each data page is `GrantMap`ped into a pool slot the
+//! first time a request names it, at most [`MAX_PERSISTENT`] per disk and only while
+//! half of the page pool stays free (so no guest can take the slots others' rings need),
+//! and from then on
+//! copied through that mapping with no hypercall; a request naming a page that cannot be
+//! mapped (pool full, a grant dom0d may not map writable) goes through `GrantCopy`, which
+//! also reports a bad grant. The mappings end with the ring. Each response is published as soon
 //! as it is written (a restarted dom0d resumes after the last published response and must
 //! not find an unpublished one, [`crate::state`]); the guest is signalled per ring.h's
 //! rule once per call; then the final check is made, so requests the front-end
@@ -63,15 +71,23 @@ use crate::log::{self, Level};
 use crate::microvisor::{Microvisor, PageMap, evtchn_bind_interdomain, evtchn_send};
 use crate::pages::PagePool;
 use crate::proto::errno_text;
-use crate::state::{DiskPhase, DiskRecord};
+use crate::state::{DiskPhase, DiskRecord, PersistentGrant};
 use crate::xenstore::path::home;
 use crate::xenstore::store::Store;
+use pv_drivers::SharedMem;
 
 /// Log prefix.
 const WHO: &str = "blkback";
 
 /// Requests served per device per call.
 pub const REQUESTS_PER_SERVE: usize = 256;
+
+/// Persistent grant mappings per disk at most: every segment of a full ring.
+pub const MAX_PERSISTENT: usize =
+    shared_abi::io::blkif::BLKIF_RING_SIZE as usize * shared_abi::io::blkif::BLKIF_MAX_SEGMENTS;
+
+/// A connected ring's persistent grant mappings: reference to (slot, mapping).
+type Persistent = BTreeMap<u32, (u64, Arc<dyn PageMap>)>;
 
 /// A disk to serve: a file in Dom0, the device name the guest sees, and its access.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -121,6 +137,8 @@ struct Conn {
     slot: u64,
     ring: Ring<Arc<dyn PageMap>>,
     port: u32,
+    /// `Some` when both ends use persistent grants.
+    persistent: Option<Persistent>,
 }
 
 #[derive(Debug)]
@@ -199,6 +217,16 @@ impl BlkBack {
                     Phase::Closed => DiskPhase::Closed,
                     Phase::Stopped => DiskPhase::Stopped,
                 };
+                let persistent = match &v.phase {
+                    Phase::Connected(Conn {
+                        persistent: Some(maps),
+                        ..
+                    }) => maps
+                        .iter()
+                        .map(|(&gref, &(slot, _))| PersistentGrant { gref, slot })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let rec = DiskRecord {
                     devid,
                     vdev: v.vdev.clone(),
@@ -206,6 +234,7 @@ impl BlkBack {
                     read_only: v.read_only,
                     sectors: v.sectors,
                     phase,
+                    persistent,
                 };
                 (domid, rec)
             })
@@ -231,6 +260,9 @@ impl BlkBack {
                 if let DiskPhase::Connected { slot, port } = rec.phase {
                     unmap_slot(WHO, mv, &self.pool, slot);
                     close_port(WHO, mv, port);
+                }
+                for g in &rec.persistent {
+                    unmap_slot(WHO, mv, &self.pool, g.slot);
                 }
                 set_state(
                     WHO,
@@ -272,7 +304,13 @@ impl BlkBack {
                 });
             match ring {
                 Ok(ring) => {
-                    vbd.phase = Phase::Connected(Conn { slot, ring, port });
+                    let persistent = self.adopt_persistent(mv, rec);
+                    vbd.phase = Phase::Connected(Conn {
+                        slot,
+                        ring,
+                        port,
+                        persistent,
+                    });
                     inner.ports.insert(port, key);
                     // The earlier dom0d may have died between publishing responses and
                     // signalling them: a spurious signal is harmless, a lost one stalls
@@ -290,6 +328,9 @@ impl BlkBack {
                 Err(why) => {
                     unmap_slot(WHO, mv, &self.pool, slot);
                     close_port(WHO, mv, port);
+                    for g in &rec.persistent {
+                        unmap_slot(WHO, mv, &self.pool, g.slot);
+                    }
                     set_state(
                         WHO,
                         store,
@@ -447,6 +488,7 @@ impl BlkBack {
                 ("info", info.to_string()),
                 ("sector-size", SECTOR_SIZE.to_string()),
                 ("feature-flush-cache", "1".to_owned()),
+                ("feature-persistent", "1".to_owned()),
                 ("state", XenbusState::InitWait.as_u32().to_string()),
             ],
             &backend_perms(domid),
@@ -559,7 +601,38 @@ impl BlkBack {
                 )));
             }
         };
-        Ok(Conn { slot, ring, port })
+        // Persistent grants only when the front-end says it reuses its grants (one that
+        // revokes them after each request would find them still mapped).
+        let persistent = store
+            .read(0, &format!("{fe}/feature-persistent"))
+            .is_ok_and(|v| v == b"1")
+            .then(Persistent::new);
+        Ok(Conn {
+            slot,
+            ring,
+            port,
+            persistent,
+        })
+    }
+
+    /// Maps again the persistent grants an earlier dom0d recorded for a connected ring;
+    /// `None` if the ring had none (the front-end did not ask for them).
+    fn adopt_persistent(&self, mv: &dyn Microvisor, rec: &DiskRecord) -> Option<Persistent> {
+        if rec.persistent.is_empty() {
+            return None;
+        }
+        let mut maps = Persistent::new();
+        for g in &rec.persistent {
+            self.pool.claim(g.slot);
+            match mv.map_page(g.slot) {
+                Ok(mem) => {
+                    maps.insert(g.gref, (g.slot, mem));
+                }
+                // Not fatal: the page is mapped again (or copied) when next used.
+                Err(_) => unmap_slot(WHO, mv, &self.pool, g.slot),
+            }
+        }
+        Some(maps)
     }
 
     /// Unmaps a connected ring and closes its port (the vbd stays, in whatever phase the
@@ -571,9 +644,18 @@ impl BlkBack {
         if let Phase::Connected(conn) = std::mem::replace(&mut vbd.phase, Phase::Closed) {
             self.bump();
             inner.ports.remove(&conn.port);
-            let Conn { slot, ring, port } = conn;
+            let Conn {
+                slot,
+                ring,
+                port,
+                persistent,
+            } = conn;
             drop(ring);
             unmap_slot(WHO, mv, &self.pool, slot);
+            for (_, (data_slot, mem)) in persistent.into_iter().flatten() {
+                drop(mem);
+                unmap_slot(WHO, mv, &self.pool, data_slot);
+            }
             close_port(WHO, mv, port);
         }
     }
@@ -623,7 +705,13 @@ impl BlkBack {
         let Some(vbd) = inner.vbds.get_mut(&key) else {
             return;
         };
-        if let Err(why) = serve_ring(mv, key.0, vbd) {
+        let mapped = persistent_count(vbd);
+        let served = serve_ring(mv, &self.pool, key.0, vbd);
+        if persistent_count(vbd) != mapped {
+            // New mappings are state a restarted dom0d must find.
+            self.bump();
+        }
+        if let Err(why) = served {
             self.stop(mv, store, inner, key, &why);
         }
     }
@@ -649,7 +737,23 @@ impl BlkBack {
 
 /// Serves the requests waiting in a connected device's ring. `Err` names a protocol
 /// violation.
-fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), String> {
+/// Persistent mappings a vbd holds.
+fn persistent_count(vbd: &Vbd) -> usize {
+    match &vbd.phase {
+        Phase::Connected(Conn {
+            persistent: Some(maps),
+            ..
+        }) => maps.len(),
+        _ => 0,
+    }
+}
+
+fn serve_ring(
+    mv: &dyn Microvisor,
+    pool: &PagePool,
+    domid: u32,
+    vbd: &mut Vbd,
+) -> Result<(), String> {
     let Phase::Connected(conn) = &mut vbd.phase else {
         return Ok(());
     };
@@ -667,7 +771,14 @@ fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), Stri
             served += 1;
             let rsp = match taken {
                 Taken::Valid(req) => {
-                    let status = do_io(mv, domid, &vbd.file, &req)?;
+                    let mapped = conn
+                        .persistent
+                        .as_mut()
+                        .and_then(|maps| persistent_pages(mv, pool, domid, maps, &req));
+                    let status = match mapped {
+                        Some(pages) => do_io_mapped(domid, &vbd.file, &req, &pages),
+                        None => do_io(mv, domid, &vbd.file, &req)?,
+                    };
                     req.response(status)
                 }
                 Taken::Invalid { id, op, why } if !why.is_protocol_violation() => {
@@ -706,6 +817,76 @@ fn serve_ring(mv: &dyn Microvisor, domid: u32, vbd: &mut Vbd) -> Result<(), Stri
         );
     }
     result
+}
+
+/// The mappings of every segment's page of `req`, mapping pages not seen before; `None`
+/// if one cannot be mapped (the request then goes through `GrantCopy`, which reports a
+/// bad grant) or `req` has no segments.
+fn persistent_pages(
+    mv: &dyn Microvisor,
+    pool: &PagePool,
+    domid: u32,
+    maps: &mut Persistent,
+    req: &BlkRequest,
+) -> Option<Vec<Arc<dyn PageMap>>> {
+    if req.segments().is_empty() {
+        return None;
+    }
+    let mut pages = Vec::with_capacity(req.segments().len());
+    for seg in req.segments() {
+        if !maps.contains_key(&seg.gref) {
+            if maps.len() >= MAX_PERSISTENT || !pool.has_room_to_spare() {
+                return None;
+            }
+            let mapped = map_ring(WHO, mv, pool, domid, seg.gref, "persistent grant").ok()?;
+            maps.insert(seg.gref, (mapped.slot, mapped.mem));
+        }
+        pages.push(Arc::clone(&maps.get(&seg.gref)?.1));
+    }
+    Some(pages)
+}
+
+/// Does one valid read or write through persistent mappings (`pages[i]` is segment
+/// `i`'s); its status.
+fn do_io_mapped(domid: u32, file: &File, req: &BlkRequest, pages: &[Arc<dyn PageMap>]) -> i16 {
+    let len = usize::try_from(req.bytes()).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; len];
+    let status = |r: std::io::Result<()>| match r {
+        Ok(()) => BLKIF_RSP_OKAY,
+        Err(e) => {
+            log::limited(
+                Level::Warn,
+                format_args!("blkback: domain {domid}: disk I/O failed: {e}"),
+            );
+            BLKIF_RSP_ERROR
+        }
+    };
+    // Validated segments lie inside their page, so these accesses cannot fail.
+    let pieces = req.segments().iter().zip(pages);
+    match req.op {
+        BlkOp::Flush => status(file.sync_data()),
+        BlkOp::Read => {
+            let st = status(file.read_exact_at(&mut buf, req.disk_offset()));
+            if st == BLKIF_RSP_OKAY {
+                let mut at = 0;
+                for (seg, page) in pieces {
+                    let n = usize::from(seg.len);
+                    let _ = page.write_bytes(usize::from(seg.offset), &buf[at..at + n]);
+                    at += n;
+                }
+            }
+            st
+        }
+        BlkOp::Write => {
+            let mut at = 0;
+            for (seg, page) in pieces {
+                let n = usize::from(seg.len);
+                let _ = page.read_bytes(usize::from(seg.offset), &mut buf[at..at + n]);
+                at += n;
+            }
+            status(file.write_all_at(&buf, req.disk_offset()))
+        }
+    }
 }
 
 /// Does one valid request; its status, or `Err` for a grant the front-end may not use.

@@ -79,6 +79,17 @@ impl PagePool {
         self.lock().used.len()
     }
 
+    /// Whether fewer than half of the pool's slots are in use (`false` before the first
+    /// [`Self::take_slot`] learnt the pool's size). Optional mappings (persistent grants)
+    /// are made only then, so they can never take the slots rings and pages need.
+    #[must_use]
+    pub fn has_room_to_spare(&self) -> bool {
+        let inner = self.lock();
+        inner
+            .range
+            .is_some_and(|(first, end)| inner.used.len() * 2 < (end - first) as usize)
+    }
+
     /// Takes a free slot, asking the microvisor for the window on first use.
     pub(crate) fn take_slot(&self, mv: &dyn Microvisor) -> Result<u64, String> {
         let mut inner = self.lock();

@@ -171,6 +171,7 @@ impl DomainRecord {
             if let DiskPhase::Connected { slot, .. } = d.phase {
                 slots.push(slot);
             }
+            slots.extend(d.persistent.iter().map(|g| g.slot));
         }
         for v in &self.vifs {
             if let VifPhase::Connected {
@@ -256,6 +257,18 @@ pub struct DiskRecord {
     pub sectors: u64,
     /// Where its back-end stands.
     pub phase: DiskPhase,
+    /// Its persistent grant mappings while connected (`feature-persistent`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub persistent: Vec<PersistentGrant>,
+}
+
+/// A data page a front-end granted for good, mapped by the block back-end once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistentGrant {
+    /// The grant reference.
+    pub gref: u32,
+    /// The page-pool slot holding its mapping.
+    pub slot: u64,
 }
 
 /// Where a disk's back-end stands.
@@ -770,6 +783,9 @@ fn release_gone(mv: &dyn Microvisor, d: &DomainRecord) {
         if let DiskPhase::Connected { slot, port } = disk.phase {
             close(port);
             unmapped(slot, grant_unmap(mv, slot));
+        }
+        for g in &disk.persistent {
+            unmapped(g.slot, grant_unmap(mv, g.slot));
         }
     }
     for vif in &d.vifs {

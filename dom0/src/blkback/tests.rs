@@ -396,3 +396,96 @@ fn a_front_end_that_closes_is_disconnected_and_may_come_back() {
     assert!(r.bb.is_connected(1, a));
     assert_eq!(r.bb.stopped(), 0);
 }
+
+#[test]
+fn persistent_grants_are_mapped_once_and_released_with_the_ring() {
+    let mut r = rig();
+    let devid = r.add(1, "xvda", false).unwrap();
+    let be = backend_dir(1, devid);
+    assert_eq!(
+        read_node(&r.store, 1, &format!("{be}/feature-persistent")).unwrap(),
+        "1"
+    );
+    let mut g = r.guest(1, devid);
+    r.store
+        .write(
+            1,
+            &format!("{}/feature-persistent", frontend_dir(1, devid)),
+            b"1",
+        )
+        .unwrap();
+    r.bb.step(&r.fake, &mut r.store);
+    assert!(r.bb.is_connected(1, devid));
+    let ring_only = r.pool.in_use();
+
+    // Sectors 2..=3 written from page 300 (ref 16), read back into page 301 (ref 17),
+    // then page 300 used again.
+    r.fake.write_guest(1, 300 * 4096, &[0xab; 1024]);
+    g.front
+        .queue(&request(BLKIF_OP_WRITE, 1, 2, &[segment(16, 0, 1)]))
+        .unwrap();
+    r.kick(&mut g);
+    assert_eq!(status(&take_all(&mut g)), [(1, 0)]);
+    assert_eq!(r.pool.in_use(), ring_only + 1, "page 300 mapped");
+    assert_eq!(
+        r.fake.grants_in_use(1),
+        2,
+        "the ring and page 300 stay mapped"
+    );
+    g.front
+        .queue(&request(BLKIF_OP_READ, 2, 2, &[segment(17, 0, 1)]))
+        .unwrap();
+    g.front
+        .queue(&request(BLKIF_OP_WRITE, 3, 4, &[segment(16, 1, 1)]))
+        .unwrap();
+    r.kick(&mut g);
+    assert_eq!(status(&take_all(&mut g)), [(2, 0), (3, 0)]);
+    assert_eq!(
+        r.fake.read_guest(1, 301 * 4096, 1024).unwrap(),
+        vec![0xab; 1024]
+    );
+    assert_eq!(
+        r.pool.in_use(),
+        ring_only + 2,
+        "page 300 reused, 301 mapped once"
+    );
+    let image = std::fs::read(&r.disk).unwrap();
+    assert_eq!(&image[1024..2048], &[0xab; 1024][..]);
+    assert_eq!(
+        &image[2048..2560],
+        &[0xab; 512][..],
+        "sector 4 from offset 512 of page 300"
+    );
+    // The mappings are state a restarted dom0d takes over.
+    let recs = r.bb.export();
+    let grefs: Vec<u32> = recs[0].1.persistent.iter().map(|p| p.gref).collect();
+    assert_eq!(grefs, [16, 17]);
+
+    // A reference that cannot be mapped goes through GrantCopy, which stops the disk.
+    g.front
+        .queue(&request(BLKIF_OP_READ, 4, 0, &[segment(999, 0, 0)]))
+        .unwrap();
+    r.kick(&mut g);
+    assert!(!r.bb.is_connected(1, devid));
+    assert_eq!(r.bb.stopped(), 1);
+    assert_eq!(r.pool.in_use(), 0, "the ring and both pages unmapped");
+    r.bb.domain_gone(&r.fake, &mut r.store, 1);
+    assert!(r.holds_nothing());
+}
+
+#[test]
+fn without_the_front_ends_consent_pages_are_copied_not_kept() {
+    let mut r = rig();
+    let devid = r.add(1, "xvda", false).unwrap();
+    let mut g = r.guest(1, devid);
+    r.bb.step(&r.fake, &mut r.store);
+    let ring_only = r.pool.in_use();
+    g.front
+        .queue(&request(BLKIF_OP_READ, 1, 0, &[segment(16, 0, 0)]))
+        .unwrap();
+    r.kick(&mut g);
+    assert_eq!(status(&take_all(&mut g)), [(1, 0)]);
+    assert_eq!(r.pool.in_use(), ring_only);
+    assert_eq!(r.fake.grants_in_use(1), 1, "only the ring");
+    assert!(r.bb.export()[0].1.persistent.is_empty());
+}

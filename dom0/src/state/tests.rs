@@ -267,6 +267,8 @@ async fn a_restarted_dom0d_serves_the_domains_an_earlier_one_built() {
         &format!("{vbd}/event-channel"),
         blk_port.to_string().as_bytes(),
     );
+    // Persistent grants: the data pages' mappings are state too.
+    xs.write(&r, &svc, &format!("{vbd}/feature-persistent"), b"1");
     xs.write(&r, &svc, &format!("{vbd}/state"), b"3");
     let mut net = NetFront::init(
         f.guest_page(domid, 201).unwrap(),
@@ -387,6 +389,14 @@ async fn a_restarted_dom0d_serves_the_domains_an_earlier_one_built() {
     let restored = svc.restore();
     assert_eq!(restored.adopted, [domid]);
     assert!(restored.released.is_empty() && restored.ignored.is_none());
+    // The persistent mapping of page 300 (ref 16) was taken over, not made again.
+    let adopted: Vec<u32> = svc.blkback.export()[0]
+        .1
+        .persistent
+        .iter()
+        .map(|g| g.gref)
+        .collect();
+    assert_eq!(adopted, [16]);
     // Every adopted ring's guest was signalled, in case the dead dom0d published
     // responses and died before signalling them.
     assert!(signalled(blk_port) > blk_signals && signalled(net_port) > net_signals);

@@ -12,7 +12,8 @@
 //!    guest. The pages are statics of [`AtomicPage`]s, so filling and reading them needs no
 //!    `unsafe` code.
 //! 3. Allocates an unbound event channel for domain 0, writes `ring-ref`,
-//!    `event-channel`, `protocol` = `x86_64-abi`, then `state` = Initialised (3).
+//!    `event-channel`, `protocol` = `x86_64-abi`, `feature-persistent` = 1 (its pages
+//!    stay granted, so the back-end may keep them mapped), then `state` = Initialised (3).
 //! 4. Watches the back-end's `state` and waits on events (re-reading it at each wakeup and
 //!    at least every 100 ms) until it is Connected (4), at most [`CONNECT_TIMEOUT_NS`]
 //!    (`crate::pvdev::wait_connected`, shared with [`crate::netfront`]); Closing/Closed or
@@ -372,6 +373,9 @@ mod bare {
             write("ring-ref", format_args!("{RING_REF}"))?;
             write("event-channel", format_args!("{port}"))?;
             write("protocol", format_args!("x86_64-abi"))?;
+            // The bounce pages stay granted for the guest's life, so the back-end may map
+            // them once and copy through the mappings (Xen's persistent grants).
+            write("feature-persistent", format_args!("1"))?;
             write(
                 "state",
                 format_args!("{}", XenbusState::Initialised.as_u32()),

@@ -13,11 +13,15 @@
 //! | `sector-size` | [`SECTOR_SIZE`] (512) |
 //! | `info` | `VDISK_*` bits, e.g. [`VDISK_READONLY`] |
 //! | `feature-flush-cache` | `1`: [`BLKIF_OP_FLUSH_DISKCACHE`] is served |
+//! | `feature-persistent` | `1`: the back-end can keep data pages mapped (persistent grants) |
 //! | `state` | a [`crate::io::xenbus::XenbusState`] number |
 //!
 //! The front-end writes `ring-ref` (the grant reference of its ring page, decimal),
-//! `event-channel` (an unbound port for the back-end's domain, decimal) and `protocol`
-//! (`x86_64-abi`), then its `state`. The handshake is in [`crate::io::xenbus`].
+//! `event-channel` (an unbound port for the back-end's domain, decimal), `protocol`
+//! (`x86_64-abi`) and, if it grants its data pages for good and reuses them,
+//! `feature-persistent` = `1` (the back-end may then map each page once and keep it
+//! mapped until the ring goes, so the front-end must not revoke those grants meanwhile),
+//! then its `state`. The handshake is in [`crate::io::xenbus`].
 //!
 //! ## The ring
 //!
