@@ -2,8 +2,8 @@
 //! (10.0.0.1/24), served by dom0d's net back-end through a TAP.
 //!
 //! One boot, in order: the issue's acceptance command (create pvdemo, its disk pattern
-//! verified, Dom0 pings 10.0.0.2; waiting for the disk line instead of a fixed 20 s, since
-//! a scenario's speed depends on what else runs); Dom0 exchanges data with pvdemo's TCP echo
+//! verified, Dom0 pings 10.0.0.2; waiting for pvdemo's start-up lines instead of a fixed
+//! 20 s, since a scenario's speed depends on what else runs); Dom0 exchanges data with pvdemo's TCP echo
 //! and HTTP services using busybox `nc` and `wget`; `dom0 network-list` shows the vif
 //! connected with traffic counted; a second pvdemo (`pv2`, 10.0.0.3, no disk) reaches the
 //! first over the bridge (TCP echo of 64 KiB, verified by pv2) and answers Dom0's ping; both
@@ -27,12 +27,13 @@ pub(super) const DOM0_PVNET: Dom0Scenario = Dom0Scenario {
 const CHECKS: &[Check] = &[
     check(
         "acceptance",
-        // The issue's command, with its `sleep 20` replaced by a wait for the disk line:
-        // two scenarios share the two host cores here, so the disk test may take longer.
+        // The issue's command, with its `sleep 20` replaced by a wait for pvdemo's last
+        // start-up line (the NIC comes up after the disk test): two scenarios share the
+        // two host cores here, so it may take longer.
         "dom0 host info -o jsonl >/tmp/pvnet-before\n\
          dom0 create /etc/dom0/examples/pvdemo.toml || exit 1\n\
          i=0\n\
-         while ! dom0 logs pvdemo | grep -qE 'pvdemo: disk: (wrote|FAILED)' && [ $i -lt 1200 ]; do\n\
+         while ! dom0 logs pvdemo | grep -qE 'pvdemo: net: (serving|FAILED|none)' && [ $i -lt 1200 ]; do\n\
            sleep 0.1; i=$((i + 1))\n\
          done\n\
          dom0 logs pvdemo && ping -c 3 10.0.0.2",
