@@ -115,6 +115,20 @@ fn lines(run: &CheckRun) -> Vec<&str> {
     run.output.lines().map(str::trim).collect()
 }
 
+/// Every `wanted` text appears on some line, and no line says `FAILED`.
+fn require(run: &CheckRun, wanted: &[&str]) -> Result<(), String> {
+    let l = lines(run);
+    for want in wanted {
+        if !l.iter().any(|x| x.contains(want)) {
+            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
+        }
+    }
+    if let Some(bad) = l.iter().find(|x| x.contains("FAILED")) {
+        return Err(format!("`{bad}`"));
+    }
+    Ok(())
+}
+
 /// One CPU, and the hypervisor flag.
 fn judge_cpu(run: &CheckRun, _env: &Env) -> Result<(), String> {
     ok_status(run)?;

@@ -12,8 +12,8 @@
 use serde_json::Value;
 
 use super::{
-    Check, CheckRun, Dom0Scenario, Env, check, lines, ok_status, one_line, same_free_memory,
-    tagged_json,
+    Check, CheckRun, Dom0Scenario, Env, check, lines, ok_status, one_line, require,
+    same_free_memory, tagged_json,
 };
 
 /// The scenario.
@@ -80,19 +80,6 @@ const CHECKS: &[Check] = &[
         judge_teardown,
     ),
 ];
-
-fn require(run: &CheckRun, wanted: &[&str]) -> Result<(), String> {
-    let l = lines(run);
-    for want in wanted {
-        if !l.iter().any(|x| x.contains(want)) {
-            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
-        }
-    }
-    if let Some(bad) = l.iter().find(|x| x.contains("FAILED")) {
-        return Err(format!("`{bad}`"));
-    }
-    Ok(())
-}
 
 /// The acceptance command exits 0, the disk pattern was verified, the vif came up with
 /// pvdemo's address, and the three pings were answered.

@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 use super::{
-    Check, CheckRun, Dom0Scenario, Env, check, lines, ok_status, one_line, pvdemo_digest,
+    Check, CheckRun, Dom0Scenario, Env, check, lines, ok_status, one_line, pvdemo_digest, require,
     same_free_memory, tagged_json,
 };
 
@@ -107,19 +107,6 @@ const CHECKS: &[Check] = &[
         judge_teardown,
     ),
 ];
-
-fn require(run: &CheckRun, wanted: &[&str]) -> Result<(), String> {
-    let l = lines(run);
-    for want in wanted {
-        if !l.iter().any(|x| x.contains(want)) {
-            return Err(format!("expected `{want}`: {}", one_line(&run.output)));
-        }
-    }
-    if let Some(bad) = l.iter().find(|x| x.contains("FAILED")) {
-        return Err(format!("`{bad}`"));
-    }
-    Ok(())
-}
 
 /// The JSON after `tag ` on its line.
 fn json_after(run: &CheckRun, tag: &str) -> Result<Value, String> {
