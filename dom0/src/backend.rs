@@ -92,6 +92,14 @@ pub fn read_state(store: &Store, dir: &str) -> XenbusState {
         .unwrap_or(XenbusState::Unknown)
 }
 
+/// The domains of a back-end's devices, keyed `(domid, device)`: each once, in order.
+#[must_use]
+pub fn domains_of<V>(devices: &std::collections::BTreeMap<(u32, u32), V>) -> Vec<u32> {
+    let mut d: Vec<u32> = devices.keys().map(|k| k.0).collect();
+    d.dedup();
+    d
+}
+
 /// A strict decimal `u32` node (1 to 10 ASCII digits, nothing else).
 ///
 /// # Errors

@@ -63,8 +63,8 @@ use shared_abi::io::blkif::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SECTOR_SIZE, VDISK_
 use shared_abi::io::xenbus::XenbusState;
 
 use crate::backend::{
-    MappedRing, backend_perms, close_port, frontend_perms, map_ring, read_state, read_u32,
-    set_state, unmap_slot, write_dir,
+    MappedRing, backend_perms, close_port, domains_of, frontend_perms, map_ring, read_state,
+    read_u32, set_state, unmap_slot, write_dir,
 };
 use crate::grants::{self, GrantPiece};
 use crate::log::{self, Level};
@@ -381,21 +381,12 @@ impl BlkBack {
     /// The domains that have disks.
     #[must_use]
     pub fn domids(&self) -> Vec<u32> {
-        let mut d: Vec<u32> = self.lock().vbds.keys().map(|k| k.0).collect();
-        d.dedup();
-        d
+        domains_of(&self.lock().vbds)
     }
 
     /// The disks of `domid`, in device id order, with both xenbus states read from `store`.
     #[must_use]
     pub fn list(&self, store: &Store, domid: u32) -> Vec<crate::proto::BlockDevice> {
-        let state = |dir: String| {
-            store
-                .read(0, &format!("{dir}/state"))
-                .ok()
-                .and_then(|raw| XenbusState::parse(&raw))
-                .map_or(0, XenbusState::as_u32)
-        };
         self.lock()
             .vbds
             .range((domid, 0)..=(domid, u32::MAX))
@@ -406,8 +397,8 @@ impl BlkBack {
                 path: v.path.clone(),
                 read_only: v.read_only,
                 sectors: v.sectors,
-                backend_state: state(backend_dir(domid, devid)),
-                frontend_state: state(frontend_dir(domid, devid)),
+                backend_state: read_state(store, &backend_dir(domid, devid)).as_u32(),
+                frontend_state: read_state(store, &frontend_dir(domid, devid)).as_u32(),
                 connected: matches!(v.phase, Phase::Connected(_)),
                 stopped: matches!(v.phase, Phase::Stopped),
             })

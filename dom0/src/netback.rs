@@ -71,8 +71,8 @@ use shared_abi::io::netif::{ETH_FRAME_MAX, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETT
 use shared_abi::io::xenbus::XenbusState;
 
 use crate::backend::{
-    MappedRing, backend_perms, close_port, frontend_perms, map_ring, read_state, read_u32,
-    set_state, unmap_ring, write_dir,
+    MappedRing, backend_perms, close_port, domains_of, frontend_perms, map_ring, read_state,
+    read_u32, set_state, unmap_ring, write_dir,
 };
 use crate::device::Readiness;
 use crate::grants::{self, CopyError, GrantPiece};
@@ -511,9 +511,7 @@ impl NetBack {
     /// The domains that have vifs.
     #[must_use]
     pub fn domids(&self) -> Vec<u32> {
-        let mut d: Vec<u32> = self.lock().vifs.keys().map(|k| k.0).collect();
-        d.dedup();
-        d
+        domains_of(&self.lock().vifs)
     }
 
     /// The vifs of `domid`, in handle order, with both xenbus states read from `store`.

@@ -172,10 +172,7 @@ pub fn render_networks(
     let rows: Vec<Vec<String>> = vifs
         .iter()
         .map(|n| {
-            let mut be = xenbus_state_name(n.backend_state).to_owned();
-            if n.stopped {
-                be.push_str(" (stopped)");
-            }
+            let be = backend_cell(n.backend_state, n.stopped);
             vec![
                 n.handle.to_string(),
                 n.mac.clone(),
@@ -257,6 +254,16 @@ pub fn xenbus_state_name(state: u32) -> &'static str {
     }
 }
 
+/// A device's BE-STATE cell: the xenbus state, marked when dom0d stopped the device.
+fn backend_cell(state: u32, stopped: bool) -> String {
+    let name = xenbus_state_name(state);
+    if stopped {
+        format!("{name} (stopped)")
+    } else {
+        name.to_owned()
+    }
+}
+
 /// `dom0 block-list DOM` in `format`: one line per disk (VDEV, BE-STATE, FE-STATE, PATH,
 /// ACCESS, SECTORS); `-o json` an object with the domain and its `disks`.
 ///
@@ -288,10 +295,7 @@ pub fn render_blocks(
     let rows: Vec<Vec<String>> = disks
         .iter()
         .map(|b| {
-            let mut be = xenbus_state_name(b.backend_state).to_owned();
-            if b.stopped {
-                be.push_str(" (stopped)");
-            }
+            let be = backend_cell(b.backend_state, b.stopped);
             vec![
                 b.vdev.clone(),
                 be,
